@@ -1,0 +1,96 @@
+"""Re-estimation of BatchNorm running statistics, for plain models and curves."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+from .errors import ModeConnError
+
+__all__ = ["batch_inputs", "has_batchnorm", "update_bn"]
+
+
+@runtime_checkable
+class _SupportsUpdateBN(Protocol):
+    def update_bn(self, loader: Iterable[Any], *, t: float) -> None: ...
+
+
+def batch_inputs(batch: Any) -> Any:
+    """The model input of a batch: the batch itself, or the first item of a tuple/list.
+
+    ``(x, y)`` pairs, ``UnlearnBatch(inputs, targets, is_forget)`` and bare tensors
+    all work.
+
+    Example:
+        >>> batch_inputs((torch.zeros(2, 3), torch.ones(2))).shape
+        torch.Size([2, 3])
+    """
+    if isinstance(batch, (tuple, list)):
+        return batch[0]
+    return batch
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` has a normalisation layer that tracks running statistics."""
+    return any(isinstance(m, _NormBase) and m.track_running_stats for m in model.modules())
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def update_bn(model: nn.Module, loader: Iterable[Any], *, t: float | None = None) -> None:
+    """Recompute BatchNorm running statistics as an exact average over ``loader``.
+
+    Every BatchNorm-like layer is reset and switched to a cumulative moving
+    average (``momentum=None``), the inputs of ``loader`` are passed through the
+    model in training mode, and the layers' momenta and the model's mode are
+    restored. Models without such layers are left untouched (no pass is made).
+
+    For a :class:`~modeconn_unlearn.CurveModel`, ``t`` is required: the
+    statistics are estimated for the weights at ``t`` and pinned to that ``t``,
+    so ``curve(x, t=t)`` in eval mode uses them.
+
+    Args:
+        model: A plain module or a ``CurveModel``.
+        loader: An iterable of batches; only their inputs are used.
+        t: The point on the curve (curves only).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+        >>> update_bn(net, [torch.randn(8, 3) + 5.0])
+        >>> bool(net[1].num_batches_tracked == 1)
+        True
+    """
+    if isinstance(model, _SupportsUpdateBN):
+        if t is None:
+            raise ModeConnError("update_bn on a CurveModel needs the point: pass t=... in [0, 1].")
+        model.update_bn(loader, t=t)
+        return
+    layers = [m for m in model.modules() if isinstance(m, _NormBase) and m.track_running_stats]
+    if not layers:
+        return
+    momenta = {layer: layer.momentum for layer in layers}
+    was_training = model.training
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+    model.train()
+    device = _device_of(model)
+    try:
+        for batch in loader:
+            inputs = batch_inputs(batch)
+            model(inputs.to(device) if isinstance(inputs, torch.Tensor) else inputs)
+    finally:
+        for layer, momentum in momenta.items():
+            layer.momentum = momentum
+        model.train(was_training)

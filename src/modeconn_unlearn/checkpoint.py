@@ -1,0 +1,116 @@
+"""Safe loading and atomic saving of state dicts and training checkpoints."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModeConnError
+
+__all__ = ["load_checkpoint", "save_checkpoint"]
+
+StateSource = nn.Module | Mapping[str, Any] | str | os.PathLike[str]
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def load_checkpoint(source: StateSource) -> dict[str, torch.Tensor]:
+    """Return a plain state dict from a module, a state dict or a checkpoint file.
+
+    Files are read with ``torch.load(weights_only=True)``, so a pickle that would
+    run code is refused. A state dict nested under ``"state_dict"``,
+    ``"model_state_dict"`` or ``"model"`` is unwrapped, and the ``"module."``
+    prefix added by ``DataParallel``/``DistributedDataParallel`` (or
+    ``"_orig_mod."`` added by ``torch.compile``) is removed.
+
+    Args:
+        source: An ``nn.Module``, a mapping of names to tensors, or a path.
+
+    Returns:
+        A new ``dict`` from names to tensors (the tensors are not copied).
+
+    Raises:
+        ModeConnError: The file is missing or unsafe, or holds no tensors.
+
+    Example:
+        >>> from torch import nn
+        >>> sorted(load_checkpoint({"module.weight": torch.ones(1)}))
+        ['weight']
+    """
+    if isinstance(source, nn.Module):
+        state: Any = source.state_dict()
+    elif isinstance(source, Mapping):
+        state = source
+    elif isinstance(source, (str, os.PathLike)):
+        state = _load_file(Path(source))
+    else:
+        raise TypeError(
+            f"Expected an nn.Module, a state dict or a checkpoint path, got {type(source).__name__}."
+        )
+    for key in _WRAPPER_KEYS:
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+            break
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ModeConnError(
+            "The checkpoint holds no tensors; pass a model's state_dict() or a file saved from one."
+        )
+    for prefix in _PREFIXES:
+        if all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _load_file(path: Path) -> Any:
+    if not path.is_file():
+        raise ModeConnError(f"Checkpoint file {str(path)!r} does not exist; check the path.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ModeConnError(
+            f"Refusing to load {str(path)!r}: it is not loadable with weights_only=True "
+            "(it may contain code). Re-save it as a plain state_dict with torch.save("
+            f"model.state_dict(), path). Details: {error}"
+        ) from error
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> None:
+    """Save ``obj`` with ``torch.save`` atomically.
+
+    The data go to a temporary file in the same directory, are flushed to disk,
+    and the file is then renamed over ``path``, so a crash never leaves a
+    half-written checkpoint behind.
+
+    Args:
+        obj: Anything ``torch.save`` accepts; keep to tensors, numbers, strings,
+            lists and dicts so that it loads with ``weights_only=True``.
+        path: Destination file; its directory is created if needed.
+
+    Example:
+        >>> import tempfile, os
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     save_checkpoint({"w": torch.zeros(2)}, os.path.join(d, "ck.pt"))
+        ...     load_checkpoint(os.path.join(d, "ck.pt"))["w"].shape
+        torch.Size([2])
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,541 @@
+"""CurveModel: any ``nn.Module`` as a curve in weight space.
+
+The curve never rewrites the user's layers. It keeps the bends of every
+parameter in flat tensors (one group per dtype), combines them into the weights
+at ``t`` with one fused pass, and runs the user's own module on those weights
+through :func:`torch.func.functional_call`.
+
+Storage, per dtype group of ``N`` parameter entries and ``m`` middle bends:
+
+* ``anchors`` (buffer, ``2 x N``): the start and end weights.
+* ``middle`` (parameter, ``m x N``): the middle bends, initialised on the
+  straight line between the ends. With a mask it is ``m x K``: only the ``K``
+  masked entries are stored and trained; the others stay on the straight line,
+  which is a combination of the two anchors, so they cost no storage, no
+  gradient and no optimizer state, and they cannot drift under momentum or
+  weight decay.
+* ``start``/``end`` (parameters, ``N``) only when an end is not fixed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.func import functional_call
+
+from .batchnorm import update_bn as _update_module_bn
+from .checkpoint import StateSource, load_checkpoint
+from .curves import CoefficientFn, get_curve, linear_positions
+from .errors import IncompatibleModelsError, ModeConnError
+
+__all__ = ["CurveModel", "MaskSpec", "check_t"]
+
+MaskSpec = Mapping[str, "Tensor | bool"]
+TSampler = Callable[[], float]
+
+_MAX_LISTED = 8
+
+
+def check_t(t: float | Tensor) -> float:
+    """Return ``t`` as a float after checking it is a finite number in [0, 1].
+
+    Raises:
+        ModeConnError: ``t`` is not a scalar, not finite, or outside [0, 1].
+
+    Example:
+        >>> check_t(torch.tensor(0.25))
+        0.25
+    """
+    if isinstance(t, Tensor):
+        if t.numel() != 1:
+            raise ModeConnError(f"t must be a scalar, got a tensor of shape {tuple(t.shape)}.")
+        t = t.item()
+    value = float(t)
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ModeConnError(f"t must lie in [0, 1], got {value}. t=0 is the start, t=1 the end.")
+    return value
+
+
+def _listed(names: Iterable[str]) -> str:
+    names = sorted(names)
+    shown = ", ".join(repr(n) for n in names[:_MAX_LISTED])
+    more = f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
+    return shown + more
+
+
+def _check_endpoint(expected: Mapping[str, Tensor], given: Mapping[str, Tensor], role: str) -> None:
+    missing = expected.keys() - given.keys()
+    unexpected = given.keys() - expected.keys()
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_listed(unexpected)}")
+    common = expected.keys() & given.keys()
+    shapes = [k for k in common if expected[k].shape != given[k].shape]
+    if shapes:
+        detail = ", ".join(
+            f"{k!r}: {tuple(given[k].shape)} vs {tuple(expected[k].shape)}" for k in sorted(shapes)
+        )
+        problems.append(f"shape mismatches ({role} vs model) {detail}")
+    dtypes = [k for k in common if expected[k].dtype != given[k].dtype]
+    if dtypes:
+        detail = ", ".join(f"{k!r}: {given[k].dtype} vs {expected[k].dtype}" for k in sorted(dtypes))
+        problems.append(f"dtype mismatches ({role} vs model) {detail}")
+    if problems:
+        raise IncompatibleModelsError(
+            f"The {role} weights do not match the model's architecture: "
+            + "; ".join(problems)
+            + f". Pass a module or state_dict of the same architecture as {role}=."
+        )
+
+
+def _uniform_sampler(low: float, high: float) -> TSampler:
+    low, high = check_t(low), check_t(high)
+    if low > high:
+        raise ModeConnError(f"t_sampler range ({low}, {high}) is empty; use (low, high), low <= high.")
+
+    def sample() -> float:
+        return low + (high - low) * float(torch.rand(()))
+
+    return sample
+
+
+class _Combine(torch.autograd.Function):
+    """Fused weights at t for one group: one pass over the bends, one scaled gradient copy.
+
+    Returns the per-parameter views of the combined flat weights; backward
+    writes every parameter's gradient straight into its slice of the middle
+    bends' gradient, so no concatenation is needed.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        group: _BendGroup,
+        anchor_coefs: tuple[float, float],
+        middle_coefs: tuple[float, ...],
+        line_coefs: tuple[float, float],
+        anchors: Tensor,
+        middle: Tensor | None,
+    ) -> tuple[Tensor, ...]:
+        weights = torch.mul(anchors[0], anchor_coefs[0])
+        weights.add_(anchors[1], alpha=anchor_coefs[1])
+        if middle is not None:
+            if group.index is None:
+                for row, coef in zip(middle, middle_coefs):
+                    weights.add_(row, alpha=coef)
+            else:
+                # Masked entries: swap their straight-line value for the trained one.
+                delta = torch.mul(middle[0], middle_coefs[0])
+                for row, coef in zip(middle[1:], middle_coefs[1:]):
+                    delta.add_(row, alpha=coef)
+                at_index = anchors.index_select(1, group.index)
+                delta.sub_(at_index[0], alpha=line_coefs[0]).sub_(at_index[1], alpha=line_coefs[1])
+                weights.index_add_(0, group.index, delta)
+        ctx.group = group
+        ctx.middle_coefs = middle_coefs
+        ctx.middle_shape = None if middle is None else middle.shape
+        pieces = weights.split(group.numels)
+        return tuple(piece.view(shape) for piece, shape in zip(pieces, group.shapes))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        nothing = (None, None, None, None, None)
+        if ctx.middle_shape is None or not ctx.needs_input_grad[5]:
+            return (*nothing, None)
+        group: _BendGroup = ctx.group
+        coefs: tuple[float, ...] = ctx.middle_coefs
+        reference = next(g for g in grads if g is not None)
+        grad_middle = reference.new_empty(ctx.middle_shape)
+        if group.index is None:
+            for (start, stop), grad in zip(group.spans, grads):
+                for row, coef in zip(grad_middle, coefs):
+                    if grad is None:
+                        row[start:stop].zero_()
+                    else:
+                        torch.mul(grad.reshape(-1), coef, out=row[start:stop])
+            return (*nothing, grad_middle)
+        first = grad_middle[0]
+        for (start, stop), grad in zip(group.index_spans, grads):
+            if start == stop:
+                continue
+            if grad is None:
+                first[start:stop].zero_()
+            else:
+                local = group.local_index[start:stop]
+                torch.index_select(grad.reshape(-1), 0, local, out=first[start:stop])
+        for row, coef in zip(grad_middle[1:], coefs[1:]):
+            torch.mul(first, coef, out=row)
+        first.mul_(coefs[0])
+        return (*nothing, grad_middle)
+
+
+class _BendGroup(nn.Module):
+    """The bends of all parameters of one dtype, stored flat."""
+
+    index: Tensor | None
+    local_index: Tensor | None
+
+    def __init__(
+        self,
+        shapes: list[torch.Size],
+        start: Tensor,
+        end: Tensor,
+        *,
+        num_bends: int,
+        fix_start: bool,
+        fix_end: bool,
+        mask: Tensor | None,
+    ) -> None:
+        super().__init__()
+        self.shapes = shapes
+        self.numels = [math.prod(shape) for shape in shapes]
+        offsets = [0, *torch.tensor(self.numels, dtype=torch.long).cumsum(0).tolist()]
+        self.spans = list(zip(offsets[:-1], offsets[1:]))
+        self.fix_start, self.fix_end = fix_start, fix_end
+        self.positions = linear_positions(num_bends)[1:-1]
+        self.register_buffer("anchors", torch.stack([start, end]))
+        self.start = None if fix_start else nn.Parameter(start.clone())
+        self.end = None if fix_end else nn.Parameter(end.clone())
+        if mask is None:
+            self.index = self.local_index = None
+            self.index_spans: list[tuple[int, int]] = []
+            selected_start, selected_end = start, end
+        else:
+            index = mask.nonzero().squeeze(1)
+            bounds = torch.searchsorted(index, torch.tensor(offsets)).tolist()
+            self.index_spans = list(zip(bounds[:-1], bounds[1:]))
+            owner_offset = torch.repeat_interleave(
+                torch.tensor(offsets[:-1]), torch.tensor(bounds[1:]) - torch.tensor(bounds[:-1])
+            )
+            self.register_buffer("index", index)
+            self.register_buffer("local_index", index - owner_offset)
+            selected_start, selected_end = start[index], end[index]
+        rows = [(1.0 - s) * selected_start + s * selected_end for s in self.positions]
+        has_middle = bool(rows) and rows[0].numel() > 0
+        self.middle = nn.Parameter(torch.stack(rows)) if has_middle else None
+
+    def weights(self, coefs: list[float]) -> tuple[Tensor, ...]:
+        middle_coefs = tuple(coefs[1:-1])
+        anchor_start = coefs[0] if self.fix_start else 0.0
+        anchor_end = coefs[-1] if self.fix_end else 0.0
+        line = (0.0, 0.0)
+        if self.index is not None or self.middle is None:
+            # Frozen middle entries lie on the straight line between the anchors.
+            line = (
+                sum(c * (1.0 - s) for c, s in zip(middle_coefs, self.positions)),
+                sum(c * s for c, s in zip(middle_coefs, self.positions)),
+            )
+        anchor_coefs = (anchor_start + line[0], anchor_end + line[1])
+        pieces = _Combine.apply(self, anchor_coefs, middle_coefs, line, self.anchors, self.middle)
+        for free_end, coef in ((self.start, coefs[0]), (self.end, coefs[-1])):
+            if free_end is not None:
+                ends = free_end.split(self.numels)
+                pieces = tuple(p + coef * e.view_as(p) for p, e in zip(pieces, ends))
+        return tuple(pieces)
+
+
+class _BufferPair(nn.Module):
+    """A model buffer at both ends; floating buffers are interpolated, others kept."""
+
+    def __init__(self, start: Tensor, end: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("start", start.detach().clone())
+        self.register_buffer("end", end.detach().clone())
+
+    def at(self, t: float) -> Tensor:
+        if self.start.is_floating_point() or self.start.is_complex():
+            return torch.lerp(self.start, self.end, t)
+        return self.start.clone()
+
+
+class CurveModel(nn.Module):
+    """A curve of models ``θ(t)`` in weight space between two models of the same architecture.
+
+    ``θ(t) = Σ_j c_j(t) θ_j`` over ``num_bends`` bends; the first bend is
+    ``start``, the last ``end``, and the middle bends start on the straight line
+    between them and are the trainable parameters. Works on any ``nn.Module``:
+    the user's model is deep-copied as a template (never mutated) and run with
+    the weights at ``t`` through :func:`torch.func.functional_call`, so tied
+    weights stay tied and bare ``nn.Parameter``s and parametrized modules work.
+
+    In training mode ``curve(x)`` draws one ``t`` per call from
+    :attr:`t_sampler` (default U(0, 1)), so a training loop written for the
+    plain model runs unchanged. In eval mode pass ``t``: ``curve(x, t=0.8)``.
+
+    Floating buffers (e.g. BatchNorm running statistics) are interpolated
+    linearly between the ends, integer buffers are taken from ``start``; after
+    :meth:`update_bn` the re-estimated statistics are used at that ``t``.
+
+    Args:
+        model: The architecture; any ``nn.Module``.
+        start: The start weights (an ``nn.Module``, a state dict, or a checkpoint
+            path). Defaults to ``model``'s own weights.
+        end: The end weights, same forms as ``start``.
+        curve: ``"bezier"``, ``"polychain"``, or a function
+            ``(t, num_bends) -> coefficients``.
+        num_bends: Number of bends including both ends (2 is the straight line).
+        fix_start: Keep the start bend fixed.
+        fix_end: Keep the end bend fixed.
+        mask: ``{param_name: bool tensor | bool}``: only these entries of the
+            middle bends are trainable; parameters not named stay frozen on
+            the straight line. ``None`` trains all middle-bend entries.
+        t_sampler: Callable returning a ``t`` for each training forward, or a
+            ``(low, high)`` pair for U(low, high).
+
+    Raises:
+        IncompatibleModelsError: ``start``/``end`` keys, shapes or dtypes differ
+            from ``model``'s.
+        ModeConnError: Fewer than 2 bends, an unknown curve, or a bad mask.
+
+    Example:
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> a, b = nn.Linear(4, 2), nn.Linear(4, 2)
+        >>> curve = CurveModel(a, start=a, end=b, num_bends=3)
+        >>> x = torch.randn(5, 4)
+        >>> torch.allclose(curve(x, t=1.0), b(x))
+        True
+        >>> [tuple(p.shape) for p in curve.parameters()]
+        [(1, 10)]
+        >>> type(curve.export(0.5)).__name__
+        'Linear'
+
+    Note:
+        Under ``DistributedDataParallel`` pass ``broadcast_buffers=False``: the
+        curve's buffers are its fixed anchors, identical on every process.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        start: StateSource | None = None,
+        end: StateSource,
+        curve: str | CoefficientFn = "bezier",
+        num_bends: int = 3,
+        fix_start: bool = True,
+        fix_end: bool = True,
+        mask: MaskSpec | None = None,
+        t_sampler: TSampler | tuple[float, float] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}.")
+        if int(num_bends) != num_bends or num_bends < 2:
+            raise ModeConnError(f"num_bends must be an integer >= 2 (2 = a line), got {num_bends}.")
+        self.num_bends = int(num_bends)
+        self.curve_name = curve if isinstance(curve, str) else getattr(curve, "__name__", "custom")
+        self.coefficients = get_curve(curve)
+        self.fix_start, self.fix_end = fix_start, fix_end
+        self.__dict__["_template"] = copy.deepcopy(model)
+        self._pinned: tuple[float, dict[str, Tensor]] | None = None
+        self.last_t: float | None = None
+        self.t_sampler = t_sampler  # type: ignore[assignment]
+
+        template = self.template
+        expected = template.state_dict()
+        start_state = load_checkpoint(model if start is None else start)
+        end_state = load_checkpoint(end)
+        _check_endpoint(expected, start_state, "start")
+        _check_endpoint(expected, end_state, "end")
+
+        parameters = dict(template.named_parameters())
+        masks = self._flat_masks(mask, template) if mask is not None else None
+        by_dtype: dict[torch.dtype, list[str]] = {}
+        for name, tensor in parameters.items():
+            by_dtype.setdefault(tensor.dtype, []).append(name)
+        self._param_names: dict[str, list[str]] = {}
+        groups = {}
+        for dtype, names in by_dtype.items():
+            key = str(dtype).removeprefix("torch.")
+            device = parameters[names[0]].device
+            start_flat, end_flat = (
+                torch.cat([state[n].detach().reshape(-1).to(device) for n in names])
+                for state in (start_state, end_state)
+            )
+            group_mask = None if masks is None else torch.cat([masks[n] for n in names])
+            groups[key] = _BendGroup(
+                [parameters[n].shape for n in names],
+                start_flat,
+                end_flat,
+                num_bends=self.num_bends,
+                fix_start=fix_start,
+                fix_end=fix_end,
+                mask=group_mask,
+            )
+            self._param_names[key] = names
+        self.groups = nn.ModuleDict(groups)
+        buffers = dict(template.named_buffers())
+        self._buffer_names = list(buffers)
+        self.model_buffers = nn.ModuleList(
+            _BufferPair(start_state.get(n, buffers[n]), end_state.get(n, buffers[n]))
+            for n in self._buffer_names
+        )
+
+    @staticmethod
+    def _flat_masks(mask: MaskSpec, template: nn.Module) -> dict[str, Tensor]:
+        canonical = {id(p): name for name, p in template.named_parameters()}
+        aliases = {
+            name: canonical[id(p)]
+            for name, p in template.named_parameters(remove_duplicate=False)
+        }
+        unknown = [name for name in mask if name not in aliases]
+        if unknown:
+            raise ModeConnError(
+                f"The mask names parameters the model does not have: {_listed(unknown)}. "
+                f"Valid names include {_listed(list(aliases)[:_MAX_LISTED])}; build masks from "
+                "model.named_parameters() (e.g. with mcu.layer_mask or mcu.saliency_mask)."
+            )
+        parameters = dict(template.named_parameters())
+        flat: dict[str, Tensor] = {}
+        for name, param in parameters.items():
+            flat[name] = torch.zeros(param.numel(), dtype=torch.bool, device=param.device)
+        for name, value in mask.items():
+            param = parameters[aliases[name]]
+            if isinstance(value, bool):
+                flat[aliases[name]] = torch.full_like(flat[aliases[name]], value)
+                continue
+            if not isinstance(value, Tensor) or value.dtype != torch.bool:
+                kind = value.dtype if isinstance(value, Tensor) else type(value).__name__
+                raise ModeConnError(
+                    f"Mask entry {name!r} must be a bool or a bool tensor, got {kind}; "
+                    "convert it with .bool()."
+                )
+            if value.shape != param.shape:
+                raise ModeConnError(
+                    f"Mask entry {name!r} has shape {tuple(value.shape)} but the parameter has "
+                    f"shape {tuple(param.shape)}."
+                )
+            flat[aliases[name]] = value.detach().reshape(-1).to(param.device)
+        return flat
+
+    @property
+    def template(self) -> nn.Module:
+        """The deep copy of the user's model that defines the architecture."""
+        template: nn.Module = self.__dict__["_template"]
+        return template
+
+    @property
+    def t_sampler(self) -> TSampler:
+        """Draws the ``t`` of each training-mode forward (default U(0, 1))."""
+        sampler: TSampler = self.__dict__["_t_sampler"]
+        return sampler
+
+    @t_sampler.setter
+    def t_sampler(self, sampler: TSampler | tuple[float, float] | None) -> None:
+        if sampler is None:
+            sampler = (0.0, 1.0)
+        if isinstance(sampler, tuple):
+            sampler = _uniform_sampler(*sampler)
+        if not callable(sampler):
+            raise ModeConnError("t_sampler must be a callable returning t or a (low, high) pair.")
+        self.__dict__["_t_sampler"] = sampler
+
+    def weights_at(self, t: float | Tensor) -> dict[str, Tensor]:
+        """The parameters of the model at ``t``, keyed like ``model.named_parameters()``.
+
+        The tensors are differentiable with respect to the trainable bends.
+
+        Example:
+            >>> a, b = nn.Linear(2, 1), nn.Linear(2, 1)
+            >>> curve = CurveModel(a, start=a, end=b, num_bends=2)
+            >>> torch.allclose(curve.weights_at(0.0)["weight"], a.weight)
+            True
+        """
+        t = check_t(t)
+        coefs = [float(c) for c in self.coefficients(t, self.num_bends)]
+        if len(coefs) != self.num_bends:
+            raise ModeConnError(
+                f"The curve function returned {len(coefs)} coefficients for {self.num_bends} bends."
+            )
+        weights: dict[str, Tensor] = {}
+        for key, group in self.groups.items():
+            weights.update(zip(self._param_names[key], group.weights(coefs)))
+        return weights
+
+    def buffers_at(self, t: float | Tensor) -> dict[str, Tensor]:
+        """The buffers of the model at ``t`` (interpolated, or pinned by :meth:`update_bn`)."""
+        t = check_t(t)
+        if self._pinned is not None and self._pinned[0] == t:
+            return {name: tensor.clone() for name, tensor in self._pinned[1].items()}
+        return {name: pair.at(t) for name, pair in zip(self._buffer_names, self.model_buffers)}
+
+    def forward(self, *args: Any, t: float | Tensor | None = None, **kwargs: Any) -> Any:
+        """Run the wrapped model with the weights at ``t``.
+
+        Args:
+            *args: Positional inputs of the wrapped model.
+            t: Point on the curve. ``None`` draws one from :attr:`t_sampler`
+                in training mode and is an error in eval mode.
+            **kwargs: Keyword inputs of the wrapped model.
+        """
+        if t is None:
+            if not self.training:
+                raise ModeConnError(
+                    "CurveModel in eval mode needs a point on the curve: call curve(x, t=0.5)."
+                )
+            t = self.t_sampler()
+        t = check_t(t)
+        self.last_t = t
+        state = self.weights_at(t)
+        state.update(self.buffers_at(t))
+        return functional_call(self.template, state, args, kwargs, tie_weights=True, strict=False)
+
+    def export(self, t: float | Tensor, *, bn_loader: Iterable[Any] | None = None) -> nn.Module:
+        """A plain copy of the user's model class with the weights at ``t``.
+
+        Args:
+            t: Point on the curve.
+            bn_loader: If given, BatchNorm statistics of the copy are re-estimated
+                on it (use retain data, never the forget set).
+
+        Returns:
+            A new module of the template's class, in the curve's train/eval mode.
+        """
+        t = check_t(t)
+        model = copy.deepcopy(self.template)
+        with torch.no_grad():
+            for name, value in self.weights_at(t).items():
+                model.get_parameter(name).copy_(value)
+            for name, value in self.buffers_at(t).items():
+                model.get_buffer(name).copy_(value)
+        if bn_loader is not None:
+            _update_module_bn(model, bn_loader)
+        return model.train(self.training)
+
+    def update_bn(self, loader: Iterable[Any], *, t: float) -> None:
+        """Re-estimate BatchNorm statistics at ``t`` on ``loader`` and pin them to that ``t``."""
+        t = check_t(t)
+        model = self.export(t, bn_loader=loader)
+        self._pinned = (t, {name: b.detach() for name, b in model.named_buffers()})
+
+    def train(self, mode: bool = True) -> CurveModel:
+        """Set training mode on the curve and the wrapped template."""
+        super().train(mode)
+        self.template.train(mode)
+        return self
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> CurveModel:
+        super()._apply(fn, recurse)
+        self.template._apply(fn)
+        if self._pinned is not None:
+            t, buffers = self._pinned
+            self._pinned = (t, {name: fn(b) for name, b in buffers.items()})
+        return self
+
+    def extra_repr(self) -> str:
+        trainable = sum(p.numel() for p in self.parameters())
+        return (
+            f"template={type(self.template).__name__}, curve={self.curve_name!r}, "
+            f"num_bends={self.num_bends}, fix_start={self.fix_start}, fix_end={self.fix_end}, "
+            f"trainable={trainable}"
+        )

@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny models and sklearn digits data, all seeded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import TensorDataset
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[TensorDataset, TensorDataset]:
+    """Digits as (train, test) TensorDatasets of flat float inputs in [0, 1]."""
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x, dtype=torch.float32) / 16.0
+    y = torch.tensor(y, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(y), generator=g)
+    train, test = perm[:1400], perm[1400:]
+    return TensorDataset(x[train], y[train]), TensorDataset(x[test], y[test])
+
+
+def make_mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
