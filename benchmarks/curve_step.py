@@ -35,7 +35,11 @@ RESULTS = Path(__file__).parent / "results"
 
 def mlp() -> nn.Module:
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(3072, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3072, 1024),
+        nn.ReLU(),
+        nn.Linear(1024, 1024),
+        nn.ReLU(),
         nn.Linear(1024, 10),
     )
 
@@ -67,26 +71,43 @@ def random_mask(model: nn.Module, fraction: float, seed: int) -> dict[str, torch
     return {n: torch.rand(p.shape, generator=gen) < fraction for n, p in model.named_parameters()}
 
 
-def measure(name: str, build: Callable[[], nn.Module], shape: tuple[int, ...], batch: int,
-            repeats: int, rounds: int) -> dict[str, float | str | int]:
+def measure(
+    name: str,
+    build: Callable[[], nn.Module],
+    shape: tuple[int, ...],
+    batch: int,
+    repeats: int,
+    rounds: int,
+) -> dict[str, float | str | int]:
     torch.manual_seed(0)
     start, end = build(), build()
     x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
     plain = build()
     curve = CurveModel(start, start=start, end=end)
     masked = CurveModel(start, start=start, end=end, mask=random_mask(start, 0.1, 0))
-    steps = {"plain": make_step(plain, x, y), "curve": make_step(curve, x, y),
-             "masked": make_step(masked, x, y)}
+    steps = {
+        "plain": make_step(plain, x, y),
+        "curve": make_step(curve, x, y),
+        "masked": make_step(masked, x, y),
+    }
     for step in steps.values():
         for _ in range(2):
             step()
+    # Steps of one round run back to back, so a round's ratios share the machine's load;
+    # the median over rounds discards rounds disturbed by other processes.
+    ratios: dict[str, list[float]] = {"curve": [], "masked": [], "masked_vs_curve": []}
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(rounds):
+        took = {}
         for key, step in steps.items():
             begin = time.perf_counter()
             for _ in range(repeats):
                 step()
-            times[key].append((time.perf_counter() - begin) / repeats)
+            took[key] = (time.perf_counter() - begin) / repeats
+            times[key].append(took[key])
+        ratios["curve"].append(took["curve"] / took["plain"])
+        ratios["masked"].append(took["masked"] / took["plain"])
+        ratios["masked_vs_curve"].append(took["masked"] / took["curve"])
     median = {k: statistics.median(v) for k, v in times.items()}
     return {
         "model": name,
@@ -94,8 +115,9 @@ def measure(name: str, build: Callable[[], nn.Module], shape: tuple[int, ...], b
         "plain_ms": 1e3 * median["plain"],
         "curve_ms": 1e3 * median["curve"],
         "masked_ms": 1e3 * median["masked"],
-        "curve_over_plain": median["curve"] / median["plain"],
-        "masked_over_curve": median["masked"] / median["curve"],
+        "curve_over_plain": statistics.median(ratios["curve"]),
+        "masked_over_plain": statistics.median(ratios["masked"]),
+        "masked_over_curve": statistics.median(ratios["masked_vs_curve"]),
         "masked_state_over_curve_state": state_numel(steps["masked"], masked)
         / state_numel(steps["curve"], curve),
     }
@@ -107,7 +129,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    repeats, rounds = (1, 2) if args.quick else (5, 9)
+    repeats, rounds = (1, 2) if args.quick else (1, 25)
     cases = [
         ("ResNet-20", resnet20, (3, 32, 32), 128, {"curve_over_plain": 1.03}),
         ("MLP 3072-1024-1024-10", mlp, (3, 32, 32), 128, {"curve_over_plain": 1.25}),

@@ -86,7 +86,9 @@ def _check_endpoint(expected: Mapping[str, Tensor], given: Mapping[str, Tensor],
         problems.append(f"shape mismatches ({role} vs model) {detail}")
     dtypes = [k for k in common if expected[k].dtype != given[k].dtype]
     if dtypes:
-        detail = ", ".join(f"{k!r}: {given[k].dtype} vs {expected[k].dtype}" for k in sorted(dtypes))
+        detail = ", ".join(
+            f"{k!r}: {given[k].dtype} vs {expected[k].dtype}" for k in sorted(dtypes)
+        )
         problems.append(f"dtype mismatches ({role} vs model) {detail}")
     if problems:
         raise IncompatibleModelsError(
@@ -99,7 +101,9 @@ def _check_endpoint(expected: Mapping[str, Tensor], given: Mapping[str, Tensor],
 def _uniform_sampler(low: float, high: float) -> TSampler:
     low, high = check_t(low), check_t(high)
     if low > high:
-        raise ModeConnError(f"t_sampler range ({low}, {high}) is empty; use (low, high), low <= high.")
+        raise ModeConnError(
+            f"t_sampler range ({low}, {high}) is empty; use (low, high), low <= high."
+        )
 
     def sample() -> float:
         return low + (high - low) * float(torch.rand(()))
@@ -385,8 +389,7 @@ class CurveModel(nn.Module):
     def _flat_masks(mask: MaskSpec, template: nn.Module) -> dict[str, Tensor]:
         canonical = {id(p): name for name, p in template.named_parameters()}
         aliases = {
-            name: canonical[id(p)]
-            for name, p in template.named_parameters(remove_duplicate=False)
+            name: canonical[id(p)] for name, p in template.named_parameters(remove_duplicate=False)
         }
         unknown = [name for name in mask if name not in aliases]
         if unknown:
