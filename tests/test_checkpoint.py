@@ -28,7 +28,10 @@ def test_load_from_module_mapping_and_file(tmp_path) -> None:
 
 def test_unwraps_training_checkpoints_and_prefixes(tmp_path) -> None:
     model = nn.Linear(3, 2)
-    wrapped = {"epoch": 3, "model_state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
+    wrapped = {
+        "epoch": 3,
+        "model_state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+    }
     path = tmp_path / "ck.pt"
     save_checkpoint(wrapped, path)
     assert sorted(load_checkpoint(path)) == ["bias", "weight"]

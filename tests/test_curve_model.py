@@ -94,8 +94,11 @@ def _bert_call(model: nn.Module, x: torch.Tensor, **kw: object) -> torch.Tensor:
 
 
 ARCHS = [
-    Arch("mlp", lambda: nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)),
-         lambda: torch.randn(5, 6)),
+    Arch(
+        "mlp",
+        lambda: nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)),
+        lambda: torch.randn(5, 6),
+    ),
     Arch("bn_cnn", bn_cnn, lambda: torch.randn(5, 1, 8, 8)),
     Arch("tied_transformer", TiedTransformer, lambda: torch.randint(0, 20, (4, 7))),
     Arch("gru", GRUClassifier, lambda: torch.randn(4, 5, 6)),
@@ -132,10 +135,12 @@ def _average(a: nn.Module, b: nn.Module) -> nn.Module:
     mid = copy.deepcopy(a)
     with torch.no_grad():
         for (_, pm), (_, pa), (_, pb) in zip(
-            mid.named_parameters(), a.named_parameters(), b.named_parameters()
+            mid.named_parameters(), a.named_parameters(), b.named_parameters(), strict=True
         ):
             pm.copy_(0.5 * pa + 0.5 * pb)
-        for (_, bm), (_, ba), (_, bb) in zip(mid.named_buffers(), a.named_buffers(), b.named_buffers()):
+        for (_, bm), (_, ba), (_, bb) in zip(
+            mid.named_buffers(), a.named_buffers(), b.named_buffers(), strict=True
+        ):
             if bm.is_floating_point():
                 bm.copy_(0.5 * ba + 0.5 * bb)
     return mid
@@ -153,7 +158,9 @@ def test_endpoints_reproduce_models(arch: Arch) -> None:
         m.eval()
     x = arch.inputs()
     with torch.no_grad():
-        torch.testing.assert_close(arch.call(curve, x, t=0.0), arch.call(start, x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            arch.call(curve, x, t=0.0), arch.call(start, x), rtol=0, atol=1e-6
+        )
         torch.testing.assert_close(arch.call(curve, x, t=1.0), arch.call(end, x), rtol=0, atol=1e-6)
 
 
@@ -328,9 +335,11 @@ def test_masked_entries_stay_bit_exact(make_optimizer) -> None:
     after = curve.weights_at(0.5)
     for name in initial:
         trainable = mask.get(name, False)
-        trainable = torch.full_like(initial[name], trainable, dtype=torch.bool) if isinstance(
-            trainable, bool
-        ) else trainable
+        trainable = (
+            torch.full_like(initial[name], trainable, dtype=torch.bool)
+            if isinstance(trainable, bool)
+            else trainable
+        )
         assert torch.equal(after[name][~trainable], initial[name][~trainable]), name
         if trainable.any():
             assert not torch.equal(after[name][trainable], initial[name][trainable]), name
@@ -347,7 +356,7 @@ def test_masked_curve_matches_unmasked_curve_on_masked_entries() -> None:
     with torch.no_grad():
         values.add_(values_update)
         (middle,) = full.parameters()
-        flat = middle[0, : 48].view(8, 6)
+        flat = middle[0, :48].view(8, 6)
         flat[mask["0.weight"]] += values_update[0]
     x = torch.randn(4, 6, requires_grad=False)
     for t in (0.2, 0.5, 0.9):
@@ -359,7 +368,7 @@ def test_masked_curve_matches_unmasked_curve_on_masked_entries() -> None:
 
 def test_mask_errors_name_the_problem() -> None:
     a, b = _mlp_pair()
-    with pytest.raises(ModeConnError, match="'conv.weight'"):
+    with pytest.raises(ModeConnError, match=r"'conv\.weight'"):
         CurveModel(a, start=a, end=b, mask={"conv.weight": True})
     with pytest.raises(ModeConnError, match=r"shape \(3, 3\)"):
         CurveModel(a, start=a, end=b, mask={"0.weight": torch.ones(3, 3, dtype=torch.bool)})
@@ -382,9 +391,9 @@ def test_mismatched_endpoints_name_offending_keys() -> None:
     deeper = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3), nn.Linear(3, 3))
     with pytest.raises(IncompatibleModelsError, match=r"'0.weight': \(9, 6\) vs \(8, 6\)"):
         CurveModel(a, start=a, end=wider)
-    with pytest.raises(IncompatibleModelsError, match="unexpected keys '3.bias', '3.weight'"):
+    with pytest.raises(IncompatibleModelsError, match=r"unexpected keys '3\.bias', '3\.weight'"):
         CurveModel(a, start=a, end=deeper)
-    with pytest.raises(IncompatibleModelsError, match="missing keys '2.bias'"):
+    with pytest.raises(IncompatibleModelsError, match=r"missing keys '2\.bias'"):
         state = a.state_dict()
         del state["2.bias"]
         CurveModel(a, start=a, end=state)
@@ -520,3 +529,18 @@ def test_torch_compile_runs() -> None:
     torch.testing.assert_close(out, curve(x, t=0.3))
     out.sum().backward()
     assert next(iter(curve.parameters())).grad is not None
+
+
+def test_pinned_statistics_expire_when_bends_change() -> None:
+    model = bn_cnn()
+    curve = CurveModel(model, start=model, end=_perturbed(model, 1))
+    data = [torch.randn(16, 1, 8, 8) * 3 + 2]
+    mcu.update_bn(curve, data, t=0.5)
+    pinned = curve.buffers_at(0.5)["1.running_mean"]
+    assert not torch.allclose(pinned, curve.model_buffers[0].at(0.5))
+    optimizer = torch.optim.SGD(curve.parameters(), lr=0.1)
+    curve.train()(torch.randn(4, 1, 8, 8), t=0.5).sum().backward()
+    optimizer.step()
+    torch.testing.assert_close(
+        curve.buffers_at(0.5)["1.running_mean"], curve.model_buffers[0].at(0.5)
+    )

@@ -32,7 +32,9 @@ def test_quadratic_bezier_by_hand() -> None:
 def test_linear_positions_trace_the_straight_line(fn, num_bends: int) -> None:
     positions = linear_positions(num_bends)
     for t in (0.0, 0.2, 0.45, 0.9, 1.0):
-        assert sum(c * s for c, s in zip(fn(t, num_bends), positions)) == pytest.approx(t)
+        assert sum(
+            c * s for c, s in zip(fn(t, num_bends), positions, strict=True)
+        ) == pytest.approx(t)
 
 
 def test_polychain_segments_by_hand() -> None:

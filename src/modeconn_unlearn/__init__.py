@@ -1,21 +1,74 @@
-"""Machine unlearning through mode connectivity, for any ``nn.Module``."""
+"""Machine unlearning through mode connectivity, for any ``nn.Module``.
+
+Example:
+    >>> import modeconn_unlearn as mcu
+    >>> callable(mcu.CurveModel) and callable(mcu.find_optimal_t)
+    True
+"""
 
 from __future__ import annotations
 
+from . import losses
 from .batchnorm import update_bn
 from .checkpoint import load_checkpoint, save_checkpoint
 from .curve_model import CurveModel
+from .data import UnlearnBatch, UnlearnDataset, forget_retain_split, unlearn_loader
 from .errors import IncompatibleModelsError, ModeConnError, NonFiniteLossError
+from .evaluation import (
+    Metrics,
+    PathReport,
+    UnlearningScores,
+    evaluate,
+    evaluate_path,
+    unlearning_scores,
+)
+from .losses import AdaptiveBeta, UnlearnLoss
+from .masks import layer_mask, load_mask, random_mask, saliency_mask, save_mask
+from .mia import lira, svc_mia, threshold_attack, train_reference_models
+from .selection import OptimalT, avg_gap, effective_region, find_optimal_t
+from .task_vector import negate_task_vector
+from .training import History, fit_curve, retrain, unlearn
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveBeta",
     "CurveModel",
+    "History",
     "IncompatibleModelsError",
+    "Metrics",
     "ModeConnError",
     "NonFiniteLossError",
+    "OptimalT",
+    "PathReport",
+    "UnlearnBatch",
+    "UnlearnDataset",
+    "UnlearnLoss",
+    "UnlearningScores",
     "__version__",
+    "avg_gap",
+    "effective_region",
+    "evaluate",
+    "evaluate_path",
+    "find_optimal_t",
+    "fit_curve",
+    "forget_retain_split",
+    "layer_mask",
+    "lira",
     "load_checkpoint",
+    "load_mask",
+    "losses",
+    "negate_task_vector",
+    "random_mask",
+    "retrain",
+    "saliency_mask",
     "save_checkpoint",
+    "save_mask",
+    "svc_mia",
+    "threshold_attack",
+    "train_reference_models",
+    "unlearn",
+    "unlearn_loader",
+    "unlearning_scores",
     "update_bn",
 ]

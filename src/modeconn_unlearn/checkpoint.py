@@ -53,7 +53,8 @@ def load_checkpoint(source: StateSource) -> dict[str, torch.Tensor]:
         state = _load_file(Path(source))
     else:
         raise TypeError(
-            f"Expected an nn.Module, a state dict or a checkpoint path, got {type(source).__name__}."
+            "Expected an nn.Module, a state dict or a checkpoint path, "
+            f"got {type(source).__name__}."
         )
     for key in _WRAPPER_KEYS:
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):

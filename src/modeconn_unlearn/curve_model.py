@@ -20,6 +20,7 @@ Storage, per dtype group of ``N`` parameter entries and ``m`` middle bends:
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -133,12 +134,12 @@ class _Combine(torch.autograd.Function):
         weights.add_(anchors[1], alpha=anchor_coefs[1])
         if middle is not None:
             if group.index is None:
-                for row, coef in zip(middle, middle_coefs):
+                for row, coef in zip(middle, middle_coefs, strict=True):
                     weights.add_(row, alpha=coef)
             else:
                 # Masked entries: swap their straight-line value for the trained one.
                 delta = torch.mul(middle[0], middle_coefs[0])
-                for row, coef in zip(middle[1:], middle_coefs[1:]):
+                for row, coef in zip(middle[1:], middle_coefs[1:], strict=True):
                     delta.add_(row, alpha=coef)
                 at_index = anchors.index_select(1, group.index)
                 delta.sub_(at_index[0], alpha=line_coefs[0]).sub_(at_index[1], alpha=line_coefs[1])
@@ -147,7 +148,7 @@ class _Combine(torch.autograd.Function):
         ctx.middle_coefs = middle_coefs
         ctx.middle_shape = None if middle is None else middle.shape
         pieces = weights.split(group.numels)
-        return tuple(piece.view(shape) for piece, shape in zip(pieces, group.shapes))
+        return tuple(piece.view(shape) for piece, shape in zip(pieces, group.shapes, strict=True))
 
     @staticmethod
     @once_differentiable
@@ -160,15 +161,15 @@ class _Combine(torch.autograd.Function):
         reference = next(g for g in grads if g is not None)
         grad_middle = reference.new_empty(ctx.middle_shape)
         if group.index is None:
-            for (start, stop), grad in zip(group.spans, grads):
-                for row, coef in zip(grad_middle, coefs):
+            for (start, stop), grad in zip(group.spans, grads, strict=True):
+                for row, coef in zip(grad_middle, coefs, strict=True):
                     if grad is None:
                         row[start:stop].zero_()
                     else:
                         torch.mul(grad.reshape(-1), coef, out=row[start:stop])
             return (*nothing, grad_middle)
         first = grad_middle[0]
-        for (start, stop), grad in zip(group.index_spans, grads):
+        for (start, stop), grad in zip(group.index_spans, grads, strict=True):
             if start == stop:
                 continue
             if grad is None:
@@ -176,7 +177,7 @@ class _Combine(torch.autograd.Function):
             else:
                 local = group.local_index[start:stop]
                 torch.index_select(grad.reshape(-1), 0, local, out=first[start:stop])
-        for row, coef in zip(grad_middle[1:], coefs[1:]):
+        for row, coef in zip(grad_middle[1:], coefs[1:], strict=True):
             torch.mul(first, coef, out=row)
         first.mul_(coefs[0])
         return (*nothing, grad_middle)
@@ -203,7 +204,7 @@ class _BendGroup(nn.Module):
         self.shapes = shapes
         self.numels = [math.prod(shape) for shape in shapes]
         offsets = [0, *torch.tensor(self.numels, dtype=torch.long).cumsum(0).tolist()]
-        self.spans = list(zip(offsets[:-1], offsets[1:]))
+        self.spans = list(itertools.pairwise(offsets))
         self.fix_start, self.fix_end = fix_start, fix_end
         self.positions = linear_positions(num_bends)[1:-1]
         self.register_buffer("anchors", torch.stack([start, end]))
@@ -216,7 +217,7 @@ class _BendGroup(nn.Module):
         else:
             index = mask.nonzero().squeeze(1)
             bounds = torch.searchsorted(index, torch.tensor(offsets)).tolist()
-            self.index_spans = list(zip(bounds[:-1], bounds[1:]))
+            self.index_spans = list(itertools.pairwise(bounds))
             owner_offset = torch.repeat_interleave(
                 torch.tensor(offsets[:-1]), torch.tensor(bounds[1:]) - torch.tensor(bounds[:-1])
             )
@@ -235,15 +236,15 @@ class _BendGroup(nn.Module):
         if self.index is not None or self.middle is None:
             # Frozen middle entries lie on the straight line between the anchors.
             line = (
-                sum(c * (1.0 - s) for c, s in zip(middle_coefs, self.positions)),
-                sum(c * s for c, s in zip(middle_coefs, self.positions)),
+                sum(c * (1.0 - s) for c, s in zip(middle_coefs, self.positions, strict=True)),
+                sum(c * s for c, s in zip(middle_coefs, self.positions, strict=True)),
             )
         anchor_coefs = (anchor_start + line[0], anchor_end + line[1])
         pieces = _Combine.apply(self, anchor_coefs, middle_coefs, line, self.anchors, self.middle)
         for free_end, coef in ((self.start, coefs[0]), (self.end, coefs[-1])):
             if free_end is not None:
                 ends = free_end.split(self.numels)
-                pieces = tuple(p + coef * e.view_as(p) for p, e in zip(pieces, ends))
+                pieces = tuple(p + coef * e.view_as(p) for p, e in zip(pieces, ends, strict=True))
         return tuple(pieces)
 
 
@@ -277,7 +278,8 @@ class CurveModel(nn.Module):
 
     Floating buffers (e.g. BatchNorm running statistics) are interpolated
     linearly between the ends, integer buffers are taken from ``start``; after
-    :meth:`update_bn` the re-estimated statistics are used at that ``t``.
+    :meth:`update_bn` the re-estimated statistics are used at that ``t`` until
+    the bends change.
 
     Args:
         model: The architecture; any ``nn.Module``.
@@ -341,7 +343,7 @@ class CurveModel(nn.Module):
         self.coefficients = get_curve(curve)
         self.fix_start, self.fix_end = fix_start, fix_end
         self.__dict__["_template"] = copy.deepcopy(model)
-        self._pinned: tuple[float, dict[str, Tensor]] | None = None
+        self._pinned: tuple[float, dict[str, Tensor], tuple[int, ...]] | None = None
         self.last_t: float | None = None
         self.t_sampler = t_sampler  # type: ignore[assignment]
 
@@ -462,15 +464,20 @@ class CurveModel(nn.Module):
             )
         weights: dict[str, Tensor] = {}
         for key, group in self.groups.items():
-            weights.update(zip(self._param_names[key], group.weights(coefs)))
+            weights.update(zip(self._param_names[key], group.weights(coefs), strict=True))
         return weights
 
     def buffers_at(self, t: float | Tensor) -> dict[str, Tensor]:
         """The buffers of the model at ``t`` (interpolated, or pinned by :meth:`update_bn`)."""
         t = check_t(t)
-        if self._pinned is not None and self._pinned[0] == t:
-            return {name: tensor.clone() for name, tensor in self._pinned[1].items()}
-        return {name: pair.at(t) for name, pair in zip(self._buffer_names, self.model_buffers)}
+        if self._pinned is not None:
+            pinned_t, buffers, versions = self._pinned
+            if pinned_t == t and versions == self._bend_versions():
+                return {name: tensor.clone() for name, tensor in buffers.items()}
+        return {
+            name: pair.at(t)
+            for name, pair in zip(self._buffer_names, self.model_buffers, strict=True)
+        }
 
     def forward(self, *args: Any, t: float | Tensor | None = None, **kwargs: Any) -> Any:
         """Run the wrapped model with the weights at ``t``.
@@ -519,7 +526,13 @@ class CurveModel(nn.Module):
         """Re-estimate BatchNorm statistics at ``t`` on ``loader`` and pin them to that ``t``."""
         t = check_t(t)
         model = self.export(t, bn_loader=loader)
-        self._pinned = (t, {name: b.detach() for name, b in model.named_buffers()})
+        buffers = {name: b.detach() for name, b in model.named_buffers()}
+        self._pinned = (t, buffers, self._bend_versions())
+
+    def _bend_versions(self) -> tuple[int, ...]:
+        # Every in-place change of a bend (an optimizer step, load_state_dict) bumps its
+        # version, which invalidates statistics pinned for the old weights.
+        return tuple(p._version for p in self.parameters())
 
     def train(self, mode: bool = True) -> CurveModel:
         """Set training mode on the curve and the wrapped template."""
@@ -531,11 +544,12 @@ class CurveModel(nn.Module):
         super()._apply(fn, recurse)
         self.template._apply(fn)
         if self._pinned is not None:
-            t, buffers = self._pinned
-            self._pinned = (t, {name: fn(b) for name, b in buffers.items()})
+            t, buffers, _ = self._pinned
+            self._pinned = (t, {name: fn(b) for name, b in buffers.items()}, self._bend_versions())
         return self
 
     def extra_repr(self) -> str:
+        """Summary shown by ``repr(curve)``."""
         trainable = sum(p.numel() for p in self.parameters())
         return (
             f"template={type(self.template).__name__}, curve={self.curve_name!r}, "

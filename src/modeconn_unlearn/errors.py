@@ -7,6 +7,11 @@ fix it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
 __all__ = ["IncompatibleModelsError", "ModeConnError", "NonFiniteLossError"]
 
 
@@ -19,4 +24,14 @@ class IncompatibleModelsError(ModeConnError):
 
 
 class NonFiniteLossError(ModeConnError):
-    """A training loss became NaN or infinite; the model keeps its last finite state."""
+    """A training loss became NaN or infinite; the model keeps its last finite state.
+
+    Attributes:
+        model: The model being trained, at its last finite state (for
+            ``unlearn``/``retrain`` this is the working copy, since the input
+            model is never modified), or ``None``.
+    """
+
+    def __init__(self, message: str, *, model: nn.Module | None = None) -> None:
+        super().__init__(message)
+        self.model = model

@@ -1,0 +1,475 @@
+"""Forget/retain splits and a dataset view that flags forget samples.
+
+Unlearning needs two sets: the *forget set* D_f whose influence is removed and
+the *retain set* D_r whose knowledge is kept. This module builds them from any
+map-style dataset returning ``(x, y)`` and mixes them into one stream of
+:class:`UnlearnBatch` batches, where ``is_forget`` tells each objective which
+samples to learn and which to unlearn.
+
+Functions elsewhere in the library that take "data" accept either a
+:class:`~torch.utils.data.DataLoader` or a map-style
+:class:`~torch.utils.data.Dataset`; :func:`as_loader` and :func:`as_dataset`
+implement that convention.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import operator
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
+from torch.utils.data.dataloader import default_collate
+
+from .errors import ModeConnError
+
+__all__ = [
+    "UnlearnBatch",
+    "UnlearnDataset",
+    "as_dataset",
+    "as_loader",
+    "collate_unlearn",
+    "forget_retain_split",
+    "move_to_device",
+    "unlearn_loader",
+    "unpack_batch",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Batch size used when a bare ``Dataset`` is given where a loader is expected.
+DEFAULT_EVAL_BATCH_SIZE = 256
+
+
+class UnlearnBatch(NamedTuple):
+    """A batch mixing retain and forget samples.
+
+    Attributes:
+        inputs: The model inputs (a tensor, or whatever the dataset's collate gives).
+        targets: Integer class labels, shape ``(N,)``.
+        is_forget: Boolean tensor, shape ``(N,)``; ``True`` marks forget samples.
+
+    Example:
+        >>> import torch
+        >>> b = UnlearnBatch(torch.zeros(2, 3), torch.tensor([0, 1]), torch.tensor([True, False]))
+        >>> int(b.is_forget.sum())
+        1
+    """
+
+    inputs: Any
+    targets: Tensor
+    is_forget: Tensor
+
+
+class MapDataset(Protocol):
+    """Anything indexable with a length: a map-style dataset."""
+
+    def __getitem__(self, index: int) -> Any: ...
+
+    def __len__(self) -> int: ...
+
+
+class _EmptyDataset(Dataset[Any]):
+    """A dataset with no samples (stands for a part an objective does not use)."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, index: int) -> Any:
+        raise IndexError(f"index {index} out of range for an empty dataset")
+
+
+def as_dataset(data: Any, name: str = "data") -> MapDataset:
+    """Return the map-style dataset behind ``data``.
+
+    Args:
+        data: A map-style ``Dataset``, a ``DataLoader`` over one (its dataset is
+            used; its batching is not), any sequence of ``(x, y)`` pairs, or
+            ``None`` (an empty dataset).
+        name: How to call ``data`` in error messages.
+
+    Returns:
+        A map-style dataset.
+
+    Raises:
+        ModeConnError: If ``data`` is an iterable-style dataset or not a dataset at all.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> ds = TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
+        >>> as_dataset(DataLoader(ds, batch_size=2)) is ds
+        True
+    """
+    if data is None:
+        return _EmptyDataset()
+    if isinstance(data, DataLoader):
+        data = data.dataset
+    if isinstance(data, IterableDataset):
+        raise ModeConnError(
+            f"{name} is an IterableDataset; a map-style dataset (with __getitem__ and "
+            "__len__) is needed to mix retain and forget samples. Materialise it, e.g. "
+            "as a TensorDataset."
+        )
+    if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        return data  # type: ignore[no-any-return]
+    raise ModeConnError(
+        f"{name} must be a map-style Dataset or a DataLoader over one, got {type(data).__name__}."
+    )
+
+
+def as_loader(data: Any, *, batch_size: int = DEFAULT_EVAL_BATCH_SIZE) -> DataLoader[Any]:
+    """Return ``data`` as a loader: a ``DataLoader`` as is, a ``Dataset`` wrapped.
+
+    Args:
+        data: A ``DataLoader`` (returned unchanged) or a map-style ``Dataset``
+            (wrapped with ``shuffle=False``).
+        batch_size: Batch size of the wrapping loader.
+
+    Returns:
+        A ``DataLoader``.
+
+    Raises:
+        ModeConnError: If ``data`` is neither.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> ds = TensorDataset(torch.zeros(300, 2), torch.zeros(300, dtype=torch.long))
+        >>> len(as_loader(ds))
+        2
+    """
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, (Dataset, Sequence)):
+        return DataLoader(data, batch_size=batch_size, shuffle=False)  # type: ignore[arg-type]
+    raise ModeConnError(
+        f"expected a DataLoader or a map-style Dataset, got {type(data).__name__}; wrap tensors "
+        "as torch.utils.data.TensorDataset(x, y)."
+    )
+
+
+def unpack_batch(batch: Any) -> tuple[Any, Tensor]:
+    """Return ``(inputs, targets)`` from a batch ``(x, y, ...)`` or an :class:`UnlearnBatch`.
+
+    Args:
+        batch: A tuple or list whose first two items are inputs and targets.
+
+    Returns:
+        The pair ``(inputs, targets)``.
+
+    Raises:
+        ModeConnError: If the batch has fewer than two items.
+
+    Example:
+        >>> import torch
+        >>> x, y = unpack_batch((torch.zeros(2, 3), torch.tensor([0, 1])))
+        >>> tuple(x.shape), y.tolist()
+        ((2, 3), [0, 1])
+    """
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise ModeConnError(
+        f"a batch must be (inputs, targets, ...) or an UnlearnBatch, got {type(batch).__name__}; "
+        "use a dataset whose items are (x, y) pairs."
+    )
+
+
+def move_to_device(obj: Any, device: torch.device | str) -> Any:
+    """Move tensors inside ``obj`` (tensor, mapping, tuple or list) to ``device``.
+
+    Args:
+        obj: A tensor or a (nested) container of tensors; other values pass through.
+        device: The target device.
+
+    Returns:
+        The same structure with tensors on ``device``.
+
+    Example:
+        >>> import torch
+        >>> move_to_device({"x": torch.zeros(1)}, "cpu")["x"].device.type
+        'cpu'
+    """
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, UnlearnBatch):
+        return UnlearnBatch(*(move_to_device(item, device) for item in obj))
+    if isinstance(obj, Mapping):
+        return type(obj)({k: move_to_device(v, device) for k, v in obj.items()})  # type: ignore[call-arg]
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(move_to_device(item, device) for item in obj)
+    return obj
+
+
+def _targets_of(dataset: Any) -> Tensor:
+    """Integer labels of every sample of ``dataset``, without loading inputs when possible."""
+    if isinstance(dataset, Subset):
+        return _targets_of(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+        return dataset.tensors[1].reshape(len(dataset)).long()
+    targets = getattr(dataset, "targets", None)
+    if targets is not None and len(targets) == len(dataset):
+        return torch.as_tensor(targets).reshape(len(dataset)).long()
+    labels = []
+    for i in range(len(dataset)):
+        _, y = unpack_batch(dataset[i])
+        labels.append(int(y))
+    return torch.tensor(labels, dtype=torch.long)
+
+
+def forget_retain_split(
+    dataset: Any,
+    *,
+    forget_ratio: float | None = None,
+    forget_class: int | str | None = None,
+    seed: int = 0,
+) -> tuple[Subset[Any], Subset[Any]]:
+    """Split a dataset into a retain set and a forget set.
+
+    Exactly one of ``forget_ratio`` (random forgetting) and ``forget_class``
+    (class-wise forgetting) must be given. Both splits are reproducible from
+    ``seed``, including the class picked by ``forget_class="random"``.
+
+    Args:
+        dataset: Any map-style dataset returning ``(x, y)`` (or a ``DataLoader`` over one).
+        forget_ratio: Fraction in (0, 1) of samples drawn uniformly at random into
+            the forget set (``round(forget_ratio * len(dataset))`` samples).
+        forget_class: The class whose samples all go to the forget set, or
+            ``"random"`` to draw one of the classes present from ``seed``.
+        seed: Seed of the random draw.
+
+    Returns:
+        ``(retain, forget)`` as :class:`~torch.utils.data.Subset` views of
+        ``dataset`` with ascending indices.
+
+    Raises:
+        ModeConnError: If both or neither option is given, the ratio is outside
+            (0, 1), or the split would leave the forget or retain set empty.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> ds = TensorDataset(torch.randn(10, 2), torch.arange(10) % 2)
+        >>> retain, forget = forget_retain_split(ds, forget_ratio=0.2, seed=0)
+        >>> len(retain), len(forget)
+        (8, 2)
+        >>> retain, forget = forget_retain_split(ds, forget_class=1)
+        >>> sorted(forget.indices)
+        [1, 3, 5, 7, 9]
+    """
+    if (forget_ratio is None) == (forget_class is None):
+        raise ModeConnError(
+            "give exactly one of forget_ratio (random forgetting, e.g. forget_ratio=0.1) and "
+            f"forget_class (class-wise forgetting, an int or 'random'); got "
+            f"forget_ratio={forget_ratio!r}, forget_class={forget_class!r}."
+        )
+    dataset = as_dataset(dataset, "dataset")
+    n = len(dataset)
+    generator = torch.Generator().manual_seed(int(seed))
+    if forget_ratio is not None:
+        ratio = float(forget_ratio)
+        if not (math.isfinite(ratio) and 0.0 < ratio < 1.0):
+            raise ModeConnError(f"forget_ratio must lie in (0, 1), got {forget_ratio!r}.")
+        n_forget = round(ratio * n)
+        if n_forget == 0 or n_forget == n:
+            part = "forget" if n_forget == 0 else "retain"
+            raise ModeConnError(
+                f"forget_ratio={ratio} of {n} samples leaves the {part} set empty; "
+                "choose a ratio that selects at least one sample for each set."
+            )
+        perm = torch.randperm(n, generator=generator)
+        is_forget = torch.zeros(n, dtype=torch.bool)
+        is_forget[perm[:n_forget]] = True
+    else:
+        targets = _targets_of(dataset)
+        classes = torch.unique(targets)
+        if isinstance(forget_class, str):
+            if forget_class != "random":
+                raise ModeConnError(
+                    f"forget_class must be an int or 'random', got {forget_class!r}."
+                )
+            pick = int(torch.randint(len(classes), (1,), generator=generator))
+            chosen = int(classes[pick])
+            logger.info("forget_retain_split: seed %d picked class %d to forget", seed, chosen)
+        else:
+            if isinstance(forget_class, bool):
+                raise ModeConnError(f"forget_class must be an int or 'random', got {forget_class}.")
+            chosen = operator.index(forget_class)  # type: ignore[arg-type]
+        is_forget = targets == chosen
+        if not bool(is_forget.any()):
+            raise ModeConnError(
+                f"forget_class={chosen} has no samples; classes present: {classes.tolist()}."
+            )
+        if bool(is_forget.all()):
+            raise ModeConnError(f"every sample has class {chosen}; the retain set would be empty.")
+    retain_idx = torch.nonzero(~is_forget).flatten().tolist()
+    forget_idx = torch.nonzero(is_forget).flatten().tolist()
+    return Subset(dataset, retain_idx), Subset(dataset, forget_idx)
+
+
+class UnlearnDataset(Dataset[tuple[Any, Any, bool]]):
+    """Retain and forget samples in one map-style dataset, with an ``is_forget`` flag.
+
+    Items are ``(x, y, is_forget)``: indices ``0 .. num_retain - 1`` are the
+    (subsampled) retain samples, the rest the forget samples. With
+    ``retain_ratio < 1`` a fixed subset of ``round(retain_ratio * len(retain))``
+    retain samples, drawn from ``seed``, is used (the same subset every epoch).
+
+    Args:
+        retain: Map-style dataset (or ``DataLoader`` over one) of ``(x, y)`` retain
+            samples; ``None`` for none.
+        forget: Same for the forget samples.
+        retain_ratio: Fraction in (0, 1] of the retain set to keep.
+        seed: Seed of the retain subsample.
+
+    Raises:
+        ModeConnError: If ``retain_ratio`` is outside (0, 1], keeps no retain
+            sample of a non-empty retain set, or both sets are empty.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> r = TensorDataset(torch.zeros(8, 2), torch.zeros(8, dtype=torch.long))
+        >>> f = TensorDataset(torch.ones(2, 2), torch.ones(2, dtype=torch.long))
+        >>> ds = UnlearnDataset(r, f, retain_ratio=0.5)
+        >>> len(ds), ds.num_retain, ds[len(ds) - 1][2]
+        (6, 4, True)
+    """
+
+    def __init__(
+        self, retain: Any, forget: Any, *, retain_ratio: float = 1.0, seed: int = 0
+    ) -> None:
+        self.retain = as_dataset(retain, "retain")
+        self.forget = as_dataset(forget, "forget")
+        ratio = float(retain_ratio)
+        if not (math.isfinite(ratio) and 0.0 < ratio <= 1.0):
+            raise ModeConnError(f"retain_ratio must lie in (0, 1], got {retain_ratio!r}.")
+        n_retain = len(self.retain)
+        if ratio == 1.0:
+            self.retain_indices: list[int] = list(range(n_retain))
+        else:
+            keep = round(ratio * n_retain)
+            if keep == 0 and n_retain > 0:
+                raise ModeConnError(
+                    f"retain_ratio={ratio} keeps no sample of the {n_retain} retain samples; "
+                    "increase it."
+                )
+            generator = torch.Generator().manual_seed(int(seed))
+            perm = torch.randperm(n_retain, generator=generator)[:keep]
+            self.retain_indices = sorted(perm.tolist())
+        if len(self.retain_indices) + len(self.forget) == 0:
+            raise ModeConnError(
+                "both the retain and the forget set are empty; nothing to train on."
+            )
+
+    @property
+    def num_retain(self) -> int:
+        """Number of retain samples in the view (after subsampling)."""
+        return len(self.retain_indices)
+
+    @property
+    def num_forget(self) -> int:
+        """Number of forget samples in the view."""
+        return len(self.forget)
+
+    def __len__(self) -> int:
+        return self.num_retain + self.num_forget
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, bool]:
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for UnlearnDataset of length {n}")
+        if index < self.num_retain:
+            x, y = unpack_batch(self.retain[self.retain_indices[index]])
+            return x, y, False
+        x, y = unpack_batch(self.forget[index - self.num_retain])
+        return x, y, True
+
+
+def collate_unlearn(samples: Sequence[tuple[Any, Any, bool]]) -> UnlearnBatch:
+    """Collate ``(x, y, is_forget)`` items into an :class:`UnlearnBatch`.
+
+    Inputs and targets go through PyTorch's ``default_collate`` (so inputs may be
+    tensors, dicts of tensors, ...); ``is_forget`` becomes a bool tensor.
+
+    Args:
+        samples: Items of an :class:`UnlearnDataset`.
+
+    Returns:
+        The batch.
+
+    Example:
+        >>> import torch
+        >>> b = collate_unlearn([(torch.zeros(2), 0, False), (torch.ones(2), 1, True)])
+        >>> b.targets.tolist(), b.is_forget.tolist()
+        ([0, 1], [False, True])
+    """
+    xs, ys, flags = zip(*samples, strict=True)
+    return UnlearnBatch(
+        default_collate(list(xs)),
+        default_collate(list(ys)),
+        torch.tensor([bool(f) for f in flags], dtype=torch.bool),
+    )
+
+
+def unlearn_loader(
+    retain: Any,
+    forget: Any,
+    *,
+    batch_size: int = 64,
+    retain_ratio: float = 1.0,
+    shuffle: bool = True,
+    seed: int = 0,
+    num_workers: int = 0,
+    drop_last: bool = False,
+) -> DataLoader[Any]:
+    """A loader of :class:`UnlearnBatch` batches mixing retain and forget samples.
+
+    The order is drawn from a ``torch.Generator`` seeded with ``seed`` (kept as
+    ``loader.generator``), so two loaders built with the same arguments yield
+    the same batches epoch after epoch, independently of the global RNG.
+
+    Args:
+        retain: Retain data (map-style ``Dataset`` or ``DataLoader``; ``None`` for none).
+        forget: Forget data (same).
+        batch_size: Samples per batch.
+        retain_ratio: Fraction in (0, 1] of the retain set to keep (see :class:`UnlearnDataset`).
+        shuffle: Shuffle the samples each epoch.
+        seed: Seed of the retain subsample and of the shuffling.
+        num_workers: Worker processes of the ``DataLoader``.
+        drop_last: Drop the last incomplete batch.
+
+    Returns:
+        A ``DataLoader`` over an :class:`UnlearnDataset`.
+
+    Raises:
+        ModeConnError: If ``batch_size`` is not positive, or as :class:`UnlearnDataset`.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> r = TensorDataset(torch.zeros(6, 2), torch.zeros(6, dtype=torch.long))
+        >>> f = TensorDataset(torch.ones(2, 2), torch.ones(2, dtype=torch.long))
+        >>> batch = next(iter(unlearn_loader(r, f, batch_size=8)))
+        >>> int(batch.is_forget.sum()), tuple(batch.inputs.shape)
+        (2, (8, 2))
+    """
+    if int(batch_size) < 1:
+        raise ModeConnError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    dataset = UnlearnDataset(retain, forget, retain_ratio=retain_ratio, seed=seed)
+    generator = torch.Generator().manual_seed(int(seed))
+    return DataLoader(
+        dataset,
+        batch_size=int(batch_size),
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=collate_unlearn,
+        num_workers=num_workers,
+        drop_last=drop_last,
+    )

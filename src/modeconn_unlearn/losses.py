@@ -1,0 +1,439 @@
+"""Unlearning objectives: ``loss(model, batch) -> Tensor``.
+
+An objective is any callable taking the model (a plain ``nn.Module`` or a
+:class:`~modeconn_unlearn.curve_model.CurveModel`) and an
+:class:`~modeconn_unlearn.data.UnlearnBatch` and returning a scalar tensor to
+minimise. Users pass their own functions the same way.
+
+The built-ins run **one** forward pass on the whole batch (so a curve draws one
+``t`` per batch) and split the logits by ``batch.is_forget``. Cross-entropies of
+each part are means over that part; a part absent from the batch contributes
+exactly 0 (never NaN). After each call they record ``last_stats`` (accuracies in
+percent, the part sizes, the ``beta`` used) which the training loop logs, and
+declare in ``needs`` which parts of the data they use, so that
+:func:`~modeconn_unlearn.training.unlearn` feeds gradient ascent only forget
+samples and fine-tuning only retain samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import UnlearnBatch
+from .errors import ModeConnError
+
+__all__ = [
+    "AdaptiveBeta",
+    "UnlearnLoss",
+    "finetune",
+    "gradient_ascent",
+    "mcu_objective",
+    "neggrad_plus",
+    "random_label",
+]
+
+BetaRule = Callable[[float | None, float | None], float]
+
+
+@runtime_checkable
+class UnlearnLoss(Protocol):
+    """The objective protocol: ``loss(model, batch) -> Tensor`` (a scalar to minimise).
+
+    Optional attributes read by the training loop: ``last_stats``
+    (``dict[str, float]`` logged per epoch) and ``needs`` (a tuple naming the
+    parts ``"retain"``/``"forget"`` the objective uses; both by default).
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> def my_loss(model, batch):
+        ...     return F.cross_entropy(model(batch.inputs), batch.targets)
+        >>> isinstance(my_loss, UnlearnLoss)
+        True
+    """
+
+    def __call__(self, model: nn.Module, batch: UnlearnBatch) -> Tensor:
+        """Return the scalar loss of ``model`` on ``batch``."""
+        ...
+
+
+def _as_float(value: Any, name: str) -> float:
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise ModeConnError(f"{name} must be a real number, got {value!r}.") from None
+    if not math.isfinite(result):
+        raise ModeConnError(f"{name} must be finite, got {value!r}.")
+    return result
+
+
+def _unpack(batch: Any) -> tuple[Any, Tensor, Tensor]:
+    if isinstance(batch, (tuple, list)) and len(batch) == 3:
+        inputs, targets, is_forget = batch
+        return inputs, targets, torch.as_tensor(is_forget).bool()
+    raise ModeConnError(
+        "unlearning objectives need an UnlearnBatch(inputs, targets, is_forget); got "
+        f"{type(batch).__name__}. Build the loader with modeconn_unlearn.data.unlearn_loader."
+    )
+
+
+def _part_ce(logits: Tensor, targets: Tensor, select: Tensor) -> Tensor:
+    """Mean cross-entropy over the selected rows; exactly 0 (still differentiable) if none."""
+    total = F.cross_entropy(logits[select], targets[select], reduction="sum")
+    return total / select.sum().clamp(min=1)
+
+
+def _part_acc(logits: Tensor, targets: Tensor, select: Tensor) -> float | None:
+    count = int(select.sum())
+    if count == 0:
+        return None
+    correct = (logits.detach()[select].argmax(dim=1) == targets[select]).sum()
+    return 100.0 * float(correct) / count
+
+
+@dataclass
+class _Parts:
+    """One batch's logits split into retain and forget parts, plus the stats being recorded."""
+
+    logits: Tensor
+    targets: Tensor
+    is_forget: Tensor
+    retain_acc: float | None
+    forget_acc: float | None
+    stats: dict[str, float]
+
+    def retain_ce(self) -> Tensor:
+        return _part_ce(self.logits, self.targets, ~self.is_forget)
+
+    def forget_ce(self) -> Tensor:
+        return _part_ce(self.logits, self.targets, self.is_forget)
+
+
+class _Objective:
+    """Shared machinery of the built-in objectives (forward, split, stats)."""
+
+    needs: tuple[str, ...] = ("retain", "forget")
+
+    def __init__(self) -> None:
+        self.last_stats: dict[str, float] = {}
+
+    def __call__(self, model: nn.Module, batch: UnlearnBatch) -> Tensor:
+        """Run the model on ``batch`` and return the objective (records ``last_stats``)."""
+        inputs, targets, is_forget = _unpack(batch)
+        logits = model(inputs)
+        is_forget = is_forget.to(logits.device)
+        targets = targets.to(logits.device)
+        retain = ~is_forget
+        retain_acc = _part_acc(logits, targets, retain)
+        forget_acc = _part_acc(logits, targets, is_forget)
+        stats: dict[str, float] = {
+            "n_retain": float(retain.sum()),
+            "n_forget": float(is_forget.sum()),
+        }
+        if retain_acc is not None:
+            stats["retain_acc"] = retain_acc
+        if forget_acc is not None:
+            stats["forget_acc"] = forget_acc
+        loss = self._combine(_Parts(logits, targets, is_forget, retain_acc, forget_acc, stats))
+        self.last_stats = stats
+        return loss
+
+    def _combine(self, p: _Parts) -> Tensor:
+        raise NotImplementedError
+
+
+class _GradientAscent(_Objective):
+    needs = ("forget",)
+
+    def _combine(self, p: _Parts) -> Tensor:
+        return -p.forget_ce()
+
+    def __repr__(self) -> str:
+        return "gradient_ascent()"
+
+
+class _Finetune(_Objective):
+    needs = ("retain",)
+
+    def _combine(self, p: _Parts) -> Tensor:
+        return p.retain_ce()
+
+    def __repr__(self) -> str:
+        return "finetune()"
+
+
+class _NegGradPlus(_Objective):
+    def __init__(self, beta: float) -> None:
+        super().__init__()
+        self.beta = beta
+
+    def _combine(self, p: _Parts) -> Tensor:
+        p.stats["beta"] = self.beta
+        return self.beta * p.retain_ce() - (1.0 - self.beta) * p.forget_ce()
+
+    def __repr__(self) -> str:
+        return f"neggrad_plus({self.beta})"
+
+
+class _RandomLabel(_Objective):
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def _combine(self, p: _Parts) -> Tensor:
+        c, logits, targets = self.num_classes, p.logits, p.targets
+        if logits.shape[-1] != c:
+            raise ModeConnError(
+                f"random_label(num_classes={c}) got logits with {logits.shape[-1]} classes; "
+                "pass the model's number of classes."
+            )
+        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= c):
+            raise ModeConnError(
+                f"targets must lie in [0, {c}); got values in "
+                f"[{int(targets.min())}, {int(targets.max())}]."
+            )
+        # A uniform offset in 1..c-1 gives a label uniform over the c-1 wrong classes.
+        offset = torch.randint(1, c, targets.shape, device=targets.device)
+        relabelled = torch.where(p.is_forget, (targets + offset) % c, targets)
+        return F.cross_entropy(logits, relabelled)
+
+    def __repr__(self) -> str:
+        return f"random_label({self.num_classes})"
+
+
+class _MCUObjective(_Objective):
+    def __init__(self, beta: float | BetaRule) -> None:
+        super().__init__()
+        self.beta = beta
+
+    def _combine(self, p: _Parts) -> Tensor:
+        rule = self.beta
+        beta = float(rule(p.retain_acc, p.forget_acc)) if callable(rule) else rule
+        p.stats["beta"] = beta
+        return p.retain_ce() - beta * p.forget_ce()
+
+    def __repr__(self) -> str:
+        return f"mcu_objective({self.beta!r})"
+
+
+def gradient_ascent() -> UnlearnLoss:
+    """Gradient ascent (GA): ``-CE(forget part)``; retain samples are ignored.
+
+    Its ``needs`` is ``("forget",)``: :func:`~modeconn_unlearn.training.unlearn`
+    trains it on the forget set only.
+
+    Returns:
+        The objective.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from modeconn_unlearn.data import UnlearnBatch
+        >>> model = nn.Linear(2, 3)
+        >>> batch = UnlearnBatch(torch.randn(4, 2), torch.tensor([0, 1, 2, 0]),
+        ...                      torch.tensor([True, True, False, False]))
+        >>> loss = gradient_ascent()
+        >>> bool(loss(model, batch) < 0), loss.last_stats["n_forget"]
+        (True, 2.0)
+    """
+    return _GradientAscent()
+
+
+def finetune() -> UnlearnLoss:
+    """Fine-tuning (FT): ``CE(retain part)``; forget samples are ignored.
+
+    Run from a fresh initialisation it is retraining, the unlearning gold
+    standard (see :func:`~modeconn_unlearn.training.retrain`). Its ``needs`` is
+    ``("retain",)``.
+
+    Returns:
+        The objective.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from modeconn_unlearn.data import UnlearnBatch
+        >>> batch = UnlearnBatch(torch.randn(3, 2), torch.tensor([0, 1, 2]),
+        ...                      torch.tensor([False, False, True]))
+        >>> finetune()(nn.Linear(2, 3), batch).item() > 0
+        True
+    """
+    return _Finetune()
+
+
+def neggrad_plus(beta: float) -> UnlearnLoss:
+    """NegGrad+: ``beta * CE(retain part) - (1 - beta) * CE(forget part)``.
+
+    Args:
+        beta: Weight in [0, 1] of the retain term (``1 - beta`` weighs the forget term).
+
+    Returns:
+        The objective; ``last_stats["beta"]`` records ``beta``.
+
+    Raises:
+        ModeConnError: If ``beta`` is outside [0, 1].
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from modeconn_unlearn.data import UnlearnBatch
+        >>> batch = UnlearnBatch(torch.randn(2, 2), torch.tensor([0, 1]),
+        ...                      torch.tensor([False, True]))
+        >>> loss = neggrad_plus(0.9)
+        >>> _ = loss(nn.Linear(2, 3), batch)
+        >>> loss.last_stats["beta"]
+        0.9
+    """
+    value = _as_float(beta, "beta")
+    if not 0.0 <= value <= 1.0:
+        raise ModeConnError(
+            f"neggrad_plus beta weighs the retain term and must lie in [0, 1], got {beta!r}."
+        )
+    return _NegGradPlus(value)
+
+
+def random_label(num_classes: int) -> UnlearnLoss:
+    """Random labels (RL): CE with each forget label replaced by a random *wrong* label.
+
+    Each forget sample gets a label drawn uniformly from the ``num_classes - 1``
+    classes other than its own (from the global torch RNG, which the training
+    loop seeds); retain samples keep their label. The loss is the mean
+    cross-entropy over the whole batch. With :func:`~modeconn_unlearn.masks.saliency_mask`
+    this is SalUn.
+
+    Args:
+        num_classes: Number of classes of the model's output (at least 2).
+
+    Returns:
+        The objective.
+
+    Raises:
+        ModeConnError: If ``num_classes < 2``; on a call, if the logits or targets
+            do not match ``num_classes``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from modeconn_unlearn.data import UnlearnBatch
+        >>> batch = UnlearnBatch(torch.randn(2, 2), torch.tensor([0, 1]),
+        ...                      torch.tensor([False, True]))
+        >>> random_label(3)(nn.Linear(2, 3), batch).item() > 0
+        True
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ModeConnError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+    return _RandomLabel(num_classes)
+
+
+@dataclass(frozen=True)
+class AdaptiveBeta:
+    """Per-batch ``beta`` of the MCU objective from the alignment principle.
+
+    With batch accuracies ``r`` (retain) and ``f`` (forget) in percent and the
+    targets ``R`` and ``F`` (e.g. the accuracies of a model retrained without
+    the forget set), the relative excesses are ``(f - F) / F`` and
+    ``(r - R) / R``, and
+
+    * ``f <= F`` (forgetting reached, or no forget sample in the batch): ``beta = 0``;
+    * else, relative forget excess < relative retain excess: ``beta = low``;
+    * else: ``beta = high``.
+
+    A target of 0 (class-wise forgetting: ``F = 0``) makes the relative excess
+    of any positive accuracy infinite, without dividing by zero; so a forget
+    accuracy above 0 always gets ``high``. A batch without retain samples
+    counts as retain on target (excess 0).
+
+    Args:
+        retain_target: Target retain accuracy ``R`` in [0, 100].
+        forget_target: Target forget accuracy ``F`` in [0, 100].
+        low: ``beta`` when forgetting is closer to its target than retention.
+        high: ``beta`` otherwise.
+
+    Raises:
+        ModeConnError: If a target is outside [0, 100] or ``low``/``high`` is
+            negative or not finite.
+
+    Example:
+        >>> rule = AdaptiveBeta(retain_target=99.0, forget_target=92.0)
+        >>> rule(99.5, 90.0), rule(99.5, 92.1), rule(98.0, 95.0)
+        (0.0, 0.01, 0.5)
+    """
+
+    retain_target: float
+    forget_target: float
+    low: float = 0.01
+    high: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("retain_target", "forget_target"):
+            value = _as_float(getattr(self, name), name)
+            if not 0.0 <= value <= 100.0:
+                raise ModeConnError(f"{name} is an accuracy in percent in [0, 100], got {value}.")
+        for name in ("low", "high"):
+            if _as_float(getattr(self, name), name) < 0.0:
+                raise ModeConnError(f"{name} must be >= 0, got {getattr(self, name)}.")
+
+    @staticmethod
+    def _relative_excess(acc: float, target: float) -> float:
+        if target > 0.0:
+            return (acc - target) / target
+        if acc > 0.0:
+            return math.inf
+        return 0.0
+
+    def __call__(self, retain_acc: float | None, forget_acc: float | None) -> float:
+        """Return ``beta`` for one batch (``None`` marks a part absent from the batch).
+
+        Args:
+            retain_acc: Retain accuracy of the batch in percent, or ``None``.
+            forget_acc: Forget accuracy of the batch in percent, or ``None``.
+
+        Returns:
+            ``0.0``, ``low`` or ``high``.
+        """
+        if forget_acc is None or forget_acc <= self.forget_target:
+            return 0.0
+        forget_excess = self._relative_excess(forget_acc, self.forget_target)
+        retain_excess = (
+            0.0 if retain_acc is None else self._relative_excess(retain_acc, self.retain_target)
+        )
+        return float(self.low if forget_excess < retain_excess else self.high)
+
+
+def mcu_objective(beta: float | BetaRule) -> UnlearnLoss:
+    """The MCU objective ``CE(retain part) - beta * CE(forget part)``.
+
+    Args:
+        beta: A constant ``beta >= 0``, or a per-batch rule
+            ``beta(retain_acc, forget_acc) -> float`` such as :class:`AdaptiveBeta`
+            (accuracies of the current batch in percent, ``None`` for an absent part).
+
+    Returns:
+        The objective; ``last_stats["beta"]`` records the ``beta`` used on the last batch.
+
+    Raises:
+        ModeConnError: If a constant ``beta`` is negative or not finite.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from modeconn_unlearn.data import UnlearnBatch
+        >>> batch = UnlearnBatch(torch.randn(4, 2), torch.tensor([0, 1, 2, 0]),
+        ...                      torch.tensor([True, False, False, False]))
+        >>> loss = mcu_objective(AdaptiveBeta(retain_target=99.0, forget_target=0.0))
+        >>> _ = loss(nn.Linear(2, 3), batch)
+        >>> loss.last_stats["beta"] in (0.0, 0.5)
+        True
+    """
+    if callable(beta):
+        return _MCUObjective(beta)
+    value = _as_float(beta, "beta")
+    if value < 0.0:
+        raise ModeConnError(f"beta must be >= 0 (it weighs the forget term), got {beta!r}.")
+    return _MCUObjective(value)

@@ -1,0 +1,280 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modeconn_unlearn.data import UnlearnBatch
+from modeconn_unlearn.errors import ModeConnError
+from modeconn_unlearn.losses import (
+    AdaptiveBeta,
+    UnlearnLoss,
+    finetune,
+    gradient_ascent,
+    mcu_objective,
+    neggrad_plus,
+    random_label,
+)
+
+
+class Table(nn.Module):
+    """Returns fixed, trainable logits: row i for input i."""
+
+    def __init__(self, logits) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.as_tensor(logits, dtype=torch.float64).clone())
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        return self.logits[index]
+
+
+LOGITS = np.array(
+    [
+        [2.0, 0.5, -1.0],  # retain, y=0 (correct)
+        [0.1, 0.3, 0.2],  # retain, y=2 (wrong: argmax 1)
+        [-0.5, 1.5, 0.0],  # forget, y=1 (correct)
+        [1.0, -2.0, 0.5],  # forget, y=2 (wrong: argmax 0)
+        [0.0, 0.0, 3.0],  # forget, y=2 (correct)
+    ]
+)
+TARGETS = [0, 2, 1, 2, 2]
+IS_FORGET = [False, False, True, True, True]
+
+
+def hand_ce(rows: list[int], labels: list[int] | None = None) -> float:
+    """Mean cross-entropy -log softmax(z)_y over the given rows, in numpy."""
+    labels = [TARGETS[i] for i in rows] if labels is None else labels
+    values = []
+    for i, y in zip(rows, labels, strict=True):
+        z = LOGITS[i]
+        values.append(-(z[y] - np.log(np.exp(z).sum())))
+    return float(np.mean(values))
+
+
+def fixed_batch(rows=range(5)) -> tuple[Table, UnlearnBatch]:
+    rows = list(rows)
+    batch = UnlearnBatch(
+        torch.tensor(rows),
+        torch.tensor([TARGETS[i] for i in rows]),
+        torch.tensor([IS_FORGET[i] for i in rows]),
+    )
+    return Table(LOGITS), batch
+
+
+RETAIN, FORGET = [0, 1], [2, 3, 4]
+
+
+def test_gradient_ascent_matches_hand_computation():
+    model, batch = fixed_batch()
+    loss = gradient_ascent()
+    assert loss(model, batch).item() == pytest.approx(-hand_ce(FORGET), rel=1e-12)
+    assert loss.needs == ("forget",)
+    assert loss.last_stats["forget_acc"] == pytest.approx(200 / 3)
+    assert loss.last_stats["retain_acc"] == 50.0
+    assert (loss.last_stats["n_retain"], loss.last_stats["n_forget"]) == (2.0, 3.0)
+
+
+def test_finetune_matches_hand_computation():
+    model, batch = fixed_batch()
+    loss = finetune()
+    assert loss(model, batch).item() == pytest.approx(hand_ce(RETAIN), rel=1e-12)
+    assert loss.needs == ("retain",)
+
+
+def test_neggrad_plus_matches_hand_computation():
+    model, batch = fixed_batch()
+    loss = neggrad_plus(0.8)
+    expected = 0.8 * hand_ce(RETAIN) - 0.2 * hand_ce(FORGET)
+    assert loss(model, batch).item() == pytest.approx(expected, rel=1e-12)
+    assert loss.last_stats["beta"] == 0.8
+
+
+def test_mcu_objective_constant_beta_matches_hand_computation():
+    model, batch = fixed_batch()
+    loss = mcu_objective(0.3)
+    expected = hand_ce(RETAIN) - 0.3 * hand_ce(FORGET)
+    assert loss(model, batch).item() == pytest.approx(expected, rel=1e-12)
+    assert loss.last_stats["beta"] == 0.3
+
+
+def test_mcu_objective_adaptive_beta_uses_batch_accuracies():
+    # Batch accuracies: retain 50 %, forget 66.7 %.
+    model, batch = fixed_batch()
+    # forget target 60: forget excess (66.7-60)/60 = 0.111 ; retain excess (50-40)/40 = 0.25 -> low
+    loss = mcu_objective(AdaptiveBeta(retain_target=40.0, forget_target=60.0, low=0.05, high=0.7))
+    value = loss(model, batch).item()
+    assert loss.last_stats["beta"] == 0.05
+    assert value == pytest.approx(hand_ce(RETAIN) - 0.05 * hand_ce(FORGET), rel=1e-12)
+    # retain target 90: retain excess negative -> high
+    loss = mcu_objective(AdaptiveBeta(retain_target=90.0, forget_target=60.0, low=0.05, high=0.7))
+    value = loss(model, batch).item()
+    assert loss.last_stats["beta"] == 0.7
+    assert value == pytest.approx(hand_ce(RETAIN) - 0.7 * hand_ce(FORGET), rel=1e-12)
+    # forget accuracy at or below its target -> beta 0: the retain term alone
+    loss = mcu_objective(AdaptiveBeta(retain_target=90.0, forget_target=70.0))
+    assert loss(model, batch).item() == pytest.approx(hand_ce(RETAIN), rel=1e-12)
+    assert loss.last_stats["beta"] == 0.0
+
+
+def test_mcu_objective_accepts_any_beta_rule():
+    seen = []
+
+    def rule(retain_acc, forget_acc):
+        seen.append((retain_acc, forget_acc))
+        return 2.0
+
+    model, batch = fixed_batch()
+    value = mcu_objective(rule)(model, batch).item()
+    assert seen == [(50.0, pytest.approx(200 / 3))]
+    assert value == pytest.approx(hand_ce(RETAIN) - 2.0 * hand_ce(FORGET), rel=1e-12)
+
+
+def test_random_label_two_classes_flips_forget_labels():
+    # With 2 classes the only wrong label is 1 - y, so the loss is known exactly.
+    logits = torch.tensor([[0.3, -0.2], [1.0, 0.0], [-1.0, 2.0], [0.5, 0.5]], dtype=torch.float64)
+    targets = torch.tensor([0, 1, 1, 0])
+    is_forget = torch.tensor([False, True, True, False])
+    model = Table(logits)
+    batch = UnlearnBatch(torch.arange(4), targets, is_forget)
+    expected = F.cross_entropy(logits, torch.tensor([0, 0, 0, 0])).item()
+    for seed in range(5):
+        torch.manual_seed(seed)
+        assert random_label(2)(model, batch).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_random_label_never_keeps_the_true_label_and_is_uniform():
+    # Zero logits: d(mean CE)/d logits_i = (1/C - onehot(label_i)) / N, so the gradient
+    # reveals each label that was used.
+    n, c = 4500, 10
+    model = Table(torch.zeros(n, c))
+    targets = torch.full((n,), 3)
+    is_forget = torch.arange(n) % 3 != 0
+    loss = random_label(c)
+    value = loss(model, UnlearnBatch(torch.arange(n), targets, is_forget))
+    assert value.item() == pytest.approx(math.log(c), rel=1e-12)
+    value.backward()
+    used = model.logits.grad.argmin(dim=1)
+    assert torch.equal(used[~is_forget], targets[~is_forget])
+    forget_labels = used[is_forget]
+    assert not bool((forget_labels == 3).any())
+    counts = torch.bincount(forget_labels, minlength=c).tolist()
+    expected = int(is_forget.sum()) / (c - 1)
+    assert counts[3] == 0
+    assert all(abs(k - expected) < 0.2 * expected for i, k in enumerate(counts) if i != 3)
+
+
+@pytest.mark.parametrize(
+    "make", [gradient_ascent, finetune, lambda: neggrad_plus(0.5), lambda: mcu_objective(0.5)]
+)
+@pytest.mark.parametrize("rows", [RETAIN, FORGET])
+def test_missing_part_contributes_zero_without_nan(make, rows):
+    model, batch = fixed_batch(rows)
+    loss = make()
+    value = loss(model, batch)
+    assert torch.isfinite(value)
+    value.backward()  # still differentiable
+    assert torch.isfinite(model.logits.grad).all()
+    only = "retain_acc" if rows == RETAIN else "forget_acc"
+    other = "forget_acc" if rows == RETAIN else "retain_acc"
+    assert only in loss.last_stats and other not in loss.last_stats
+
+
+def test_missing_parts_match_the_remaining_term():
+    model, batch = fixed_batch(RETAIN)
+    assert gradient_ascent()(model, batch).item() == 0.0
+    assert mcu_objective(0.5)(model, batch).item() == pytest.approx(hand_ce(RETAIN), rel=1e-12)
+    model, batch = fixed_batch(FORGET)
+    assert finetune()(model, batch).item() == 0.0
+    value = neggrad_plus(0.25)(model, batch).item()
+    assert value == pytest.approx(-0.75 * hand_ce(FORGET), rel=1e-12)
+
+
+def test_adaptive_beta_on_batch_without_forget_samples_is_zero():
+    model, batch = fixed_batch(RETAIN)
+    loss = mcu_objective(AdaptiveBeta(retain_target=99.0, forget_target=0.0))
+    assert torch.isfinite(loss(model, batch))
+    assert loss.last_stats["beta"] == 0.0
+
+
+# --------------------------------------------------------------------------- AdaptiveBeta
+def test_adaptive_beta_branches():
+    rule = AdaptiveBeta(retain_target=98.0, forget_target=90.0, low=0.01, high=0.5)
+    # forget at or below target -> 0
+    assert rule(50.0, 90.0) == 0.0
+    assert rule(99.0, 80.0) == 0.0
+    assert rule(99.0, None) == 0.0
+    # forget excess (91-90)/90 = 0.0111 < retain excess (99.5-98)/98 = 0.0153 -> low
+    assert rule(99.5, 91.0) == 0.01
+    # forget excess 0.0111 > retain excess (99-98)/98 = 0.0102 -> high
+    assert rule(99.0, 91.0) == 0.5
+    # retain below its target: negative excess -> high
+    assert rule(97.0, 90.5) == 0.5
+    # equal excesses -> high (the strict inequality fails)
+    assert AdaptiveBeta(50.0, 50.0)(60.0, 60.0) == 0.5
+    # no retain sample: retain counts as on target (excess 0) -> high
+    assert rule(None, 91.0) == 0.5
+
+
+def test_adaptive_beta_zero_targets_do_not_divide_by_zero():
+    rule = AdaptiveBeta(retain_target=99.0, forget_target=0.0)
+    assert rule(99.0, 0.0) == 0.0
+    assert rule(100.0, 0.5) == 0.5  # infinite relative excess
+    assert rule(None, 10.0) == 0.5
+    both = AdaptiveBeta(retain_target=0.0, forget_target=0.0, low=0.1, high=0.2)
+    assert both(0.0, 5.0) == 0.2
+    assert both(10.0, 5.0) == 0.2  # inf < inf is False
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"retain_target": 101.0, "forget_target": 0.0},
+        {"retain_target": 90.0, "forget_target": -1.0},
+        {"retain_target": 90.0, "forget_target": float("nan")},
+        {"retain_target": 90.0, "forget_target": 10.0, "low": -0.1},
+        {"retain_target": 90.0, "forget_target": 10.0, "high": float("inf")},
+    ],
+)
+def test_adaptive_beta_validation(kwargs):
+    with pytest.raises(ModeConnError):
+        AdaptiveBeta(**kwargs)
+
+
+# --------------------------------------------------------------------------- protocol, errors
+def test_plain_functions_satisfy_the_protocol():
+    def mine(model, batch):
+        return F.cross_entropy(model(batch.inputs), batch.targets)
+
+    assert isinstance(mine, UnlearnLoss)
+    assert isinstance(mcu_objective(0.1), UnlearnLoss)
+
+
+def test_argument_errors():
+    with pytest.raises(ModeConnError, match=r"\[0, 1\]"):
+        neggrad_plus(1.5)
+    with pytest.raises(ModeConnError, match=">= 0"):
+        mcu_objective(-0.1)
+    with pytest.raises(ModeConnError, match="real number"):
+        mcu_objective("big")
+    with pytest.raises(ModeConnError, match=">= 2"):
+        random_label(1)
+    model, batch = fixed_batch()
+    with pytest.raises(ModeConnError, match="3 classes"):
+        random_label(4)(model, batch)
+    bad = UnlearnBatch(batch.inputs, torch.tensor([0, 1, 2, 3, 0]), batch.is_forget)
+    with pytest.raises(ModeConnError, match=r"\[0, 3\)"):
+        random_label(3)(model, bad)
+    with pytest.raises(ModeConnError, match="UnlearnBatch"):
+        finetune()(model, (batch.inputs, batch.targets))
+
+
+def test_integer_is_forget_flags_are_accepted():
+    model, batch = fixed_batch()
+    as_int = UnlearnBatch(batch.inputs, batch.targets, batch.is_forget.long())
+    assert mcu_objective(0.3)(model, as_int).item() == pytest.approx(
+        hand_ce(RETAIN) - 0.3 * hand_ce(FORGET), rel=1e-12
+    )

@@ -1,0 +1,589 @@
+from __future__ import annotations
+
+import logging
+import math
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_mlp
+from torch import nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+from modeconn_unlearn.curve_model import CurveModel
+from modeconn_unlearn.data import forget_retain_split
+from modeconn_unlearn.errors import ModeConnError, NonFiniteLossError
+from modeconn_unlearn.losses import (
+    AdaptiveBeta,
+    finetune,
+    gradient_ascent,
+    mcu_objective,
+    random_label,
+)
+from modeconn_unlearn.masks import layer_mask, saliency_mask
+from modeconn_unlearn.training import EpochRecord, History, fit_curve, retrain, unlearn
+
+
+def tensors(dataset):
+    if isinstance(dataset, Subset):
+        x, y = tensors(dataset.dataset)
+        index = torch.as_tensor(dataset.indices)
+        return x[index], y[index]
+    return dataset.tensors
+
+
+def accuracy(model, dataset, t=None) -> float:
+    x, y = tensors(dataset)
+    model.eval()
+    with torch.no_grad():
+        logits = model(x) if t is None else model(x, t=t)
+    return 100.0 * float((logits.argmax(1) == y).float().mean())
+
+
+def full_batch_train(model: nn.Module, x, y, steps: int = 300) -> nn.Module:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def setup(digits):
+    train, test = digits
+    retain, forget = forget_retain_split(train, forget_ratio=0.1, seed=0)
+    original = full_batch_train(make_mlp(0), *train.tensors)
+    return SimpleNamespace(train=train, test=test, retain=retain, forget=forget, original=original)
+
+
+@pytest.fixture()
+def tiny():
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(48, 64, generator=g), torch.randint(0, 10, (48,), generator=g))
+    return Subset(data, list(range(40))), Subset(data, list(range(40, 48)))
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_at(epoch: int):
+    def callback(record: EpochRecord, model: nn.Module) -> None:
+        if record.epoch == epoch:
+            raise Stop
+
+    return callback
+
+
+# --------------------------------------------------------------------------- unlearn
+def test_unlearn_returns_a_new_model_and_never_mutates_the_input(setup):
+    original = setup.original
+    before = snapshot(original)
+    original.eval()
+    theta_u = unlearn(
+        original,
+        setup.retain,
+        setup.forget,
+        loss=random_label(10),
+        epochs=1,
+        lr=0.05,
+        progress=False,
+    )
+    assert theta_u is not original and type(theta_u) is type(original)
+    assert same_state(before, snapshot(original))
+    assert all(p.requires_grad and p.grad is None for p in original.parameters())
+    assert not theta_u.training  # the input's mode
+    assert not same_state(before, snapshot(theta_u))
+
+
+def test_random_label_and_gradient_ascent_lower_forget_accuracy(setup):
+    base = accuracy(setup.original, setup.forget)
+    assert base == 100.0
+    rl = unlearn(
+        setup.original,
+        setup.retain,
+        setup.forget,
+        loss=random_label(10),
+        epochs=2,
+        lr=0.05,
+        progress=False,
+    )
+    ga = unlearn(
+        setup.original,
+        setup.retain,
+        setup.forget,
+        loss=gradient_ascent(),
+        epochs=5,
+        lr=0.05,
+        progress=False,
+    )
+    assert accuracy(rl, setup.forget) < base - 5
+    assert accuracy(ga, setup.forget) < base - 5
+    # RL keeps training on the retain set, so it stays useful.
+    assert accuracy(rl, setup.test) > 80
+
+
+def test_salun_changes_only_masked_entries(setup):
+    mask = saliency_mask(setup.original, setup.forget, sparsity=0.5)
+    theta_u = unlearn(
+        setup.original,
+        setup.retain,
+        setup.forget,
+        loss=random_label(10),
+        epochs=2,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=5e-3,
+        mask=mask,
+        progress=False,
+    )
+    before = dict(setup.original.named_parameters())
+    for name, p in theta_u.named_parameters():
+        keep = mask[name]
+        assert torch.equal(p.detach()[~keep], before[name].detach()[~keep]), name
+        assert bool((p.detach()[keep] != before[name].detach()[keep]).any()), name
+    assert accuracy(theta_u, setup.forget) < 100.0 - 5
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw", torch.optim.RMSprop])
+def test_masked_entries_fixed_under_any_optimizer(tiny, optimizer):
+    retain, forget = tiny
+    model = make_mlp(3)
+    g = torch.Generator().manual_seed(0)
+    mask = {"0.weight": torch.rand(32, 64, generator=g) < 0.3, "2.bias": True}
+    theta_u = unlearn(
+        model,
+        retain,
+        forget,
+        loss=mcu_objective(0.5),
+        epochs=3,
+        lr=0.05,
+        optimizer=optimizer,
+        weight_decay=0.1,
+        mask=mask,
+        batch_size=16,
+        progress=False,
+    )
+    new, old = dict(theta_u.named_parameters()), dict(model.named_parameters())
+    assert torch.equal(new["0.weight"][~mask["0.weight"]], old["0.weight"][~mask["0.weight"]])
+    assert not torch.equal(new["0.weight"][mask["0.weight"]], old["0.weight"][mask["0.weight"]])
+    assert torch.equal(new["0.bias"], old["0.bias"]) and torch.equal(
+        new["2.weight"], old["2.weight"]
+    )
+    assert not torch.equal(new["2.bias"], old["2.bias"])
+    assert all(p.requires_grad for p in theta_u.parameters())  # flags restored
+
+
+def test_unlearn_is_deterministic_and_leaves_global_rngs_alone(tiny):
+    retain, forget = tiny
+    model = make_mlp(0)
+    torch_state, py_state, np_state = (
+        torch.get_rng_state(),
+        random.getstate(),
+        np.random.get_state(),
+    )
+    run = lambda seed: unlearn(  # noqa: E731
+        model,
+        retain,
+        forget,
+        loss=random_label(10),
+        epochs=2,
+        lr=0.05,
+        batch_size=16,
+        seed=seed,
+        progress=False,
+    )
+    a, b, c = run(1), run(1), run(2)
+    assert same_state(snapshot(a), snapshot(b))
+    assert not same_state(snapshot(a), snapshot(c))
+    assert torch.equal(torch_state, torch.get_rng_state())
+    assert random.getstate() == py_state
+    assert np.array_equal(np.random.get_state()[1], np_state[1])
+
+
+def test_objectives_get_only_the_parts_they_need(tiny):
+    retain, forget = tiny
+    seen: list[torch.Tensor] = []
+
+    def spy(model, batch):
+        seen.append(batch.is_forget)
+        return F.cross_entropy(model(batch.inputs), batch.targets)
+
+    unlearn(make_mlp(0), retain, forget, loss=spy, epochs=1, lr=0.01, progress=False)
+    flags = torch.cat(seen)
+    assert int(flags.sum()) == 8 and len(flags) == 48
+    seen.clear()
+    spy.needs = ("forget",)
+    unlearn(make_mlp(0), retain, forget, loss=spy, epochs=1, lr=0.01, progress=False)
+    assert len(torch.cat(seen)) == 8 and bool(torch.cat(seen).all())
+    with pytest.raises(ModeConnError, match="forget_data"):
+        unlearn(make_mlp(0), retain, None, loss=gradient_ascent(), epochs=1, lr=0.01)
+
+
+def test_unlearn_accepts_dataloaders(tiny):
+    retain, forget = tiny
+    a = unlearn(make_mlp(0), retain, forget, loss=finetune(), epochs=1, lr=0.05, progress=False)
+    b = unlearn(
+        make_mlp(0),
+        DataLoader(retain, batch_size=7),
+        DataLoader(forget),
+        loss=finetune(),
+        epochs=1,
+        lr=0.05,
+        progress=False,
+    )
+    assert same_state(snapshot(a), snapshot(b))
+
+
+# --------------------------------------------------------------------------- resume
+def test_unlearn_resume_is_bit_identical(tiny, tmp_path):
+    retain, forget = tiny
+    model = make_mlp(0)
+    common = dict(loss=random_label(10), epochs=4, lr=0.05, batch_size=16, seed=3, progress=False)
+    full = unlearn(model, retain, forget, checkpoint_dir=tmp_path / "full", **common)
+    with pytest.raises(Stop):
+        unlearn(
+            model, retain, forget, checkpoint_dir=tmp_path / "cut", callbacks=[stop_at(2)], **common
+        )
+    epochs_after_resume: list[int] = []
+    resumed = unlearn(
+        model,
+        retain,
+        forget,
+        checkpoint_dir=tmp_path / "cut",
+        resume=True,
+        callbacks=[lambda record, _: epochs_after_resume.append(record.epoch)],
+        **common,
+    )
+    assert epochs_after_resume == [3, 4]
+    assert same_state(snapshot(full), snapshot(resumed))
+    saved = torch.load(tmp_path / "cut" / "unlearn.pt", weights_only=True)
+    assert saved["epoch"] == 4 and len(saved["history"]) == 4
+
+
+def test_fit_curve_resume_is_bit_identical(tiny, tmp_path):
+    retain, forget = tiny
+
+    def fresh_curve() -> CurveModel:
+        return CurveModel(make_mlp(0), end=make_mlp(1))
+
+    common = dict(
+        loss=mcu_objective(AdaptiveBeta(90.0, 10.0)),
+        epochs=4,
+        lr=0.05,
+        batch_size=16,
+        seed=1,
+        retain_ratio=0.75,
+        progress=False,
+    )
+    full_curve = fresh_curve()
+    full = fit_curve(full_curve, retain, forget, checkpoint_dir=tmp_path / "full", **common)
+    cut_curve = fresh_curve()
+    with pytest.raises(Stop):
+        fit_curve(
+            cut_curve,
+            retain,
+            forget,
+            checkpoint_dir=tmp_path / "cut",
+            callbacks=[stop_at(2)],
+            **common,
+        )
+    resumed_curve = fresh_curve()  # a new process would start from scratch
+    resumed = fit_curve(
+        resumed_curve, retain, forget, checkpoint_dir=tmp_path / "cut", resume=True, **common
+    )
+    assert same_state(snapshot(full_curve), snapshot(resumed_curve))
+    for key in ("epoch", "loss", "retain_acc", "forget_acc", "beta", "steps"):
+        assert full.to_dict()[key] == resumed.to_dict()[key], key
+
+
+def test_resume_checks(tiny, tmp_path):
+    retain, forget = tiny
+    common = dict(loss=finetune(), epochs=2, lr=0.05, batch_size=16, progress=False)
+    with pytest.raises(ModeConnError, match="checkpoint_dir"):
+        unlearn(make_mlp(0), retain, forget, resume=True, **common)
+    # resume with no checkpoint yet: a fresh run
+    a = unlearn(make_mlp(0), retain, forget, resume=True, checkpoint_dir=tmp_path, **common)
+    b = unlearn(make_mlp(0), retain, forget, **common)
+    assert same_state(snapshot(a), snapshot(b))
+    with pytest.raises(ModeConnError, match=r"lr: 0\.05 -> 0\.1"):
+        unlearn(
+            make_mlp(0),
+            retain,
+            forget,
+            resume=True,
+            checkpoint_dir=tmp_path,
+            **{**common, "lr": 0.1},
+        )
+    with pytest.raises(ModeConnError, match="past epochs=1"):
+        unlearn(
+            make_mlp(0),
+            retain,
+            forget,
+            resume=True,
+            checkpoint_dir=tmp_path,
+            **{**common, "epochs": 1},
+        )
+
+
+# --------------------------------------------------------------------------- non-finite loss
+class NaNAt:
+    """Cross-entropy, but NaN at the given call; records the parameters it saw then."""
+
+    def __init__(self, call: int) -> None:
+        self.call, self.calls = call, 0
+        self.seen: dict[str, torch.Tensor] = {}
+
+    def __call__(self, model, batch):
+        self.calls += 1
+        loss = F.cross_entropy(model(batch.inputs), batch.targets)
+        if self.calls == self.call:
+            self.seen = snapshot(model)
+            return loss * float("nan")
+        return loss
+
+
+def test_nan_loss_stops_unlearn_at_last_finite_state(tiny):
+    retain, forget = tiny
+    loss = NaNAt(call=6)  # 48 samples / 16 = 3 steps per epoch: epoch 2, step 3
+    model = make_mlp(0)
+    before = snapshot(model)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2/3, step 3/3") as info:
+        unlearn(model, retain, forget, loss=loss, epochs=3, lr=0.05, batch_size=16, progress=False)
+    assert isinstance(info.value, ModeConnError)
+    assert same_state(info.value.model.state_dict(), loss.seen)
+    assert all(torch.isfinite(p).all() for p in info.value.model.parameters())
+    assert same_state(before, snapshot(model))
+
+
+def test_inf_loss_stops_fit_curve_and_leaves_curve_at_last_finite_state(tiny):
+    retain, forget = tiny
+    curve = CurveModel(make_mlp(0), end=make_mlp(1))
+
+    class InfAt(NaNAt):
+        def __call__(self, model, batch):
+            value = super().__call__(model, batch)
+            return value if self.calls != self.call else torch.full_like(value, math.inf)
+
+    loss = InfAt(call=2)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1/2, step 2/3"):
+        fit_curve(
+            curve, retain, forget, loss=loss, epochs=2, lr=0.05, batch_size=16, progress=False
+        )
+    assert same_state(snapshot(curve), loss.seen)
+
+
+def test_bad_objective_outputs(tiny):
+    retain, forget = tiny
+    with pytest.raises(ModeConnError, match="scalar"):
+        unlearn(
+            make_mlp(0),
+            retain,
+            forget,
+            loss=lambda m, b: m(b.inputs),
+            epochs=1,
+            lr=0.1,
+            progress=False,
+        )
+    with pytest.raises(ModeConnError, match="does not depend"):
+        unlearn(
+            make_mlp(0),
+            retain,
+            forget,
+            loss=lambda m, b: torch.tensor(1.0),
+            epochs=1,
+            lr=0.1,
+            progress=False,
+        )
+
+
+# --------------------------------------------------------------------------- fit_curve
+def test_fit_curve_mcu_objective_on_digits(setup):
+    """The MCU path search: a trained curve to an over-forgetting RL model."""
+    original, retain, forget = setup.original, setup.retain, setup.forget
+    target = full_batch_train(make_mlp(1), *tensors(retain))  # retrain: the targets
+    retain_target, forget_target = accuracy(target, retain), accuracy(target, forget)
+    theta_u = unlearn(
+        original, retain, forget, loss=random_label(10), epochs=2, lr=0.05, progress=False
+    )
+    base_retain, base_forget = accuracy(original, retain), accuracy(original, forget)
+    line = CurveModel(original, end=theta_u)
+    curve = CurveModel(original, end=theta_u, mask=layer_mask(original, retain, forget, k=0.5))
+    history = fit_curve(
+        curve,
+        retain,
+        forget,
+        loss=mcu_objective(AdaptiveBeta(retain_target, forget_target)),
+        epochs=5,
+        lr=0.05,
+        retain_ratio=0.5,
+        seed=0,
+        progress=False,
+    )
+    assert len(history) == 5
+    assert all(0.0 < r.beta <= 0.5 for r in history)
+    # At t=1 (the unlearned end) forgetting happened.
+    assert accuracy(curve, forget, t=1.0) < base_forget
+    # Inside the path: forget accuracy below the original's while retain accuracy stays
+    # within a few points, unlike the straight line at the same t.
+    assert accuracy(curve, forget, t=0.9) < base_forget
+    assert accuracy(curve, retain, t=0.9) > base_retain - 3.0
+    assert accuracy(curve, retain, t=0.9) > accuracy(line, retain, t=0.9) + 1.0
+    assert accuracy(curve, setup.test, t=0.9) > accuracy(line, setup.test, t=0.9)
+
+
+def test_fit_curve_trains_in_place_and_restores_sampler_and_mode(tiny, caplog, capsys):
+    retain, forget = tiny
+    curve = CurveModel(make_mlp(0), end=make_mlp(1))
+    curve.eval()
+    sampler = curve.t_sampler
+    before = snapshot(curve)
+    drawn: list[float] = []
+
+    def my_sampler() -> float:
+        drawn.append(0.3)
+        return 0.3
+
+    with caplog.at_level(logging.INFO, logger="modeconn_unlearn.training"):
+        history = fit_curve(
+            curve,
+            retain,
+            forget,
+            loss=mcu_objective(0.1),
+            epochs=2,
+            lr=0.05,
+            batch_size=16,
+            t_sampler=my_sampler,
+            progress=True,
+        )
+    assert len(drawn) == 6 and curve.last_t == 0.3
+    assert curve.t_sampler is sampler and not curve.training
+    assert not same_state(before, snapshot(curve))
+    assert isinstance(history, History) and [r.epoch for r in history] == [1, 2]
+    columns = history.to_dict()
+    assert set(columns) >= {"epoch", "loss", "retain_acc", "forget_acc", "beta", "time_s", "lr"}
+    assert columns["beta"] == pytest.approx([0.1, 0.1]) and all(
+        0 <= a <= 100 for a in columns["retain_acc"]
+    )
+    assert sum(1 for r in caplog.records if "fit_curve epoch" in r.getMessage()) == 2
+    assert capsys.readouterr().out == ""
+
+
+def test_fit_curve_argument_errors(tiny):
+    retain, forget = tiny
+    with pytest.raises(ModeConnError, match="CurveModel"):
+        fit_curve(make_mlp(0), retain, forget, loss=finetune(), epochs=1, lr=0.1)
+    line = CurveModel(make_mlp(0), end=make_mlp(1), num_bends=2)
+    with pytest.raises(ModeConnError, match="no trainable parameter"):
+        fit_curve(line, retain, forget, loss=finetune(), epochs=1, lr=0.1)
+    curve = CurveModel(make_mlp(0), end=make_mlp(1))
+    with pytest.raises(ModeConnError, match="epochs"):
+        fit_curve(curve, retain, forget, loss=finetune(), epochs=0, lr=0.1)
+    with pytest.raises(ModeConnError, match="lr"):
+        fit_curve(curve, retain, forget, loss=finetune(), epochs=1, lr=-1.0)
+
+
+# --------------------------------------------------------------------------- retrain, misc
+def test_retrain_from_fresh_initialisation(setup):
+    original = setup.original
+    before = snapshot(original)
+    a = retrain(original, setup.retain, epochs=3, lr=0.1, seed=0, progress=False)
+    b = retrain(original, setup.retain, epochs=3, lr=0.1, seed=0, progress=False)
+    assert same_state(snapshot(a), snapshot(b))
+    assert same_state(before, snapshot(original))
+    assert accuracy(a, setup.test) > 85
+    # It really restarts: with zero epochs of learning signal (lr tiny) the weights are
+    # a fresh draw, far from the trained original.
+    fresh = retrain(
+        original, setup.retain, epochs=1, lr=1e-12, momentum=0.0, weight_decay=0.0, progress=False
+    )
+    assert accuracy(fresh, setup.retain) < 50
+    by_factory = retrain(lambda: make_mlp(7), setup.retain, epochs=1, lr=0.1, progress=False)
+    assert isinstance(by_factory, nn.Sequential)
+
+
+def test_retrain_refuses_parameters_it_cannot_reinitialise(tiny):
+    class WithToken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.token = nn.Parameter(torch.zeros(64))
+            self.head = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.head(x + self.token)
+
+    with pytest.raises(ModeConnError, match=r"'token'.*factory"):
+        retrain(WithToken(), tiny[0], epochs=1, lr=0.1)
+
+
+def test_optimizer_choices(tiny):
+    retain, forget = tiny
+    model = unlearn(
+        make_mlp(0),
+        retain,
+        forget,
+        loss=finetune(),
+        epochs=1,
+        lr=0.01,
+        optimizer=torch.optim.Adam,
+        progress=False,
+    )
+    assert isinstance(model, nn.Sequential)
+    with pytest.raises(ModeConnError, match="unknown optimizer 'lbfgs'"):
+        unlearn(make_mlp(0), retain, forget, loss=finetune(), epochs=1, lr=0.01, optimizer="lbfgs")
+    with pytest.raises(TypeError, match="returned list"):
+        unlearn(
+            make_mlp(0),
+            retain,
+            forget,
+            loss=finetune(),
+            epochs=1,
+            lr=0.01,
+            optimizer=lambda params, lr: list(params),
+        )
+
+
+def test_scheduler_is_stepped_per_epoch_and_resumed(tiny, tmp_path):
+    retain, forget = tiny
+
+    def cosine(optimizer):
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=3)
+
+    lrs: list[float] = []
+    common = dict(
+        loss=finetune(), epochs=3, lr=0.1, batch_size=16, scheduler=cosine, progress=False
+    )
+    full = unlearn(make_mlp(0), retain, forget, callbacks=[lambda r, _: lrs.append(r.lr)], **common)
+    assert lrs[0] == pytest.approx(0.1) and lrs[1] == pytest.approx(0.075)
+    with pytest.raises(Stop):
+        unlearn(
+            make_mlp(0), retain, forget, checkpoint_dir=tmp_path, callbacks=[stop_at(1)], **common
+        )
+    resumed = unlearn(make_mlp(0), retain, forget, checkpoint_dir=tmp_path, resume=True, **common)
+    assert same_state(snapshot(full), snapshot(resumed))
+
+
+def test_history_to_dict():
+    history = History(
+        [
+            EpochRecord(1, 0.5, 90.0, 10.0, 0.5, 0.1, 1.0, 3, {"t": 0.4}),
+            EpochRecord(2, 0.4, 91.0, math.nan, math.nan, 0.1, 1.0, 3),
+        ]
+    )
+    columns = history.to_dict()
+    assert columns["epoch"] == [1, 2] and columns["loss"] == [0.5, 0.4]
+    assert columns["t"][0] == 0.4 and math.isnan(columns["t"][1])
+    assert len(history) == 2 and history[0].retain_acc == 90.0
