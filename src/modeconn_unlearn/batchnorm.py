@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from .errors import ModeConnError
 
-__all__ = ["batch_inputs", "has_batchnorm", "update_bn"]
+__all__ = ["batch_inputs", "has_batchnorm", "module_device", "update_bn"]
 
 
 @runtime_checkable
@@ -39,11 +39,12 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, _NormBase) and m.track_running_stats for m in model.modules())
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+def module_device(model: nn.Module) -> torch.device:
+    """The device of the first parameter (or buffer) of ``model``; CPU if it has none."""
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -85,7 +86,7 @@ def update_bn(model: nn.Module, loader: Iterable[Any], *, t: float | None = None
         layer.reset_running_stats()
         layer.momentum = None
     model.train()
-    device = _device_of(model)
+    device = module_device(model)
     try:
         for batch in loader:
             inputs = batch_inputs(batch)

@@ -23,7 +23,7 @@ import copy
 import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -121,7 +121,7 @@ class _Combine(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         group: _BendGroup,
         anchor_coefs: tuple[float, float],
@@ -147,7 +147,7 @@ class _Combine(torch.autograd.Function):
         ctx.group = group
         ctx.middle_coefs = middle_coefs
         ctx.middle_shape = None if middle is None else middle.shape
-        pieces = weights.split(group.numels)
+        pieces = torch.split(weights, group.numels)
         return tuple(piece.view(shape) for piece, shape in zip(pieces, group.shapes, strict=True))
 
     @staticmethod
@@ -175,7 +175,7 @@ class _Combine(torch.autograd.Function):
             if grad is None:
                 first[start:stop].zero_()
             else:
-                local = group.local_index[start:stop]
+                local = cast(Tensor, group.local_index)[start:stop]
                 torch.index_select(grad.reshape(-1), 0, local, out=first[start:stop])
         for row, coef in zip(grad_middle[1:], coefs[1:], strict=True):
             torch.mul(first, coef, out=row)
@@ -186,6 +186,7 @@ class _Combine(torch.autograd.Function):
 class _BendGroup(nn.Module):
     """The bends of all parameters of one dtype, stored flat."""
 
+    anchors: Tensor
     index: Tensor | None
     local_index: Tensor | None
 
@@ -240,16 +241,21 @@ class _BendGroup(nn.Module):
                 sum(c * s for c, s in zip(middle_coefs, self.positions, strict=True)),
             )
         anchor_coefs = (anchor_start + line[0], anchor_end + line[1])
-        pieces = _Combine.apply(self, anchor_coefs, middle_coefs, line, self.anchors, self.middle)
+        pieces: tuple[Tensor, ...] = _Combine.apply(  # type: ignore[no-untyped-call]
+            self, anchor_coefs, middle_coefs, line, self.anchors, self.middle
+        )
         for free_end, coef in ((self.start, coefs[0]), (self.end, coefs[-1])):
             if free_end is not None:
-                ends = free_end.split(self.numels)
+                ends = torch.split(free_end, self.numels)
                 pieces = tuple(p + coef * e.view_as(p) for p, e in zip(pieces, ends, strict=True))
         return tuple(pieces)
 
 
 class _BufferPair(nn.Module):
     """A model buffer at both ends; floating buffers are interpolated, others kept."""
+
+    start: Tensor
+    end: Tensor
 
     def __init__(self, start: Tensor, end: Tensor) -> None:
         super().__init__()
@@ -345,7 +351,7 @@ class CurveModel(nn.Module):
         self.__dict__["_template"] = copy.deepcopy(model)
         self._pinned: tuple[float, dict[str, Tensor], tuple[int, ...]] | None = None
         self.last_t: float | None = None
-        self.t_sampler = t_sampler  # type: ignore[assignment]
+        self.t_sampler = t_sampler
 
         template = self.template
         expected = template.state_dict()
@@ -463,7 +469,8 @@ class CurveModel(nn.Module):
                 f"The curve function returned {len(coefs)} coefficients for {self.num_bends} bends."
             )
         weights: dict[str, Tensor] = {}
-        for key, group in self.groups.items():
+        for key, module in self.groups.items():
+            group = cast(_BendGroup, module)
             weights.update(zip(self._param_names[key], group.weights(coefs), strict=True))
         return weights
 
@@ -474,10 +481,8 @@ class CurveModel(nn.Module):
             pinned_t, buffers, versions = self._pinned
             if pinned_t == t and versions == self._bend_versions():
                 return {name: tensor.clone() for name, tensor in buffers.items()}
-        return {
-            name: pair.at(t)
-            for name, pair in zip(self._buffer_names, self.model_buffers, strict=True)
-        }
+        pairs = cast(Iterable[_BufferPair], self.model_buffers)
+        return {name: pair.at(t) for name, pair in zip(self._buffer_names, pairs, strict=True)}
 
     def forward(self, *args: Any, t: float | Tensor | None = None, **kwargs: Any) -> Any:
         """Run the wrapped model with the weights at ``t``.
@@ -541,8 +546,8 @@ class CurveModel(nn.Module):
         return self
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> CurveModel:
-        super()._apply(fn, recurse)
-        self.template._apply(fn)
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        self.template._apply(fn)  # type: ignore[no-untyped-call]
         if self._pinned is not None:
             t, buffers, _ = self._pinned
             self._pinned = (t, {name: fn(b) for name, b in buffers.items()}, self._bend_versions())

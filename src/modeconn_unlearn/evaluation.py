@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .batchnorm import has_batchnorm, update_bn
+from .batchnorm import has_batchnorm, module_device, update_bn
 from .curve_model import check_t
 from .errors import ModeConnError
 
@@ -71,14 +71,6 @@ def _as_loader(data: DataLike, name: str = "data") -> Iterable[Any]:
             f"got {type(data).__name__}."
         )
     return data
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for parameter in model.parameters():
-        return parameter.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
@@ -195,7 +187,7 @@ def _collect_outputs(
 
 def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
     if device is None:
-        return _model_device(model)
+        return module_device(model)
     resolved = torch.device(device)
     model.to(resolved)
     return resolved
@@ -769,7 +761,7 @@ def evaluate_path(
         )
     points = _path_points(ts)
     loaders = {str(name): _as_loader(data, f"splits[{name!r}]") for name, data in splits.items()}
-    target = torch.device(device) if device is not None else _model_device(curve)
+    target = torch.device(device) if device is not None else module_device(curve)
 
     bn_source = "none (no BatchNorm)"
     bn_data: Iterable[Any] | None = None

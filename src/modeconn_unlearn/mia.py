@@ -34,8 +34,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from tqdm.auto import tqdm
 
+from .batchnorm import module_device
 from .errors import ModeConnError
-from .evaluation import DataLike, _collect_outputs, _model_device, _Pass
+from .evaluation import DataLike, _collect_outputs, _Pass
 
 __all__ = [
     "FEATURES",
@@ -721,7 +722,7 @@ def train_reference_models(
         model = model_factory()
         subset = Subset(dataset, np.flatnonzero(in_mask[j]).tolist())
         if train_fn is None:
-            target = torch.device(device) if device is not None else _model_device(model)
+            target = torch.device(device) if device is not None else module_device(model)
             generator = torch.Generator().manual_seed(seed + j)
             _train_simple(
                 model,
