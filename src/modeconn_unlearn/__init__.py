@@ -11,6 +11,15 @@ from __future__ import annotations
 from . import losses
 from .batchnorm import update_bn
 from .checkpoint import load_checkpoint, save_checkpoint
+from .connectivity import (
+    BarrierResult,
+    ConnectivityMatrix,
+    connect,
+    connectivity_matrix,
+    loss_barrier,
+    relearn_attack,
+    relearn_path,
+)
 from .curve_model import CurveModel
 from .data import UnlearnBatch, UnlearnDataset, forget_retain_split, unlearn_loader
 from .errors import IncompatibleModelsError, ModeConnError, NonFiniteLossError
@@ -33,6 +42,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaptiveBeta",
+    "BarrierResult",
+    "ConnectivityMatrix",
     "CurveModel",
     "History",
     "IncompatibleModelsError",
@@ -47,6 +58,8 @@ __all__ = [
     "UnlearningScores",
     "__version__",
     "avg_gap",
+    "connect",
+    "connectivity_matrix",
     "effective_region",
     "evaluate",
     "evaluate_path",
@@ -55,11 +68,14 @@ __all__ = [
     "forget_retain_split",
     "layer_mask",
     "lira",
+    "loss_barrier",
     "load_checkpoint",
     "load_mask",
     "losses",
     "negate_task_vector",
     "random_mask",
+    "relearn_attack",
+    "relearn_path",
     "retrain",
     "saliency_mask",
     "save_checkpoint",

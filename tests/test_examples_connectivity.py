@@ -1,0 +1,57 @@
+"""Executes examples/connectivity_analysis.ipynb with small settings."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("matplotlib")
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "connectivity_analysis.ipynb"
+SMALL = {
+    "EPOCHS": 3,
+    "UNLEARN_EPOCHS": 1,
+    "CURVE_EPOCHS": 2,
+    "TS": 5,
+    "SEEDS": (0, 1),
+    "RELEARN_STEPS": 3,
+}
+
+
+def _with_small_parameters(notebook: nbformat.NotebookNode) -> None:
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    source = cell.source
+    for name, value in SMALL.items():
+        source, count = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", source, flags=re.M)
+        assert count == 1, f"parameter {name} not found in the notebook's parameters cell"
+    cell.source = source
+
+
+@pytest.mark.slow
+def test_connectivity_notebook_runs(tmp_path):
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    _with_small_parameters(notebook)
+    client = nbclient.NotebookClient(
+        notebook,
+        timeout=120,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    client.execute()
+    outputs = "".join(
+        output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", [])
+    )
+    assert "barrier: linear" in outputs
+    assert "mean retain barrier" in outputs
+    assert "after 3 steps" in outputs
+    figures = [
+        output
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+        if "image/png" in output.get("data", {})
+    ]
+    assert len(figures) >= 3
