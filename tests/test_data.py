@@ -217,8 +217,10 @@ def test_as_dataset_and_as_loader():
     loader = as_loader(data)
     assert loader.batch_size == 256 and len(loader) == 2
     assert as_loader(loader) is loader
-    with pytest.raises(ModeConnError, match="DataLoader or a map-style Dataset"):
+    with pytest.raises(TypeError, match="DataLoader or a map-style Dataset"):
         as_loader(3.0)
+    with pytest.raises(ModeConnError, match="'retain' is empty"):
+        as_loader(small(0), name="'retain'")
 
 
 def test_iterable_dataset_is_refused():

@@ -114,11 +114,11 @@ def test_evaluate_rejects_bad_data() -> None:
     with pytest.raises(ModeConnError, match="empty"):
         evaluate(model, TensorDataset(torch.zeros(0, 64), torch.zeros(0, dtype=torch.long)))
     with pytest.raises(ModeConnError, match="labels"):
-        evaluate(model, [torch.zeros(4, 64)])
+        evaluate(model, TensorDataset(torch.zeros(4, 64)))
     with pytest.raises(ModeConnError, match="class indices"):
-        evaluate(model, [(torch.zeros(4, 64), torch.zeros(4, 10))])
+        evaluate(model, TensorDataset(torch.zeros(4, 64), torch.zeros(4, 10)))
     with pytest.raises(ModeConnError, match="logits"):
-        evaluate(nn.Flatten(0), [(torch.zeros(4, 64), torch.zeros(4, dtype=torch.long))])
+        evaluate(nn.Flatten(0), TensorDataset(torch.zeros(4, 64), torch.zeros(4, dtype=torch.long)))
     with pytest.raises(TypeError, match="DataLoader"):
         evaluate(model, 3)  # type: ignore[arg-type]
 

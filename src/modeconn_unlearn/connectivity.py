@@ -387,19 +387,6 @@ class RelearnPathResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def _as_loader(data: Any, name: str) -> DataLoader[Any]:
-    """A DataLoader for ``data`` (a Dataset gets one with batch_size=256, no shuffling)."""
-    if isinstance(data, (str, bytes)) or not isinstance(data, (DataLoader, Dataset, Sequence)):
-        raise TypeError(
-            f"{name} must be a torch DataLoader or a map-style Dataset, got {type(data).__name__}."
-        )
-    loader = as_loader(data)
-    dataset = loader.dataset
-    if hasattr(dataset, "__len__") and len(dataset) == 0:
-        raise ModeConnError(f"{name} is empty (0 samples): pass a loader with some data.")
-    return loader
-
-
 def _as_splits(data: Any, name: str = "data") -> dict[str, DataLoader[Any]]:
     """``{split: loader}``; a single loader or dataset becomes ``{_SINGLE_SPLIT: loader}``."""
     if isinstance(data, Mapping):
@@ -408,8 +395,8 @@ def _as_splits(data: Any, name: str = "data") -> dict[str, DataLoader[Any]]:
                 f"{name} is an empty dict: pass a loader or a dict such as "
                 "{'retain': ..., 'forget': ..., 'test': ...}."
             )
-        return {str(k): _as_loader(v, f"{name}[{k!r}]") for k, v in data.items()}
-    return {_SINGLE_SPLIT: _as_loader(data, name)}
+        return {str(k): as_loader(v, name=f"{name}[{k!r}]") for k, v in data.items()}
+    return {_SINGLE_SPLIT: as_loader(data, name=name)}
 
 
 def _resolve_ts(ts: int | Sequence[float] | np.ndarray, *, with_ends: bool) -> np.ndarray:
@@ -442,7 +429,7 @@ def _resolve_bn_loader(
     are the right ones (the same default as :func:`modeconn_unlearn.evaluation.evaluate_path`).
     """
     if bn_loader is not None:
-        return _as_loader(bn_loader, "bn_loader")
+        return as_loader(bn_loader, name="bn_loader")
     if not has_batchnorm(template):
         return None
     if splits is not None and "retain" in splits:
@@ -960,7 +947,7 @@ def connectivity_matrix(
 def _forget_samples(
     forget_data: Data, samples: int, seed: int, need_rest: bool
 ) -> tuple[Any, np.ndarray, np.ndarray, Callable[[list[Any]], Any]]:
-    loader = _as_loader(forget_data, "forget_data")
+    loader = as_loader(forget_data, name="forget_data")
     dataset = loader.dataset
     n = len(dataset)  # type: ignore[arg-type]
     limit = n - 1 if need_rest else n
@@ -1041,7 +1028,7 @@ def _prepare_relearn(
     if eval_data is None:
         eval_loader = as_loader(Subset(dataset, rest.tolist()))
     else:
-        eval_loader = _as_loader(eval_data, "eval_data")
+        eval_loader = as_loader(eval_data, name="eval_data")
     return x, y, eval_loader, chosen
 
 

@@ -122,19 +122,23 @@ def as_dataset(data: Any, name: str = "data") -> MapDataset:
     )
 
 
-def as_loader(data: Any, *, batch_size: int = DEFAULT_EVAL_BATCH_SIZE) -> DataLoader[Any]:
+def as_loader(
+    data: Any, *, name: str = "data", batch_size: int = DEFAULT_EVAL_BATCH_SIZE
+) -> DataLoader[Any]:
     """Return ``data`` as a loader: a ``DataLoader`` as is, a ``Dataset`` wrapped.
 
     Args:
         data: A ``DataLoader`` (returned unchanged) or a map-style ``Dataset``
             (wrapped with ``shuffle=False``).
+        name: How error messages call ``data``.
         batch_size: Batch size of the wrapping loader.
 
     Returns:
         A ``DataLoader``.
 
     Raises:
-        ModeConnError: If ``data`` is neither.
+        TypeError: If ``data`` is neither.
+        ModeConnError: If it holds no samples.
 
     Example:
         >>> import torch
@@ -144,13 +148,17 @@ def as_loader(data: Any, *, batch_size: int = DEFAULT_EVAL_BATCH_SIZE) -> DataLo
         2
     """
     if isinstance(data, DataLoader):
-        return data
-    if isinstance(data, (Dataset, Sequence)):
-        return DataLoader(data, batch_size=batch_size, shuffle=False)  # type: ignore[arg-type]
-    raise ModeConnError(
-        f"expected a DataLoader or a map-style Dataset, got {type(data).__name__}; wrap tensors "
-        "as torch.utils.data.TensorDataset(x, y)."
-    )
+        loader = data
+    elif isinstance(data, (Dataset, Sequence)) and not isinstance(data, (str, bytes)):
+        loader = DataLoader(data, batch_size=batch_size, shuffle=False)  # type: ignore[arg-type]
+    else:
+        raise TypeError(
+            f"{name} must be a DataLoader or a map-style Dataset yielding (inputs, targets), got "
+            f"{type(data).__name__}; wrap tensors as torch.utils.data.TensorDataset(x, y)."
+        )
+    if hasattr(loader.dataset, "__len__") and len(loader.dataset) == 0:
+        raise ModeConnError(f"{name} is empty (0 samples): pass a loader with some data.")
+    return loader
 
 
 def unpack_batch(batch: Any) -> tuple[Any, Tensor]:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .batchnorm import has_batchnorm, module_device, update_bn
 from .curve_model import check_t
+from .data import as_loader, move_to_device
 from .errors import ModeConnError
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DataLike = DataLoader[Any] | Dataset[Any] | Iterable[Any]
+DataLike = DataLoader[Any] | Dataset[Any]
 
 _BATCH_SIZE = 256
 _SCORE_NAMES = ("ua", "ra", "ta", "mia")
@@ -59,30 +60,6 @@ _REPORT_VERSION = 1
 
 
 # --------------------------------------------------------------------------- forward passes
-def _as_loader(data: DataLike, name: str = "data") -> Iterable[Any]:
-    """A DataLoader or iterable of batches as is; a map-style Dataset wrapped in a DataLoader."""
-    if isinstance(data, DataLoader):
-        return data
-    if isinstance(data, Dataset):
-        return DataLoader(data, batch_size=_BATCH_SIZE, shuffle=False)
-    if isinstance(data, (str, bytes, os.PathLike)) or not isinstance(data, Iterable):
-        raise TypeError(
-            f"{name} must be a DataLoader or a map-style Dataset yielding (inputs, targets), "
-            f"got {type(data).__name__}."
-        )
-    return data
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, Mapping):
-        return {key: _to_device(item, device) for key, item in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to_device(item, device) for item in value)
-    return value
-
-
 def _inputs_targets(batch: Any, name: str) -> tuple[Any, Tensor]:
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         raise ModeConnError(
@@ -153,7 +130,7 @@ def _forward_pass(
     for batch in loader:
         inputs, targets = _inputs_targets(batch, name)
         targets = targets.to(device, non_blocking=True)
-        logits = model(_to_device(inputs, device))
+        logits = model(move_to_device(inputs, device))
         if not isinstance(logits, Tensor) or logits.ndim != 2 or len(logits) != len(targets):
             shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ModeConnError(
@@ -182,7 +159,9 @@ def _collect_outputs(
     """A pass over ``data`` that keeps logits and labels (used by the attacks in ``mia``)."""
     target = _resolve_device(model, device)
     with _evaluating(model):
-        return _forward_pass(model, _as_loader(data, name), target, keep_outputs=True, name=name)
+        return _forward_pass(
+            model, as_loader(data, name=name), target, keep_outputs=True, name=name
+        )
 
 
 def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
@@ -242,7 +221,7 @@ def evaluate(
     """
     target = _resolve_device(model, device)
     with _evaluating(model):
-        return _forward_pass(model, _as_loader(data), target).metrics()
+        return _forward_pass(model, as_loader(data), target).metrics()
 
 
 @dataclass(frozen=True)
@@ -328,11 +307,11 @@ def unlearning_scores(
 
     target = _resolve_device(model, device)
     loaders = {
-        "retain": _as_loader(retain, "retain"),
-        "forget": _as_loader(forget, "forget"),
-        "test": _as_loader(test, "test"),
+        "retain": as_loader(retain, name="retain"),
+        "forget": as_loader(forget, name="forget"),
+        "test": as_loader(test, name="test"),
     }
-    shadow_loader = None if mia_shadow is None else _as_loader(mia_shadow, "mia_shadow")
+    shadow_loader = None if mia_shadow is None else as_loader(mia_shadow, name="mia_shadow")
     with _evaluating(model):
         passes = {
             name: _forward_pass(
@@ -760,14 +739,16 @@ def evaluate_path(
             'splits must be a non-empty mapping such as {"retain": dr, "forget": df, "test": dt}.'
         )
     points = _path_points(ts)
-    loaders = {str(name): _as_loader(data, f"splits[{name!r}]") for name, data in splits.items()}
+    loaders = {
+        str(name): as_loader(data, name=f"splits[{name!r}]") for name, data in splits.items()
+    }
     target = torch.device(device) if device is not None else module_device(curve)
 
     bn_source = "none (no BatchNorm)"
     bn_data: Iterable[Any] | None = None
     if has_batchnorm(curve.template):
         if bn_loader is not None:
-            bn_data, bn_source = _as_loader(bn_loader, "bn_loader"), "bn_loader"
+            bn_data, bn_source = as_loader(bn_loader, name="bn_loader"), "bn_loader"
         elif "retain" in loaders:
             bn_data, bn_source = loaders["retain"], "retain"
         else:
