@@ -39,3 +39,14 @@ def test_batch_inputs() -> None:
     x = torch.zeros(2)
     assert batch_inputs(x) is x
     assert batch_inputs([x, 1]) is x
+
+
+def test_a_dataset_is_batched_not_iterated_sample_by_sample() -> None:
+    from torch.utils.data import TensorDataset
+
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    images = torch.randn(20, 1, 6, 6) * 2 + 1
+    update_bn(net, TensorDataset(images, torch.zeros(20)))
+    with torch.no_grad():
+        features = net[0](images)
+    torch.testing.assert_close(net[1].running_mean, features.mean((0, 2, 3)))

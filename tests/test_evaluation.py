@@ -124,6 +124,23 @@ def test_evaluate_rejects_bad_data() -> None:
 
 
 # --------------------------------------------------------------------------- unlearning_scores
+
+
+def test_unlearning_scores_re_estimates_batchnorm_on_a_copy(splits) -> None:
+    model = fit(make_bn_mlp(0), splits["retain"])
+    with torch.no_grad():
+        model[1].running_mean.add_(3.0)  # stale statistics
+    stale = copy.deepcopy(model)
+    kwargs = {"retain": splits["retain"], "forget": splits["forget"], "test": splits["test"]}
+    with_bn = unlearning_scores(model, bn_loader=splits["retain"], **kwargs)
+    assert torch.equal(model[1].running_mean, stale[1].running_mean)  # input untouched
+    fresh = copy.deepcopy(model)
+    update_bn(fresh, DataLoader(splits["retain"], batch_size=256))
+    expected = unlearning_scores(fresh, **kwargs)
+    assert (with_bn.ra, with_bn.ta, with_bn.ua) == (expected.ra, expected.ta, expected.ua)
+    assert unlearning_scores(model, **kwargs).ra < with_bn.ra
+
+
 def test_unlearning_scores_and_gaps(splits: dict[str, TensorDataset]) -> None:
     model = fit(make_mlp(0), splits["retain"])
     scores = unlearning_scores(

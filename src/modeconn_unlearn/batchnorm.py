@@ -8,6 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
+from torch.utils.data import DataLoader, Dataset
 
 from .errors import ModeConnError
 
@@ -63,7 +64,8 @@ def update_bn(model: nn.Module, loader: Iterable[Any], *, t: float | None = None
 
     Args:
         model: A plain module or a ``CurveModel``.
-        loader: An iterable of batches; only their inputs are used.
+        loader: A ``DataLoader`` or any iterable of batches (only their inputs
+            are used); a map-style ``Dataset`` is batched first.
         t: The point on the curve (curves only).
 
     Example:
@@ -80,6 +82,9 @@ def update_bn(model: nn.Module, loader: Iterable[Any], *, t: float | None = None
     layers = [m for m in model.modules() if isinstance(m, _NormBase) and m.track_running_stats]
     if not layers:
         return
+    if isinstance(loader, Dataset):
+        # A map-style dataset yields single samples; batch them like everywhere else.
+        loader = DataLoader(loader, batch_size=256, shuffle=False)
     momenta = {layer: layer.momentum for layer in layers}
     was_training = model.training
     for layer in layers:

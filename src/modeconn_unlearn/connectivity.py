@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data import default_collate as _default_collate
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .batchnorm import has_batchnorm, module_device, update_bn
 from .checkpoint import load_checkpoint

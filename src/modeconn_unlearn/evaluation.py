@@ -9,6 +9,7 @@ in eval mode and leaves the model's train/eval mode as it was.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from numpy.typing import ArrayLike, NDArray
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .batchnorm import has_batchnorm, module_device, update_bn
 from .curve_model import check_t
@@ -263,6 +264,7 @@ def unlearning_scores(
     reference: nn.Module | UnlearningScores | Mapping[str, float] | None = None,
     mia_shadow: DataLike | None = None,
     mia_feature: str = "confidence",
+    bn_loader: DataLike | None = None,
     seed: int = 0,
     device: torch.device | str | None = None,
 ) -> UnlearningScores:
@@ -286,6 +288,10 @@ def unlearning_scores(
         mia_shadow: Shadow member data instead of the retain subset.
         mia_feature: The :func:`~modeconn_unlearn.mia.svc_mia` feature for
             MIA-efficacy (``"confidence"`` as in SalUn's tables).
+        bn_loader: If given, a copy of ``model`` (and of a reference module)
+            is scored with BatchNorm statistics re-estimated on it, exactly as
+            :func:`evaluate_path` does at every ``t``; use it to compare a
+            model with points of a path on equal terms. Use retain data.
         seed: Seed of the retain subset and the SVC.
         device: Where to evaluate (default: the model's device).
 
@@ -305,6 +311,9 @@ def unlearning_scores(
     """
     from .mia import _mia_efficacy
 
+    if bn_loader is not None and has_batchnorm(model):
+        model = copy.deepcopy(model)
+        update_bn(model, as_loader(bn_loader, name="bn_loader"))
     target = _resolve_device(model, device)
     loaders = {
         "retain": as_loader(retain, name="retain"),
@@ -352,6 +361,7 @@ def unlearning_scores(
             test=test,
             mia_shadow=mia_shadow,
             mia_feature=mia_feature,
+            bn_loader=bn_loader,
             seed=seed,
             device=device,
         )

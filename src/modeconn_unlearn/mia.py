@@ -32,7 +32,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.svm import SVC
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .batchnorm import module_device
 from .errors import ModeConnError
