@@ -579,6 +579,63 @@ def _config(
     }
 
 
+def _optimize(
+    kind: str,
+    module: nn.Module,
+    params: list[nn.Parameter],
+    retain_data: Any,
+    forget_data: Any,
+    *,
+    after_step: Callable[[], None],
+    loss: UnlearnLoss,
+    epochs: int,
+    lr: float,
+    optimizer: OptimizerSpec,
+    momentum: float,
+    weight_decay: float,
+    batch_size: int,
+    retain_ratio: float,
+    scheduler: SchedulerFactory | None,
+    seed: int,
+    device: torch.device,
+    progress: bool,
+    checkpoint_dir: str | os.PathLike[str] | None,
+    resume: bool,
+    callbacks: tuple[Callback, ...],
+) -> History:
+    """Build the loader, optimizer and scheduler for ``params`` and run :func:`_train`."""
+    loader = _loader_for(
+        loss, retain_data, forget_data, batch_size=batch_size, retain_ratio=retain_ratio, seed=seed
+    )
+    opt = _make_optimizer(optimizer, params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return _train(
+        kind=kind,
+        module=module,
+        loss=loss,
+        loader=loader,
+        optimizer=opt,
+        scheduler=None if scheduler is None else scheduler(opt),
+        epochs=epochs,
+        after_step=after_step,
+        seed=seed,
+        device=device,
+        progress=progress,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        callbacks=callbacks,
+        config=_config(
+            seed=seed,
+            batch_size=batch_size,
+            retain_ratio=retain_ratio,
+            lr=lr,
+            optimizer=optimizer,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            num_samples=len(loader.dataset),  # type: ignore[arg-type]
+        ),
+    )
+
+
 def _fit_model(
     kind: str,
     model: nn.Module,
@@ -610,41 +667,32 @@ def _fit_model(
     lr = _check_lr(lr)
     hooks = _check_callbacks(callbacks)
     target = _resolve_device(model, device)
-    loader = _loader_for(
-        loss, retain_data, forget_data, batch_size=batch_size, retain_ratio=retain_ratio, seed=seed
-    )
     work = copy.deepcopy(model).to(target)
     for p in work.parameters():
         p.grad = None  # deepcopy copies stale gradients
     with _masked(work, mask) as (params, repin):
-        opt = _make_optimizer(
-            optimizer, params, lr=lr, momentum=momentum, weight_decay=weight_decay
-        )
-        _train(
-            kind=kind,
-            module=work,
-            loss=loss,
-            loader=loader,
-            optimizer=opt,
-            scheduler=None if scheduler is None else scheduler(opt),
-            epochs=epochs,
+        _optimize(
+            kind,
+            work,
+            params,
+            retain_data,
+            forget_data,
             after_step=repin,
+            loss=loss,
+            epochs=epochs,
+            lr=lr,
+            optimizer=optimizer,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            retain_ratio=retain_ratio,
+            scheduler=scheduler,
             seed=seed,
             device=target,
             progress=progress,
             checkpoint_dir=checkpoint_dir,
             resume=resume,
             callbacks=hooks,
-            config=_config(
-                seed=seed,
-                batch_size=batch_size,
-                retain_ratio=retain_ratio,
-                lr=lr,
-                optimizer=optimizer,
-                momentum=momentum,
-                weight_decay=weight_decay,
-                num_samples=len(loader.dataset),  # type: ignore[arg-type]
-            ),
         )
     return work.train(model.training)
 
@@ -931,40 +979,33 @@ def fit_curve(
         )
     target = _resolve_device(curve, device)
     curve.to(target)
-    loader = _loader_for(
-        loss, retain_data, forget_data, batch_size=batch_size, retain_ratio=retain_ratio, seed=seed
-    )
-    opt = _make_optimizer(optimizer, params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     previous_sampler = curve.t_sampler
     was_training = curve.training
     if t_sampler is not None:
         curve.t_sampler = t_sampler
     try:
-        return _train(
-            kind="fit_curve",
-            module=curve,
-            loss=loss,
-            loader=loader,
-            optimizer=opt,
-            scheduler=None if scheduler is None else scheduler(opt),
-            epochs=epochs,
+        return _optimize(
+            "fit_curve",
+            curve,
+            params,
+            retain_data,
+            forget_data,
             after_step=lambda: None,
+            loss=loss,
+            epochs=epochs,
+            lr=lr,
+            optimizer=optimizer,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            retain_ratio=retain_ratio,
+            scheduler=scheduler,
             seed=seed,
             device=target,
             progress=progress,
             checkpoint_dir=checkpoint_dir,
             resume=resume,
             callbacks=hooks,
-            config=_config(
-                seed=seed,
-                batch_size=batch_size,
-                retain_ratio=retain_ratio,
-                lr=lr,
-                optimizer=optimizer,
-                momentum=momentum,
-                weight_decay=weight_decay,
-                num_samples=len(loader.dataset),  # type: ignore[arg-type]
-            ),
         )
     finally:
         curve.t_sampler = previous_sampler
