@@ -33,14 +33,12 @@ from torch.func import functional_call
 from .batchnorm import update_bn as _update_module_bn
 from .checkpoint import StateSource, load_checkpoint
 from .curves import CoefficientFn, get_curve, linear_positions
-from .errors import IncompatibleModelsError, ModeConnError
+from .errors import NAMES_SHOWN, IncompatibleModelsError, ModeConnError, listed
 
 __all__ = ["CurveModel", "MaskSpec", "check_t"]
 
 MaskSpec = Mapping[str, "Tensor | bool"]
 TSampler = Callable[[], float]
-
-_MAX_LISTED = 8
 
 
 def check_t(t: float | Tensor) -> float:
@@ -63,21 +61,14 @@ def check_t(t: float | Tensor) -> float:
     return value
 
 
-def _listed(names: Iterable[str]) -> str:
-    names = sorted(names)
-    shown = ", ".join(repr(n) for n in names[:_MAX_LISTED])
-    more = f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
-    return shown + more
-
-
 def _check_endpoint(expected: Mapping[str, Tensor], given: Mapping[str, Tensor], role: str) -> None:
     missing = expected.keys() - given.keys()
     unexpected = given.keys() - expected.keys()
     problems = []
     if missing:
-        problems.append(f"missing keys {_listed(missing)}")
+        problems.append(f"missing keys {listed(sorted(missing))}")
     if unexpected:
-        problems.append(f"unexpected keys {_listed(unexpected)}")
+        problems.append(f"unexpected keys {listed(sorted(unexpected))}")
     common = expected.keys() & given.keys()
     shapes = [k for k in common if expected[k].shape != given[k].shape]
     if shapes:
@@ -401,9 +392,10 @@ class CurveModel(nn.Module):
         }
         unknown = [name for name in mask if name not in aliases]
         if unknown:
+            valid = sorted(list(aliases)[:NAMES_SHOWN])
             raise ModeConnError(
-                f"The mask names parameters the model does not have: {_listed(unknown)}. "
-                f"Valid names include {_listed(list(aliases)[:_MAX_LISTED])}; build masks from "
+                f"The mask names parameters the model does not have: {listed(sorted(unknown))}. "
+                f"Valid names include {listed(valid)}; build masks from "
                 "model.named_parameters() (e.g. with mcu.layer_mask or mcu.saliency_mask)."
             )
         parameters = dict(template.named_parameters())

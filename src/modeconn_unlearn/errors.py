@@ -12,7 +12,22 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["IncompatibleModelsError", "ModeConnError", "NonFiniteLossError"]
+__all__ = ["IncompatibleModelsError", "ModeConnError", "NonFiniteLossError", "listed"]
+
+#: How many names an error message shows before "and N more".
+NAMES_SHOWN = 8
+
+
+def listed(names: list[str]) -> str:
+    """Quote the first :data:`NAMES_SHOWN` names for an error message, then "and N more".
+
+    Example:
+        >>> listed(["a", "b"])
+        "'a', 'b'"
+    """
+    shown = ", ".join(repr(n) for n in names[:NAMES_SHOWN])
+    more = len(names) - NAMES_SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
 
 
 class ModeConnError(ValueError):

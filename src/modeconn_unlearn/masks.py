@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import as_loader, move_to_device, unpack_batch
-from .errors import ModeConnError
+from .errors import ModeConnError, listed
 
 __all__ = [
     "layer_mask",
@@ -43,14 +43,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Mask = dict[str, Tensor]
-
-_MAX_LISTED = 8
-
-
-def _listed(names: list[str]) -> str:
-    shown = ", ".join(repr(n) for n in names[:_MAX_LISTED])
-    more = len(names) - _MAX_LISTED
-    return shown + (f" and {more} more" if more > 0 else "")
 
 
 def _check_plain_model(model: Any) -> nn.Module:
@@ -321,8 +313,8 @@ def validate_mask(mask: Mapping[str, Tensor | bool], model: nn.Module) -> Mask:
     unknown = [n for n in mask if n not in aliases]
     if unknown:
         raise ModeConnError(
-            f"the mask names parameters the model does not have: {_listed(unknown)}; valid "
-            f"names include {_listed(list(params))}. Build masks from model.named_parameters()."
+            f"the mask names parameters the model does not have: {listed(unknown)}; valid "
+            f"names include {listed(list(params))}. Build masks from model.named_parameters()."
         )
     full: Mask = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in params.items()}
     for n, value in mask.items():
@@ -392,6 +384,6 @@ def _check_bool_tensors(mask: Mapping[str, Any], what: str) -> None:
     bad = [n for n, t in mask.items() if not isinstance(t, Tensor) or t.dtype != torch.bool]
     if bad:
         raise ModeConnError(
-            f"{what} has entries that are not bool tensors: {_listed(bad)}; convert them "
+            f"{what} has entries that are not bool tensors: {listed(bad)}; convert them "
             "with .bool()."
         )

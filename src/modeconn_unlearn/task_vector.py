@@ -14,17 +14,9 @@ import torch
 from torch import nn
 
 from .checkpoint import StateSource, load_checkpoint
-from .errors import IncompatibleModelsError, ModeConnError
+from .errors import IncompatibleModelsError, ModeConnError, listed
 
 __all__ = ["negate_task_vector"]
-
-_MAX_LISTED = 8
-
-
-def _listed(names: list[str]) -> str:
-    shown = ", ".join(repr(n) for n in names[:_MAX_LISTED])
-    more = len(names) - _MAX_LISTED
-    return shown + (f" and {more} more" if more > 0 else "")
 
 
 def negate_task_vector(
@@ -76,9 +68,9 @@ def negate_task_vector(
     dtypes = [n for n in common if n not in shapes and tuned[n].dtype != params[n].dtype]
     problems = []
     if missing:
-        problems.append(f"missing from finetuned: {_listed(missing)}")
+        problems.append(f"missing from finetuned: {listed(missing)}")
     if unexpected:
-        problems.append(f"not in original: {_listed(unexpected)}")
+        problems.append(f"not in original: {listed(unexpected)}")
     if shapes:
         detail = ", ".join(
             f"{n!r} {tuple(tuned[n].shape)} vs {tuple(params[n].shape)}" for n in shapes[:8]
