@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from .batchnorm import has_batchnorm, module_device, update_bn
 from .checkpoint import load_checkpoint
-from .curve_model import CurveModel
+from .curve_model import CurveModel, path_points
 from .data import as_loader
 from .errors import IncompatibleModelsError, ModeConnError
 from .evaluation import Metrics, evaluate
@@ -399,22 +399,9 @@ def _as_splits(data: Any, name: str = "data") -> dict[str, DataLoader[Any]]:
     return {_SINGLE_SPLIT: as_loader(data, name=name)}
 
 
-def _resolve_ts(ts: int | Sequence[float] | np.ndarray, *, with_ends: bool) -> np.ndarray:
-    """Sorted t values in [0, 1] from a count or an array (0 and 1 added if ``with_ends``)."""
-    if isinstance(ts, (int, np.integer)) and not isinstance(ts, bool):
-        if ts < 2:
-            raise ModeConnError(f"ts must be at least 2 (both ends), got {ts}.")
-        return np.linspace(0.0, 1.0, int(ts))
-    values = np.asarray(ts, dtype=np.float64)
-    if values.ndim != 1 or len(values) == 0:
-        raise ModeConnError(f"ts must be an int or a non-empty 1-D list of t values, got {ts!r}.")
-    if not np.all(np.isfinite(values)) or values.min() < 0.0 or values.max() > 1.0:
-        raise ModeConnError(f"t values must lie in [0, 1], got {values.tolist()}.")
-    if np.any(np.diff(values) <= 0):
-        raise ModeConnError(f"t values must be strictly increasing, got {values.tolist()}.")
-    if with_ends:
-        values = np.unique(np.concatenate([[0.0], values, [1.0]]))
-    return values
+def _with_ends(points: np.ndarray) -> np.ndarray:
+    """``points`` with t = 0 and t = 1 added (barriers compare against both ends)."""
+    return np.unique(np.concatenate([[0.0], points, [1.0]]))
 
 
 def _resolve_bn_loader(
@@ -693,7 +680,7 @@ def loss_barrier(
     _check_metric(metric)
     splits = _as_splits(data)
     named = isinstance(data, Mapping)
-    t_values = _resolve_ts(ts, with_ends=True)
+    t_values = _with_ends(path_points(ts))
     if isinstance(path, CurveModel):
         curve = path
         _check_curve_ends(curve, model_a, model_b)
@@ -888,7 +875,7 @@ def connectivity_matrix(
     _check_compatible({"template": template, **{str(k): v for k, v in models.items()}})
     splits = _as_splits(data)
     named = isinstance(data, Mapping)
-    t_values = _resolve_ts(ts, with_ends=True)
+    t_values = _with_ends(path_points(ts))
     bn = _resolve_bn_loader(template, splits if named else None, bn_loader)
     train_data: Data | None = retain_data
     if path == "curve":
@@ -1151,7 +1138,7 @@ def relearn_path(
     """
     if not isinstance(curve, CurveModel):
         raise TypeError(f"curve must be a CurveModel, got {type(curve).__name__}.")
-    t_values = _resolve_ts(ts, with_ends=False)
+    t_values = path_points(ts)
     bn = _resolve_bn_loader(curve.template, None, bn_loader)
     x, y, eval_loader, chosen = _prepare_relearn(
         forget_data, steps=steps, lr=lr, samples=samples, seed=seed, eval_data=eval_data

@@ -22,9 +22,10 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
@@ -35,7 +36,7 @@ from .checkpoint import StateSource, load_checkpoint
 from .curves import CoefficientFn, get_curve, linear_positions
 from .errors import NAMES_SHOWN, IncompatibleModelsError, ModeConnError, listed
 
-__all__ = ["CurveModel", "MaskSpec", "check_t"]
+__all__ = ["CurveModel", "MaskSpec", "check_t", "path_points"]
 
 MaskSpec = Mapping[str, "Tensor | bool"]
 TSampler = Callable[[], float]
@@ -59,6 +60,34 @@ def check_t(t: float | Tensor) -> float:
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise ModeConnError(f"t must lie in [0, 1], got {value}. t=0 is the start, t=1 the end.")
     return value
+
+
+def path_points(ts: int | Sequence[float] | np.ndarray) -> np.ndarray:
+    """The points of a path: ``ts`` evenly spaced in [0, 1], or the given t values checked.
+
+    Raises:
+        ModeConnError: Fewer than 2 points, an empty or non-1-D sequence, a t
+            outside [0, 1], or values that are not strictly increasing.
+
+    Example:
+        >>> path_points(3).tolist()
+        [0.0, 0.5, 1.0]
+    """
+    if isinstance(ts, (int, np.integer)) and not isinstance(ts, bool):
+        if ts < 2:
+            raise ModeConnError(f"ts must be at least 2 evenly spaced points, got {ts}.")
+        return np.linspace(0.0, 1.0, int(ts))
+    values = np.asarray(ts, dtype=np.float64)
+    if values.ndim != 1:
+        raise ModeConnError(
+            f"ts must be a number or a 1-D sequence of t, got shape {values.shape}."
+        )
+    if len(values) == 0:
+        raise ModeConnError("ts is empty; give a number of points or a sequence of t in [0, 1].")
+    points = np.array([check_t(float(t)) for t in values])
+    if np.any(np.diff(points) <= 0):
+        raise ModeConnError(f"ts must be strictly increasing, got {points.tolist()}.")
+    return points
 
 
 def _check_endpoint(expected: Mapping[str, Tensor], given: Mapping[str, Tensor], role: str) -> None:

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .batchnorm import has_batchnorm, module_device, update_bn
-from .curve_model import check_t
+from .curve_model import path_points
 from .data import as_loader, move_to_device
 from .errors import ModeConnError
 
@@ -670,22 +670,6 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def _path_points(ts: int | Sequence[float] | ArrayLike) -> NDArray[np.float64]:
-    if isinstance(ts, (int, np.integer)) and not isinstance(ts, bool):
-        if ts < 2:
-            raise ModeConnError(f"ts must be at least 2 evenly spaced points, got {ts}.")
-        return np.linspace(0.0, 1.0, int(ts))
-    points = np.array([check_t(float(t)) for t in np.asarray(ts, dtype=np.float64).ravel()])
-    if len(points) == 0:
-        raise ModeConnError("ts is empty; give a number of points or a sequence of t in [0, 1].")
-    if np.any(np.diff(points) <= 0):
-        raise ModeConnError(
-            f"ts must be strictly increasing (the path length adds up consecutive points), "
-            f"got {points.tolist()}."
-        )
-    return points
-
-
 def evaluate_path(
     curve: CurveModel,
     splits: Mapping[str, DataLike],
@@ -748,7 +732,7 @@ def evaluate_path(
         raise ModeConnError(
             'splits must be a non-empty mapping such as {"retain": dr, "forget": df, "test": dt}.'
         )
-    points = _path_points(ts)
+    points = path_points(ts)
     loaders = {
         str(name): as_loader(data, name=f"splits[{name!r}]") for name, data in splits.items()
     }
