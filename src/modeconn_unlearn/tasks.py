@@ -1,0 +1,339 @@
+"""Tasks: how a batch becomes per-sample results (loss, correctness, attack signals).
+
+A *task* is the one place that knows what a model's outputs and a batch's
+targets mean. Everything above it (objectives, masks, evaluation, paths,
+attacks, connectivity) asks a task for :class:`SampleOutputs` and never looks
+at logits itself, so the same code serves classifiers and language models.
+
+Two tasks are built in:
+
+* :class:`ClassificationTask` (the default everywhere): logits ``(N, C)``,
+  integer labels ``(N,)``; per-sample cross-entropy and top-1 correctness.
+* :class:`CausalLMTask`: HF-style outputs (``.logits``) or plain logits
+  ``(N, L, V)``, dict or tensor inputs, labels ``(N, L)`` shifted by one with
+  ``-100`` ignored; per-sample NLL over the answer tokens (mean or sum) and
+  token accuracy.
+
+A user's own task is any object with the two methods of :class:`Task`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import move_to_device
+from .errors import ModeConnError
+
+__all__ = [
+    "Batch",
+    "CausalLMTask",
+    "ClassificationTask",
+    "SampleOutputs",
+    "Task",
+    "resolve_task",
+]
+
+#: Label value of tokens that are not scored (prompt, padding), as in Hugging Face.
+IGNORE_INDEX = -100
+
+
+class Batch(NamedTuple):
+    """A batch as a task reads it.
+
+    Attributes:
+        inputs: What the model is called with (a tensor, or a dict of keyword inputs).
+        targets: The labels, or ``None`` for an unlabelled batch.
+        is_forget: Boolean ``(N,)`` forget flags of an ``UnlearnBatch``, else ``None``.
+    """
+
+    inputs: Any
+    targets: Tensor | None
+    is_forget: Tensor | None
+
+
+@dataclass
+class SampleOutputs:
+    """Per-sample results of one forward pass.
+
+    Attributes:
+        loss: ``(N,)`` per-sample loss, differentiable when the pass was.
+        correct: ``(N,)`` float in [0, 1]: 1/0 for a class, the share of
+            correctly predicted answer tokens for a sequence.
+        signals: Detached raw signals for attacks, keyed by name; which keys
+            exist depends on the task (see each task's docstring).
+    """
+
+    loss: Tensor
+    correct: Tensor
+    signals: dict[str, Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.loss.shape[0])
+
+
+@runtime_checkable
+class Task(Protocol):
+    """The task protocol: read a batch, and turn (model, inputs, targets) into per-sample results.
+
+    Example:
+        >>> isinstance(ClassificationTask(), Task)
+        True
+    """
+
+    name: str
+
+    def split(self, batch: Any, *, device: torch.device | str | None = None) -> Batch:
+        """Read ``batch`` into :class:`Batch` (moved to ``device`` if given)."""
+        ...
+
+    def __call__(
+        self, model: nn.Module, inputs: Any, targets: Tensor, *, signals: bool = False
+    ) -> SampleOutputs:
+        """Run ``model`` on ``inputs`` and score every sample against ``targets``."""
+        ...
+
+
+def _split_sequence(batch: Any, task: str) -> Batch:
+    if isinstance(batch, Tensor):
+        return Batch(batch, None, None)
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 1:
+            return Batch(batch[0], None, None)
+        if len(batch) in (2, 3):
+            targets = batch[1] if isinstance(batch[1], Tensor) else torch.as_tensor(batch[1])
+            flags = None if len(batch) == 2 else torch.as_tensor(batch[2]).bool()
+            return Batch(batch[0], targets, flags)
+    if isinstance(batch, Mapping):
+        return _split_mapping(batch, task)
+    raise ModeConnError(
+        f"{task} cannot read a batch of type {type(batch).__name__}; give (inputs, targets), "
+        "an UnlearnBatch(inputs, targets, is_forget) or a dict with a 'labels' key."
+    )
+
+
+def _split_mapping(batch: Mapping[str, Any], task: str) -> Batch:
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "is_forget")}
+    if not inputs:
+        raise ModeConnError(f"{task} got a dict batch with no model inputs: {sorted(batch)}.")
+    labels = batch.get("labels")
+    flags = batch.get("is_forget")
+    return Batch(
+        inputs,
+        None if labels is None else torch.as_tensor(labels),
+        None if flags is None else torch.as_tensor(flags).bool(),
+    )
+
+
+def _moved(batch: Batch, device: torch.device | str | None) -> Batch:
+    if device is None:
+        return batch
+    return Batch(*(move_to_device(item, device) for item in batch))
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    return model(inputs)
+
+
+def _logits_of(output: Any) -> Any:
+    logits = getattr(output, "logits", None)
+    if logits is not None:
+        return logits
+    if isinstance(output, Mapping) and "logits" in output:
+        return output["logits"]
+    return output
+
+
+class ClassificationTask:
+    """Classification: logits ``(N, C)`` against integer labels ``(N,)``.
+
+    ``loss`` is the per-sample cross-entropy, ``correct`` the top-1 hit.
+    With ``signals=True`` it adds ``"logits"`` (float32) and ``"labels"``,
+    from which the attacks compute confidence, entropy and m-entropy.
+
+    Example:
+        >>> task = ClassificationTask()
+        >>> model = nn.Linear(2, 2)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.copy_(torch.eye(2)), model.bias.zero_()
+        >>> out = task(model, torch.tensor([[2.0, 0.0], [2.0, 0.0]]), torch.tensor([0, 1]))
+        >>> out.correct.tolist()
+        [1.0, 0.0]
+    """
+
+    name = "classification"
+
+    def split(self, batch: Any, *, device: torch.device | str | None = None) -> Batch:
+        """Read ``(x, y)``, ``(x, y, is_forget)``, a dict with ``labels``, or a bare input."""
+        return _moved(_split_sequence(batch, "ClassificationTask"), device)
+
+    def __call__(
+        self, model: nn.Module, inputs: Any, targets: Tensor, *, signals: bool = False
+    ) -> SampleOutputs:
+        """Per-sample cross-entropy and top-1 correctness of ``model`` on ``inputs``."""
+        logits = _logits_of(_call(model, inputs))
+        self._check(logits, targets)
+        targets = targets.to(logits.device)
+        loss = F.cross_entropy(logits, targets, reduction="none")
+        correct = (logits.detach().argmax(dim=1) == targets).to(torch.float32)
+        extra: dict[str, Tensor] = {}
+        if signals:
+            extra = {"logits": logits.detach().float(), "labels": targets.detach()}
+        return SampleOutputs(loss=loss, correct=correct, signals=extra)
+
+    @staticmethod
+    def _check(logits: Any, targets: Tensor) -> None:
+        n = len(targets) if isinstance(targets, Tensor) and targets.ndim > 0 else "N"
+        if not isinstance(targets, Tensor) or targets.ndim != 1 or targets.is_floating_point():
+            shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+            raise ModeConnError(
+                "ClassificationTask expects 1-D integer class labels of shape (N,), got "
+                f"{shape}. For (batch, seq) token labels use task=CausalLMTask()."
+            )
+        if not isinstance(logits, Tensor) or logits.ndim != 2 or len(logits) != len(targets):
+            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ModeConnError(
+                f"ClassificationTask expects logits of shape (batch, classes) = ({n}, C), got "
+                f"{shape}. Wrap the model so that forward returns (N, C) logits, or use "
+                "task=CausalLMTask() for (N, L, V) token logits."
+            )
+
+    def __repr__(self) -> str:
+        return "ClassificationTask()"
+
+
+class CausalLMTask:
+    """Causal language modelling: next-token NLL over the answer tokens.
+
+    Inputs are a token-id tensor ``(N, L)`` or a dict of keyword inputs
+    (``input_ids``, ``attention_mask``, ...); the model returns HF-style
+    outputs with ``.logits`` or plain logits ``(N, L, V)``. Labels ``(N, L)``
+    are aligned with the inputs, as in Hugging Face: the logits at position
+    ``i`` predict label ``i + 1``, and ``-100`` marks tokens that are not
+    scored (prompt, padding). A dict batch carries them under ``"labels"``.
+
+    Args:
+        reduction: ``"mean"`` (per-sample loss = mean NLL over its answer
+            tokens) or ``"sum"`` (summed NLL).
+
+    ``correct`` is the share of answer tokens predicted exactly (greedy). With
+    ``signals=True`` it adds ``"token_logprobs"`` ``(N, L-1)`` (log-probability
+    of each label token, 0 where not scored), ``"token_mask"`` ``(N, L-1)``,
+    ``"mink_pp"`` ``(N, L-1)`` (the Min-K%++ score
+    ``(log p(x_i) - μ_i) / σ_i`` under the model's next-token distribution),
+    ``"nll_sum"`` and ``"num_tokens"`` ``(N,)``, and ``"labels"``.
+
+    Example:
+        >>> task = CausalLMTask()
+        >>> logits = torch.zeros(1, 3, 4)  # uniform over 4 tokens
+        >>> model = lambda ids: logits
+        >>> labels = torch.tensor([[-100, 1, 2]])
+        >>> out = task(model, torch.zeros(1, 3, dtype=torch.long), labels)
+        >>> round(out.loss.item(), 4) == round(float(torch.log(torch.tensor(4.0))), 4)
+        True
+    """
+
+    name = "causal_lm"
+
+    def __init__(self, reduction: Literal["mean", "sum"] = "mean") -> None:
+        if reduction not in ("mean", "sum"):
+            raise ModeConnError(f"reduction must be 'mean' or 'sum', got {reduction!r}.")
+        self.reduction = reduction
+
+    def split(self, batch: Any, *, device: torch.device | str | None = None) -> Batch:
+        """Read a dict batch (``labels`` inside), ``(inputs, labels)`` or ``UnlearnBatch``."""
+        return _moved(_split_sequence(batch, "CausalLMTask"), device)
+
+    def __call__(
+        self, model: nn.Module, inputs: Any, targets: Tensor, *, signals: bool = False
+    ) -> SampleOutputs:
+        """Per-sample answer NLL and token accuracy of ``model`` on ``inputs``."""
+        logits = _logits_of(_call(model, inputs))
+        self._check(logits, targets)
+        targets = targets.to(logits.device)
+        shifted = logits[:, :-1]
+        labels = targets[:, 1:]
+        mask = labels != IGNORE_INDEX
+        counts = mask.sum(dim=1)
+        if bool((counts == 0).any()):
+            empty = (counts == 0).nonzero().flatten().tolist()
+            raise ModeConnError(
+                f"CausalLMTask: samples {empty[:8]} of the batch have no scored token (all "
+                "labels after the first are -100); give every sample at least one answer token."
+            )
+        safe = labels.masked_fill(~mask, 0)
+        log_probs = torch.log_softmax(shifted.float(), dim=-1)
+        token_lp = log_probs.gather(-1, safe.unsqueeze(-1)).squeeze(-1) * mask
+        nll_sum = -token_lp.sum(dim=1)
+        loss = nll_sum / counts if self.reduction == "mean" else nll_sum
+        hits = (shifted.detach().argmax(dim=-1) == labels) & mask
+        correct = hits.sum(dim=1).float() / counts
+        extra: dict[str, Tensor] = {}
+        if signals:
+            with torch.no_grad():
+                probs = log_probs.exp()
+                mu = (probs * log_probs).sum(-1)
+                var = (probs * log_probs.square()).sum(-1) - mu.square()
+                mink_pp = (token_lp - mu) / var.clamp(min=1e-12).sqrt()
+            extra = {
+                "token_logprobs": token_lp.detach(),
+                "token_mask": mask,
+                "mink_pp": (mink_pp * mask).detach(),
+                "nll_sum": nll_sum.detach(),
+                "num_tokens": counts,
+                "labels": labels.detach(),
+            }
+        return SampleOutputs(loss=loss, correct=correct, signals=extra)
+
+    @staticmethod
+    def _check(logits: Any, targets: Tensor) -> None:
+        if not isinstance(targets, Tensor) or targets.ndim != 2 or targets.is_floating_point():
+            shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+            raise ModeConnError(
+                "CausalLMTask expects integer token labels of shape (batch, seq) with -100 on "
+                f"unscored tokens, got {shape}. For class labels use task=ClassificationTask()."
+            )
+        expected = f"({targets.shape[0]}, {targets.shape[1]}, V)"
+        if (
+            not isinstance(logits, Tensor)
+            or logits.ndim != 3
+            or tuple(logits.shape[:2]) != tuple(targets.shape)
+        ):
+            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ModeConnError(
+                f"CausalLMTask expects logits of shape (batch, seq, vocab) = {expected} (or an "
+                f"output with .logits of that shape), got {shape}."
+            )
+
+    def __repr__(self) -> str:
+        return f"CausalLMTask(reduction={self.reduction!r})"
+
+
+_DEFAULT = ClassificationTask()
+
+
+def resolve_task(task: Task | None) -> Task:
+    """``task``, checked, or the default :class:`ClassificationTask` for ``None``.
+
+    Raises:
+        TypeError: ``task`` does not have the :class:`Task` methods.
+
+    Example:
+        >>> resolve_task(None)
+        ClassificationTask()
+    """
+    if task is None:
+        return _DEFAULT
+    if not isinstance(task, Task):
+        raise TypeError(
+            f"task must have split(batch) and __call__(model, inputs, targets), got "
+            f"{type(task).__name__}; use ClassificationTask(), CausalLMTask() or your own."
+        )
+    return task
