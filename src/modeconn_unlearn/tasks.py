@@ -227,7 +227,7 @@ class CausalLMTask:
     ``signals=True`` it adds ``"token_logprobs"`` ``(N, L-1)`` (log-probability
     of each label token, 0 where not scored), ``"token_mask"`` ``(N, L-1)``,
     ``"mink_pp"`` ``(N, L-1)`` (the Min-K%++ score
-    ``(log p(x_i) - μ_i) / σ_i`` under the model's next-token distribution),
+    ``(log p(x_i) - mu_i) / sigma_i`` under the model's next-token distribution),
     ``"nll_sum"`` and ``"num_tokens"`` ``(N,)``, and ``"labels"``.
 
     Example:
