@@ -1,0 +1,48 @@
+"""Language models: question-answer data, LM unlearning metrics and attacks.
+
+Everything here runs on the causal-LM task
+(:class:`~modeconn_unlearn.tasks.CausalLMTask`) and on any Hugging Face
+tokenizer and model; ``transformers``, ``tokenizers`` and ``rouge-score`` are
+optional and imported on first use (``pip install "modeconn-unlearn[lm]"``).
+
+Example:
+    >>> from modeconn_unlearn import lm
+    >>> pairs = lm.fictitious_qa(num_entities=3, facts_per_entity=2, seed=0)
+    >>> tokenizer = lm.train_tokenizer(lm.qa_texts(pairs))
+    >>> data = lm.QADataset(pairs, tokenizer)
+    >>> retain, forget = lm.group_split(data, forget_ratio=0.34, seed=0)
+    >>> len(retain), len(forget)
+    (4, 2)
+"""
+
+from __future__ import annotations
+
+from .data import (
+    DEFAULT_PROMPT,
+    PadCollator,
+    QADataset,
+    QAPair,
+    as_lm_loader,
+    group_split,
+    lm_unlearn_loader,
+    refusal_dataset,
+    tokenize_qa,
+)
+from .synthetic import ATTRIBUTES, fictitious_qa, qa_texts, tiny_causal_lm, train_tokenizer
+
+__all__ = [
+    "ATTRIBUTES",
+    "DEFAULT_PROMPT",
+    "PadCollator",
+    "QADataset",
+    "QAPair",
+    "as_lm_loader",
+    "fictitious_qa",
+    "group_split",
+    "lm_unlearn_loader",
+    "qa_texts",
+    "refusal_dataset",
+    "tiny_causal_lm",
+    "tokenize_qa",
+    "train_tokenizer",
+]

@@ -1,0 +1,652 @@
+"""Question-answer data for causal language models.
+
+A :class:`QAPair` (question, answer, the entity it is about, optionally a
+paraphrased and some perturbed answers) becomes a tokenized example whose
+labels are ``-100`` on the prompt, so that :class:`~modeconn_unlearn.tasks.CausalLMTask`
+scores the answer tokens only. :class:`QADataset` holds such examples for any
+Hugging Face tokenizer (chat template optional); :class:`PadCollator` pads
+them into batches; :func:`lm_unlearn_loader` mixes retain and forget examples
+into :class:`~modeconn_unlearn.data.UnlearnBatch` batches; :func:`group_split`
+forgets every fact of some entities (as TOFU forgets authors);
+:func:`refusal_dataset` replaces the answers by refusals (the IDK objective).
+
+Items of a :class:`QADataset` are ``(inputs, labels)`` with
+``inputs = {"input_ids", "attention_mask"}``, so the dataset also works with
+:class:`~modeconn_unlearn.data.UnlearnDataset`; with ``pad_to_max_length=True``
+all items have one length and the library's default collate batches them too
+(this is what ``mcu.unlearn`` and ``mcu.fit_curve`` use).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..data import UnlearnBatch, UnlearnDataset, as_dataset
+from ..errors import ModeConnError
+
+__all__ = [
+    "DEFAULT_PROMPT",
+    "PadCollator",
+    "QADataset",
+    "QAPair",
+    "as_lm_loader",
+    "group_split",
+    "lm_unlearn_loader",
+    "qa_source",
+    "refusal_dataset",
+    "tokenize_qa",
+]
+
+#: Label of tokens that are not scored (prompt, padding), as in Hugging Face.
+IGNORE_INDEX = -100
+
+#: The prompt format used when no chat template is asked for.
+DEFAULT_PROMPT = "Question: {question}\nAnswer: "
+
+
+@dataclass(frozen=True)
+class QAPair:
+    """One question and its answer.
+
+    Attributes:
+        question: The question.
+        answer: The answer the model is trained on.
+        group: The entity the fact belongs to (forgetting removes whole groups).
+        paraphrased_answer: The answer in other words (for the truth ratio).
+        perturbed_answers: Wrong answers in the same form (for the truth ratio).
+
+    Example:
+        >>> QAPair("Where was Ana born?", "in Lima", group="Ana").group
+        'Ana'
+    """
+
+    question: str
+    answer: str
+    group: str | None = None
+    paraphrased_answer: str | None = None
+    perturbed_answers: tuple[str, ...] = ()
+
+
+def _encode(tokenizer: Any, text: str, *, special: bool) -> list[int]:
+    ids = tokenizer(text, add_special_tokens=special)["input_ids"]
+    return [int(i) for i in ids]
+
+
+def tokenize_qa(
+    tokenizer: Any,
+    question: str,
+    answer: str,
+    *,
+    prompt_template: str = DEFAULT_PROMPT,
+    chat_template: bool = False,
+    add_eos: bool = True,
+) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + answer, and labels with ``-100`` on the prompt.
+
+    Prompt and answer are tokenized separately and concatenated, so the label
+    boundary is exact for any tokenizer (a BPE merge across it cannot move it).
+    The prompt gets the tokenizer's special tokens (e.g. BOS); the answer gets
+    none, then the EOS token when ``add_eos`` and the tokenizer has one.
+
+    Args:
+        tokenizer: Any Hugging Face tokenizer (``tokenizer(text, add_special_tokens=...)``).
+        question: The question.
+        answer: The answer.
+        prompt_template: Format of the prompt with a ``{question}`` field (not
+            used with ``chat_template=True``).
+        chat_template: Build the prompt with ``tokenizer.apply_chat_template``
+            (one user turn and the generation prompt); the tokenizer must have one.
+        add_eos: Append the EOS token to the answer.
+
+    Returns:
+        ``(input_ids, labels)``, two lists of equal length.
+
+    Raises:
+        ModeConnError: No chat template although one was asked for, a template
+            without ``{question}``, or an answer that tokenizes to nothing.
+
+    Example:
+        >>> from modeconn_unlearn.lm import train_tokenizer
+        >>> tok = train_tokenizer(["Question: Who ? Answer: Ana"])
+        >>> ids, labels = tokenize_qa(tok, "Who ?", "Ana")
+        >>> [t for t, l in zip(tok.convert_ids_to_tokens(ids), labels) if l != -100]
+        ['Ana', '</s>']
+    """
+    if chat_template:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModeConnError(
+                "chat_template=True but the tokenizer has no chat template; set "
+                "tokenizer.chat_template (a Jinja string) or use chat_template=False."
+            )
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+        )
+        prompt_ids = _encode(tokenizer, prompt, special=False)
+    else:
+        if "{question}" not in prompt_template:
+            raise ModeConnError(
+                f"prompt_template must contain '{{question}}', got {prompt_template!r}."
+            )
+        prompt_ids = _encode(tokenizer, prompt_template.format(question=question), special=True)
+    answer_ids = _encode(tokenizer, answer, special=False)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if add_eos and eos is not None:
+        answer_ids.append(int(eos))
+    if not answer_ids:
+        raise ModeConnError(
+            f"the answer {answer!r} tokenizes to no token; give a non-empty answer."
+        )
+    return prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+class QADataset(Dataset[tuple[dict[str, Tensor], Tensor]]):
+    """Tokenized question-answer examples: items ``({"input_ids", "attention_mask"}, labels)``.
+
+    Args:
+        pairs: The :class:`QAPair` items (or ``(question, answer)`` tuples).
+        tokenizer: Any Hugging Face tokenizer.
+        prompt_template: See :func:`tokenize_qa`.
+        chat_template: See :func:`tokenize_qa`.
+        add_eos: See :func:`tokenize_qa`.
+        max_length: Longest allowed example; a longer one raises (truncation
+            could cut off the answer).
+        pad_to_max_length: Pad every item to ``max_length`` (labels ``-100``,
+            attention 0), so that default collation batches them.
+
+    Attributes:
+        pairs: The pairs, in order.
+        groups: The group of each pair (``None`` where not given).
+        pad_token_id: The id used for padding (the tokenizer's pad token, else
+            its EOS token, else 0; padded positions are never attended or scored).
+        prompt_lengths: Number of prompt tokens of each example.
+
+    Raises:
+        ModeConnError: No pairs, a pair of the wrong type, an example longer
+            than ``max_length``, or ``pad_to_max_length`` without ``max_length``.
+
+    Example:
+        >>> from modeconn_unlearn.lm import train_tokenizer
+        >>> pairs = [QAPair("Who ?", "Ana", group="a"), QAPair("Who now ?", "Bo", group="b")]
+        >>> tok = train_tokenizer(["Question: Who now ? Answer: Ana Bo"])
+        >>> ds = QADataset(pairs, tok, max_length=12, pad_to_max_length=True)
+        >>> inputs, labels = ds[0]
+        >>> tuple(inputs["input_ids"].shape), int((labels != -100).sum()), ds.groups
+        ((12,), 2, ['a', 'b'])
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[QAPair | tuple[str, str]],
+        tokenizer: Any,
+        *,
+        prompt_template: str = DEFAULT_PROMPT,
+        chat_template: bool = False,
+        add_eos: bool = True,
+        max_length: int | None = None,
+        pad_to_max_length: bool = False,
+    ) -> None:
+        self.pairs = [_as_pair(p, i) for i, p in enumerate(pairs)]
+        if not self.pairs:
+            raise ModeConnError("QADataset got no pairs; give at least one QAPair.")
+        if pad_to_max_length and max_length is None:
+            raise ModeConnError("pad_to_max_length=True needs max_length (an int).")
+        if max_length is not None and int(max_length) < 2:
+            raise ModeConnError(f"max_length must be an int >= 2, got {max_length!r}.")
+        self.tokenizer = tokenizer
+        self.options: dict[str, Any] = {
+            "prompt_template": prompt_template,
+            "chat_template": chat_template,
+            "add_eos": add_eos,
+            "max_length": max_length,
+            "pad_to_max_length": pad_to_max_length,
+        }
+        self.pad_token_id = _pad_id(tokenizer)
+        self._examples: list[tuple[list[int], list[int]]] = []
+        for i, pair in enumerate(self.pairs):
+            ids, labels = tokenize_qa(
+                tokenizer,
+                pair.question,
+                pair.answer,
+                prompt_template=prompt_template,
+                chat_template=chat_template,
+                add_eos=add_eos,
+            )
+            if max_length is not None and len(ids) > int(max_length):
+                raise ModeConnError(
+                    f"pair {i} has {len(ids)} tokens, more than max_length={max_length}; "
+                    "raise max_length or shorten the question/answer."
+                )
+            self._examples.append((ids, labels))
+        self.prompt_lengths = [labels.count(IGNORE_INDEX) for _, labels in self._examples]
+
+    @property
+    def groups(self) -> list[str | None]:
+        """The group (entity) of each pair."""
+        return [p.group for p in self.pairs]
+
+    def __len__(self) -> int:
+        return len(self._examples)
+
+    def __getitem__(self, index: int) -> tuple[dict[str, Tensor], Tensor]:
+        ids, labels = self._examples[index]
+        length = len(ids)
+        if self.options["pad_to_max_length"]:
+            extra = int(self.options["max_length"]) - length
+            ids = ids + [self.pad_token_id] * extra
+            labels = labels + [IGNORE_INDEX] * extra
+        mask = [1] * length + [0] * (len(ids) - length)
+        inputs = {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "attention_mask": torch.tensor(mask, dtype=torch.long),
+        }
+        return inputs, torch.tensor(labels, dtype=torch.long)
+
+    def prompt_ids(self, index: int) -> list[int]:
+        """The prompt's token ids of example ``index`` (what generation starts from)."""
+        return list(self._examples[index][0][: self.prompt_lengths[index]])
+
+    def with_answers(self, answers: Sequence[str]) -> QADataset:
+        """The same questions with other answers (e.g. paraphrased), tokenized alike.
+
+        Example:
+            >>> from modeconn_unlearn.lm import train_tokenizer
+            >>> tok = train_tokenizer(["Question: Who ? Answer: Ana Bo"])
+            >>> ds = QADataset([QAPair("Who ?", "Ana")], tok).with_answers(["Bo"])
+            >>> ds.pairs[0].answer
+            'Bo'
+        """
+        if len(answers) != len(self.pairs):
+            raise ModeConnError(
+                f"with_answers needs one answer per pair: {len(self.pairs)} pairs, "
+                f"{len(answers)} answers."
+            )
+        pairs = [replace(p, answer=str(a)) for p, a in zip(self.pairs, answers, strict=True)]
+        return QADataset(pairs, self.tokenizer, **self.options)
+
+    def subset(self, indices: Sequence[int]) -> QADataset:
+        """A new dataset of the pairs at ``indices``, tokenized alike."""
+        return QADataset([self.pairs[int(i)] for i in indices], self.tokenizer, **self.options)
+
+
+def _as_pair(item: Any, index: int) -> QAPair:
+    if isinstance(item, QAPair):
+        return item
+    if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(s, str) for s in item):
+        return QAPair(item[0], item[1])
+    raise ModeConnError(
+        f"pair {index} is a {type(item).__name__}; give QAPair(question, answer, group=...) "
+        "or a (question, answer) tuple of strings."
+    )
+
+
+def qa_source(data: Any) -> tuple[QADataset, list[int]]:
+    """The :class:`QADataset` behind ``data`` and the indices of ``data`` in it.
+
+    ``data`` is a :class:`QADataset`, a (nested) ``Subset`` of one, or a
+    ``DataLoader`` over either.
+
+    Raises:
+        ModeConnError: ``data`` is not built on a :class:`QADataset`.
+
+    Example:
+        >>> from modeconn_unlearn.lm import train_tokenizer
+        >>> tok = train_tokenizer(["Question: Who ? Answer: Ana Bo"])
+        >>> ds = QADataset([("Who ?", "Ana"), ("Who ?", "Bo")], tok)
+        >>> qa_source(Subset(ds, [1]))[1]
+        [1]
+    """
+    if isinstance(data, DataLoader):
+        data = data.dataset
+    if isinstance(data, QADataset):
+        return data, list(range(len(data)))
+    if isinstance(data, Subset):
+        base, indices = qa_source(data.dataset)
+        return base, [indices[int(i)] for i in data.indices]
+    raise ModeConnError(
+        f"this needs the questions and answers behind the data, but got a "
+        f"{type(data).__name__}; pass a QADataset or a Subset of one."
+    )
+
+
+# --------------------------------------------------------------------------- batching
+def _item_parts(item: Any, index: int) -> tuple[Tensor, Tensor | None, Tensor, bool | None]:
+    """``(input_ids, attention_mask, labels, is_forget)`` of one item."""
+    flag: bool | None = None
+    if isinstance(item, Mapping):
+        inputs = item
+        labels = item.get("labels")
+        if "is_forget" in item:
+            flag = bool(item["is_forget"])
+    elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
+        inputs, labels = item[0], item[1]
+        if len(item) == 3:
+            flag = bool(item[2])
+    else:
+        raise ModeConnError(
+            f"item {index} is a {type(item).__name__}; PadCollator reads dicts with "
+            "'input_ids' and 'labels', (inputs, labels) or (inputs, labels, is_forget)."
+        )
+    if isinstance(inputs, Mapping):
+        unknown = sorted(set(inputs) - {"input_ids", "attention_mask", "labels", "is_forget"})
+        if unknown:
+            raise ModeConnError(
+                f"item {index} has inputs {unknown} that PadCollator does not know how to pad; "
+                "it pads 'input_ids', 'attention_mask' and 'labels' only."
+            )
+        if "input_ids" not in inputs:
+            raise ModeConnError(f"item {index} has no 'input_ids'.")
+        ids = torch.as_tensor(inputs["input_ids"])
+        mask = inputs.get("attention_mask")
+        mask = None if mask is None else torch.as_tensor(mask)
+    else:
+        ids, mask = torch.as_tensor(inputs), None
+    if labels is None:
+        raise ModeConnError(f"item {index} has no labels; QADataset items carry them.")
+    labels = torch.as_tensor(labels)
+    if ids.ndim != 1 or labels.shape != ids.shape or (mask is not None and mask.shape != ids.shape):
+        raise ModeConnError(
+            f"item {index}: input_ids, attention_mask and labels must be 1-D of one length, "
+            f"got {tuple(ids.shape)}, {None if mask is None else tuple(mask.shape)} and "
+            f"{tuple(labels.shape)}."
+        )
+    return ids, mask, labels, flag
+
+
+class PadCollator:
+    """Pad token sequences on the right into one batch.
+
+    Items may be dicts (``input_ids``, optional ``attention_mask``,
+    ``labels``, optional ``is_forget``), ``(inputs, labels)`` or
+    ``(inputs, labels, is_forget)`` with ``inputs`` a dict or a 1-D id tensor
+    (the items of :class:`QADataset` and of
+    :class:`~modeconn_unlearn.data.UnlearnDataset` over one). Padding uses
+    ``pad_token_id`` for ids, 0 for the attention mask and ``-100`` for labels.
+
+    Returns a dict ``{"input_ids", "attention_mask", "labels"}`` (the Hugging
+    Face form, which ``CausalLMTask`` and ``transformers.Trainer`` read), or
+    :class:`~modeconn_unlearn.data.UnlearnBatch` ``(inputs, labels, is_forget)``
+    when the items carry forget flags.
+
+    Args:
+        pad_token_id: The id written into padded positions.
+        pad_to_multiple_of: Round the padded length up to a multiple of this.
+
+    Example:
+        >>> collate = PadCollator(pad_token_id=0)
+        >>> batch = collate([(torch.tensor([5, 6]), torch.tensor([-100, 6])),
+        ...                  (torch.tensor([7]), torch.tensor([7]))])
+        >>> batch["input_ids"].tolist(), batch["labels"].tolist()
+        ([[5, 6], [7, 0]], [[-100, 6], [7, -100]])
+    """
+
+    def __init__(self, pad_token_id: int = 0, *, pad_to_multiple_of: int | None = None) -> None:
+        if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int):
+            raise ModeConnError(f"pad_token_id must be an int, got {pad_token_id!r}.")
+        if pad_to_multiple_of is not None and int(pad_to_multiple_of) < 1:
+            raise ModeConnError(
+                f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}."
+            )
+        self.pad_token_id = int(pad_token_id)
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, items: Sequence[Any]) -> dict[str, Tensor] | UnlearnBatch:
+        """Collate ``items`` into one padded batch."""
+        if len(items) == 0:
+            raise ModeConnError("PadCollator got an empty list of items.")
+        parts = [_item_parts(item, i) for i, item in enumerate(items)]
+        flags = [p[3] for p in parts]
+        if len({f is None for f in flags}) > 1:
+            raise ModeConnError("some items carry is_forget flags and some do not; mix neither.")
+        length = max(len(p[0]) for p in parts)
+        if self.pad_to_multiple_of:
+            length = math.ceil(length / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        n = len(parts)
+        ids = torch.full((n, length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((n, length), dtype=torch.long)
+        labels = torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
+        for row, (item_ids, item_mask, item_labels, _) in enumerate(parts):
+            size = len(item_ids)
+            ids[row, :size] = item_ids
+            mask[row, :size] = 1 if item_mask is None else item_mask
+            labels[row, :size] = item_labels
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if flags[0] is None:
+            return {**inputs, "labels": labels}
+        return UnlearnBatch(inputs, labels, torch.tensor(flags, dtype=torch.bool))
+
+    def __repr__(self) -> str:
+        return f"PadCollator(pad_token_id={self.pad_token_id})"
+
+
+def _pad_id_of(data: Any) -> int:
+    try:
+        return qa_source(data)[0].pad_token_id
+    except ModeConnError:
+        return 0
+
+
+def as_lm_loader(data: Any, *, batch_size: int = 32) -> DataLoader[Any]:
+    """``data`` as a loader of padded batches: a ``DataLoader`` as is, a dataset wrapped.
+
+    A dataset (e.g. a :class:`QADataset` or a ``Subset`` of one) is wrapped in
+    order (no shuffling) with a :class:`PadCollator`.
+
+    Raises:
+        ModeConnError: ``data`` is empty or not a map-style dataset.
+
+    Example:
+        >>> from modeconn_unlearn.lm import train_tokenizer
+        >>> tok = train_tokenizer(["Question: Who ? Answer: Ana Bo"])
+        >>> ds = QADataset([("Who ?", "Ana"), ("Who ?", "Bo")], tok)
+        >>> next(iter(as_lm_loader(ds)))["input_ids"].shape[0]
+        2
+    """
+    if isinstance(data, DataLoader):
+        return data
+    if int(batch_size) < 1:
+        raise ModeConnError(f"batch_size must be a positive int, got {batch_size!r}.")
+    dataset = as_dataset(data, "data")
+    if len(dataset) == 0:
+        raise ModeConnError("data is empty (0 examples).")
+    return DataLoader(
+        dataset,  # type: ignore[arg-type]
+        batch_size=int(batch_size),
+        shuffle=False,
+        collate_fn=PadCollator(_pad_id_of(data)),
+    )
+
+
+def lm_unlearn_loader(
+    retain: Any,
+    forget: Any,
+    *,
+    batch_size: int = 16,
+    retain_ratio: float = 1.0,
+    shuffle: bool = True,
+    seed: int = 0,
+    pad_token_id: int | None = None,
+    drop_last: bool = False,
+) -> DataLoader[Any]:
+    """A loader of padded :class:`~modeconn_unlearn.data.UnlearnBatch` batches for LMs.
+
+    Like :func:`~modeconn_unlearn.data.unlearn_loader` (same order from the same
+    ``seed``), but batches variable-length examples with a :class:`PadCollator`:
+    ``UnlearnBatch(inputs={"input_ids", "attention_mask"}, targets=labels, is_forget)``.
+
+    Args:
+        retain: Retain examples (``QADataset``, a ``Subset`` of one, any dataset
+            of ``(inputs, labels)``) or ``None``.
+        forget: Forget examples (same) or ``None``.
+        batch_size: Examples per batch.
+        retain_ratio: Fraction in (0, 1] of the retain set used (a fixed subset).
+        shuffle: Shuffle every epoch.
+        seed: Seed of the order and of the retain subsample.
+        pad_token_id: Padding id; defaults to the one of the QADataset behind
+            ``retain`` (or ``forget``), else 0.
+        drop_last: Drop the last incomplete batch.
+
+    Example:
+        >>> from modeconn_unlearn.lm import train_tokenizer
+        >>> tok = train_tokenizer(["Question: Who ? Answer: Ana Bo"])
+        >>> ds = QADataset([("Who ?", "Ana"), ("Who ?", "Bo")], tok)
+        >>> batch = next(iter(lm_unlearn_loader(Subset(ds, [0]), Subset(ds, [1]), batch_size=2)))
+        >>> sorted(batch.is_forget.tolist()), sorted(batch.inputs)
+        ([False, True], ['attention_mask', 'input_ids'])
+    """
+    if int(batch_size) < 1:
+        raise ModeConnError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    dataset = UnlearnDataset(retain, forget, retain_ratio=retain_ratio, seed=seed)
+    if pad_token_id is None:
+        pad_token_id = _pad_id_of(retain) if retain is not None else _pad_id_of(forget)
+    return DataLoader(
+        dataset,
+        batch_size=int(batch_size),
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(int(seed)),
+        collate_fn=PadCollator(pad_token_id),
+        drop_last=drop_last,
+    )
+
+
+# --------------------------------------------------------------------------- splits
+def group_split(
+    data: Any,
+    *,
+    groups: Sequence[Any] | None = None,
+    forget_ratio: float | None = None,
+    forget_groups: Sequence[Any] | None = None,
+    seed: int = 0,
+) -> tuple[Subset[Any], Subset[Any]]:
+    """Split by group: every example of the chosen groups goes to the forget set.
+
+    As TOFU forgets every fact about some authors, the forget set here is all
+    the examples of some entities. Exactly one of ``forget_ratio`` (a random
+    fraction of the groups, ``round(forget_ratio * number_of_groups)`` of them,
+    drawn from ``seed``) and ``forget_groups`` (the groups by name) is given.
+
+    Args:
+        data: A map-style dataset (e.g. :class:`QADataset`).
+        groups: The group of each example; defaults to ``data.groups``.
+        forget_ratio: Fraction in (0, 1) of the groups to forget.
+        forget_groups: The groups to forget.
+        seed: Seed of the random choice of groups.
+
+    Returns:
+        ``(retain, forget)`` as ``Subset`` views with ascending indices.
+
+    Raises:
+        ModeConnError: Both or neither option, unknown groups, groups missing
+            or of the wrong length, or a split leaving one side empty.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> ds = TensorDataset(torch.arange(6))
+        >>> retain, forget = group_split(ds, groups=list("aabbcc"), forget_groups=["b"])
+        >>> forget.indices, retain.indices
+        ([2, 3], [0, 1, 4, 5])
+    """
+    if (forget_ratio is None) == (forget_groups is None):
+        raise ModeConnError(
+            "give exactly one of forget_ratio (a fraction of the groups, e.g. 0.1) and "
+            f"forget_groups (their names); got forget_ratio={forget_ratio!r}, "
+            f"forget_groups={forget_groups!r}."
+        )
+    dataset = as_dataset(data, "data")
+    labels = list(groups) if groups is not None else getattr(dataset, "groups", None)
+    if labels is None:
+        raise ModeConnError(
+            "data has no .groups; pass groups=[group of each example] (e.g. the entity names)."
+        )
+    if len(labels) != len(dataset):
+        raise ModeConnError(f"groups has {len(labels)} entries for {len(dataset)} examples.")
+    if any(g is None for g in labels):
+        raise ModeConnError("some examples have no group (None); give every QAPair a group.")
+    order = list(dict.fromkeys(labels))
+    if forget_ratio is not None:
+        ratio = float(forget_ratio)
+        if not (math.isfinite(ratio) and 0.0 < ratio < 1.0):
+            raise ModeConnError(f"forget_ratio must lie in (0, 1), got {forget_ratio!r}.")
+        count = round(ratio * len(order))
+        if count == 0 or count == len(order):
+            raise ModeConnError(
+                f"forget_ratio={ratio} of {len(order)} groups leaves the "
+                f"{'forget' if count == 0 else 'retain'} set empty; choose another ratio."
+            )
+        perm = torch.randperm(len(order), generator=torch.Generator().manual_seed(int(seed)))
+        chosen = {order[int(i)] for i in perm[:count]}
+    else:
+        chosen = set(forget_groups)  # type: ignore[arg-type]
+        unknown = sorted(str(g) for g in chosen - set(order))
+        if unknown:
+            raise ModeConnError(f"forget_groups {unknown[:8]} are not among the data's groups.")
+        if not chosen or chosen == set(order):
+            raise ModeConnError("forget_groups must name some but not all groups.")
+    forget_idx = [i for i, g in enumerate(labels) if g in chosen]
+    retain_idx = [i for i, g in enumerate(labels) if g not in chosen]
+    return Subset(dataset, retain_idx), Subset(dataset, forget_idx)  # type: ignore[arg-type]
+
+
+def refusal_dataset(
+    forget: Any, refusals: Sequence[str], *, seed: int = 0
+) -> QADataset | list[QAPair]:
+    """The forget questions with their answers replaced by refusals (for IDK).
+
+    Each question gets one of ``refusals`` drawn uniformly from ``seed``
+    (``"I don't know."``-style answers).
+
+    Args:
+        forget: A :class:`QADataset` (or a ``Subset`` of one), or a sequence
+            of :class:`QAPair`.
+        refusals: The refusal answers to draw from.
+        seed: Seed of the draw.
+
+    Returns:
+        A :class:`QADataset` tokenized like ``forget`` when ``forget`` is built
+        on one, else a list of :class:`QAPair`.
+
+    Raises:
+        ModeConnError: No refusals, or ``forget`` is neither form.
+
+    Example:
+        >>> pairs = refusal_dataset([QAPair("Who ?", "Ana")], ["I do not know ."])
+        >>> pairs[0].answer
+        'I do not know .'
+    """
+    choices = [str(r) for r in refusals] if not isinstance(refusals, str) else [refusals]
+    if not choices or not all(choices):
+        raise ModeConnError("refusals must be a non-empty list of non-empty strings.")
+    try:
+        base, indices = qa_source(forget)
+    except ModeConnError:
+        base, indices = None, []
+    if base is not None:
+        pairs = [base.pairs[i] for i in indices]
+    elif isinstance(forget, Sequence) and all(isinstance(p, QAPair) for p in forget):
+        pairs = list(forget)
+    else:
+        raise ModeConnError(
+            f"forget must be a QADataset, a Subset of one or a list of QAPair, got "
+            f"{type(forget).__name__}."
+        )
+    picks = torch.randint(
+        len(choices), (len(pairs),), generator=torch.Generator().manual_seed(seed)
+    )
+    refused = [replace(p, answer=choices[int(k)]) for p, k in zip(pairs, picks, strict=True)]
+    if base is None:
+        return refused
+    return QADataset(refused, base.tokenizer, **base.options)
