@@ -50,3 +50,46 @@ def test_a_dataset_is_batched_not_iterated_sample_by_sample() -> None:
     with torch.no_grad():
         features = net[0](images)
     torch.testing.assert_close(net[1].running_mean, features.mean((0, 2, 3)))
+
+
+class DictNet(nn.Module):
+    """Keyword inputs, as a Hugging Face model takes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.bn = nn.BatchNorm1d(3)
+
+    def forward(self, features, scale=None):
+        return self.bn(self.lin(features) * (1.0 if scale is None else scale))
+
+
+def test_dict_batches_are_read_by_the_task_and_passed_as_keywords() -> None:
+    from modeconn_unlearn.tasks import ClassificationTask
+
+    net = DictNet()
+    batches = [torch.randn(8, 4) + 3 for _ in range(2)]
+    loader = [
+        {"features": x, "scale": torch.tensor(2.0), "labels": torch.zeros(8)} for x in batches
+    ]
+    update_bn(net, loader, task=ClassificationTask())
+    with torch.no_grad():
+        mean = torch.stack([(net.lin(x) * 2.0).mean(0) for x in batches]).mean(0)
+    torch.testing.assert_close(net.bn.running_mean, mean)
+    assert batch_inputs(loader[0]).keys() == {"features", "scale"}
+
+
+def test_curve_update_bn_reads_batches_through_the_task() -> None:
+    from modeconn_unlearn.curve_model import CurveModel
+    from modeconn_unlearn.tasks import ClassificationTask
+
+    a, b = (
+        nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)),
+        nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)),
+    )
+    curve = CurveModel(a, start=a, end=b)
+    x = torch.randn(16, 4) * 3
+    update_bn(curve, [{"input": x, "labels": torch.zeros(16)}], t=0.0, task=ClassificationTask())
+    with torch.no_grad():
+        expected = a[0](x).mean(0)
+    torch.testing.assert_close(curve.buffers_at(0.0)["1.running_mean"], expected)

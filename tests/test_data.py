@@ -232,10 +232,11 @@ def test_iterable_dataset_is_refused():
         as_dataset(Stream())
 
 
-def test_unpack_and_move():
-    _, y = unpack_batch(UnlearnBatch(torch.zeros(1), torch.ones(1), torch.ones(1).bool()))
+def test_unpack_batch_is_a_deprecated_alias_and_move():
+    with pytest.warns(DeprecationWarning, match="task.split"):
+        _, y = unpack_batch(UnlearnBatch(torch.zeros(1), torch.ones(1), torch.ones(1).bool()))
     assert float(y) == 1.0
-    with pytest.raises(ModeConnError, match="inputs, targets"):
+    with pytest.raises(ModeConnError, match="inputs, target"), pytest.warns(DeprecationWarning):
         unpack_batch(torch.zeros(2))
     moved = move_to_device(
         UnlearnBatch({"a": torch.zeros(1)}, torch.ones(1), torch.ones(1).bool()), "cpu"

@@ -19,6 +19,7 @@ from modeconn_unlearn.losses import (
     neggrad_plus,
     random_label,
 )
+from modeconn_unlearn.tasks import CausalLMTask
 
 
 class Table(nn.Module):
@@ -278,3 +279,96 @@ def test_integer_is_forget_flags_are_accepted():
     assert mcu_objective(0.3)(model, as_int).item() == pytest.approx(
         hand_ce(RETAIN) - 0.3 * hand_ce(FORGET), rel=1e-12
     )
+
+
+# --------------------------------------------------------------------------- task layer
+class TinyLM(nn.Module):
+    """Embedding + linear head: logits (N, L, V), called with input_ids (and attention_mask)."""
+
+    def __init__(self, vocab: int = 7, dim: int = 5) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.head(self.embed(input_ids))
+
+
+def lm_batch():
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 7, (4, 6), generator=g)
+    labels = ids.clone()
+    labels[:, :3] = -100  # prompt tokens are not scored
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return UnlearnBatch(inputs, labels, torch.tensor([False, True, False, True]))
+
+
+def hand_lm_nll(model, batch, reduction="mean"):
+    """Per-sample answer NLL computed token by token with log_softmax."""
+    logits = model(**batch.inputs)
+    values = []
+    for i in range(len(batch.targets)):
+        total, count = 0.0, 0
+        for pos in range(1, batch.targets.shape[1]):
+            label = int(batch.targets[i, pos])
+            if label != -100:
+                total = total - torch.log_softmax(logits[i, pos - 1], -1)[label]
+                count += 1
+        values.append(total / count if reduction == "mean" else total)
+    return torch.stack(values)
+
+
+def test_objectives_read_lm_batches_through_the_task():
+    model, batch = TinyLM(), lm_batch()
+    nll = hand_lm_nll(model, batch)
+    retain, forget = nll[[0, 2]].mean(), nll[[1, 3]].mean()
+    task = CausalLMTask()
+    torch.testing.assert_close(finetune(task=task)(model, batch), retain)
+    torch.testing.assert_close(gradient_ascent(task=task)(model, batch), -forget)
+    torch.testing.assert_close(
+        neggrad_plus(0.8, task=task)(model, batch), 0.8 * retain - 0.2 * forget
+    )
+    loss = mcu_objective(0.5, task=task)
+    torch.testing.assert_close(loss(model, batch), retain - 0.5 * forget)
+    assert loss.last_stats["n_forget"] == 2.0
+    assert 0.0 <= loss.last_stats["forget_acc"] <= 100.0
+
+
+def test_recorded_accuracy_is_100_times_mean_correctness():
+    model, batch = TinyLM(), lm_batch()
+    out = CausalLMTask()(model, batch.inputs, batch.targets)
+    loss = finetune(task=CausalLMTask())
+    loss(model, batch)
+    assert loss.last_stats["retain_acc"] == pytest.approx(100.0 * float(out.correct[[0, 2]].mean()))
+
+
+def test_random_label_is_classification_only():
+    with pytest.raises(ModeConnError, match="ClassificationTask only"):
+        random_label(3, task=CausalLMTask())
+
+
+def test_objective_gradients_equal_those_of_a_summed_cross_entropy():
+    model, batch = fixed_batch()
+    value = neggrad_plus(0.7)(model, batch)
+    (grad,) = torch.autograd.grad(value, [model.logits])
+    logits = model.logits
+    retain, forget = ~batch.is_forget, batch.is_forget
+    # Today's formula: a part's summed cross-entropy divided by its (tensor) count.
+    retain_ce = F.cross_entropy(logits[retain], batch.targets[retain], reduction="sum")
+    forget_ce = F.cross_entropy(logits[forget], batch.targets[forget], reduction="sum")
+    reference = 0.7 * (retain_ce / retain.sum()) - (1.0 - 0.7) * (forget_ce / forget.sum())
+    (expected,) = torch.autograd.grad(reference, [model.logits])
+    assert torch.equal(grad, expected)
+
+
+@pytest.mark.parametrize(("retain", "forget"), [(0.99, 0.92), (1.0, 0.5), (0.9, 0.0), (0.0, 0.3)])
+def test_adaptive_beta_refuses_fractions(retain, forget):
+    with pytest.raises(ModeConnError, match="did you mean"):
+        AdaptiveBeta(retain, forget)
+
+
+def test_adaptive_beta_keeps_percentages_and_zero_targets():
+    assert AdaptiveBeta(99.0, 0.0).forget_target == 0.0
+    assert AdaptiveBeta(0.0, 0.0).retain_target == 0.0
+    with pytest.raises(ModeConnError, match=r"99\.0 and 92\.0"):
+        AdaptiveBeta(0.99, 0.92)

@@ -245,3 +245,64 @@ def test_validate_mask():
         validate_mask({"weight": torch.ones(3, dtype=torch.bool)}, model)
     with pytest.raises(ModeConnError, match="bool"):
         validate_mask({"weight": torch.ones(2, 2)}, model)
+
+
+# --------------------------------------------------------------------------- task layer
+class TinyLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(7, 5)
+        self.head = nn.Linear(5, 7)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.head(self.embed(input_ids))
+
+
+class LMExamples(torch.utils.data.Dataset):
+    """Dict items (input_ids, attention_mask, labels) as language-model datasets give them."""
+
+    def __init__(self, n: int = 6) -> None:
+        g = torch.Generator().manual_seed(5)
+        self.ids = torch.randint(0, 7, (n, 5), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        labels = self.ids[i].clone()
+        labels[:2] = -100
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(5), "labels": labels}
+
+
+def test_saliency_mask_scores_the_task_loss_of_a_language_model():
+    from modeconn_unlearn.tasks import CausalLMTask
+
+    model, examples = TinyLM(), LMExamples()
+    mask = saliency_mask(model, examples, sparsity=0.9, task=CausalLMTask())
+    total = torch.zeros(())
+    for i in range(len(examples)):
+        item = examples[i]
+        logits = model(item["input_ids"][None])[0]
+        answer = [(pos, int(item["labels"][pos])) for pos in range(1, 5)]
+        nll = [-torch.log_softmax(logits[pos - 1], -1)[y] for pos, y in answer if y != -100]
+        total = total + torch.stack(nll).mean()
+    grads = torch.autograd.grad(total, list(model.parameters()))
+    scores = torch.cat([g.abs().reshape(-1) for g in grads])
+    keep = scores.numel() - round(0.9 * scores.numel())
+    expected = torch.zeros_like(scores, dtype=torch.bool)
+    expected[torch.argsort(scores, descending=True, stable=True)[:keep]] = True
+    got = torch.cat([mask[n].reshape(-1) for n, _ in model.named_parameters()])
+    assert torch.equal(got, expected)
+
+
+def test_mask_errors_name_the_empty_argument():
+    model = make_model()
+    empty = TensorDataset(torch.zeros(0, 6), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ModeConnError, match="forget_data is empty"):
+        saliency_mask(model, empty)
+    with pytest.raises(ModeConnError, match="retain_data is empty"):
+        layer_mask(model, empty, data(0))
+    with pytest.raises(ModeConnError, match="forget_data is empty"):
+        layer_mask(model, data(0), empty)
+    with pytest.raises(ModeConnError, match="forget_data is None"):
+        layer_mask(model, data(0), None)

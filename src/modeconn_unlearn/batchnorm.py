@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -10,7 +10,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.utils.data import DataLoader, Dataset
 
+from .data import DEFAULT_EVAL_BATCH_SIZE
 from .errors import ModeConnError
+from .tasks import Task, resolve_task
 
 __all__ = ["batch_inputs", "has_batchnorm", "module_device", "update_bn"]
 
@@ -20,19 +22,29 @@ class _SupportsUpdateBN(Protocol):
     def update_bn(self, loader: Iterable[Any], *, t: float) -> None: ...
 
 
-def batch_inputs(batch: Any) -> Any:
-    """The model input of a batch: the batch itself, or the first item of a tuple/list.
+def batch_inputs(batch: Any, *, task: Task | None = None) -> Any:
+    """The model input of a batch, as ``task.split(batch).inputs`` (default: classification).
 
-    ``(x, y)`` pairs, ``UnlearnBatch(inputs, targets, is_forget)`` and bare tensors
-    all work.
+    ``(x, y)`` pairs, ``UnlearnBatch(inputs, targets, is_forget)``, bare tensors
+    and dict batches (``labels`` removed) all work.
 
     Example:
         >>> batch_inputs((torch.zeros(2, 3), torch.ones(2))).shape
         torch.Size([2, 3])
     """
-    if isinstance(batch, (tuple, list)):
-        return batch[0]
-    return batch
+    return resolve_task(task).split(batch).inputs
+
+
+class _InputsOnly:
+    """Batches of ``loader`` reduced to their inputs by ``task`` (for a curve's own update_bn)."""
+
+    def __init__(self, loader: Iterable[Any], task: Task) -> None:
+        self.loader = loader
+        self.task = task
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            yield (self.task.split(batch).inputs,)
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -50,7 +62,13 @@ def module_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def update_bn(model: nn.Module, loader: Iterable[Any], *, t: float | None = None) -> None:
+def update_bn(
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    t: float | None = None,
+    task: Task | None = None,
+) -> None:
     """Recompute BatchNorm running statistics as an exact average over ``loader``.
 
     Every BatchNorm-like layer is reset and switched to a cumulative moving
@@ -67,6 +85,8 @@ def update_bn(model: nn.Module, loader: Iterable[Any], *, t: float | None = None
         loader: A ``DataLoader`` or any iterable of batches (only their inputs
             are used); a map-style ``Dataset`` is batched first.
         t: The point on the curve (curves only).
+        task: Reads each batch (``task.split``); dict inputs are passed as
+            keyword arguments. Default: classification batches ``(x, y)``.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
@@ -74,17 +94,21 @@ def update_bn(model: nn.Module, loader: Iterable[Any], *, t: float | None = None
         >>> bool(net[1].num_batches_tracked == 1)
         True
     """
+    reader = resolve_task(task)
+    if isinstance(loader, Dataset):
+        # A map-style dataset yields single samples; batch them like everywhere else.
+        loader = DataLoader(loader, batch_size=DEFAULT_EVAL_BATCH_SIZE, shuffle=False)
     if isinstance(model, _SupportsUpdateBN):
         if t is None:
             raise ModeConnError("update_bn on a CurveModel needs the point: pass t=... in [0, 1].")
-        model.update_bn(loader, t=t)
+        if task is None:
+            model.update_bn(loader, t=t)
+        else:
+            model.update_bn(_InputsOnly(loader, reader), t=t)
         return
     layers = [m for m in model.modules() if isinstance(m, _NormBase) and m.track_running_stats]
     if not layers:
         return
-    if isinstance(loader, Dataset):
-        # A map-style dataset yields single samples; batch them like everywhere else.
-        loader = DataLoader(loader, batch_size=256, shuffle=False)
     momenta = {layer: layer.momentum for layer in layers}
     was_training = model.training
     for layer in layers:
@@ -94,8 +118,11 @@ def update_bn(model: nn.Module, loader: Iterable[Any], *, t: float | None = None
     device = module_device(model)
     try:
         for batch in loader:
-            inputs = batch_inputs(batch)
-            model(inputs.to(device) if isinstance(inputs, torch.Tensor) else inputs)
+            inputs = reader.split(batch, device=device).inputs
+            if isinstance(inputs, Mapping):
+                model(**inputs)
+            else:
+                model(inputs)
     finally:
         for layer, momentum in momenta.items():
             layer.momentum = momentum

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 from torch.utils.data.dataloader import default_collate
+from typing_extensions import deprecated
 
 from .errors import ModeConnError
 
@@ -35,6 +36,7 @@ __all__ = [
     "collate_unlearn",
     "forget_retain_split",
     "move_to_device",
+    "read_sample",
     "unlearn_loader",
     "unpack_batch",
 ]
@@ -161,30 +163,53 @@ def as_loader(
     return loader
 
 
-def unpack_batch(batch: Any) -> tuple[Any, Tensor]:
-    """Return ``(inputs, targets)`` from a batch ``(x, y, ...)`` or an :class:`UnlearnBatch`.
+def read_sample(item: Any) -> tuple[Any, Any]:
+    """Return ``(inputs, target)`` of ONE dataset item (not a batch).
+
+    Batches are read by a task's ``split`` (see :mod:`modeconn_unlearn.tasks`);
+    this reads the items of the map-style datasets that :class:`UnlearnDataset`
+    mixes: ``(x, y, ...)`` tuples, or dicts of keyword inputs with a
+    ``"labels"`` entry (language-model examples), whose other entries are the
+    inputs.
 
     Args:
-        batch: A tuple or list whose first two items are inputs and targets.
+        item: One item of a dataset.
 
     Returns:
-        The pair ``(inputs, targets)``.
+        The pair ``(inputs, target)``.
 
     Raises:
-        ModeConnError: If the batch has fewer than two items.
+        ModeConnError: If the item is neither.
 
     Example:
         >>> import torch
-        >>> x, y = unpack_batch((torch.zeros(2, 3), torch.tensor([0, 1])))
-        >>> tuple(x.shape), y.tolist()
-        ((2, 3), [0, 1])
+        >>> read_sample((torch.zeros(3), 1))[1]
+        1
+        >>> sorted(read_sample({"input_ids": torch.zeros(4), "labels": torch.zeros(4)})[0])
+        ['input_ids']
     """
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return batch[0], batch[1]
+    if isinstance(item, (tuple, list)) and len(item) >= 2:
+        return item[0], item[1]
+    if isinstance(item, Mapping) and "labels" in item:
+        inputs = {k: v for k, v in item.items() if k != "labels"}
+        if inputs:
+            return inputs, item["labels"]
     raise ModeConnError(
-        f"a batch must be (inputs, targets, ...) or an UnlearnBatch, got {type(batch).__name__}; "
-        "use a dataset whose items are (x, y) pairs."
+        f"a dataset item must be (inputs, target, ...) or a dict with a 'labels' entry and model "
+        f"inputs, got {type(item).__name__}; use a dataset whose items are (x, y) pairs."
     )
+
+
+@deprecated(
+    "unpack_batch is deprecated: read batches with task.split(batch) (modeconn_unlearn.tasks)"
+)
+def unpack_batch(batch: Any) -> tuple[Any, Tensor]:
+    """Deprecated: ``(inputs, targets)`` of a batch; use ``resolve_task(None).split(batch)``.
+
+    Kept as an alias of :func:`read_sample` for code written against earlier versions.
+    """
+    inputs, targets = read_sample(batch)
+    return inputs, targets
 
 
 def move_to_device(obj: Any, device: torch.device | str) -> Any:
@@ -224,7 +249,7 @@ def _targets_of(dataset: Any) -> Tensor:
         return torch.as_tensor(targets).reshape(len(dataset)).long()
     labels = []
     for i in range(len(dataset)):
-        _, y = unpack_batch(dataset[i])
+        _, y = read_sample(dataset[i])
         labels.append(int(y))
     return torch.tensor(labels, dtype=torch.long)
 
@@ -394,9 +419,9 @@ class UnlearnDataset(Dataset[tuple[Any, Any, bool]]):
         if not 0 <= index < n:
             raise IndexError(f"index {index} out of range for UnlearnDataset of length {n}")
         if index < self.num_retain:
-            x, y = unpack_batch(self.retain[self.retain_indices[index]])
+            x, y = read_sample(self.retain[self.retain_indices[index]])
             return x, y, False
-        x, y = unpack_batch(self.forget[index - self.num_retain])
+        x, y = read_sample(self.forget[index - self.num_retain])
         return x, y, True
 
 

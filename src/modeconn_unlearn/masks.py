@@ -24,12 +24,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import as_loader, move_to_device, unpack_batch
+from .curve_model import CurveModel
+from .data import as_loader
 from .errors import ModeConnError, listed
+from .tasks import Task, resolve_task
 
 __all__ = [
     "layer_mask",
@@ -48,7 +49,7 @@ Mask = dict[str, Tensor]
 def _check_plain_model(model: Any) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}.")
-    if hasattr(model, "weights_at") and hasattr(model, "template"):
+    if isinstance(model, CurveModel):
         raise ModeConnError(
             "masks are computed on a plain model, not on a CurveModel: pass the original model "
             "(the curve's start), then CurveModel(model, ..., mask=mask)."
@@ -67,29 +68,34 @@ def _fraction(value: float, name: str, *, closed_high: bool) -> float:
     return result
 
 
-def _summed_gradients(model: nn.Module, data: Any, name: str) -> dict[str, Tensor]:
-    """Σ over all samples of ∇ CE, per parameter (zeros for parameters without gradient)."""
+def _summed_gradients(model: nn.Module, data: Any, name: str, task: Task) -> dict[str, Tensor]:
+    """Σ over all samples of ∇ (per-sample task loss), per parameter (zeros without gradient)."""
     params = dict(model.named_parameters())
     grads = {n: torch.zeros_like(p) for n, p in params.items()}
     differentiable = [n for n, p in params.items() if p.requires_grad]
     if not differentiable:
         raise ModeConnError("no parameter of the model requires grad; nothing to score.")
+    if data is None:
+        raise ModeConnError(f"{name} is None; masks need at least one sample of it.")
     device = next(iter(params.values())).device
     was_training = model.training
     model.eval()
     seen = 0
     try:
-        for batch in as_loader(data):
-            inputs, targets = unpack_batch(batch)
-            logits = model(move_to_device(inputs, device))
-            loss = F.cross_entropy(logits, targets.to(device), reduction="sum")
+        for batch in as_loader(data, name=name):
+            read = task.split(batch, device=device)
+            if read.targets is None:
+                raise ModeConnError(
+                    f"{name} yields batches without targets; masks need (inputs, targets)."
+                )
+            out = task(model, read.inputs, read.targets)
             found = torch.autograd.grad(
-                loss, [params[n] for n in differentiable], allow_unused=True
+                out.loss.sum(), [params[n] for n in differentiable], allow_unused=True
             )
             for n, g in zip(differentiable, found, strict=True):
                 if g is not None:
                     grads[n] += g
-            seen += int(targets.shape[0])
+            seen += len(out)
     finally:
         model.train(was_training)
     if seen == 0:
@@ -97,7 +103,9 @@ def _summed_gradients(model: nn.Module, data: Any, name: str) -> dict[str, Tenso
     return grads
 
 
-def saliency_mask(model: nn.Module, forget_data: Any, *, sparsity: float = 0.5) -> Mask:
+def saliency_mask(
+    model: nn.Module, forget_data: Any, *, sparsity: float = 0.5, task: Task | None = None
+) -> Mask:
     """SalUn's weight saliency mask: the entries with the largest forget-loss gradient.
 
     Scores every parameter entry by ``|Σ ∇(-CE)|``, the magnitude of the
@@ -112,6 +120,8 @@ def saliency_mask(model: nn.Module, forget_data: Any, *, sparsity: float = 0.5) 
         model: The original (plain) model.
         forget_data: Forget set as a ``DataLoader`` or map-style ``Dataset`` of ``(x, y)``.
         sparsity: Fraction in [0, 1) of entries frozen (``0.5``: half trainable).
+        task: Gives the per-sample loss whose gradient is scored (default:
+            classification cross-entropy).
 
     Returns:
         ``{param_name: bool tensor}`` for every parameter.
@@ -132,7 +142,7 @@ def saliency_mask(model: nn.Module, forget_data: Any, *, sparsity: float = 0.5) 
     """
     model = _check_plain_model(model)
     sparsity = _fraction(sparsity, "sparsity", closed_high=False)
-    grads = _summed_gradients(model, forget_data, "forget_data")
+    grads = _summed_gradients(model, forget_data, "forget_data", resolve_task(task))
     scores = torch.cat([g.abs().reshape(-1) for g in grads.values()])
     total = scores.numel()
     keep = total - round(sparsity * total)
@@ -155,6 +165,7 @@ def layer_mask(
     *,
     k: float = 0.5,
     kr: float = 0.0,
+    task: Task | None = None,
 ) -> Mask:
     """MCU's per-tensor mask: whole parameter tensors that matter for forgetting.
 
@@ -180,6 +191,7 @@ def layer_mask(
         k: Fraction in (0, 1] of parameter entries to make trainable.
         kr: Fraction in [0, 1) of entries, most important to the retain set,
             never made trainable.
+        task: Gives the per-sample losses (default: classification cross-entropy).
 
     Returns:
         ``{param_name: bool tensor}`` for every parameter.
@@ -205,8 +217,9 @@ def layer_mask(
     if k == 0.0:
         raise ModeConnError("k must be > 0: a mask with no trainable entry trains nothing.")
     kr = _fraction(kr, "kr", closed_high=False)
-    retain_grads = _summed_gradients(model, retain_data, "retain_data")
-    forget_grads = _summed_gradients(model, forget_data, "forget_data")
+    reader = resolve_task(task)
+    retain_grads = _summed_gradients(model, retain_data, "retain_data", reader)
+    forget_grads = _summed_gradients(model, forget_data, "forget_data", reader)
     numel = {n: g.numel() for n, g in retain_grads.items()}
     total = sum(numel.values())
     names = list(retain_grads)

@@ -1,16 +1,12 @@
-"""Unlearning objectives: ``loss(model, batch) -> Tensor``.
+"""Classic unlearning objectives: GA, FT, NegGrad+, random labels and the MCU objective.
 
-An objective is any callable taking the model (a plain ``nn.Module`` or a
-:class:`~modeconn_unlearn.curve_model.CurveModel`) and an
-:class:`~modeconn_unlearn.data.UnlearnBatch` and returning a scalar tensor to
-minimise. Users pass their own functions the same way.
-
-The built-ins run **one** forward pass on the whole batch (so a curve draws one
-``t`` per batch) and split the logits by ``batch.is_forget``. Cross-entropies of
-each part are means over that part; a part absent from the batch contributes
-exactly 0 (never NaN). After each call they record ``last_stats`` (accuracies in
-percent, the part sizes, the ``beta`` used) which the training loop logs, and
-declare in ``needs`` which parts of the data they use, so that
+Each built-in runs **one** forward pass on the whole batch through its task
+(so a curve draws one ``t`` per batch) and splits the per-sample losses by
+``batch.is_forget``. The term of a part is the mean over that part; a part
+absent from the batch contributes exactly 0 (never NaN). After each call they
+record ``last_stats`` (accuracies ``100 * mean(correct)`` in percent, the part
+sizes, the ``beta`` used), which the training loop logs, and declare in
+``needs`` which parts of the data they use, so that
 :func:`~modeconn_unlearn.training.unlearn` feeds gradient ascent only forget
 samples and fine-tuning only retain samples.
 """
@@ -20,18 +16,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import UnlearnBatch
-from .errors import ModeConnError
+from ..errors import ModeConnError
+from ..tasks import Batch, ClassificationTask, SampleOutputs, Task
+from .base import Objective, Parts, UnlearnLoss, as_float, check_percentages
 
 __all__ = [
     "AdaptiveBeta",
-    "UnlearnLoss",
     "finetune",
     "gradient_ascent",
     "mcu_objective",
@@ -42,162 +38,88 @@ __all__ = [
 BetaRule = Callable[[float | None, float | None], float]
 
 
-@runtime_checkable
-class UnlearnLoss(Protocol):
-    """The objective protocol: ``loss(model, batch) -> Tensor`` (a scalar to minimise).
-
-    Optional attributes read by the training loop: ``last_stats``
-    (``dict[str, float]`` logged per epoch) and ``needs`` (a tuple naming the
-    parts ``"retain"``/``"forget"`` the objective uses; both by default).
-
-    Example:
-        >>> import torch.nn.functional as F
-        >>> def my_loss(model, batch):
-        ...     return F.cross_entropy(model(batch.inputs), batch.targets)
-        >>> isinstance(my_loss, UnlearnLoss)
-        True
-    """
-
-    def __call__(self, model: nn.Module, batch: UnlearnBatch) -> Tensor:
-        """Return the scalar loss of ``model`` on ``batch``."""
-        ...
-
-
-def _as_float(value: Any, name: str) -> float:
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        raise ModeConnError(f"{name} must be a real number, got {value!r}.") from None
-    if not math.isfinite(result):
-        raise ModeConnError(f"{name} must be finite, got {value!r}.")
-    return result
-
-
-def _unpack(batch: Any) -> tuple[Any, Tensor, Tensor]:
-    if isinstance(batch, (tuple, list)) and len(batch) == 3:
-        inputs, targets, is_forget = batch
-        return inputs, targets, torch.as_tensor(is_forget).bool()
-    raise ModeConnError(
-        "unlearning objectives need an UnlearnBatch(inputs, targets, is_forget); got "
-        f"{type(batch).__name__}. Build the loader with modeconn_unlearn.data.unlearn_loader."
-    )
-
-
-def _part_ce(logits: Tensor, targets: Tensor, select: Tensor) -> Tensor:
-    """Mean cross-entropy over the selected rows; exactly 0 (still differentiable) if none."""
-    total = F.cross_entropy(logits[select], targets[select], reduction="sum")
-    return total / select.sum().clamp(min=1)
-
-
-def _part_acc(logits: Tensor, targets: Tensor, select: Tensor) -> float | None:
-    count = int(select.sum())
-    if count == 0:
-        return None
-    correct = (logits.detach()[select].argmax(dim=1) == targets[select]).sum()
-    return 100.0 * float(correct) / count
-
-
-@dataclass
-class _Parts:
-    """One batch's logits split into retain and forget parts, plus the stats being recorded."""
-
-    logits: Tensor
-    targets: Tensor
-    is_forget: Tensor
-    retain_acc: float | None
-    forget_acc: float | None
-    stats: dict[str, float]
-
-    def retain_ce(self) -> Tensor:
-        return _part_ce(self.logits, self.targets, ~self.is_forget)
-
-    def forget_ce(self) -> Tensor:
-        return _part_ce(self.logits, self.targets, self.is_forget)
-
-
-class _Objective:
-    """Shared machinery of the built-in objectives (forward, split, stats)."""
-
-    needs: tuple[str, ...] = ("retain", "forget")
-
-    def __init__(self) -> None:
-        self.last_stats: dict[str, float] = {}
-
-    def __call__(self, model: nn.Module, batch: UnlearnBatch) -> Tensor:
-        """Run the model on ``batch`` and return the objective (records ``last_stats``)."""
-        inputs, targets, is_forget = _unpack(batch)
-        logits = model(inputs)
-        is_forget = is_forget.to(logits.device)
-        targets = targets.to(logits.device)
-        retain = ~is_forget
-        retain_acc = _part_acc(logits, targets, retain)
-        forget_acc = _part_acc(logits, targets, is_forget)
-        stats: dict[str, float] = {
-            "n_retain": float(retain.sum()),
-            "n_forget": float(is_forget.sum()),
-        }
-        if retain_acc is not None:
-            stats["retain_acc"] = retain_acc
-        if forget_acc is not None:
-            stats["forget_acc"] = forget_acc
-        loss = self._combine(_Parts(logits, targets, is_forget, retain_acc, forget_acc, stats))
-        self.last_stats = stats
-        return loss
-
-    def _combine(self, p: _Parts) -> Tensor:
-        raise NotImplementedError
-
-
-class _GradientAscent(_Objective):
+class _GradientAscent(Objective):
     needs = ("forget",)
 
-    def _combine(self, p: _Parts) -> Tensor:
-        return -p.forget_ce()
+    def combine(self, model: nn.Module, p: Parts) -> Tensor:
+        return -p.forget_mean()
 
     def __repr__(self) -> str:
         return "gradient_ascent()"
 
 
-class _Finetune(_Objective):
+class _Finetune(Objective):
     needs = ("retain",)
 
-    def _combine(self, p: _Parts) -> Tensor:
-        return p.retain_ce()
+    def combine(self, model: nn.Module, p: Parts) -> Tensor:
+        return p.retain_mean()
 
     def __repr__(self) -> str:
         return "finetune()"
 
 
-class _NegGradPlus(_Objective):
-    def __init__(self, beta: float) -> None:
-        super().__init__()
+class _NegGradPlus(Objective):
+    def __init__(self, beta: float, task: Task | None) -> None:
+        super().__init__(task)
         self.beta = beta
 
-    def _combine(self, p: _Parts) -> Tensor:
+    def combine(self, model: nn.Module, p: Parts) -> Tensor:
         p.stats["beta"] = self.beta
-        return self.beta * p.retain_ce() - (1.0 - self.beta) * p.forget_ce()
+        return self.beta * p.retain_mean() - (1.0 - self.beta) * p.forget_mean()
 
     def __repr__(self) -> str:
         return f"neggrad_plus({self.beta})"
 
 
-class _RandomLabel(_Objective):
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.num_classes = num_classes
+class _Captured:
+    """Calls a model and keeps its raw output (so a loss can reuse the one forward pass)."""
 
-    def _combine(self, p: _Parts) -> Tensor:
-        c, logits, targets = self.num_classes, p.logits, p.targets
-        if logits.shape[-1] != c:
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.output: Any = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.output = self.model(*args, **kwargs)
+        return self.output
+
+
+class _RandomLabel(Objective):
+    def __init__(self, num_classes: int, task: Task | None) -> None:
+        super().__init__(task)
+        if not isinstance(self.task, ClassificationTask):
             raise ModeConnError(
-                f"random_label(num_classes={c}) got logits with {logits.shape[-1]} classes; "
-                "pass the model's number of classes."
+                f"random_label relabels classes and works with ClassificationTask only, got "
+                f"{self.task!r}; for language models use gradient_difference, npo, simnpo or idk."
             )
+        self.num_classes = num_classes
+        self._logits: Tensor | None = None
+
+    def forward(self, model: nn.Module, batch: Batch) -> SampleOutputs:
+        targets = batch.targets
+        assert targets is not None
+        c = self.num_classes
         if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= c):
             raise ModeConnError(
                 f"targets must lie in [0, {c}); got values in "
                 f"[{int(targets.min())}, {int(targets.max())}]."
             )
+        captured = _Captured(model)
+        out = self.task(captured, batch.inputs, targets)  # type: ignore[arg-type]
+        logits = captured.output
+        logits = getattr(logits, "logits", logits)
+        if logits.shape[-1] != c:
+            raise ModeConnError(
+                f"random_label(num_classes={c}) got logits with {logits.shape[-1]} classes; "
+                "pass the model's number of classes."
+            )
+        self._logits = logits
+        return out
+
+    def combine(self, model: nn.Module, p: Parts) -> Tensor:
+        logits, self._logits = self._logits, None
+        assert logits is not None and p.batch.targets is not None
+        c = self.num_classes
+        targets = p.batch.targets.to(logits.device)
         # A uniform offset in 1..c-1 gives a label uniform over the c-1 wrong classes.
         offset = torch.randint(1, c, targets.shape, device=targets.device)
         relabelled = torch.where(p.is_forget, (targets + offset) % c, targets)
@@ -207,26 +129,29 @@ class _RandomLabel(_Objective):
         return f"random_label({self.num_classes})"
 
 
-class _MCUObjective(_Objective):
-    def __init__(self, beta: float | BetaRule) -> None:
-        super().__init__()
+class _MCUObjective(Objective):
+    def __init__(self, beta: float | BetaRule, task: Task | None) -> None:
+        super().__init__(task)
         self.beta = beta
 
-    def _combine(self, p: _Parts) -> Tensor:
+    def combine(self, model: nn.Module, p: Parts) -> Tensor:
         rule = self.beta
         beta = float(rule(p.retain_acc, p.forget_acc)) if callable(rule) else rule
         p.stats["beta"] = beta
-        return p.retain_ce() - beta * p.forget_ce()
+        return p.retain_mean() - beta * p.forget_mean()
 
     def __repr__(self) -> str:
         return f"mcu_objective({self.beta!r})"
 
 
-def gradient_ascent() -> UnlearnLoss:
+def gradient_ascent(*, task: Task | None = None) -> UnlearnLoss:
     """Gradient ascent (GA): ``-CE(forget part)``; retain samples are ignored.
 
     Its ``needs`` is ``("forget",)``: :func:`~modeconn_unlearn.training.unlearn`
     trains it on the forget set only.
+
+    Args:
+        task: Reads batches and gives per-sample losses (default: classification).
 
     Returns:
         The objective.
@@ -242,15 +167,18 @@ def gradient_ascent() -> UnlearnLoss:
         >>> bool(loss(model, batch) < 0), loss.last_stats["n_forget"]
         (True, 2.0)
     """
-    return _GradientAscent()
+    return _GradientAscent(task)
 
 
-def finetune() -> UnlearnLoss:
+def finetune(*, task: Task | None = None) -> UnlearnLoss:
     """Fine-tuning (FT): ``CE(retain part)``; forget samples are ignored.
 
     Run from a fresh initialisation it is retraining, the unlearning gold
     standard (see :func:`~modeconn_unlearn.training.retrain`). Its ``needs`` is
     ``("retain",)``.
+
+    Args:
+        task: Reads batches and gives per-sample losses (default: classification).
 
     Returns:
         The objective.
@@ -264,14 +192,15 @@ def finetune() -> UnlearnLoss:
         >>> finetune()(nn.Linear(2, 3), batch).item() > 0
         True
     """
-    return _Finetune()
+    return _Finetune(task)
 
 
-def neggrad_plus(beta: float) -> UnlearnLoss:
+def neggrad_plus(beta: float, *, task: Task | None = None) -> UnlearnLoss:
     """NegGrad+: ``beta * CE(retain part) - (1 - beta) * CE(forget part)``.
 
     Args:
         beta: Weight in [0, 1] of the retain term (``1 - beta`` weighs the forget term).
+        task: Reads batches and gives per-sample losses (default: classification).
 
     Returns:
         The objective; ``last_stats["beta"]`` records ``beta``.
@@ -290,15 +219,15 @@ def neggrad_plus(beta: float) -> UnlearnLoss:
         >>> loss.last_stats["beta"]
         0.9
     """
-    value = _as_float(beta, "beta")
+    value = as_float(beta, "beta")
     if not 0.0 <= value <= 1.0:
         raise ModeConnError(
             f"neggrad_plus beta weighs the retain term and must lie in [0, 1], got {beta!r}."
         )
-    return _NegGradPlus(value)
+    return _NegGradPlus(value, task)
 
 
-def random_label(num_classes: int) -> UnlearnLoss:
+def random_label(num_classes: int, *, task: Task | None = None) -> UnlearnLoss:
     """Random labels (RL): CE with each forget label replaced by a random *wrong* label.
 
     Each forget sample gets a label drawn uniformly from the ``num_classes - 1``
@@ -309,13 +238,15 @@ def random_label(num_classes: int) -> UnlearnLoss:
 
     Args:
         num_classes: Number of classes of the model's output (at least 2).
+        task: Reads batches and gives per-sample losses (default: classification).
 
     Returns:
         The objective.
 
     Raises:
-        ModeConnError: If ``num_classes < 2``; on a call, if the logits or targets
-            do not match ``num_classes``.
+        ModeConnError: If ``num_classes < 2`` or ``task`` is not a
+            :class:`~modeconn_unlearn.tasks.ClassificationTask`; on a call, if the
+            logits or targets do not match ``num_classes``.
 
     Example:
         >>> import torch
@@ -328,7 +259,7 @@ def random_label(num_classes: int) -> UnlearnLoss:
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ModeConnError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
-    return _RandomLabel(num_classes)
+    return _RandomLabel(num_classes, task)
 
 
 @dataclass(frozen=True)
@@ -356,8 +287,9 @@ class AdaptiveBeta:
         high: ``beta`` otherwise.
 
     Raises:
-        ModeConnError: If a target is outside [0, 100] or ``low``/``high`` is
-            negative or not finite.
+        ModeConnError: If a target is outside [0, 100], both targets look like
+            fractions (both <= 1 and one > 0: ``AdaptiveBeta(0.99, 0.92)`` means
+            ``AdaptiveBeta(99.0, 92.0)``), or ``low``/``high`` is negative or not finite.
 
     Example:
         >>> rule = AdaptiveBeta(retain_target=99.0, forget_target=92.0)
@@ -372,11 +304,14 @@ class AdaptiveBeta:
 
     def __post_init__(self) -> None:
         for name in ("retain_target", "forget_target"):
-            value = _as_float(getattr(self, name), name)
+            value = as_float(getattr(self, name), name)
             if not 0.0 <= value <= 100.0:
                 raise ModeConnError(f"{name} is an accuracy in percent in [0, 100], got {value}.")
+        check_percentages(
+            {"retain_target": self.retain_target, "forget_target": self.forget_target}
+        )
         for name in ("low", "high"):
-            if _as_float(getattr(self, name), name) < 0.0:
+            if as_float(getattr(self, name), name) < 0.0:
                 raise ModeConnError(f"{name} must be >= 0, got {getattr(self, name)}.")
 
     @staticmethod
@@ -406,13 +341,14 @@ class AdaptiveBeta:
         return float(self.low if forget_excess < retain_excess else self.high)
 
 
-def mcu_objective(beta: float | BetaRule) -> UnlearnLoss:
+def mcu_objective(beta: float | BetaRule, *, task: Task | None = None) -> UnlearnLoss:
     """The MCU objective ``CE(retain part) - beta * CE(forget part)``.
 
     Args:
         beta: A constant ``beta >= 0``, or a per-batch rule
             ``beta(retain_acc, forget_acc) -> float`` such as :class:`AdaptiveBeta`
             (accuracies of the current batch in percent, ``None`` for an absent part).
+        task: Reads batches and gives per-sample losses (default: classification).
 
     Returns:
         The objective; ``last_stats["beta"]`` records the ``beta`` used on the last batch.
@@ -432,8 +368,8 @@ def mcu_objective(beta: float | BetaRule) -> UnlearnLoss:
         True
     """
     if callable(beta):
-        return _MCUObjective(beta)
-    value = _as_float(beta, "beta")
+        return _MCUObjective(beta, task)
+    value = as_float(beta, "beta")
     if value < 0.0:
         raise ModeConnError(f"beta must be >= 0 (it weighs the forget term), got {beta!r}.")
-    return _MCUObjective(value)
+    return _MCUObjective(value, task)

@@ -1,0 +1,219 @@
+"""The objective protocol and the machinery the built-in objectives share.
+
+A built-in objective reads the batch with its task's ``split`` (the one batch
+interpreter), runs **one** forward pass through ``task(model, inputs,
+targets)`` and combines the per-sample losses: a part's term is the mean over
+that part's samples, exactly 0 (never NaN) when the batch has none.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..data import UnlearnBatch
+from ..errors import ModeConnError
+from ..tasks import Batch, SampleOutputs, Task, resolve_task
+
+__all__ = [
+    "Objective",
+    "Parts",
+    "UnlearnLoss",
+    "as_float",
+    "check_percentages",
+    "select_rows",
+    "unwrap_model",
+]
+
+
+@runtime_checkable
+class UnlearnLoss(Protocol):
+    """The objective protocol: ``loss(model, batch) -> Tensor`` (a scalar to minimise).
+
+    Optional attributes read by the training loop: ``last_stats``
+    (``dict[str, float]`` logged per epoch), ``needs`` (a tuple naming the
+    parts ``"retain"``/``"forget"`` the objective uses; both by default) and
+    ``task`` (the task that reads its batches).
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> def my_loss(model, batch):
+        ...     return F.cross_entropy(model(batch.inputs), batch.targets)
+        >>> isinstance(my_loss, UnlearnLoss)
+        True
+    """
+
+    def __call__(self, model: nn.Module, batch: UnlearnBatch) -> Tensor:
+        """Return the scalar loss of ``model`` on ``batch``."""
+        ...
+
+
+def as_float(value: Any, name: str) -> float:
+    """``value`` as a finite float, or a :class:`ModeConnError` naming ``name``.
+
+    Example:
+        >>> as_float("0.5", "beta")
+        0.5
+    """
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise ModeConnError(f"{name} must be a real number, got {value!r}.") from None
+    if not math.isfinite(result):
+        raise ModeConnError(f"{name} must be finite, got {value!r}.")
+    return result
+
+
+def check_percentages(values: Mapping[str, float]) -> None:
+    """Refuse accuracies given as fractions: all <= 1 while one is > 0.
+
+    Accuracies in this library are percentages in [0, 100]; ``0.99`` for 99 %
+    would silently mean 0.99 %.
+
+    Raises:
+        ModeConnError: Every value is <= 1 and one is > 0; the message suggests
+            the values times 100.
+
+    Example:
+        >>> check_percentages({"retain_target": 99.0, "forget_target": 0.0})
+        >>> try:
+        ...     check_percentages({"retain_target": 0.99, "forget_target": 0.92})
+        ... except ValueError as error:
+        ...     print(str(error).split(": ")[-1])
+        did you mean 99.0 and 92.0?
+    """
+    numbers = {name: float(value) for name, value in values.items()}
+    if all(v <= 1.0 for v in numbers.values()) and any(v > 0.0 for v in numbers.values()):
+        given = ", ".join(f"{name}={value:g}" for name, value in numbers.items())
+        meant = " and ".join(f"{100.0 * value:.1f}" for value in numbers.values())
+        raise ModeConnError(
+            f"{given} look like fractions, but accuracies are percentages in [0, 100]: "
+            f"did you mean {meant}?"
+        )
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel`` / ``torch.compile`` wrappers.
+
+    Example:
+        >>> layer = nn.Linear(2, 2)
+        >>> unwrap_model(layer) is layer
+        True
+    """
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif isinstance(inner := getattr(model, "_orig_mod", None), nn.Module):
+            model = inner
+        else:
+            return model
+
+
+def select_rows(inputs: Any, select: Tensor) -> Any:
+    """The rows ``select`` of a batch's inputs (a tensor or a dict of per-sample tensors).
+
+    Example:
+        >>> import torch
+        >>> select_rows({"ids": torch.arange(4)}, torch.tensor([True, False, True, False]))
+        {'ids': tensor([0, 2])}
+    """
+    if isinstance(inputs, Tensor):
+        return inputs[select.to(inputs.device)]
+    if isinstance(inputs, Mapping):
+        return {k: select_rows(v, select) for k, v in inputs.items()}
+    return inputs
+
+
+def _part_mean(values: Tensor, select: Tensor) -> Tensor:
+    """Mean of ``values`` over the selected rows; exactly 0 (still differentiable) if none."""
+    return values[select].sum() / select.sum().clamp(min=1)
+
+
+def _part_acc(correct: Tensor, select: Tensor) -> float | None:
+    count = int(select.sum())
+    if count == 0:
+        return None
+    return 100.0 * float(correct[select].sum()) / count
+
+
+@dataclass
+class Parts:
+    """One batch's per-sample results split into retain and forget parts.
+
+    Attributes:
+        batch: The batch as the task read it (inputs, targets, is_forget).
+        out: The task's per-sample results of the one forward pass.
+        is_forget: ``(N,)`` bool on the device of ``out.loss``.
+        retain_acc: ``100 * mean(correct)`` over the retain samples (``None`` if none).
+        forget_acc: Same over the forget samples.
+        stats: What the objective records in ``last_stats``.
+    """
+
+    batch: Batch
+    out: SampleOutputs
+    is_forget: Tensor
+    retain_acc: float | None
+    forget_acc: float | None
+    stats: dict[str, float]
+
+    def retain_mean(self, values: Tensor | None = None) -> Tensor:
+        """Mean of ``values`` (default: the per-sample loss) over the retain samples."""
+        return _part_mean(self.out.loss if values is None else values, ~self.is_forget)
+
+    def forget_mean(self, values: Tensor | None = None) -> Tensor:
+        """Mean of ``values`` (default: the per-sample loss) over the forget samples."""
+        return _part_mean(self.out.loss if values is None else values, self.is_forget)
+
+
+class Objective:
+    """Base of the built-in objectives: read, one forward pass, split, record stats.
+
+    Subclasses implement :meth:`combine`; :meth:`forward` may be overridden to
+    run the forward differently (one pass still).
+    """
+
+    needs: tuple[str, ...] = ("retain", "forget")
+
+    def __init__(self, task: Task | None = None) -> None:
+        self.task = resolve_task(task)
+        self.last_stats: dict[str, float] = {}
+
+    def __call__(self, model: nn.Module, batch: UnlearnBatch) -> Tensor:
+        """Run the model on ``batch`` and return the objective (records ``last_stats``)."""
+        read = self.task.split(batch)
+        if read.targets is None or read.is_forget is None:
+            raise ModeConnError(
+                "unlearning objectives need an UnlearnBatch(inputs, targets, is_forget); got "
+                f"{type(batch).__name__} without is_forget flags. Build the loader with "
+                "modeconn_unlearn.data.unlearn_loader."
+            )
+        out = self.forward(model, read)
+        is_forget = read.is_forget.to(out.loss.device)
+        retain = ~is_forget
+        retain_acc = _part_acc(out.correct, retain)
+        forget_acc = _part_acc(out.correct, is_forget)
+        stats: dict[str, float] = {
+            "n_retain": float(retain.sum()),
+            "n_forget": float(is_forget.sum()),
+        }
+        if retain_acc is not None:
+            stats["retain_acc"] = retain_acc
+        if forget_acc is not None:
+            stats["forget_acc"] = forget_acc
+        loss = self.combine(model, Parts(read, out, is_forget, retain_acc, forget_acc, stats))
+        self.last_stats = stats
+        return loss
+
+    def forward(self, model: nn.Module, batch: Batch) -> SampleOutputs:
+        """The one forward pass: the task's per-sample results."""
+        assert batch.targets is not None
+        return self.task(model, batch.inputs, batch.targets)
+
+    def combine(self, model: nn.Module, p: Parts) -> Tensor:
+        """The scalar objective from the parts (implemented by each objective)."""
+        raise NotImplementedError
