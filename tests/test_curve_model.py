@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -544,3 +545,228 @@ def test_pinned_statistics_expire_when_bends_change() -> None:
     torch.testing.assert_close(
         curve.buffers_at(0.5)["1.running_mean"], curve.model_buffers[0].at(0.5)
     )
+
+
+# --- per-tensor masks: constants cost no weight gradient ---------------------------------
+
+
+class _MatmulCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the matrix products run while active (forward or backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _backward_matmuls(curve: CurveModel, x: torch.Tensor) -> int:
+    loss = curve(x, t=0.4).pow(2).sum()
+    with _MatmulCounter() as counter:
+        loss.backward()
+    return counter.count
+
+
+def test_per_tensor_mask_gives_constants_and_skips_their_weight_gradients() -> None:
+    a, b = _mlp_pair()
+    mask = {"2.weight": True, "2.bias": True}
+    masked = CurveModel(a, start=a, end=b, mask=mask)
+    full = CurveModel(a, start=a, end=b)
+    weights = masked.weights_at(0.4)
+    assert weights["2.weight"].requires_grad and weights["2.bias"].requires_grad
+    assert weights["0.weight"].grad_fn is None and not weights["0.weight"].requires_grad
+    assert weights["0.bias"].grad_fn is None
+    x = torch.randn(4, 6)
+    # Masked: layer 2's weight gradient only; nothing before it needs a gradient, since
+    # layer 0's weight is a constant. Full: both weight gradients and layer 2's input gradient.
+    assert _backward_matmuls(masked, x) == 1
+    assert _backward_matmuls(full, x) == 3
+    (values,) = masked.parameters()
+    (middle,) = full.parameters()
+    torch.testing.assert_close(values.grad[0], middle.grad[0, -27:])
+
+
+def test_constant_tensors_still_pass_the_input_gradient() -> None:
+    a, b = _mlp_pair()
+    masked = CurveModel(a, start=a, end=b, mask={"0.weight": True})
+    full = CurveModel(a, start=a, end=b)
+    x = torch.randn(4, 6, requires_grad=True)
+    masked(x, t=0.7).sum().backward()
+    masked_grad = x.grad.clone()
+    x.grad = None
+    full(x, t=0.7).sum().backward()
+    torch.testing.assert_close(masked_grad, x.grad)
+
+
+# --- frozen parameters ------------------------------------------------------------------
+
+
+def _frozen_pair() -> tuple[nn.Module, nn.Module]:
+    a = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    a[0].requires_grad_(False)
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        b[2].weight.add_(1.0)
+    return a, b
+
+
+def test_frozen_parameters_are_not_curved_and_stored_once() -> None:
+    a, b = _frozen_pair()
+    curve = CurveModel(a, start=a, end=b)
+    assert sum(p.numel() for p in curve.parameters()) == a[2].weight.numel() + a[2].bias.numel()
+    held = sum(t.numel() for t in itertools.chain(curve.parameters(), curve.buffers()))
+    assert held == 3 * (8 * 3 + 3)  # two anchors and one middle bend of the trainable layer
+    assert set(curve.weights_at(0.5)) == {"2.weight", "2.bias"}
+    frozen = curve.template[0].weight
+    assert not frozen.requires_grad and torch.equal(frozen, a[0].weight)
+    seen = []
+    hook = curve.template[0].register_forward_pre_hook(
+        lambda module, _: seen.append(module.weight.data_ptr())
+    )
+    optimizer = torch.optim.SGD(curve.parameters(), lr=0.5, weight_decay=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        curve(torch.randn(4, 6)).pow(2).sum().backward()
+        optimizer.step()
+    hook.remove()
+    assert seen == [frozen.data_ptr()] * 3
+    assert torch.equal(curve.export(0.5)[0].weight, a[0].weight)
+    assert not torch.equal(curve.weights_at(0.5)["2.weight"], 0.5 * (a[2].weight + b[2].weight))
+
+
+def test_frozen_parameters_that_differ_between_ends_are_refused() -> None:
+    a, b = _frozen_pair()
+    with torch.no_grad():
+        b[0].bias.add_(1.0)
+    with pytest.raises(IncompatibleModelsError, match=r"frozen parameters '0\.bias'"):
+        CurveModel(a, start=a, end=b)
+
+
+def test_frozen_values_come_from_start() -> None:
+    a, b = _frozen_pair()
+    start = copy.deepcopy(a)
+    with torch.no_grad():
+        start[0].weight.mul_(2.0)
+        b[0].weight.mul_(2.0)
+    curve = CurveModel(a, start=start, end=b).eval()
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(curve(x, t=0.0), start(x))
+    assert torch.equal(a[0].weight * 2.0, curve.template[0].weight)
+
+
+def test_mask_on_frozen_parameter_and_all_frozen_model_are_refused() -> None:
+    a, b = _frozen_pair()
+    with pytest.raises(ModeConnError, match=r"frozen parameters.*'0\.weight'"):
+        CurveModel(a, start=a, end=b, mask={"0.weight": True})
+    curve = CurveModel(a, start=a, end=b, mask={"0.weight": False, "2.bias": True})
+    assert sum(p.numel() for p in curve.parameters()) == 3
+    with pytest.raises(ModeConnError, match="requires_grad=True"):
+        CurveModel(a.requires_grad_(False), start=a, end=a)
+
+
+def test_template_shares_storage_with_the_start_anchor() -> None:
+    a, b = _mlp_pair()
+    curve = CurveModel(a, start=a, end=b)
+    for dtype in (torch.float32, torch.float64):
+        curve = curve.to(dtype)
+        anchors = curve.groups["float32"].anchors
+        low, high = anchors.data_ptr(), anchors.data_ptr() + anchors[0].nbytes
+        for param in curve.template.parameters():
+            assert param.dtype == dtype and low <= param.data_ptr() < high
+    x = torch.randn(3, 6, dtype=torch.float64)
+    torch.testing.assert_close(curve.eval()(x, t=0.0), a.double()(x))
+
+
+# --- robustness ---------------------------------------------------------------------------
+
+
+def test_end_must_be_given_by_keyword() -> None:
+    a, b = _mlp_pair()
+    with pytest.raises(ModeConnError, match="end="):
+        CurveModel(a, b)  # type: ignore[misc]
+    with pytest.raises(ModeConnError, match="end="):
+        CurveModel(a, start=a)
+
+
+def _spectral_norm_model() -> nn.Module:
+    return nn.Sequential(
+        torch.nn.utils.spectral_norm(nn.Linear(6, 8)),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
+        nn.Linear(8, 3),
+    )
+
+
+def test_spectral_norm_model_after_a_forward_with_grads() -> None:
+    model = _spectral_norm_model()
+    model(torch.randn(5, 6)).sum().backward()  # leaves a non-leaf `weight` attribute behind
+    end = _spectral_norm_model()
+    end(torch.randn(5, 6)).sum().backward()
+    curve = CurveModel(model, start=model, end=end)
+    curve(torch.randn(5, 6)).sum().backward()
+    assert all(p.grad is not None for p in curve.parameters())
+    data = [torch.randn(16, 6) for _ in range(2)]
+    curve.update_bn(data, t=0.5)
+    exported = curve.eval().export(0.5)
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), curve(x, t=0.5))
+    interpolated = curve.model_buffers[curve._buffer_names.index("1.running_mean")].at(0.5)
+    assert not torch.allclose(exported[1].running_mean, interpolated)
+
+
+# --- torch.compile ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mask", [None, "elements", "tensors"])
+def test_compiled_training_compiles_once_for_all_t(mask: str | None) -> None:
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    specs = {
+        None: None,
+        "elements": {"0.weight": torch.rand(8, 6) < 0.5, "3.bias": True},
+        "tensors": {"3.weight": True},
+    }
+    curve = CurveModel(model, start=model, end=_perturbed(model, 1), mask=specs[mask]).train()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(curve, backend=counter, fullgraph=True)
+    x = torch.randn(5, 6)
+    seen = set()
+    for _ in range(4):
+        out = compiled(x)
+        out.pow(2).sum().backward()
+        seen.add(curve.last_t)
+        grads = [p.grad.clone() for p in curve.parameters()]
+        curve.zero_grad()
+        reference = curve(x, t=curve.last_t)
+        reference.pow(2).sum().backward()
+        torch.testing.assert_close(out, reference)
+        for grad, p in zip(grads, curve.parameters(), strict=True):
+            torch.testing.assert_close(grad, p.grad)
+        curve.zero_grad()
+    assert len(seen) == 4
+    assert counter.frame_count == 1
+
+
+def test_compiled_template_is_unwrapped() -> None:
+    a, b = _mlp_pair()
+    curve = CurveModel(torch.compile(a), start=torch.compile(a), end=b).eval()
+    assert type(curve.template) is nn.Sequential
+    assert type(curve.export(0.5)) is nn.Sequential
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(curve(x, t=1.0), b(x))
+
+
+def test_sampler_draws_zero_dim_tensors_with_float_arithmetic() -> None:
+    a, b = _mlp_pair()
+    curve = CurveModel(a, start=a, end=b, t_sampler=(0.25, 0.75))
+    torch.manual_seed(3)
+    drawn = curve.t_sampler()
+    torch.manual_seed(3)
+    expected = 0.25 + 0.5 * float(torch.rand(()))
+    assert isinstance(drawn, torch.Tensor) and drawn.dim() == 0
+    assert float(drawn) == expected

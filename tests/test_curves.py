@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from modeconn_unlearn.curves import bezier, get_curve, linear_positions, polychain
 from modeconn_unlearn.errors import ModeConnError
@@ -50,3 +51,13 @@ def test_get_curve() -> None:
     assert get_curve(custom) is custom
     with pytest.raises(ModeConnError, match="bezier"):
         get_curve("spline")
+
+
+@pytest.mark.parametrize("fn", [bezier, polychain])
+@pytest.mark.parametrize("num_bends", [2, 3, 5])
+@pytest.mark.parametrize("t", [0.0, 0.1, 0.25, 0.5, 0.6, 1.0])
+def test_tensor_t_gives_the_float_coefficients(fn, num_bends: int, t: float) -> None:
+    expected = fn(t, num_bends)
+    got = fn(torch.tensor(t, dtype=torch.float64), num_bends)
+    assert all(isinstance(c, torch.Tensor) and c.dim() == 0 for c in got)
+    assert [float(c) for c in got] == pytest.approx(expected, abs=1e-12)

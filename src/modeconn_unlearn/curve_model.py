@@ -15,11 +15,19 @@ Storage, per dtype group of ``N`` parameter entries and ``m`` middle bends:
   gradient and no optimizer state, and they cannot drift under momentum or
   weight decay.
 * ``start``/``end`` (parameters, ``N``) only when an end is not fixed.
+
+Only parameters with ``requires_grad=True`` are curved. Frozen parameters (a
+PEFT model's base weights, a frozen backbone) stay in the template, stored
+once and shared by every point of the curve.
+
+A tensor with no trainable entry comes out of the combination as a constant
+(no ``grad_fn``), so autograd skips its weight gradient; with a per-tensor
+mask the backward pass costs only what the masked tensors need.
 """
 
 from __future__ import annotations
 
-import copy
+import importlib
 import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,13 +41,15 @@ from torch.func import functional_call
 
 from .batchnorm import update_bn as _update_module_bn
 from .checkpoint import StateSource, load_checkpoint
+from .cloning import clone_module
 from .curves import CoefficientFn, get_curve, linear_positions
 from .errors import NAMES_SHOWN, IncompatibleModelsError, ModeConnError, listed
 
 __all__ = ["CurveModel", "MaskSpec", "check_t", "path_points"]
 
 MaskSpec = Mapping[str, "Tensor | bool"]
-TSampler = Callable[[], float]
+TSampler = Callable[[], "float | Tensor"]
+_LM_HINT = 'pip install "modeconn-unlearn[lm]"'
 
 
 def check_t(t: float | Tensor) -> float:
@@ -126,10 +136,29 @@ def _uniform_sampler(low: float, high: float) -> TSampler:
             f"t_sampler range ({low}, {high}) is empty; use (low, high), low <= high."
         )
 
-    def sample() -> float:
-        return low + (high - low) * float(torch.rand(()))
+    def sample() -> Tensor:
+        # A 0-d tensor, so a compiled curve draws t inside its graph; the arithmetic is
+        # in float64, which gives the same t as Python floats would.
+        return low + (high - low) * torch.rand(()).double()
 
     return sample
+
+
+def _unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The module inside a ``torch.compile`` wrapper (``OptimizedModule._orig_mod``)."""
+    inner = getattr(model, "_orig_mod", None)
+    while isinstance(inner, nn.Module):
+        model, inner = inner, getattr(inner, "_orig_mod", None)
+    return model
+
+
+def _require_peft() -> Any:
+    try:
+        return importlib.import_module("peft")
+    except ImportError as error:
+        raise ModeConnError(
+            f"This needs the optional dependency peft; install it with {_LM_HINT}."
+        ) from error
 
 
 class _Combine(torch.autograd.Function):
@@ -137,7 +166,9 @@ class _Combine(torch.autograd.Function):
 
     Returns the per-parameter views of the combined flat weights; backward
     writes every parameter's gradient straight into its slice of the middle
-    bends' gradient, so no concatenation is needed.
+    bends' gradient, so no concatenation is needed. Views of tensors with no
+    trainable entry are marked non-differentiable: they reach the model as
+    constants, so autograd computes no weight gradient for them.
     """
 
     @staticmethod
@@ -167,18 +198,25 @@ class _Combine(torch.autograd.Function):
         ctx.group = group
         ctx.middle_coefs = middle_coefs
         ctx.middle_shape = None if middle is None else middle.shape
+        ctx.set_materialize_grads(False)
         pieces = torch.split(weights, group.numels)
-        return tuple(piece.view(shape) for piece, shape in zip(pieces, group.shapes, strict=True))
+        outputs = tuple(
+            piece.view(shape) for piece, shape in zip(pieces, group.shapes, strict=True)
+        )
+        constant = [out for out, free in zip(outputs, group.trainable, strict=True) if not free]
+        if constant:
+            ctx.mark_non_differentiable(*constant)
+        return outputs
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         nothing = (None, None, None, None, None)
-        if ctx.middle_shape is None or not ctx.needs_input_grad[5]:
+        reference = next((g for g in grads if g is not None), None)
+        if ctx.middle_shape is None or not ctx.needs_input_grad[5] or reference is None:
             return (*nothing, None)
         group: _BendGroup = ctx.group
         coefs: tuple[float, ...] = ctx.middle_coefs
-        reference = next(g for g in grads if g is not None)
         grad_middle = reference.new_empty(ctx.middle_shape)
         if group.index is None:
             for (start, stop), grad in zip(group.spans, grads, strict=True):
@@ -204,7 +242,7 @@ class _Combine(torch.autograd.Function):
 
 
 class _BendGroup(nn.Module):
-    """The bends of all parameters of one dtype, stored flat."""
+    """The bends of all curved parameters of one dtype, stored flat."""
 
     anchors: Tensor
     index: Tensor | None
@@ -237,38 +275,84 @@ class _BendGroup(nn.Module):
             selected_start, selected_end = start, end
         else:
             index = mask.nonzero().squeeze(1)
-            bounds = torch.searchsorted(index, torch.tensor(offsets)).tolist()
+            bounds = torch.searchsorted(index, torch.tensor(offsets, device=index.device)).tolist()
             self.index_spans = list(itertools.pairwise(bounds))
             owner_offset = torch.repeat_interleave(
                 torch.tensor(offsets[:-1]), torch.tensor(bounds[1:]) - torch.tensor(bounds[:-1])
-            )
+            ).to(index.device)
             self.register_buffer("index", index)
             self.register_buffer("local_index", index - owner_offset)
             selected_start, selected_end = start[index], end[index]
         rows = [(1.0 - s) * selected_start + s * selected_end for s in self.positions]
         has_middle = bool(rows) and rows[0].numel() > 0
         self.middle = nn.Parameter(torch.stack(rows)) if has_middle else None
+        free_ends = not (fix_start and fix_end)
+        # Which tensors depend on a trainable bend; the others are constants at every t.
+        self.trainable = [
+            free_ends or (has_middle and (mask is None or span[0] != span[1]))
+            for span in (self.spans if mask is None else self.index_spans)
+        ]
 
-    def weights(self, coefs: list[float]) -> tuple[Tensor, ...]:
+    def _coefficient_split(
+        self, coefs: Sequence[Any]
+    ) -> tuple[tuple[Any, Any], tuple[Any, ...], tuple[Any, Any]]:
         middle_coefs = tuple(coefs[1:-1])
-        anchor_start = coefs[0] if self.fix_start else 0.0
-        anchor_end = coefs[-1] if self.fix_end else 0.0
-        line = (0.0, 0.0)
+        anchor_start = coefs[0] if self.fix_start else 0.0 * coefs[0]
+        anchor_end = coefs[-1] if self.fix_end else 0.0 * coefs[-1]
+        line: tuple[Any, Any] = (0.0, 0.0)
         if self.index is not None or self.middle is None:
             # Frozen middle entries lie on the straight line between the anchors.
             line = (
                 sum(c * (1.0 - s) for c, s in zip(middle_coefs, self.positions, strict=True)),
                 sum(c * s for c, s in zip(middle_coefs, self.positions, strict=True)),
             )
-        anchor_coefs = (anchor_start + line[0], anchor_end + line[1])
-        pieces: tuple[Tensor, ...] = _Combine.apply(  # type: ignore[no-untyped-call]
-            self, anchor_coefs, middle_coefs, line, self.anchors, self.middle
-        )
+        return (anchor_start + line[0], anchor_end + line[1]), middle_coefs, line
+
+    def _with_free_ends(
+        self, pieces: tuple[Tensor, ...], coefs: Sequence[Any]
+    ) -> tuple[Tensor, ...]:
         for free_end, coef in ((self.start, coefs[0]), (self.end, coefs[-1])):
             if free_end is not None:
                 ends = torch.split(free_end, self.numels)
                 pieces = tuple(p + coef * e.view_as(p) for p, e in zip(pieces, ends, strict=True))
-        return tuple(pieces)
+        return pieces
+
+    def weights(self, coefs: list[float]) -> tuple[Tensor, ...]:
+        """The weights at the bend coefficients ``coefs`` (floats), one fused pass."""
+        anchor_coefs, middle_coefs, line = self._coefficient_split(coefs)
+        pieces: tuple[Tensor, ...] = _Combine.apply(  # type: ignore[no-untyped-call]
+            self, anchor_coefs, middle_coefs, line, self.anchors, self.middle
+        )
+        return self._with_free_ends(pieces, coefs)
+
+    def traced_weights(self, coefs: Tensor) -> tuple[Tensor, ...]:
+        """The same weights from a tensor of coefficients, in plain traceable tensor ops.
+
+        Used under ``torch.compile``: no Python number depends on ``t``, so one
+        graph serves every ``t``.
+        """
+        coefs = coefs.to(self.anchors.dtype)
+        anchor_coefs, middle_coefs, line = self._coefficient_split(list(coefs.unbind()))
+        base = torch.mv(self.anchors.t(), torch.stack(anchor_coefs))
+        flat = base
+        if self.middle is not None:
+            middle_vector = torch.stack(middle_coefs)
+            if self.index is None:
+                flat = torch.addmv(base, self.middle.t(), middle_vector)
+            else:
+                at_index = self.anchors.index_select(1, self.index)
+                delta = torch.mv(self.middle.t(), middle_vector) - torch.mv(
+                    at_index.t(), torch.stack(line)
+                )
+                flat = base.index_add(0, self.index, delta)
+        varying, constant = torch.split(flat, self.numels), torch.split(base, self.numels)
+        pieces = tuple(
+            (v if free else c).view(shape)
+            for v, c, free, shape in zip(
+                varying, constant, self.trainable, self.shapes, strict=True
+            )
+        )
+        return self._with_free_ends(pieces, list(coefs.unbind()))
 
 
 class _BufferPair(nn.Module):
@@ -282,8 +366,10 @@ class _BufferPair(nn.Module):
         self.register_buffer("start", start.detach().clone())
         self.register_buffer("end", end.detach().clone())
 
-    def at(self, t: float) -> Tensor:
+    def at(self, t: float | Tensor) -> Tensor:
         if self.start.is_floating_point() or self.start.is_complex():
+            if isinstance(t, Tensor):
+                t = t.to(self.start.dtype)
             return torch.lerp(self.start, self.end, t)
         return self.start.clone()
 
@@ -294,13 +380,21 @@ class CurveModel(nn.Module):
     ``θ(t) = Σ_j c_j(t) θ_j`` over ``num_bends`` bends; the first bend is
     ``start``, the last ``end``, and the middle bends start on the straight line
     between them and are the trainable parameters. Works on any ``nn.Module``:
-    the user's model is deep-copied as a template (never mutated) and run with
+    the user's model is copied as a template (never mutated) and run with
     the weights at ``t`` through :func:`torch.func.functional_call`, so tied
     weights stay tied and bare ``nn.Parameter``s and parametrized modules work.
+
+    Only parameters with ``requires_grad=True`` are curved. Frozen parameters
+    (e.g. the base weights of a PEFT/LoRA model, whose adapters are the only
+    trainable tensors) are stored once, in the template, and shared by every
+    point of the curve; ``start`` and ``end`` must agree on them.
 
     In training mode ``curve(x)`` draws one ``t`` per call from
     :attr:`t_sampler` (default U(0, 1)), so a training loop written for the
     plain model runs unchanged. In eval mode pass ``t``: ``curve(x, t=0.8)``.
+    Under ``torch.compile`` the drawn ``t`` is a 0-d tensor and the weights
+    are computed from it inside the graph, so training compiles once for all
+    ``t``.
 
     Floating buffers (e.g. BatchNorm running statistics) are interpolated
     linearly between the ends, integer buffers are taken from ``start``; after
@@ -308,10 +402,11 @@ class CurveModel(nn.Module):
     the bends change.
 
     Args:
-        model: The architecture; any ``nn.Module``.
+        model: The architecture; any ``nn.Module`` (a ``torch.compile``-d module
+            is unwrapped).
         start: The start weights (an ``nn.Module``, a state dict, or a checkpoint
             path). Defaults to ``model``'s own weights.
-        end: The end weights, same forms as ``start``.
+        end: The end weights, same forms as ``start``. Required, by keyword.
         curve: ``"bezier"``, ``"polychain"``, or a function
             ``(t, num_bends) -> coefficients``.
         num_bends: Number of bends including both ends (2 is the straight line).
@@ -319,14 +414,16 @@ class CurveModel(nn.Module):
         fix_end: Keep the end bend fixed.
         mask: ``{param_name: bool tensor | bool}``: only these entries of the
             middle bends are trainable; parameters not named stay frozen on
-            the straight line. ``None`` trains all middle-bend entries.
-        t_sampler: Callable returning a ``t`` for each training forward, or a
-            ``(low, high)`` pair for U(low, high).
+            the straight line. ``None`` trains all middle-bend entries. A
+            tensor with no ``True`` entry costs no weight gradient.
+        t_sampler: Callable returning a ``t`` (a float or a 0-d tensor) for each
+            training forward, or a ``(low, high)`` pair for U(low, high).
 
     Raises:
         IncompatibleModelsError: ``start``/``end`` keys, shapes or dtypes differ
-            from ``model``'s.
-        ModeConnError: Fewer than 2 bends, an unknown curve, or a bad mask.
+            from ``model``'s, or ``start`` and ``end`` differ in a frozen parameter.
+        ModeConnError: Fewer than 2 bends, an unknown curve, a bad mask, no
+            trainable parameter, or ``end`` missing or passed positionally.
 
     Example:
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
@@ -349,9 +446,9 @@ class CurveModel(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        *,
+        *positional: object,
         start: StateSource | None = None,
-        end: StateSource,
+        end: StateSource | None = None,
         curve: str | CoefficientFn = "bezier",
         num_bends: int = 3,
         fix_start: bool = True,
@@ -362,26 +459,45 @@ class CurveModel(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}.")
+        if positional:
+            raise ModeConnError(
+                f"CurveModel takes only the model positionally, got {len(positional)} more "
+                "argument(s); pass the weights by keyword: "
+                "CurveModel(model, start=theta_o, end=theta_u)."
+            )
+        if end is None:
+            raise ModeConnError(
+                "CurveModel needs the end weights: CurveModel(model, start=theta_o, end=theta_u)."
+            )
         if int(num_bends) != num_bends or num_bends < 2:
             raise ModeConnError(f"num_bends must be an integer >= 2 (2 = a line), got {num_bends}.")
         self.num_bends = int(num_bends)
         self.curve_name = curve if isinstance(curve, str) else getattr(curve, "__name__", "custom")
         self.coefficients = get_curve(curve)
         self.fix_start, self.fix_end = fix_start, fix_end
-        self.__dict__["_template"] = copy.deepcopy(model)
+        model = _unwrap_compiled(model)
+        self.__dict__["_template"] = clone_module(model)
         self._pinned: tuple[float, dict[str, Tensor], tuple[int, ...]] | None = None
-        self.last_t: float | None = None
+        self._last_t: float | Tensor | None = None
         self.t_sampler = t_sampler
 
         template = self.template
         expected = template.state_dict()
-        start_state = load_checkpoint(model if start is None else start)
-        end_state = load_checkpoint(end)
+        start_state = load_checkpoint(_endpoint(model if start is None else start))
+        end_state = load_checkpoint(_endpoint(end))
         _check_endpoint(expected, start_state, "start")
         _check_endpoint(expected, end_state, "end")
 
-        parameters = dict(template.named_parameters())
-        masks = self._flat_masks(mask, template) if mask is not None else None
+        all_parameters = dict(template.named_parameters())
+        parameters = {n: p for n, p in all_parameters.items() if p.requires_grad}
+        frozen = [n for n in all_parameters if n not in parameters]
+        if not parameters:
+            raise ModeConnError(
+                "The model has no trainable parameter (every requires_grad is False); "
+                "CurveModel curves only parameters with requires_grad=True."
+            )
+        self._share_frozen(frozen, start_state, end_state)
+        masks = self._flat_masks(mask, template, parameters) if mask is not None else None
         by_dtype: dict[torch.dtype, list[str]] = {}
         for name, tensor in parameters.items():
             by_dtype.setdefault(tensor.dtype, []).append(name)
@@ -412,9 +528,49 @@ class CurveModel(nn.Module):
             _BufferPair(start_state.get(n, buffers[n]), end_state.get(n, buffers[n]))
             for n in self._buffer_names
         )
+        self._link_template()
+
+    def _share_frozen(
+        self, frozen: list[str], start_state: Mapping[str, Tensor], end_state: Mapping[str, Tensor]
+    ) -> None:
+        """Check that the ends agree on the frozen parameters; put them in the template."""
+        if not frozen:
+            return
+        template = self.template
+        differ = [
+            name
+            for name in frozen
+            if not torch.equal(start_state[name], end_state[name].to(start_state[name].device))
+        ]
+        if differ:
+            raise IncompatibleModelsError(
+                f"start and end differ in frozen parameters {listed(differ)} "
+                "(requires_grad=False). A curve shares frozen parameters between all its points; "
+                "set requires_grad=True on them to curve them, or pass models with the same "
+                "frozen weights (e.g. two adapters on one base model)."
+            )
+        with torch.no_grad():
+            for name in frozen:
+                param = template.get_parameter(name)
+                if param.data_ptr() != start_state[name].data_ptr():
+                    param.copy_(start_state[name])
+
+    def _link_template(self) -> None:
+        # The template's curved parameters are never read (functional_call swaps them for the
+        # weights at t), so they share the start anchor's storage instead of holding a copy.
+        template = self.template
+        for key, module in self.groups.items():
+            group = cast(_BendGroup, module)
+            views = torch.split(group.anchors[0], group.numels)
+            for name, view, shape in zip(self._param_names[key], views, group.shapes, strict=True):
+                param = template.get_parameter(name)
+                if param.dtype == view.dtype and param.device == view.device:
+                    param.data = view.view(shape)
 
     @staticmethod
-    def _flat_masks(mask: MaskSpec, template: nn.Module) -> dict[str, Tensor]:
+    def _flat_masks(
+        mask: MaskSpec, template: nn.Module, parameters: Mapping[str, Tensor]
+    ) -> dict[str, Tensor]:
         canonical = {id(p): name for name, p in template.named_parameters()}
         aliases = {
             name: canonical[id(p)] for name, p in template.named_parameters(remove_duplicate=False)
@@ -427,38 +583,49 @@ class CurveModel(nn.Module):
                 f"Valid names include {listed(valid)}; build masks from "
                 "model.named_parameters() (e.g. with mcu.layer_mask or mcu.saliency_mask)."
             )
-        parameters = dict(template.named_parameters())
+        everything = dict(template.named_parameters())
         flat: dict[str, Tensor] = {}
         for name, param in parameters.items():
             flat[name] = torch.zeros(param.numel(), dtype=torch.bool, device=param.device)
+        frozen_marked = []
         for name, value in mask.items():
-            param = parameters[aliases[name]]
+            param = everything[aliases[name]]
             if isinstance(value, bool):
-                flat[aliases[name]] = torch.full_like(flat[aliases[name]], value)
-                continue
-            if not isinstance(value, Tensor) or value.dtype != torch.bool:
+                entries = torch.full((param.numel(),), value, dtype=torch.bool, device=param.device)
+            elif not isinstance(value, Tensor) or value.dtype != torch.bool:
                 kind = value.dtype if isinstance(value, Tensor) else type(value).__name__
                 raise ModeConnError(
                     f"Mask entry {name!r} must be a bool or a bool tensor, got {kind}; "
                     "convert it with .bool()."
                 )
-            if value.shape != param.shape:
+            elif value.shape != param.shape:
                 raise ModeConnError(
                     f"Mask entry {name!r} has shape {tuple(value.shape)} but the parameter has "
                     f"shape {tuple(param.shape)}."
                 )
-            flat[aliases[name]] = value.detach().reshape(-1).to(param.device)
+            else:
+                entries = value.detach().reshape(-1).to(param.device)
+            if aliases[name] in parameters:
+                flat[aliases[name]] = entries
+            elif bool(entries.any()):
+                frozen_marked.append(name)
+        if frozen_marked:
+            raise ModeConnError(
+                f"The mask marks entries of frozen parameters (requires_grad=False) as trainable: "
+                f"{listed(sorted(frozen_marked))}. Only parameters with requires_grad=True are "
+                "curved; drop them from the mask or set them to False."
+            )
         return flat
 
     @property
     def template(self) -> nn.Module:
-        """The deep copy of the user's model that defines the architecture."""
+        """The copy of the user's model that defines the architecture (and holds frozen weights)."""
         template: nn.Module = self.__dict__["_template"]
         return template
 
     @property
     def t_sampler(self) -> TSampler:
-        """Draws the ``t`` of each training-mode forward (default U(0, 1))."""
+        """Draws the ``t`` of each training-mode forward (default U(0, 1), as a 0-d tensor)."""
         sampler: TSampler = self.__dict__["_t_sampler"]
         return sampler
 
@@ -472,10 +639,27 @@ class CurveModel(nn.Module):
             raise ModeConnError("t_sampler must be a callable returning t or a (low, high) pair.")
         self.__dict__["_t_sampler"] = sampler
 
-    def weights_at(self, t: float | Tensor) -> dict[str, Tensor]:
-        """The parameters of the model at ``t``, keyed like ``model.named_parameters()``.
+    @property
+    def last_t(self) -> float | None:
+        """The ``t`` of the latest forward (``None`` before the first)."""
+        t = self._last_t
+        return None if t is None else float(t)
 
-        The tensors are differentiable with respect to the trainable bends.
+    def _coefficients_at(self, t: float | Tensor) -> Sequence[Any]:
+        coefs = self.coefficients(t, self.num_bends)
+        if len(coefs) != self.num_bends:
+            raise ModeConnError(
+                f"The curve function returned {len(coefs)} coefficients for {self.num_bends} bends."
+            )
+        return coefs
+
+    def weights_at(self, t: float | Tensor) -> dict[str, Tensor]:
+        """The curved parameters at ``t``, keyed like ``model.named_parameters()``.
+
+        Frozen parameters (``requires_grad=False``) are not curved and not
+        included; they stay in :attr:`template`. A tensor is differentiable
+        with respect to the trainable bends when at least one of its entries
+        is trainable; the others are plain constants.
 
         Example:
             >>> a, b = nn.Linear(2, 1), nn.Linear(2, 1)
@@ -484,15 +668,19 @@ class CurveModel(nn.Module):
             True
         """
         t = check_t(t)
-        coefs = [float(c) for c in self.coefficients(t, self.num_bends)]
-        if len(coefs) != self.num_bends:
-            raise ModeConnError(
-                f"The curve function returned {len(coefs)} coefficients for {self.num_bends} bends."
-            )
+        coefs = [float(c) for c in self._coefficients_at(t)]
         weights: dict[str, Tensor] = {}
         for key, module in self.groups.items():
             group = cast(_BendGroup, module)
             weights.update(zip(self._param_names[key], group.weights(coefs), strict=True))
+        return weights
+
+    def _traced_weights_at(self, t: Tensor) -> dict[str, Tensor]:
+        coefs = torch.stack([torch.as_tensor(c) for c in self._coefficients_at(t)])
+        weights: dict[str, Tensor] = {}
+        for key, module in self.groups.items():
+            group = cast(_BendGroup, module)
+            weights.update(zip(self._param_names[key], group.traced_weights(coefs), strict=True))
         return weights
 
     def buffers_at(self, t: float | Tensor) -> dict[str, Tensor]:
@@ -520,30 +708,64 @@ class CurveModel(nn.Module):
                     "CurveModel in eval mode needs a point on the curve: call curve(x, t=0.5)."
                 )
             t = self.t_sampler()
-        t = check_t(t)
-        self.last_t = t
-        state = self.weights_at(t)
-        state.update(self.buffers_at(t))
+        if torch.compiler.is_compiling():
+            # No Python number may depend on t here, or every new t would recompile; t is
+            # not range-checked (that needs its value) and pinned statistics are not used.
+            t_tensor = torch.as_tensor(t, dtype=torch.float64)
+            self._last_t = t_tensor
+            state = self._traced_weights_at(t_tensor)
+            pairs = cast(Iterable[_BufferPair], self.model_buffers)
+            state.update(
+                (name, pair.at(t_tensor))
+                for name, pair in zip(self._buffer_names, pairs, strict=True)
+            )
+        else:
+            t = check_t(t)
+            self._last_t = t
+            state = self.weights_at(t)
+            state.update(self.buffers_at(t))
         return functional_call(self.template, state, args, kwargs, tie_weights=True, strict=False)
 
-    def export(self, t: float | Tensor, *, bn_loader: Iterable[Any] | None = None) -> nn.Module:
+    def export(
+        self,
+        t: float | Tensor,
+        *,
+        bn_loader: Iterable[Any] | None = None,
+        merged: bool = False,
+    ) -> nn.Module:
         """A plain copy of the user's model class with the weights at ``t``.
 
         Args:
             t: Point on the curve.
             bn_loader: If given, BatchNorm statistics of the copy are re-estimated
                 on it (use retain data, never the forget set).
+            merged: For a PEFT model: merge the adapters at ``t`` into the base
+                weights and return the plain base model (``merge_and_unload``).
 
         Returns:
-            A new module of the template's class, in the curve's train/eval mode.
+            A new module of the template's class (the base model's class when
+            ``merged``), in the curve's train/eval mode.
+
+        Raises:
+            ModeConnError: ``merged=True`` for a model that is not a PEFT model,
+                or peft is not installed.
         """
         t = check_t(t)
-        model = copy.deepcopy(self.template)
+        if merged:
+            peft = _require_peft()
+            if not isinstance(self.template, peft.PeftModel):
+                raise ModeConnError(
+                    f"export(merged=True) merges PEFT adapters, but the curve's model is a "
+                    f"{type(self.template).__name__}; call export(t) without merged."
+                )
+        model = clone_module(self.template)
         with torch.no_grad():
             for name, value in self.weights_at(t).items():
                 model.get_parameter(name).copy_(value)
             for name, value in self.buffers_at(t).items():
                 model.get_buffer(name).copy_(value)
+        if merged:
+            model = cast(nn.Module, model.merge_and_unload())  # type: ignore[operator]
         if bn_loader is not None:
             _update_module_bn(model, bn_loader)
         return model.train(self.training)
@@ -569,6 +791,7 @@ class CurveModel(nn.Module):
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> CurveModel:
         super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         self.template._apply(fn)  # type: ignore[no-untyped-call]
+        self._link_template()
         if self._pinned is not None:
             t, buffers, _ = self._pinned
             self._pinned = (t, {name: fn(b) for name, b in buffers.items()}, self._bend_versions())
@@ -582,3 +805,7 @@ class CurveModel(nn.Module):
             f"num_bends={self.num_bends}, fix_start={self.fix_start}, fix_end={self.fix_end}, "
             f"trainable={trainable}"
         )
+
+
+def _endpoint(source: StateSource) -> StateSource:
+    return _unwrap_compiled(source) if isinstance(source, nn.Module) else source
