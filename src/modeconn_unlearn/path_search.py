@@ -1,0 +1,371 @@
+"""Adaptive search for the optimal ``t`` along a curve: few evaluations near the optimum.
+
+Choosing ``t`` needs accurate accuracies near the best point, not everywhere.
+:func:`refine_optimal_t` measures a coarse grid over ``t_range``, then adds
+points only where the optimum lies: the interpolated optimum when it falls in
+the bracket around the best measured point, else the midpoint of the bracket's
+larger half (Brent's safeguard against kinks and plateaus). It stops when the
+optimum is pinned down to ``tol`` or after ``max_points`` measurements.
+:func:`search_path` runs it on a :class:`~modeconn_unlearn.CurveModel` with
+:func:`~modeconn_unlearn.evaluate_path`, calling it on the new points only, and
+merges the reports into one :class:`~modeconn_unlearn.PathReport`.
+
+With the defaults (5 coarse points, at most 10 in all) it reaches the ``t`` of a
+dense 21-point grid to within 0.01 with at most half the model evaluations
+(``tests/test_path_search.py`` checks this on synthetic and real curves).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor
+
+from .curve_model import CurveModel
+from .errors import ModeConnError
+from .evaluation import DataLike, PathReport, evaluate_path
+from .selection import Interpolation, OptimalT, avg_gap, find_optimal_t
+
+__all__ = ["PathSearch", "TSearch", "merge_reports", "refine_optimal_t", "search_path"]
+
+Measure = Callable[[list[float]], tuple[Sequence[float], Sequence[float]]]
+"""``measure(ts) -> (retain_acc, forget_acc)``, accuracies in percent at each new ``t``."""
+
+
+@dataclass(frozen=True)
+class TSearch:
+    """The result of :func:`refine_optimal_t`.
+
+    Attributes:
+        best: :func:`~modeconn_unlearn.find_optimal_t` on all measured points.
+        t: Every measured point, increasing.
+        retain_acc: Retain accuracy at each point (percent).
+        forget_acc: Forget accuracy at each point (percent).
+        rounds: The points measured in each round, in order (the first is the coarse grid).
+    """
+
+    best: OptimalT
+    t: NDArray[np.float64] = field(repr=False)
+    retain_acc: NDArray[np.float64] = field(repr=False)
+    forget_acc: NDArray[np.float64] = field(repr=False)
+    rounds: tuple[tuple[float, ...], ...] = ()
+
+    @property
+    def evaluations(self) -> int:
+        """How many points were measured."""
+        return len(self.t)
+
+
+@dataclass(frozen=True)
+class PathSearch:
+    """The result of :func:`search_path`.
+
+    Attributes:
+        best: The chosen ``t`` (:class:`~modeconn_unlearn.OptimalT`).
+        report: One :class:`~modeconn_unlearn.PathReport` over all measured points.
+        rounds: The points evaluated in each round.
+    """
+
+    best: OptimalT
+    report: PathReport
+    rounds: tuple[tuple[float, ...], ...]
+
+    @property
+    def evaluations(self) -> int:
+        """How many points of the curve were evaluated."""
+        return len(self.report.t)
+
+
+def _check_settings(coarse: int, max_points: int, tol: float) -> None:
+    if isinstance(coarse, bool) or not isinstance(coarse, int) or coarse < 2:
+        raise ModeConnError(f"coarse must be an int >= 2 (points of the first grid), got {coarse}.")
+    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < coarse:
+        raise ModeConnError(
+            f"max_points must be an int >= coarse ({coarse}), got {max_points}; it caps how "
+            "many points are measured in all."
+        )
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+        raise ModeConnError(f"tol must be a positive number (a distance in t), got {tol}.")
+
+
+def _check_t_range(t_range: tuple[float, float]) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in t_range)
+    except (TypeError, ValueError) as error:
+        raise ModeConnError(f"t_range must be a pair (low, high), got {t_range!r}.") from error
+    if not (0.0 <= low < high <= 1.0):
+        raise ModeConnError(f"t_range must satisfy 0 <= low < high <= 1, got {t_range!r}.")
+    return low, high
+
+
+def _next_points(
+    best_t: float, measured: NDArray[np.float64], gaps: NDArray[np.float64], tol: float
+) -> list[float]:
+    """The point to measure next (none once the optimum is bracketed to ``tol``).
+
+    The bracket is the best measured point and its two measured neighbours. The
+    interpolated optimum ``best_t`` is taken when it falls inside the bracket
+    and away from measured points; otherwise the larger half of the bracket is
+    halved (a bisection safeguard, as in Brent's method, for kinks and plateaus
+    that an interpolant cannot see).
+    """
+    centre = int(np.argmin(gaps))
+    left = measured[max(centre - 1, 0)]
+    right = measured[min(centre + 1, len(measured) - 1)]
+    if right - left <= 4 * tol:
+        return []
+    if left < best_t < right and float(np.min(np.abs(measured - best_t))) > tol:
+        return [best_t]
+    halves = [
+        (measured[centre] - left, (left + measured[centre]) / 2),
+        (right - measured[centre], (measured[centre] + right) / 2),
+    ]
+    width, point = max(halves, key=lambda half: half[0])
+    return [float(point)] if width > 2 * tol else []
+
+
+def refine_optimal_t(
+    measure: Measure,
+    *,
+    retain_target: float,
+    forget_target: float,
+    t_range: tuple[float, float] = (0.0, 1.0),
+    coarse: int = 5,
+    max_points: int = 10,
+    tol: float = 0.01,
+    kind: Interpolation = "pchip",
+) -> TSearch:
+    """Find the ``t`` closest to the targets with few measurements.
+
+    Measures ``coarse`` evenly spaced points of ``t_range``, then repeats: run
+    :func:`~modeconn_unlearn.find_optimal_t` on everything measured and take
+    the bracket around the best measured point (its two measured neighbours);
+    measure the interpolated optimum if it lies inside the bracket and farther
+    than ``tol`` from every measured point, else the midpoint of the larger
+    half of the bracket. It stops when the bracket is narrower than ``4 * tol``
+    or ``max_points`` points have been measured. ``t = 1`` is
+    measured when ``t_range`` reaches it, so the effective region is reported.
+
+    Args:
+        measure: ``measure(ts) -> (retain_acc, forget_acc)`` in percent, called
+            once per round with the new points only.
+        retain_target: Target retain accuracy (percent).
+        forget_target: Target forget accuracy (percent).
+        t_range: ``(low, high)`` searched, inside [0, 1].
+        coarse: Points of the first grid (at least 2).
+        max_points: Most points measured in all (at least ``coarse``).
+        tol: Precision in ``t`` at which the search stops.
+        kind: Interpolation of :func:`~modeconn_unlearn.find_optimal_t`.
+
+    Returns:
+        A :class:`TSearch`.
+
+    Raises:
+        ModeConnError: Bad settings, or ``measure`` returned the wrong number of values.
+
+    Example:
+        >>> def measure(ts):  # forget accuracy falls linearly from 100 to 80
+        ...     return [99.0] * len(ts), [100.0 - 20.0 * t for t in ts]
+        >>> found = refine_optimal_t(measure, retain_target=99.0, forget_target=87.0)
+        >>> round(found.best.t, 3), found.evaluations <= 10
+        (0.65, True)
+    """
+    _check_settings(coarse, max_points, tol)
+    low, high = _check_t_range(t_range)
+    ts: list[float] = []
+    retain: list[float] = []
+    forget: list[float] = []
+    rounds: list[tuple[float, ...]] = []
+
+    def take(points: list[float]) -> None:
+        ra, fa = measure(points)
+        ra, fa = list(ra), list(fa)
+        if len(ra) != len(points) or len(fa) != len(points):
+            raise ModeConnError(
+                f"measure returned {len(ra)} retain and {len(fa)} forget accuracies for "
+                f"{len(points)} points; return one of each per t."
+            )
+        ts.extend(points)
+        retain.extend(float(v) for v in ra)
+        forget.extend(float(v) for v in fa)
+        rounds.append(tuple(points))
+
+    def optimum() -> tuple[OptimalT, NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        order = np.argsort(ts)
+        t_arr = np.asarray(ts, dtype=np.float64)[order]
+        ra_arr = np.asarray(retain, dtype=np.float64)[order]
+        fa_arr = np.asarray(forget, dtype=np.float64)[order]
+        best = find_optimal_t(
+            t_arr,
+            ra_arr,
+            fa_arr,
+            retain_target=retain_target,
+            forget_target=forget_target,
+            t_range=(low, high),
+            kind=kind,
+        )
+        return best, t_arr, ra_arr, fa_arr
+
+    take([float(v) for v in np.linspace(low, high, coarse)])
+    best, t_arr, ra_arr, fa_arr = optimum()
+    while len(ts) < max_points:
+        gaps = np.asarray(
+            avg_gap(ra_arr, fa_arr, retain_target=retain_target, forget_target=forget_target),
+            dtype=np.float64,
+        )
+        points = _next_points(best.t, t_arr, gaps, tol)
+        if not points:
+            break
+        take(points)
+        best, t_arr, ra_arr, fa_arr = optimum()
+    return TSearch(best=best, t=t_arr, retain_acc=ra_arr, forget_acc=fa_arr, rounds=tuple(rounds))
+
+
+def merge_reports(curve: CurveModel, reports: Sequence[PathReport]) -> PathReport:
+    """One :class:`~modeconn_unlearn.PathReport` over the points of several reports.
+
+    Points are sorted by ``t``; the segment lengths between consecutive points
+    are recomputed from ``curve.weights_at`` (no forward pass).
+
+    Args:
+        curve: The curve the reports were measured on.
+        reports: Reports over disjoint points with the same splits and metrics.
+
+    Returns:
+        The merged report.
+
+    Raises:
+        ModeConnError: No reports, a point measured twice, or reports with other metrics.
+
+    Example:
+        >>> from torch import nn
+        >>> curve = CurveModel(nn.Linear(2, 2), end=nn.Linear(2, 2))
+        >>> a = PathReport([0.0, 1.0], {"f": {"acc": [1.0, 3.0]}}, segment_lengths=[0.0])
+        >>> b = PathReport([0.5], {"f": {"acc": [2.0]}}, segment_lengths=[])
+        >>> merge_reports(curve, [a, b]).acc("f").tolist()
+        [1.0, 2.0, 3.0]
+    """
+    if not reports:
+        raise ModeConnError("merge_reports needs at least one report.")
+    layout = {split: reports[0].metric_names(split) for split in reports[0].splits}
+    for report in reports[1:]:
+        other = {split: report.metric_names(split) for split in report.splits}
+        if other != layout:
+            raise ModeConnError(
+                f"Reports measure different splits or metrics: {layout} vs {other}; "
+                "measure every round with the same splits and options."
+            )
+    t = np.concatenate([report.t for report in reports])
+    order = np.argsort(t, kind="stable")
+    t = t[order]
+    if len(np.unique(t)) != len(t):
+        raise ModeConnError("Reports share a t; measure each point once before merging.")
+    metrics = {
+        split: {
+            name: np.concatenate([report.metric(split, name) for report in reports])[order]
+            for name in names
+        }
+        for split, names in layout.items()
+    }
+    segments: list[float] = []
+    previous: dict[str, Tensor] | None = None
+    with torch.no_grad():
+        for point in t:
+            weights = {name: w.detach() for name, w in curve.weights_at(float(point)).items()}
+            if previous is not None:
+                squared = sum(
+                    float(torch.sum((weights[name].double() - previous[name].double()) ** 2))
+                    for name in weights
+                )
+                segments.append(math.sqrt(squared))
+            previous = weights
+    meta = dict(reports[0].meta)
+    meta["rounds"] = [report.t.tolist() for report in reports]
+    return PathReport(t, metrics, segment_lengths=segments, meta=meta)
+
+
+def search_path(
+    curve: CurveModel,
+    splits: Mapping[str, DataLike],
+    *,
+    retain_target: float,
+    forget_target: float,
+    t_range: tuple[float, float] = (0.0, 1.0),
+    coarse: int = 5,
+    max_points: int = 10,
+    tol: float = 0.01,
+    kind: Interpolation = "pchip",
+    bn_loader: DataLike | None = None,
+    mia: bool = False,
+    device: torch.device | str | None = None,
+) -> PathSearch:
+    """:func:`refine_optimal_t` on a curve: evaluate it only where the optimum may be.
+
+    Each round calls :func:`~modeconn_unlearn.evaluate_path` on the new points
+    only (BatchNorm statistics re-estimated at each ``t`` on ``bn_loader``, or
+    the ``"retain"`` split); selection reads the ``"retain"`` and ``"forget"``
+    accuracies only. Other splits (e.g. ``"test"`` for a figure) are measured
+    at the same points but never influence the choice.
+
+    Args:
+        curve: A trained :class:`~modeconn_unlearn.CurveModel`.
+        splits: ``{name: data}`` with at least ``"retain"`` and ``"forget"``.
+        retain_target: Target retain accuracy (percent).
+        forget_target: Target forget accuracy (percent).
+        t_range: ``(low, high)`` searched.
+        coarse: Points of the first grid.
+        max_points: Most points evaluated in all.
+        tol: Precision in ``t`` at which the search stops.
+        kind: Interpolation of :func:`~modeconn_unlearn.find_optimal_t`.
+        bn_loader: Retain data for BatchNorm statistics (see ``evaluate_path``).
+        mia: Also measure MIA-efficacy at each point (needs ``"test"``).
+        device: Where to evaluate.
+
+    Returns:
+        A :class:`PathSearch` (chosen ``t``, merged report, points per round).
+
+    Raises:
+        ModeConnError: A missing ``"retain"`` or ``"forget"`` split, or bad settings.
+
+    Example:
+        >>> from torch import nn
+        >>> from torch.utils.data import TensorDataset
+        >>> _ = torch.manual_seed(0)
+        >>> data = TensorDataset(torch.randn(40, 4), torch.randint(0, 3, (40,)))
+        >>> curve = CurveModel(nn.Linear(4, 3), end=nn.Linear(4, 3))
+        >>> found = search_path(curve, {"retain": data, "forget": data},
+        ...                     retain_target=50.0, forget_target=30.0)
+        >>> found.evaluations <= 10, 0.0 <= found.best.t <= 1.0
+        (True, True)
+    """
+    missing = [name for name in ("retain", "forget") if name not in splits]
+    if missing:
+        raise ModeConnError(
+            f"splits lacks {missing}; search_path chooses t from the retain and forget "
+            'accuracies: pass {"retain": dr, "forget": df, ...}.'
+        )
+    reports: list[PathReport] = []
+
+    def measure(ts: list[float]) -> tuple[Sequence[float], Sequence[float]]:
+        report = evaluate_path(
+            curve, splits, ts=ts, bn_loader=bn_loader, mia=mia, progress=False, device=device
+        )
+        reports.append(report)
+        return report.acc("retain").tolist(), report.acc("forget").tolist()
+
+    found = refine_optimal_t(
+        measure,
+        retain_target=retain_target,
+        forget_target=forget_target,
+        t_range=t_range,
+        coarse=coarse,
+        max_points=max_points,
+        tol=tol,
+        kind=kind,
+    )
+    return PathSearch(best=found.best, report=merge_reports(curve, reports), rounds=found.rounds)
