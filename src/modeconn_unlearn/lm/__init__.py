@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from .attacks import ATTACKS, AttackResult, attack_scores, lm_mia, mia_from_outputs, privleak
 from .data import (
     DEFAULT_PROMPT,
     PadCollator,
@@ -28,10 +29,38 @@ from .data import (
     refusal_dataset,
     tokenize_qa,
 )
+from .metrics import (
+    ForgetQuality,
+    LMOutputs,
+    RougeResult,
+    forget_quality,
+    greedy_generate,
+    lm_outputs,
+    rouge_l_recall,
+    truth_ratio,
+    truth_ratios,
+    truth_score,
+)
 from .synthetic import ATTRIBUTES, fictitious_qa, qa_texts, tiny_causal_lm, train_tokenizer
 
 __all__ = [
+    "ATTACKS",
     "ATTRIBUTES",
+    "AttackResult",
+    "ForgetQuality",
+    "LMOutputs",
+    "RougeResult",
+    "attack_scores",
+    "forget_quality",
+    "greedy_generate",
+    "lm_mia",
+    "lm_outputs",
+    "mia_from_outputs",
+    "privleak",
+    "rouge_l_recall",
+    "truth_ratio",
+    "truth_ratios",
+    "truth_score",
     "DEFAULT_PROMPT",
     "PadCollator",
     "QADataset",
