@@ -1,0 +1,484 @@
+"""The MCU recipe a user can run: targets from data the user holds, then MCU in one call.
+
+A user who needs unlearning has the original model θ_o, its training data and a
+pre-unlearned model θ_u, but **no retrained model**. :func:`user_targets` gives
+MCU's targets from what the user holds: the original's accuracy on retain data,
+and for the forget set its accuracy on a held-out split carved from the training
+data before training (:func:`carve_holdout`; random forgetting) or 0 (a forgotten
+class). :func:`mcu_unlearn` then runs the recipe: layer mask → curve θ_o → θ_u →
+curve training with the MCU objective → adaptive path search
+(:func:`~modeconn_unlearn.path_search.search_path`) → the chosen ``t`` → export.
+Selection reads the retain and forget accuracies of points of the curve only;
+no test split and no retrained model take part. Every step is also public on its
+own (``layer_mask``, ``CurveModel``, ``fit_curve``, ``search_path``,
+``find_optimal_t``, ``CurveModel.export``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .curve_model import CurveModel
+from .data import as_loader
+from .errors import ModeConnError
+from .evaluation import DataLike, PathReport, evaluate
+from .losses import AdaptiveBeta, mcu_objective
+from .masks import layer_mask, saliency_mask
+from .path_search import PathSearch, search_path
+from .selection import Interpolation, OptimalT
+from .training import History, fit_curve
+
+__all__ = [
+    "RecipeConfig",
+    "RecipeResult",
+    "Targets",
+    "carve_holdout",
+    "mcu_unlearn",
+    "user_targets",
+]
+
+Scenario = Literal["random", "class"]
+MaskKind = Literal["layer", "saliency", "all"]
+
+
+@dataclass(frozen=True)
+class Targets:
+    """MCU's targets, in percent, and where they came from.
+
+    Attributes:
+        retain: Target retain accuracy.
+        forget: Target forget accuracy.
+        scenario: ``"random"`` or ``"class"``.
+        source: How each target was obtained (for reports).
+    """
+
+    retain: float
+    forget: float
+    scenario: str
+    source: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("retain", "forget"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 100.0):
+                raise ModeConnError(f"Targets.{name} is a percentage in [0, 100], got {value!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict."""
+        return asdict(self)
+
+
+def _length(data: Any, name: str) -> int:
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except TypeError as error:
+        raise ModeConnError(f"{name} must be a map-style dataset with a length.") from error
+
+
+def carve_holdout(
+    train: Dataset[Any], *, fraction: float = 0.1, seed: int = 0
+) -> tuple[Subset[Any], Subset[Any]]:
+    """Split a training set into the data to train on and a held-out validation split.
+
+    Do this **before** training the original model: the holdout is data the
+    original never saw, drawn from the training distribution, so the
+    original's accuracy on it estimates what a model retrained without a random
+    forget set scores on that forget set (:func:`user_targets`). The test split
+    stays untouched for reporting.
+
+    Args:
+        train: The training set (map-style dataset).
+        fraction: Fraction in (0, 1) held out (``round(fraction * len(train))`` samples).
+        seed: Seed of the draw.
+
+    Returns:
+        ``(train_rest, holdout)``, both :class:`~torch.utils.data.Subset` with ascending indices.
+
+    Raises:
+        ModeConnError: A fraction outside (0, 1) or a split that leaves a side empty.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.arange(20.0).view(20, 1), torch.zeros(20, dtype=torch.long))
+        >>> rest, holdout = carve_holdout(data, fraction=0.25)
+        >>> len(rest), len(holdout), set(rest.indices) & set(holdout.indices)
+        (15, 5, set())
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise ModeConnError(f"fraction must be a number in (0, 1), got {fraction!r}.")
+    if not 0.0 < fraction < 1.0:
+        raise ModeConnError(
+            f"fraction must be in (0, 1), got {fraction}; pass a fraction (0.1), not a percentage."
+        )
+    size = _length(train, "train")
+    count = round(fraction * size)
+    if count == 0 or count == size:
+        raise ModeConnError(
+            f"Holding out {fraction} of {size} samples leaves one side empty; choose a fraction "
+            "that keeps samples on both sides."
+        )
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(train, sorted(order[count:])), Subset(train, sorted(order[:count]))
+
+
+def user_targets(
+    original: nn.Module,
+    retain: DataLike,
+    holdout: DataLike | None = None,
+    *,
+    scenario: Scenario = "random",
+    device: torch.device | str | None = None,
+) -> Targets:
+    """MCU's targets from the original model and data the user holds.
+
+    * retain target: the original's accuracy on ``retain`` (retraining keeps
+      what the retain set teaches);
+    * forget target, ``scenario="random"``: the original's accuracy on
+      ``holdout``, a validation split carved from the training data before
+      training (:func:`carve_holdout`); a model retrained without a random
+      forget set treats it like unseen data from the same distribution;
+    * forget target, ``scenario="class"``: 0 (a model that never saw a class
+      never predicts it).
+
+    Never pass the test split as ``holdout`` (it is for reporting), and never
+    a retrained model's numbers: a user does not have them.
+
+    Args:
+        original: The original model θ_o (evaluated as it is, in eval mode).
+        retain: Retain data (or a fixed subset of it, e.g. the one the path is
+            evaluated on).
+        holdout: The held-out validation split (needed for ``"random"``;
+            ignored for ``"class"``).
+        scenario: ``"random"`` or ``"class"`` forgetting.
+        device: Where to evaluate.
+
+    Returns:
+        :class:`Targets`.
+
+    Raises:
+        ModeConnError: An unknown scenario, or ``"random"`` without a holdout.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.randn(30, 4), torch.randint(0, 3, (30,)))
+        >>> targets = user_targets(nn.Linear(4, 3), data, scenario="class")
+        >>> targets.forget, 0.0 <= targets.retain <= 100.0
+        (0.0, True)
+    """
+    if scenario not in ("random", "class"):
+        raise ModeConnError(f'scenario must be "random" or "class", got {scenario!r}.')
+    retain_acc = evaluate(original, retain, device=device).accuracy
+    if scenario == "class":
+        return Targets(
+            retain=retain_acc,
+            forget=0.0,
+            scenario=scenario,
+            source={"retain": "original on retain data", "forget": "0 (forgotten class)"},
+        )
+    if holdout is None:
+        raise ModeConnError(
+            "Random forgetting needs holdout=...: a validation split carved from the training "
+            "data before training (carve_holdout); the original's accuracy on it is the forget "
+            "target. Do not use the test split."
+        )
+    return Targets(
+        retain=retain_acc,
+        forget=evaluate(original, holdout, device=device).accuracy,
+        scenario=scenario,
+        source={"retain": "original on retain data", "forget": "original on held-out split"},
+    )
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """Settings of :func:`mcu_unlearn` (defaults picked on tuning seeds, see docs/benchmarks.md).
+
+    Attributes:
+        curve: Curve family (``"bezier"`` or ``"polychain"``).
+        num_bends: Bends of the curve (3: one trained control point).
+        mask: ``"layer"`` (MCU's per-tensor :func:`~modeconn_unlearn.layer_mask`),
+            ``"saliency"`` (element-wise SalUn mask) or ``"all"`` (every entry).
+        mask_k: Fraction of entries made trainable (``"layer"``, ``"saliency"``).
+        mask_kr: Fraction of retain-critical entries never trained (``"layer"``).
+        epochs: Epochs of curve training.
+        lr: Learning rate of curve training (SGD, momentum 0.9).
+        retain_ratio: Fraction of the retain set used per epoch of curve training.
+        batch_size: Batch size of curve training.
+        beta_low: ``AdaptiveBeta.low``.
+        beta_high: ``AdaptiveBeta.high``.
+        t_range: Range of ``t`` searched when choosing the model.
+        train_t_range: Range ``t`` is drawn from in training (default: ``t_range``).
+        coarse_points: First grid of the path search.
+        max_points: Most points of the curve evaluated.
+        tol: Precision in ``t`` of the search.
+        interpolation: Interpolation of :func:`~modeconn_unlearn.find_optimal_t`.
+        probe_size: Size of the fixed random retain subset the path is evaluated
+            on and BatchNorm statistics come from (``None``: the whole retain set).
+    """
+
+    curve: str = "bezier"
+    num_bends: int = 3
+    mask: MaskKind = "layer"
+    mask_k: float = 0.5
+    mask_kr: float = 0.1
+    epochs: int = 1
+    lr: float = 0.01
+    retain_ratio: float = 0.5
+    batch_size: int = 64
+    beta_low: float = 0.01
+    beta_high: float = 0.5
+    t_range: tuple[float, float] = (0.5, 1.0)
+    train_t_range: tuple[float, float] | None = None
+    coarse_points: int = 5
+    max_points: int = 10
+    tol: float = 0.01
+    interpolation: Interpolation = "pchip"
+    probe_size: int | None = 2000
+
+    def __post_init__(self) -> None:
+        if self.mask not in ("layer", "saliency", "all"):
+            raise ModeConnError(f'mask must be "layer", "saliency" or "all", got {self.mask!r}.')
+        for name in ("num_bends", "epochs", "batch_size", "coarse_points", "max_points"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ModeConnError(f"{name} must be a positive int, got {value!r}.")
+        for name in ("lr", "tol"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ModeConnError(f"{name} must be a positive number, got {value!r}.")
+        for name in ("beta_low", "beta_high"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ModeConnError(f"{name} must be a number >= 0, got {value!r}.")
+        if not 0.0 < self.mask_k <= 1.0 or not 0.0 <= self.mask_kr < 1.0:
+            raise ModeConnError(
+                f"mask_k must be in (0, 1] and mask_kr in [0, 1), got {self.mask_k}, "
+                f"{self.mask_kr} (fractions, not percentages)."
+            )
+        if not 0.0 < self.retain_ratio <= 1.0:
+            raise ModeConnError(f"retain_ratio must be in (0, 1], got {self.retain_ratio}.")
+        for name in ("t_range", "train_t_range"):
+            value = getattr(self, name)
+            if value is None and name == "train_t_range":
+                continue
+            if not (len(value) == 2 and 0.0 <= value[0] < value[1] <= 1.0):
+                raise ModeConnError(f"{name} must be (low, high) with 0 <= low < high <= 1.")
+        if self.probe_size is not None and (
+            isinstance(self.probe_size, bool)
+            or not isinstance(self.probe_size, int)
+            or self.probe_size < 1
+        ):
+            raise ModeConnError(
+                f"probe_size must be a positive int or None, got {self.probe_size}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RecipeResult:
+    """The outcome of :func:`mcu_unlearn`.
+
+    Attributes:
+        model: The exported unlearned model (the user's own class) at ``t``.
+        curve: The trained :class:`~modeconn_unlearn.CurveModel`.
+        search: The path search (merged report, rounds).
+        targets: The targets used.
+        mask: The mask of trainable entries of the control point.
+        history: Curve-training history.
+        seconds: Wall time of each part (``mask``, ``fit``, ``search``,
+            ``export``) and their ``total``.
+    """
+
+    model: nn.Module
+    curve: CurveModel
+    search: PathSearch
+    targets: Targets
+    mask: dict[str, Tensor]
+    history: History
+    seconds: dict[str, float]
+
+    @property
+    def best(self) -> OptimalT:
+        """The chosen point (:class:`~modeconn_unlearn.OptimalT`)."""
+        return self.search.best
+
+    @property
+    def t(self) -> float:
+        """The chosen ``t``."""
+        return self.search.best.t
+
+    @property
+    def report(self) -> PathReport:
+        """Accuracies at every evaluated point of the curve."""
+        return self.search.report
+
+
+def _probe(retain: DataLike, size: int | None, seed: int) -> Dataset[Any]:
+    dataset: Dataset[Any] = retain.dataset if isinstance(retain, DataLoader) else retain
+    count = _length(dataset, "retain")
+    if size is None or size >= count:
+        return dataset
+    generator = torch.Generator().manual_seed(10_000 + seed)
+    picked = torch.randperm(count, generator=generator)[:size]
+    return Subset(dataset, sorted(picked.tolist()))
+
+
+def _make_mask(
+    config: RecipeConfig, original: nn.Module, retain: DataLike, forget: DataLike
+) -> dict[str, Tensor]:
+    if config.mask == "layer":
+        return dict(layer_mask(original, retain, forget, k=config.mask_k, kr=config.mask_kr))
+    if config.mask == "saliency":
+        return dict(saliency_mask(original, forget, sparsity=1.0 - config.mask_k))
+    return {name: torch.ones_like(p, dtype=torch.bool) for name, p in original.named_parameters()}
+
+
+def mcu_unlearn(
+    original: nn.Module,
+    theta_u: nn.Module | Mapping[str, Tensor],
+    retain: DataLike,
+    forget: DataLike,
+    *,
+    targets: Targets,
+    config: RecipeConfig | None = None,
+    mask: Mapping[str, Tensor] | None = None,
+    probe: DataLike | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+) -> RecipeResult:
+    """Run MCU end to end on θ_o and a pre-unlearned θ_u; return the model at the chosen ``t``.
+
+    1. mask: ``config.mask`` on θ_o (or the given ``mask``);
+    2. a :class:`~modeconn_unlearn.CurveModel` θ_o → θ_u (ends fixed);
+    3. :func:`~modeconn_unlearn.fit_curve` with ``CE(retain) - β·CE(forget)``
+       and β from :class:`~modeconn_unlearn.AdaptiveBeta` on ``targets``, ``t``
+       drawn from ``config.train_t_range``;
+    4. :func:`~modeconn_unlearn.path_search.search_path` on a fixed retain
+       subset (``probe``; BatchNorm statistics from it too) and the forget set;
+    5. the exported model at the chosen ``t``, BatchNorm statistics from the probe.
+
+    Selection reads only the curve's retain and forget accuracies and
+    ``targets`` (see :func:`user_targets`); there is no parameter for a
+    retrained model or a test split.
+
+    Args:
+        original: θ_o.
+        theta_u: The pre-unlearned model (any MU method's output), or its state dict.
+        retain: Retain data.
+        forget: Forget data.
+        targets: From :func:`user_targets`.
+        config: :class:`RecipeConfig` (default settings when ``None``).
+        mask: A custom ``{name: bool tensor}`` mask instead of ``config.mask``.
+        probe: The retain data the path is evaluated on (default: a random
+            ``config.probe_size`` subset of ``retain`` drawn from ``seed``).
+        seed: Seed of curve training and of the probe.
+        progress: Show progress bars.
+        device: Where to train and evaluate.
+
+    Returns:
+        :class:`RecipeResult` (model, curve, search, chosen ``t``, wall times).
+
+    Raises:
+        ModeConnError: Bad settings, data or models (from the steps).
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> from modeconn_unlearn.data import forget_retain_split
+        >>> from modeconn_unlearn.losses import random_label
+        >>> from modeconn_unlearn.training import unlearn
+        >>> _ = torch.manual_seed(0)
+        >>> data = TensorDataset(torch.randn(60, 4), torch.randint(0, 3, (60,)))
+        >>> retain, forget = forget_retain_split(data, forget_class=0)
+        >>> original = nn.Linear(4, 3)
+        >>> theta_u = unlearn(original, retain, forget, loss=random_label(3), epochs=1,
+        ...                   lr=0.01, progress=False)
+        >>> targets = user_targets(original, retain, scenario="class")
+        >>> result = mcu_unlearn(original, theta_u, retain, forget, targets=targets)
+        >>> 0.5 <= result.t <= 1.0, type(result.model).__name__
+        (True, 'Linear')
+    """
+    config = config or RecipeConfig()
+    if not isinstance(config, RecipeConfig):
+        raise ModeConnError(f"config must be a RecipeConfig, got {type(config).__name__}.")
+    if not isinstance(targets, Targets):
+        raise ModeConnError(
+            "targets must be Targets (from user_targets(original, retain, holdout)), got "
+            f"{type(targets).__name__}."
+        )
+    seconds: dict[str, float] = {}
+    began = time.perf_counter()
+    chosen_mask = dict(mask) if mask is not None else _make_mask(config, original, retain, forget)
+    seconds["mask"] = time.perf_counter() - began
+
+    began = time.perf_counter()
+    curve = CurveModel(
+        original,
+        start=original,
+        end=theta_u,
+        curve=config.curve,
+        num_bends=config.num_bends,
+        mask=chosen_mask,
+    )
+    if device is not None:
+        curve.to(device)
+    beta = AdaptiveBeta(targets.retain, targets.forget, low=config.beta_low, high=config.beta_high)
+    history = fit_curve(
+        curve,
+        retain,
+        forget,
+        loss=mcu_objective(beta),
+        epochs=config.epochs,
+        lr=config.lr,
+        retain_ratio=config.retain_ratio,
+        t_sampler=config.train_t_range or config.t_range,
+        batch_size=config.batch_size,
+        seed=seed,
+        progress=progress,
+        device=device,
+    )
+    seconds["fit"] = time.perf_counter() - began
+
+    began = time.perf_counter()
+    probe_data = probe if probe is not None else _probe(retain, config.probe_size, seed)
+    probe_loader = as_loader(probe_data, name="probe")
+    search = search_path(
+        curve,
+        {"retain": probe_loader, "forget": forget},
+        retain_target=targets.retain,
+        forget_target=targets.forget,
+        t_range=config.t_range,
+        coarse=config.coarse_points,
+        max_points=config.max_points,
+        tol=config.tol,
+        kind=config.interpolation,
+        bn_loader=probe_loader,
+        device=device,
+    )
+    seconds["search"] = time.perf_counter() - began
+
+    began = time.perf_counter()
+    model = curve.export(search.best.t, bn_loader=probe_loader)
+    seconds["export"] = time.perf_counter() - began
+    seconds["total"] = sum(seconds.values())
+    return RecipeResult(
+        model=model,
+        curve=curve,
+        search=search,
+        targets=targets,
+        mask=chosen_mask,
+        history=history,
+        seconds=seconds,
+    )

@@ -1,0 +1,254 @@
+"""The MCU recipe: targets from data the user holds, and MCU end to end in one call."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from conftest import make_mlp
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import modeconn_unlearn as mcu
+from modeconn_unlearn import path_search
+from modeconn_unlearn.errors import ModeConnError
+from modeconn_unlearn.recipe import (
+    RecipeConfig,
+    Targets,
+    carve_holdout,
+    mcu_unlearn,
+    user_targets,
+)
+
+
+def _accuracy_by_hand(model: nn.Module, data) -> float:  # type: ignore[no-untyped-def]
+    model.eval()
+    with torch.no_grad():
+        x = torch.stack([data[i][0] for i in range(len(data))])
+        y = torch.tensor([int(data[i][1]) for i in range(len(data))])
+        return 100.0 * float((model(x).argmax(1) == y).float().mean())
+
+
+@pytest.fixture(scope="module")
+def setting(digits: tuple[TensorDataset, TensorDataset]) -> dict:
+    train, _ = digits
+    rest, holdout = carve_holdout(train, fraction=0.1, seed=0)
+    original = mcu.retrain(lambda: make_mlp(0), rest, epochs=8, lr=0.1, progress=False)
+    retain, forget = mcu.forget_retain_split(rest, forget_ratio=0.1, seed=0)
+    theta_u = mcu.unlearn(
+        original,
+        retain,
+        forget,
+        loss=mcu.losses.random_label(10),
+        epochs=1,
+        lr=0.05,
+        progress=False,
+    )
+    return {
+        "rest": rest,
+        "holdout": holdout,
+        "original": original,
+        "retain": retain,
+        "forget": forget,
+        "theta_u": theta_u,
+    }
+
+
+# --------------------------------------------------------------------------- holdout
+def test_carve_holdout_is_disjoint_complete_and_seeded() -> None:
+    data = TensorDataset(torch.arange(50.0).view(50, 1), torch.zeros(50, dtype=torch.long))
+    rest, holdout = carve_holdout(data, fraction=0.2, seed=3)
+    assert len(holdout) == 10 and len(rest) == 40
+    assert sorted(rest.indices + holdout.indices) == list(range(50))
+    again = carve_holdout(data, fraction=0.2, seed=3)[1]
+    other = carve_holdout(data, fraction=0.2, seed=4)[1]
+    assert again.indices == holdout.indices != other.indices
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, 10.0, -0.1, True])
+def test_carve_holdout_refuses_bad_fractions(fraction: float) -> None:
+    data = TensorDataset(torch.zeros(10, 1), torch.zeros(10, dtype=torch.long))
+    with pytest.raises(ModeConnError, match="fraction"):
+        carve_holdout(data, fraction=fraction)
+
+
+def test_carve_holdout_refuses_an_empty_side() -> None:
+    data = TensorDataset(torch.zeros(3, 1), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ModeConnError, match="empty"):
+        carve_holdout(data, fraction=0.1)
+
+
+# --------------------------------------------------------------------------- targets
+def test_user_targets_random_are_the_originals_accuracies(setting: dict) -> None:
+    targets = user_targets(setting["original"], setting["retain"], setting["holdout"])
+    assert targets.scenario == "random"
+    assert targets.retain == pytest.approx(
+        _accuracy_by_hand(setting["original"], setting["retain"])
+    )
+    assert targets.forget == pytest.approx(
+        _accuracy_by_hand(setting["original"], setting["holdout"])
+    )
+    # The holdout was never trained on: the original does worse there than on retain.
+    assert targets.forget < targets.retain
+
+
+def test_user_targets_class_forgets_to_zero(setting: dict) -> None:
+    targets = user_targets(setting["original"], setting["retain"], scenario="class")
+    assert targets.forget == 0.0
+    assert targets.retain == pytest.approx(
+        _accuracy_by_hand(setting["original"], setting["retain"])
+    )
+
+
+def test_user_targets_random_needs_a_holdout(setting: dict) -> None:
+    with pytest.raises(ModeConnError, match="holdout"):
+        user_targets(setting["original"], setting["retain"])
+
+
+def test_user_targets_refuses_an_unknown_scenario(setting: dict) -> None:
+    with pytest.raises(ModeConnError, match="scenario"):
+        user_targets(setting["original"], setting["retain"], scenario="classwise")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("retain", "forget"), [(101.0, 5.0), (90.0, -1.0), (0.9, "x")])
+def test_targets_are_percentages(retain: float, forget: float) -> None:
+    with pytest.raises(ModeConnError, match="percentage"):
+        Targets(retain=retain, forget=forget, scenario="random")
+
+
+# --------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mask": "tensor"}, "mask"),
+        ({"epochs": 0}, "epochs"),
+        ({"lr": -0.1}, "lr"),
+        ({"beta_high": float("inf")}, "beta_high"),
+        ({"mask_k": 50.0}, "fractions"),
+        ({"retain_ratio": 0.0}, "retain_ratio"),
+        ({"t_range": (0.9, 0.1)}, "t_range"),
+        ({"train_t_range": (0.0, 2.0)}, "train_t_range"),
+        ({"probe_size": 0}, "probe_size"),
+    ],
+)
+def test_recipe_config_refuses_bad_values(kwargs: dict, match: str) -> None:
+    with pytest.raises(ModeConnError, match=match):
+        RecipeConfig(**kwargs)
+
+
+# --------------------------------------------------------------------------- recipe
+def test_mcu_unlearn_runs_the_recipe(setting: dict) -> None:
+    targets = user_targets(setting["original"], setting["retain"], setting["holdout"])
+    config = RecipeConfig(max_points=8)
+    result = mcu_unlearn(
+        setting["original"],
+        setting["theta_u"],
+        setting["retain"],
+        setting["forget"],
+        targets=targets,
+        config=config,
+    )
+    assert config.t_range[0] <= result.t <= config.t_range[1]
+    assert result.search.evaluations <= 8
+    assert set(result.seconds) == {"mask", "fit", "search", "export", "total"}
+    assert result.seconds["total"] == pytest.approx(
+        sum(v for k, v in result.seconds.items() if k != "total")
+    )
+    assert type(result.model) is type(setting["original"])
+    # The exported model carries the curve's weights at the chosen t.
+    expected = result.curve.weights_at(result.t)
+    for name, value in result.model.state_dict().items():
+        torch.testing.assert_close(value, expected[name].detach())
+    # The ends stay the original and θ_u; only whole tensors of a layer mask are trained.
+    for name, value in result.curve.weights_at(0.0).items():
+        torch.testing.assert_close(value.detach(), setting["original"].state_dict()[name])
+    assert all(bool(m.all()) or not bool(m.any()) for m in result.mask.values())
+    assert result.targets is targets
+
+
+def test_mcu_unlearn_selection_never_reads_a_retrained_model_or_test(
+    setting: dict, monkeypatch: pytest.MonkeyPatch, digits: tuple
+) -> None:
+    # No parameter could carry one.
+    names = set(inspect.signature(mcu_unlearn).parameters)
+    assert not any("retrain" in n or "test" in n or "reference" in n for n in names)
+    retrained = mcu.retrain(
+        lambda: make_mlp(1), setting["retain"], epochs=1, lr=0.1, progress=False
+    )
+    test = digits[1]
+    # Spy: every module forward and every split handed to the path evaluation.
+    called: list[nn.Module] = []
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda module, args, output: called.append(module)
+    )
+    seen_splits: list[dict] = []
+    real = path_search.evaluate_path
+
+    def spy(curve, splits, **kwargs):  # type: ignore[no-untyped-def]
+        seen_splits.append(dict(splits))
+        return real(curve, splits, **kwargs)
+
+    monkeypatch.setattr(path_search, "evaluate_path", spy)
+    try:
+        targets = Targets(retain=99.0, forget=90.0, scenario="random")
+        mcu_unlearn(
+            setting["original"],
+            setting["theta_u"],
+            setting["retain"],
+            setting["forget"],
+            targets=targets,
+        )
+    finally:
+        handle.remove()
+    forbidden = {id(m) for m in retrained.modules()} | {id(m) for m in setting["theta_u"].modules()}
+    assert called, "the spy saw no forward pass at all"
+    assert not any(id(m) in forbidden for m in called)
+    assert seen_splits and all(set(s) == {"retain", "forget"} for s in seen_splits)
+    assert all(s["forget"] is setting["forget"] for s in seen_splits)
+    test_ids = {id(test)}
+    assert not any(id(v) in test_ids for s in seen_splits for v in s.values())
+
+
+def test_mcu_unlearn_honours_a_custom_mask_and_mask_kinds(setting: dict) -> None:
+    targets = Targets(retain=99.0, forget=90.0, scenario="random")
+    only_head = {
+        name: torch.full_like(p, name.startswith("2."), dtype=torch.bool)
+        for name, p in setting["original"].named_parameters()
+    }
+    result = mcu_unlearn(
+        setting["original"],
+        setting["theta_u"],
+        setting["retain"],
+        setting["forget"],
+        targets=targets,
+        mask=only_head,
+        config=RecipeConfig(max_points=5),
+    )
+    assert result.mask == only_head
+    # Entries outside the mask keep the straight line between the ends.
+    middle = result.curve.weights_at(0.5)
+    start, end = setting["original"].state_dict(), setting["theta_u"].state_dict()
+    torch.testing.assert_close(
+        middle["0.weight"].detach(), (start["0.weight"] + end["0.weight"]) / 2
+    )
+    everything = mcu_unlearn(
+        setting["original"],
+        setting["theta_u"],
+        setting["retain"],
+        setting["forget"],
+        targets=targets,
+        config=RecipeConfig(mask="all", max_points=5),
+    )
+    assert all(bool(m.all()) for m in everything.mask.values())
+
+
+def test_mcu_unlearn_refuses_raw_numbers_as_targets(setting: dict) -> None:
+    with pytest.raises(ModeConnError, match="user_targets"):
+        mcu_unlearn(
+            setting["original"],
+            setting["theta_u"],
+            setting["retain"],
+            setting["forget"],
+            targets=(99.0, 90.0),  # type: ignore[arg-type]
+        )
