@@ -146,6 +146,14 @@ def test_collator_pads_by_hand() -> None:
     assert isinstance(flagged, UnlearnBatch)
     assert flagged.is_forget.tolist() == [True, False]
     assert torch.equal(flagged.targets, batch["labels"])
+    as_dict = PadCollator(pad_token_id=9, as_dict=True)([(*items[0], True), (*items[1], False)])
+    assert isinstance(as_dict, dict) and as_dict["is_forget"].tolist() == [True, False]
+    parsed = CausalLMTask().split(as_dict)
+    assert sorted(parsed.inputs) == ["attention_mask", "input_ids"]
+    assert torch.equal(parsed.targets, batch["labels"]) and parsed.is_forget.tolist() == [
+        True,
+        False,
+    ]
     dicts = collate([{"input_ids": [5, 6], "labels": [5, 6]}, {"input_ids": [7], "labels": [7]}])
     assert dicts["input_ids"].tolist() == [[5, 6], [7, 9]]
     multiple = PadCollator(0, pad_to_multiple_of=4)(items)

@@ -380,11 +380,14 @@ class PadCollator:
     Returns a dict ``{"input_ids", "attention_mask", "labels"}`` (the Hugging
     Face form, which ``CausalLMTask`` and ``transformers.Trainer`` read), or
     :class:`~modeconn_unlearn.data.UnlearnBatch` ``(inputs, labels, is_forget)``
-    when the items carry forget flags.
+    when the items carry forget flags (with ``as_dict=True``: the dict with an
+    ``"is_forget"`` entry, which tasks read the same way and which
+    ``transformers.Trainer`` can move to its device).
 
     Args:
         pad_token_id: The id written into padded positions.
         pad_to_multiple_of: Round the padded length up to a multiple of this.
+        as_dict: Return forget-flagged batches as a dict, not an ``UnlearnBatch``.
 
     Example:
         >>> collate = PadCollator(pad_token_id=0)
@@ -394,7 +397,9 @@ class PadCollator:
         ([[5, 6], [7, 0]], [[-100, 6], [7, -100]])
     """
 
-    def __init__(self, pad_token_id: int = 0, *, pad_to_multiple_of: int | None = None) -> None:
+    def __init__(
+        self, pad_token_id: int = 0, *, pad_to_multiple_of: int | None = None, as_dict: bool = False
+    ) -> None:
         if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int):
             raise ModeConnError(f"pad_token_id must be an int, got {pad_token_id!r}.")
         if pad_to_multiple_of is not None and int(pad_to_multiple_of) < 1:
@@ -403,6 +408,7 @@ class PadCollator:
             )
         self.pad_token_id = int(pad_token_id)
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.as_dict = bool(as_dict)
 
     def __call__(self, items: Sequence[Any]) -> dict[str, Tensor] | UnlearnBatch:
         """Collate ``items`` into one padded batch."""
@@ -427,7 +433,10 @@ class PadCollator:
         inputs = {"input_ids": ids, "attention_mask": mask}
         if flags[0] is None:
             return {**inputs, "labels": labels}
-        return UnlearnBatch(inputs, labels, torch.tensor(flags, dtype=torch.bool))
+        is_forget = torch.tensor(flags, dtype=torch.bool)
+        if self.as_dict:
+            return {**inputs, "labels": labels, "is_forget": is_forget}
+        return UnlearnBatch(inputs, labels, is_forget)
 
     def __repr__(self) -> str:
         return f"PadCollator(pad_token_id={self.pad_token_id})"
