@@ -72,3 +72,14 @@ def test_save_is_atomic(tmp_path, monkeypatch) -> None:
     monkeypatch.undo()
     torch.testing.assert_close(load_checkpoint(path)["w"], torch.zeros(3))
     assert sorted(p.name for p in path.parent.iterdir()) == ["ck.pt"]
+
+
+def test_refusing_a_whole_pickled_model_names_it_without_terminal_codes(tmp_path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save(torch.nn.Linear(2, 2), path)
+    with pytest.raises(ModeConnError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "\x1b" not in message
+    assert "torch.nn.modules.linear.Linear" in message
+    assert "model.state_dict()" in message

@@ -117,3 +117,12 @@ def test_mismatches_name_the_keys():
         negate_task_vector(original, doubled)
     with pytest.raises(ModeConnError, match="coef"):
         negate_task_vector(original, state, coef=float("nan"))
+
+
+def test_spectral_norm_models_are_copied_after_a_forward_with_gradients():
+    original = nn.utils.spectral_norm(nn.Linear(3, 2))
+    original(torch.randn(4, 3)).sum().backward()  # leaves a non-leaf `weight` attribute
+    finetuned = {k: v.detach() + 0.1 for k, v in original.state_dict().items()}
+    negated = negate_task_vector(original, finetuned, coef=1.0)
+    expected = original.weight_orig.detach() - 0.1
+    torch.testing.assert_close(negated.weight_orig.detach(), expected)

@@ -24,7 +24,7 @@ from modeconn_unlearn.losses import (
     random_label,
 )
 from modeconn_unlearn.masks import layer_mask, saliency_mask
-from modeconn_unlearn.training import EpochRecord, History, fit_curve, retrain, unlearn
+from modeconn_unlearn.training import EpochRecord, History, TrainConfig, fit_curve, retrain, unlearn
 
 
 def tensors(dataset):
@@ -587,3 +587,355 @@ def test_history_to_dict():
     assert columns["epoch"] == [1, 2] and columns["loss"] == [0.5, 0.4]
     assert columns["t"][0] == 0.4 and math.isnan(columns["t"][1])
     assert len(history) == 2 and history[0].retain_acc == 90.0
+
+
+# --------------------------------------------------------------------------- nothing silently
+def test_an_empty_forget_set_is_an_error_when_the_objective_needs_it(tiny):
+    retain, _ = tiny
+    empty = Subset(retain.dataset, [])
+    curve = CurveModel(make_mlp(0), end=make_mlp(1))
+    before = snapshot(curve)
+    with pytest.raises(ModeConnError, match="FORGET set is empty"):
+        fit_curve(curve, retain, empty, loss=mcu_objective(0.1), epochs=1, lr=0.1, progress=False)
+    assert same_state(before, snapshot(curve))
+    with pytest.raises(ModeConnError, match="FORGET set is empty"):
+        unlearn(make_mlp(0), retain, empty, loss=gradient_ascent(), epochs=1, lr=0.1)
+    with pytest.raises(ModeConnError, match=r"FORGET set is not given \(None\)"):
+        unlearn(make_mlp(0), retain, None, loss=mcu_objective(0.1), epochs=1, lr=0.1)
+    with pytest.raises(ModeConnError, match="RETAIN set is empty"):
+        unlearn(make_mlp(0), empty, retain, loss=finetune(), epochs=1, lr=0.1)
+
+
+@pytest.mark.parametrize("bad", [nn.CrossEntropyLoss(), nn.NLLLoss(), "gradient_ascent", 3])
+def test_torch_loss_modules_and_non_callables_are_not_objectives(tiny, bad):
+    retain, forget = tiny
+    with pytest.raises(ModeConnError, match=r"loss\(model, batch\)") as info:
+        unlearn(make_mlp(0), retain, forget, loss=bad, epochs=1, lr=0.1)
+    assert "gradient_ascent()" in str(info.value) and "finetune()" in str(info.value)
+
+
+def test_unlearn_copies_spectral_norm_models(tiny):
+    retain, forget = tiny
+    model = nn.Sequential(nn.utils.spectral_norm(nn.Linear(64, 10)))
+    model(torch.randn(2, 64)).sum().backward()  # a non-leaf weight: deepcopy would refuse
+    before = model[0].weight_orig.detach().clone()
+    result = unlearn(model, retain, forget, loss=finetune(), epochs=1, lr=0.1, progress=False)
+    assert not torch.equal(result[0].weight_orig, before)
+    assert torch.equal(model[0].weight_orig, before)
+
+
+class BNNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(64, 16)
+        self.bn = nn.BatchNorm1d(16)
+        self.out = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.bn(self.lin(x))))
+
+
+class FailAt:
+    """finetune, but at call ``call`` it runs the model (updating BatchNorm) and then fails."""
+
+    def __init__(self, call: int, how: str) -> None:
+        self.call, self.calls, self.how = call, 0, how
+        self.inner = finetune()
+        self.seen: dict[str, torch.Tensor] = {}
+        self.needs = self.inner.needs
+
+    def __call__(self, model, batch):
+        self.calls += 1
+        if self.calls == self.call:
+            self.seen = snapshot(model)
+        value = self.inner(model, batch)
+        if self.calls != self.call:
+            return value
+        if self.how == "raise":
+            raise Stop("objective failed")
+        return value * float("nan")
+
+
+@pytest.mark.parametrize("how", ["raise", "nan"])
+def test_a_failed_step_leaves_the_curve_at_its_last_good_state_buffers_included(tiny, how):
+    retain, forget = tiny
+    a, b = BNNet(), BNNet()
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(0.1)
+    curve = CurveModel(a, start=a, end=b)
+    loss = FailAt(call=3, how=how)
+    error = Stop if how == "raise" else NonFiniteLossError
+    with pytest.raises(error):
+        fit_curve(
+            curve, retain, forget, loss=loss, epochs=2, lr=0.05, batch_size=16, progress=False
+        )
+    assert same_state(snapshot(curve), loss.seen)
+
+
+def test_a_non_finite_gradient_is_refused_before_the_update(tiny):
+    retain, forget = tiny
+
+    class InfGrad:
+        needs = ("retain",)
+
+        def __call__(self, model, batch):
+            loss = F.cross_entropy(model(batch.inputs), batch.targets)
+            return loss + torch.sqrt(loss * 0.0)  # sqrt'(0) = inf: finite value, inf gradient
+
+    model = make_mlp(0)
+    with pytest.raises(NonFiniteLossError, match="gradient") as info:
+        unlearn(model, retain, forget, loss=InfGrad(), epochs=1, lr=0.1, progress=False)
+    assert same_state(snapshot(info.value.model), snapshot(make_mlp(0)))
+
+
+def test_callback_failures_leave_the_curve_after_its_last_step(tiny):
+    retain, _ = tiny
+    args = dict(loss=finetune(), lr=0.05, batch_size=16, progress=False)
+    reference = CurveModel(make_mlp(0), end=make_mlp(1))
+    fit_curve(reference, retain, None, max_steps=4, **args)
+
+    def fail_at_four(step, model):
+        if step == 4:
+            raise Stop("step callback failed")
+
+    curve = CurveModel(make_mlp(0), end=make_mlp(1))
+    with pytest.raises(Stop):
+        fit_curve(curve, retain, None, epochs=3, step_callback=fail_at_four, **args)
+    assert same_state(snapshot(curve), snapshot(reference))
+
+    def fail(record, model):
+        raise Stop("epoch callback failed")
+
+    after_one = CurveModel(make_mlp(0), end=make_mlp(1))
+    fit_curve(after_one, retain, None, epochs=1, **args)
+    curve = CurveModel(make_mlp(0), end=make_mlp(1))
+    with pytest.raises(Stop):
+        fit_curve(curve, retain, None, epochs=3, callbacks=[fail], **args)
+    assert same_state(snapshot(curve), snapshot(after_one))
+
+
+def test_a_nan_loss_in_unlearn_puts_back_the_batchnorm_statistics_of_the_failed_pass(tiny):
+    retain, forget = tiny
+    loss = FailAt(call=3, how="nan")
+    with pytest.raises(NonFiniteLossError) as info:
+        unlearn(
+            BNNet(), retain, forget, loss=loss, epochs=2, lr=0.05, batch_size=16, progress=False
+        )
+    assert same_state(snapshot(info.value.model), loss.seen)
+
+
+# --------------------------------------------------------------------------- TrainConfig
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": 0.1}, "epochs=... or max_steps"),
+        ({"lr": 0.0, "epochs": 1}, "lr must be > 0"),
+        ({"lr": float("nan"), "epochs": 1}, "lr must be a finite"),
+        ({"lr": 0.1, "epochs": 0}, "epochs must be a positive integer"),
+        ({"lr": 0.1, "epochs": 1.5}, "epochs must be a positive integer"),
+        ({"lr": 0.1, "max_steps": -2}, "max_steps must be a positive integer"),
+        ({"lr": 0.1, "epochs": 1, "optimizer": "lbfgs"}, "unknown optimizer"),
+        ({"lr": 0.1, "epochs": 1, "momentum": -0.5}, "momentum must be >= 0"),
+        ({"lr": 0.1, "epochs": 1, "weight_decay": -1.0}, "weight_decay must be >= 0"),
+        ({"lr": 0.1, "epochs": 1, "batch_size": 0}, "batch_size"),
+        ({"lr": 0.1, "epochs": 1, "retain_ratio": 1.5}, "retain_ratio"),
+        ({"lr": 0.1, "epochs": 1, "seed": 1.0}, "seed must be an integer"),
+        ({"lr": 0.1, "epochs": 1, "device": "gpu0"}, "not a torch device"),
+        ({"lr": 0.1, "epochs": 1, "resume": True}, "checkpoint_dir"),
+        ({"lr": 0.1, "epochs": 1, "callbacks": [1]}, "callbacks must be callables"),
+        ({"lr": 0.1, "epochs": 1, "step_callback": 3}, "step_callback"),
+        ({"lr": 0.1, "epochs": 1, "curriculum": "random"}, "curriculum"),
+        ({"lr": 0.1, "epochs": 1, "t_sampler": (0.8, 0.2)}, "t_sampler"),
+        ({"lr": 0.1, "epochs": 1, "compile": 1}, "compile"),
+    ],
+)
+def test_train_config_validates_every_field(kwargs, message):
+    with pytest.raises(ModeConnError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_train_config_is_frozen_and_replace_checks_again():
+    config = TrainConfig(lr=0.1, epochs=2)
+    with pytest.raises(AttributeError):
+        config.lr = 0.2  # type: ignore[misc]
+    assert config.replace(batch_size=8).batch_size == 8
+    with pytest.raises(ModeConnError, match="batch_size"):
+        config.replace(batch_size=0)
+    with pytest.raises(ModeConnError, match=r"unknown keyword.*'epoch'.*valid ones are"):
+        config.replace(epoch=3)
+
+
+def test_config_and_keywords_give_the_same_run(tiny):
+    retain, forget = tiny
+    config = TrainConfig(lr=0.05, epochs=2, batch_size=16, progress=False, seed=4)
+    by_config = unlearn(make_mlp(0), retain, forget, loss=random_label(10), config=config)
+    by_keywords = unlearn(
+        make_mlp(0),
+        retain,
+        forget,
+        loss=random_label(10),
+        lr=0.05,
+        epochs=2,
+        batch_size=16,
+        progress=False,
+        seed=4,
+    )
+    assert same_state(snapshot(by_config), snapshot(by_keywords))
+    overridden = unlearn(make_mlp(0), retain, forget, loss=random_label(10), config=config, seed=5)
+    assert not same_state(snapshot(overridden), snapshot(by_config))
+
+
+def test_unknown_and_inapplicable_keywords_are_errors(tiny):
+    retain, forget = tiny
+    with pytest.raises(
+        ModeConnError, match=r"unknown keyword.*'epoch'.*valid ones are:.*max_steps"
+    ):
+        unlearn(make_mlp(0), retain, forget, loss=finetune(), epoch=3, lr=0.1)
+    with pytest.raises(ModeConnError, match="t_sampler"):
+        unlearn(make_mlp(0), retain, forget, loss=finetune(), epochs=1, lr=0.1, t_sampler=(0, 1))
+    with pytest.raises(ModeConnError, match="retain_ratio"):
+        retrain(make_mlp(0), retain, epochs=1, lr=0.1, retain_ratio=0.5)
+    with pytest.raises(ModeConnError, match="needs lr="):
+        unlearn(make_mlp(0), retain, forget, loss=finetune(), epochs=1)
+
+
+def test_max_steps_and_step_callback_fine_tune_a_copy_for_k_steps(tiny):
+    retain, _ = tiny
+    seen: list[tuple[int, dict[str, torch.Tensor]]] = []
+    model = make_mlp(0)
+    result = unlearn(
+        model,
+        retain,
+        None,
+        loss=finetune(),
+        lr=0.1,
+        max_steps=4,
+        batch_size=16,
+        progress=False,
+        step_callback=lambda step, m: seen.append((step, snapshot(m))),
+    )
+    assert [step for step, _ in seen] == [1, 2, 3, 4]  # 40 samples / 16: 3 steps per epoch
+    assert same_state(seen[-1][1], snapshot(result))
+    assert not same_state(seen[0][1], seen[1][1])
+    # the same four steps by hand: SGD with momentum over the same batches
+    longer = unlearn(
+        model,
+        retain,
+        None,
+        loss=finetune(),
+        lr=0.1,
+        epochs=2,
+        batch_size=16,
+        progress=False,
+        step_callback=lambda step, m: seen.append((step, snapshot(m))),
+    )
+    assert same_state(seen[4 + 3][1], seen[3][1])  # step 4 of the longer run = the short run
+    assert not same_state(snapshot(longer), seen[3][1])
+
+
+def test_max_steps_with_epochs_stops_at_the_first_limit(tiny):
+    retain, forget = tiny
+    records: list = []
+    unlearn(
+        make_mlp(0),
+        retain,
+        forget,
+        loss=finetune(),
+        lr=0.1,
+        epochs=5,
+        max_steps=4,
+        batch_size=16,
+        progress=False,
+        callbacks=[lambda r, m: records.append(r)],
+    )
+    assert [r.steps for r in records] == [3, 1]
+
+
+def test_a_callable_optimizer_is_plugged_in(tiny):
+    retain, forget = tiny
+    made = []
+
+    def factory(params, lr):
+        made.append(lr)
+        return torch.optim.Adagrad(params, lr=lr)
+
+    by_factory = unlearn(
+        make_mlp(0),
+        retain,
+        forget,
+        loss=finetune(),
+        lr=0.05,
+        epochs=1,
+        optimizer=factory,
+        progress=False,
+    )
+    by_name = unlearn(
+        make_mlp(0),
+        retain,
+        forget,
+        loss=finetune(),
+        lr=0.05,
+        epochs=1,
+        optimizer=lambda p, lr: torch.optim.Adagrad(p, lr=lr),
+        progress=False,
+    )
+    assert made == [0.05] and same_state(snapshot(by_factory), snapshot(by_name))
+
+
+def test_compile_gives_the_same_model(tiny):
+    retain, forget = tiny
+    args = dict(loss=finetune(), lr=0.05, epochs=1, batch_size=20, progress=False)
+    plain = unlearn(make_mlp(0), retain, forget, **args)
+    compiled = unlearn(make_mlp(0), retain, forget, compile="eager", **args)
+    assert type(compiled).__name__ == "Sequential"
+    assert set(compiled.state_dict()) == set(plain.state_dict())  # no _orig_mod. prefix
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(compiled.state_dict()[key], value)
+
+
+def test_fit_curve_compiles_the_curve(tiny):
+    retain, forget = tiny
+    args = dict(loss=mcu_objective(0.1), lr=0.05, epochs=1, batch_size=20, progress=False)
+    plain, compiled = (CurveModel(make_mlp(0), end=make_mlp(1)) for _ in range(2))
+    fit_curve(plain, retain, forget, **args)
+    fit_curve(compiled, retain, forget, compile="eager", **args)
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(compiled.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("curriculum", ["easy_first", "hard_first"])
+def test_curriculum_orders_forget_samples_by_the_initial_loss(tiny, curriculum):
+    retain, forget = tiny
+    model = make_mlp(0)
+    x = torch.stack([forget[i][0] for i in range(len(forget))])
+    y = torch.tensor([int(forget[i][1]) for i in range(len(forget))])
+    with torch.no_grad():
+        initial = F.cross_entropy(model(x), y, reduction="none")
+    expected = torch.argsort(-initial if curriculum == "hard_first" else initial, stable=True)
+    order: list[torch.Tensor] = []
+
+    class Spy:
+        needs = ("retain", "forget")
+
+        def __init__(self) -> None:
+            self.inner = finetune()
+
+        def __call__(self, m, batch):
+            order.extend(batch.inputs[batch.is_forget])
+            return self.inner(m, batch)
+
+    unlearn(
+        model,
+        retain,
+        forget,
+        loss=Spy(),
+        lr=0.01,
+        epochs=1,
+        batch_size=8,
+        curriculum=curriculum,
+        progress=False,
+    )
+    seen = torch.stack(order)
+    assert torch.equal(seen, x[expected])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,7 +15,7 @@ from torch import nn
 
 from .errors import ModeConnError
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["StateSource", "load_checkpoint", "plain_text", "save_checkpoint"]
 
 StateSource = nn.Module | Mapping[str, Any] | str | os.PathLike[str]
 
@@ -71,16 +72,39 @@ def load_checkpoint(source: StateSource) -> dict[str, torch.Tensor]:
     return tensors
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def plain_text(message: str) -> str:
+    r"""``message`` without ANSI terminal escape codes (bold, colours).
+
+    Example:
+        >>> plain_text("\x1b[1mbold\x1b[0m text")
+        'bold text'
+    """
+    return _ANSI.sub("", message)
+
+
 def _load_file(path: Path) -> Any:
     if not path.is_file():
         raise ModeConnError(f"Checkpoint file {str(path)!r} does not exist; check the path.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        detail = plain_text(str(error))
+        found = _GLOBAL.search(detail)
+        holds = (
+            f"it holds a pickled {found.group(1)} object (e.g. a whole model saved with "
+            "torch.save(model, path)), which could run code when loaded"
+            if found
+            else "it may contain code"
+        )
+        reason = "" if found else f" Details: {' '.join(detail.split())[:300]}"
         raise ModeConnError(
-            f"Refusing to load {str(path)!r}: it is not loadable with weights_only=True "
-            "(it may contain code). Re-save it as a plain state_dict with torch.save("
-            f"model.state_dict(), path). Details: {error}"
+            f"Refusing to load {str(path)!r}: it is not loadable with weights_only=True ({holds}). "
+            "Re-save it as a plain state dict with torch.save(model.state_dict(), path), where "
+            f"you trust the file.{reason}"
         ) from error
 
 

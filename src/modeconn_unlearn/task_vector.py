@@ -7,13 +7,13 @@ away from it: ``θ_o - coef * (θ_ft - θ_o)``.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 from torch import nn
 
 from .checkpoint import StateSource, load_checkpoint
+from .cloning import clone_module
 from .errors import IncompatibleModelsError, ModeConnError, listed
 
 __all__ = ["negate_task_vector"]
@@ -85,7 +85,7 @@ def negate_task_vector(
             + "; ".join(problems)
             + ". Pass the original model fine-tuned on the forget set (same architecture)."
         )
-    negated = copy.deepcopy(original)
+    negated = clone_module(original)
     with torch.no_grad():
         for name, p in negated.named_parameters():
             if p.is_floating_point():

@@ -1,0 +1,252 @@
+"""The one training loop behind :func:`unlearn`, :func:`retrain` and :func:`fit_curve`.
+
+Deterministic given the seed (the global RNGs are seeded inside the run and
+restored after it; the data order comes from its own generator), a checkpoint
+written atomically after every epoch, bit-identical continuation on resume,
+and a failed step (a NaN/inf loss or gradient, an exception in the objective
+or in a callback) leaves the module at its last good state: no update is made
+with a non-finite value, and the buffers a failed forward pass changed (e.g.
+BatchNorm running statistics) are put back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from tqdm import tqdm
+
+from ..curve_model import CurveModel
+from ..data import move_to_device
+from ..errors import ModeConnError, NonFiniteLossError
+from ..losses import UnlearnLoss
+from .config import TrainConfig
+from .distributed import barrier, is_distributed, rank
+from .history import EpochMeter, History
+from .loaders import RunLoader
+from .state import check_resumable, load_state, rng_state, seeded, set_rng_state, write_state
+
+__all__ = ["Run", "train"]
+
+logger = logging.getLogger("modeconn_unlearn.training")
+
+
+@dataclass
+class Run:
+    """Everything one training run needs (built by the public functions).
+
+    Attributes:
+        kind: ``"unlearn"``, ``"retrain"`` or ``"fit_curve"`` (names the checkpoint file).
+        module: The module being trained; its ``state_dict`` is checkpointed.
+        loss: The objective.
+        data: The run's loader.
+        optimizer: Over the trainable parameters of ``module``.
+        scheduler: Stepped once per epoch, or ``None``.
+        config: The run's settings.
+        device: Where the batches go.
+        after_step: Called after every optimizer step (re-pins masked-out entries).
+        settings: The settings a resumed run must share with the checkpoint.
+    """
+
+    kind: str
+    module: nn.Module
+    loss: UnlearnLoss
+    data: RunLoader
+    optimizer: Optimizer
+    scheduler: LRScheduler | None
+    config: TrainConfig
+    device: torch.device
+    after_step: Callable[[], None]
+    settings: dict[str, Any]
+
+
+def _forward_module(run: Run) -> nn.Module:
+    """The module the objective is called with: DDP- and/or ``torch.compile``-wrapped."""
+    module: nn.Module = run.module
+    if is_distributed():
+        device_ids = [run.device] if run.device.type == "cuda" else None
+        module = DistributedDataParallel(
+            module,
+            device_ids=device_ids,
+            broadcast_buffers=not isinstance(run.module, CurveModel),
+        )
+    if run.config.compile:
+        backend = run.config.compile if isinstance(run.config.compile, str) else "inductor"
+        module = torch.compile(module, backend=backend)  # type: ignore[assignment]
+    return module
+
+
+def _checked_scalar(value: Any, where: str, module: nn.Module) -> float:
+    if not isinstance(value, Tensor) or value.numel() != 1:
+        raise ModeConnError(
+            f"the objective must return a scalar tensor, got {type(value).__name__}"
+            + (f" of shape {tuple(value.shape)}" if isinstance(value, Tensor) else "")
+            + "; reduce it with .mean()."
+        )
+    scalar = float(value.detach())
+    if not math.isfinite(scalar):
+        raise NonFiniteLossError(
+            f"{where}: the loss is {scalar}; no update was made with it, so the model keeps its "
+            "last finite state. Lower lr, use fewer epochs, or a bounded objective (e.g. "
+            "neggrad_plus, or mcu_objective with a smaller beta).",
+            model=module,
+        )
+    if not value.requires_grad:
+        raise ModeConnError(
+            f"{where}: the loss does not depend on any trainable parameter; check that the "
+            "objective runs the model it is given."
+        )
+    return scalar
+
+
+def _check_gradients(params: list[Tensor], where: str, module: nn.Module) -> None:
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+        raise NonFiniteLossError(
+            f"{where}: the loss is finite but its gradient is not (NaN or inf); no update was "
+            "made, so the model keeps its last finite state. Lower lr or clip the objective.",
+            model=module,
+        )
+
+
+def _step(run: Run, forward: nn.Module, batch: Any, params: list[Tensor], where: str) -> float:
+    """One optimizer step; on any failure the module's buffers are restored and nothing moves."""
+    buffers = [(b, b.detach().clone()) for b in run.module.buffers()]
+    try:
+        value = run.loss(forward, move_to_device(batch, run.device))
+        scalar = _checked_scalar(value, where, run.module)
+        run.optimizer.zero_grad(set_to_none=True)
+        value.backward()  # type: ignore[no-untyped-call]
+        _check_gradients(params, where, run.module)
+    except BaseException:
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+        run.optimizer.zero_grad(set_to_none=True)
+        raise
+    run.optimizer.step()
+    run.after_step()
+    return scalar
+
+
+def _resume(run: Run, path: Path | None, epochs: int) -> tuple[History, int, int]:
+    """History, epoch and global step to continue from (empty, 0, 0 without a checkpoint)."""
+    if not run.config.resume or path is None:
+        return History(), 0, 0
+    if not path.is_file():
+        logger.info("%s: no checkpoint at %s; starting from epoch 1", run.kind, path)
+        return History(), 0, 0
+    state = load_state(path)
+    check_resumable(state, run.kind, run.settings, path)
+    if int(state["epoch"]) > epochs:
+        raise ModeConnError(
+            f"the checkpoint {path} is at epoch {state['epoch']}, past epochs={epochs}."
+        )
+    run.module.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scheduler is not None and state["scheduler"] is not None:
+        run.scheduler.load_state_dict(state["scheduler"])
+    if run.data.generator is not None:
+        run.data.generator.set_state(state["loader_rng"])
+    set_rng_state(state["rng"], run.device)
+    start = int(state["epoch"])
+    logger.info("%s: resuming from %s after epoch %d", run.kind, path, start)
+    return History.from_state(state["history"]), start, int(state.get("step", 0))
+
+
+def _save(run: Run, path: Path, epoch: int, step: int, history: History) -> None:
+    if rank() == 0:
+        generator = run.data.generator
+        write_state(
+            path,
+            {
+                "kind": run.kind,
+                "epoch": epoch,
+                "step": step,
+                "config": run.settings,
+                "model": run.module.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": None if run.scheduler is None else run.scheduler.state_dict(),
+                "loader_rng": torch.zeros(0) if generator is None else generator.get_state(),
+                "rng": rng_state(run.device),
+                "history": history.state(),
+            },
+        )
+    barrier()
+
+
+def train(run: Run) -> History:
+    """Run the loop; returns the :class:`History` (of all epochs, with ``resume``)."""
+    config = run.config
+    steps = len(run.data.loader)
+    if steps == 0:
+        raise ModeConnError(f"{run.kind}: the training data gives no batch.")
+    max_steps = config.max_steps
+    epochs = config.epochs if config.epochs is not None else -(-int(max_steps or 0) // steps)
+    path = None if config.checkpoint_dir is None else Path(config.checkpoint_dir) / f"{run.kind}.pt"
+    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    with seeded(int(config.seed), run.device):
+        history, start, step = _resume(run, path, epochs)
+        forward = _forward_module(run)
+        total = epochs * steps if max_steps is None else min(epochs * steps, max_steps)
+        bar = tqdm(
+            total=total,
+            initial=min(start * steps, total) if max_steps is None else min(step, total),
+            desc=run.kind,
+            unit="step",
+            disable=not config.progress or rank() != 0,
+            dynamic_ncols=True,
+        )
+        try:
+            for epoch in range(start + 1, epochs + 1):
+                if max_steps is not None and step >= max_steps:
+                    break
+                run.module.train()
+                run.data.start_epoch(epoch)
+                meter = EpochMeter()
+                began = time.perf_counter()
+                lr = float(run.optimizer.param_groups[0]["lr"])
+                for index, batch in enumerate(run.data.loader, start=1):
+                    where = f"{run.kind} epoch {epoch}/{epochs}, step {index}/{steps}"
+                    scalar = _step(run, forward, batch, params, where)
+                    step += 1
+                    stats = getattr(run.loss, "last_stats", None)
+                    meter.update(scalar, stats if isinstance(stats, Mapping) else {})
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{scalar:.4f}", refresh=False)
+                    if config.step_callback is not None:
+                        config.step_callback(step, run.module)
+                    if max_steps is not None and step >= max_steps:
+                        break
+                if run.scheduler is not None:
+                    run.scheduler.step()
+                record = meter.record(epoch, lr, time.perf_counter() - began)
+                history.records.append(record)
+                logger.info(
+                    "%s epoch %d/%d: loss=%.4f retain_acc=%.2f forget_acc=%.2f beta=%.4g (%.1fs)",
+                    run.kind,
+                    epoch,
+                    epochs,
+                    record.loss,
+                    record.retain_acc,
+                    record.forget_acc,
+                    record.beta,
+                    record.time_s,
+                )
+                if path is not None:
+                    _save(run, path, epoch, step, history)
+                for callback in config.callbacks:
+                    callback(record, run.module)
+        finally:
+            bar.close()
+    return history
