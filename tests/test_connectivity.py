@@ -25,6 +25,7 @@ from modeconn_unlearn.connectivity import (
 from modeconn_unlearn.curve_model import CurveModel
 from modeconn_unlearn.errors import ModeConnError
 from modeconn_unlearn.evaluation import evaluate
+from modeconn_unlearn.tasks import CausalLMTask
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -386,3 +387,49 @@ def test_plots_draw_and_save(tmp_path, digits, trained):
     assert (tmp_path / "barriers.png").stat().st_size > 0
     assert (tmp_path / "matrix.png").stat().st_size > 0
     assert fig.axes[0].get_title().startswith("test")
+
+
+# --------------------------------------------------------------------------- tasks
+class TinyLM(nn.Module):
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(7, 8)
+        self.head = nn.Linear(8, 7)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.embed(input_ids)))
+
+
+def lm_samples(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 7, (n, 6), generator=g)
+    labels = ids.clone()
+    labels[:, :2] = -100
+    return [{"input_ids": ids[i], "labels": labels[i]} for i in range(n)]
+
+
+def test_loss_barrier_of_language_models_uses_the_task_loss():
+    a, b, data = TinyLM(0), TinyLM(1), lm_samples(12, 2)
+    result = loss_barrier(a, b, data, ts=3, task=CausalLMTask())
+    curve = CurveModel(a, start=a, end=b, num_bends=2)
+    expected = [evaluate(curve.export(t), data, task=CausalLMTask()).loss for t in (0.0, 0.5, 1.0)]
+    np.testing.assert_allclose(result.values, expected, rtol=1e-6)
+    error = loss_barrier(a, b, data, ts=3, metric="error", task=CausalLMTask())
+    accuracy = evaluate(curve.export(0.5), data, task=CausalLMTask()).accuracy
+    assert error.values[1] == pytest.approx(100.0 - accuracy)
+
+
+def test_relearn_attack_on_a_language_model_lowers_the_answer_nll():
+    forget = lm_samples(16, 3)
+    result = relearn_attack(TinyLM(0), forget, steps=5, lr=0.5, samples=8, task=CausalLMTask())
+    assert result.train_loss[0] > result.train_loss[4]
+    eval_data = [forget[i] for i in range(16) if i not in set(result.samples.tolist())]
+    assert result.loss[0] == pytest.approx(
+        evaluate(TinyLM(0), eval_data, task=CausalLMTask()).loss, rel=1e-6
+    )
+
+
+def test_relearn_path_refuses_a_plain_model(digits):
+    with pytest.raises(ModeConnError, match="must be a CurveModel"):
+        relearn_path(make_mlp(0), 3, digits[1], steps=1, lr=0.1, samples=4, progress=False)

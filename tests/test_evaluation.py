@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import make_mlp
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import modeconn_unlearn.evaluation as evaluation
 from modeconn_unlearn.batchnorm import update_bn
@@ -21,11 +21,13 @@ from modeconn_unlearn.evaluation import (
     Metrics,
     PathReport,
     UnlearningScores,
+    collect_outputs,
     evaluate,
     evaluate_path,
     unlearning_scores,
 )
 from modeconn_unlearn.mia import svc_mia
+from modeconn_unlearn.tasks import CausalLMTask
 
 
 # --------------------------------------------------------------------------- helpers
@@ -115,7 +117,7 @@ def test_evaluate_rejects_bad_data() -> None:
         evaluate(model, TensorDataset(torch.zeros(0, 64), torch.zeros(0, dtype=torch.long)))
     with pytest.raises(ModeConnError, match="labels"):
         evaluate(model, TensorDataset(torch.zeros(4, 64)))
-    with pytest.raises(ModeConnError, match="class indices"):
+    with pytest.raises(ModeConnError, match="1-D integer class labels"):
         evaluate(model, TensorDataset(torch.zeros(4, 64), torch.zeros(4, 10)))
     with pytest.raises(ModeConnError, match="logits"):
         evaluate(nn.Flatten(0), TensorDataset(torch.zeros(4, 64), torch.zeros(4, dtype=torch.long)))
@@ -162,7 +164,9 @@ def test_unlearning_scores_and_gaps(splits: dict[str, TensorDataset]) -> None:
     )
     assert with_gaps.gaps == pytest.approx({"ua": 4.0, "ra": 2.0, "ta": 0.0, "mia": scores.mia})
     assert with_gaps.avg_gap == pytest.approx((6.0 + scores.mia) / 4.0)
-    assert with_gaps.as_dict()["avg_gap"] == with_gaps.avg_gap
+    assert with_gaps.to_dict()["avg_gap"] == with_gaps.avg_gap
+    with pytest.warns(DeprecationWarning, match="to_dict"):
+        assert with_gaps.as_dict() == with_gaps.to_dict()
 
     itself = unlearning_scores(
         model,
@@ -234,7 +238,7 @@ def test_bn_statistics_never_see_forget_data_by_default(
             batch_means.append(float(batch[0].mean()))
         update_bn(model, loader, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(evaluation, "update_bn", spy)
+    monkeypatch.setattr(evaluation.paths, "update_bn", spy)
     default = evaluate_path(bn_curve, shifted, ts=3, progress=False)
     assert batch_means and max(batch_means) < 1.0  # digits lie in [0, 1]; forget is >= 5
     explicit = evaluate_path(bn_curve, shifted, ts=3, bn_loader=shifted["retain"], progress=False)
@@ -256,7 +260,7 @@ def test_no_bn_pass_without_batchnorm(
     splits: dict[str, TensorDataset], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
-    monkeypatch.setattr(evaluation, "update_bn", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(evaluation.paths, "update_bn", lambda *a, **k: calls.append(a))
     curve = CurveModel(make_mlp(0), end=make_mlp(1), num_bends=2)
     report = evaluate_path(curve, {"forget": splits["forget"]}, ts=3, progress=False)
     assert calls == []
@@ -318,7 +322,7 @@ def test_bad_ts(
 def test_evaluate_path_rejects_plain_models_and_empty_splits(
     splits: dict[str, TensorDataset], bn_curve: CurveModel
 ) -> None:
-    with pytest.raises(TypeError, match="CurveModel"):
+    with pytest.raises(ModeConnError, match="must be a CurveModel"):
         evaluate_path(make_mlp(0), splits, progress=False)  # type: ignore[arg-type]
     with pytest.raises(ModeConnError, match="non-empty mapping"):
         evaluate_path(bn_curve, {}, progress=False)
@@ -403,3 +407,139 @@ def test_evaluate_leaves_a_copy_untouched(splits: dict[str, TensorDataset]) -> N
     evaluate(model, splits["test"])
     for key, value in model.state_dict().items():
         assert torch.equal(value, snapshot[key])
+
+
+# --------------------------------------------------------------------------- tasks and outputs
+class TinyLM(nn.Module):
+    """Token ids (N, L) -> logits (N, L, V); keyword input like a Hugging Face model."""
+
+    def __init__(self, seed: int, vocab: int = 7) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(vocab, 8)
+        self.head = nn.Linear(8, vocab)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.embed(input_ids)))
+
+
+def lm_samples(n: int, length: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """Dict samples with the first two tokens as an unscored prompt."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 7, (n, length), generator=g)
+    labels = ids.clone()
+    labels[:, :2] = -100
+    return [{"input_ids": ids[i], "labels": labels[i]} for i in range(n)]
+
+
+def hand_lm_metrics(
+    model: nn.Module, samples: list[dict[str, torch.Tensor]]
+) -> tuple[float, float]:
+    """Mean per-sample answer NLL and mean token accuracy (in %), computed directly."""
+    losses, accuracies = [], []
+    with torch.no_grad():
+        for sample in samples:
+            logits = model(sample["input_ids"][None])[0, :-1]
+            labels = sample["labels"][1:]
+            keep = labels != -100
+            nll = nn.functional.cross_entropy(logits[keep], labels[keep], reduction="mean")
+            losses.append(float(nll))
+            accuracies.append(float((logits[keep].argmax(-1) == labels[keep]).float().mean()))
+    return 100.0 * sum(accuracies) / len(samples), sum(losses) / len(samples)
+
+
+def test_evaluate_scores_a_language_model_through_its_task() -> None:
+    model, samples = TinyLM(0), lm_samples(12, 6, seed=1)
+    metrics = evaluate(model, DataLoader(samples, batch_size=5), task=CausalLMTask())
+    accuracy, loss = hand_lm_metrics(model, samples)
+    assert metrics.count == 12
+    assert metrics.accuracy == pytest.approx(accuracy, abs=1e-9)
+    assert metrics.loss == pytest.approx(loss, rel=1e-6)
+    with pytest.raises(ModeConnError, match="CausalLMTask"):
+        evaluate(
+            make_mlp(0),
+            TensorDataset(torch.zeros(4, 64), torch.zeros(4, dtype=torch.long)),
+            task=CausalLMTask(),
+        )
+
+
+def test_outputs_are_per_sample_and_pad_signals_of_different_lengths() -> None:
+    model = TinyLM(0)
+    short, long = lm_samples(3, 5, seed=2), lm_samples(2, 8, seed=3)
+    loader = DataLoader(short + long, batch_sampler=[[0, 1, 2], [3, 4]])  # two lengths
+    outputs = collect_outputs(model, loader, task=CausalLMTask(), signals=True)
+    assert outputs.loss.shape == outputs.correct.shape == (5,)
+    assert outputs.signals["token_logprobs"].shape == (5, 7)  # right-padded to L - 1 = 7
+    assert not outputs.signals["token_mask"][:3, 4:].any()
+    for i, sample in enumerate(short + long):
+        single = collect_outputs(model, [sample], task=CausalLMTask())
+        assert outputs.loss[i].item() == pytest.approx(single.loss.item(), rel=1e-6)
+
+
+def test_classification_outputs_match_the_per_sample_cross_entropy(
+    splits: dict[str, TensorDataset],
+) -> None:
+    model = make_mlp(0)
+    outputs = collect_outputs(model, DataLoader(splits["test"], batch_size=64), signals=True)
+    x, y = splits["test"].tensors
+    with torch.no_grad():
+        logits = model(x)
+    expected = nn.functional.cross_entropy(logits, y, reduction="none").double()
+    torch.testing.assert_close(outputs.loss, expected)
+    torch.testing.assert_close(outputs.correct, (logits.argmax(1) == y).double())
+    torch.testing.assert_close(outputs.signals["logits"], logits)
+    metrics = outputs.metrics()
+    assert metrics.accuracy == 100.0 * int((logits.argmax(1) == y).sum()) / len(y)
+
+
+def test_evaluate_path_with_a_language_model_task() -> None:
+    samples = lm_samples(10, 6, seed=4)
+    curve = CurveModel(TinyLM(0), end=TinyLM(1), num_bends=3)
+    report = evaluate_path(curve, {"forget": samples}, ts=3, task=CausalLMTask(), progress=False)
+    for index, t in enumerate(report.t):
+        accuracy, loss = hand_lm_metrics(curve.export(float(t)), samples)
+        assert report.acc("forget")[index] == pytest.approx(accuracy, abs=1e-9)
+        assert report.loss("forget")[index] == pytest.approx(loss, rel=1e-6)
+    assert report.meta["task"] == "CausalLMTask(reduction='mean')"
+
+
+def test_unlearning_scores_of_a_language_model_use_the_loss_feature() -> None:
+    retain, forget, test = lm_samples(20, 6, 5), lm_samples(10, 6, 6), lm_samples(10, 6, 7)
+    model = TinyLM(0)
+    with pytest.raises(ModeConnError, match="'loss'"):
+        unlearning_scores(model, retain=retain, forget=forget, test=test, task=CausalLMTask())
+    scores = unlearning_scores(
+        model, retain=retain, forget=forget, test=test, task=CausalLMTask(), mia_feature="loss"
+    )
+    forget_accuracy, _ = hand_lm_metrics(model, forget)
+    assert scores.ua == pytest.approx(100.0 - forget_accuracy, abs=1e-9)
+    assert 0.0 <= scores.mia <= 100.0
+
+
+def test_bn_samples_re_estimates_on_a_seeded_retain_subset(
+    bn_curve: CurveModel, splits: dict[str, TensorDataset]
+) -> None:
+    report = evaluate_path(bn_curve, splits, ts=2, bn_samples=64, seed=3, progress=False)
+    assert report.meta["bn_data"] == "retain (64 samples)"
+    chosen = np.sort(np.random.default_rng(3).choice(len(splits["retain"]), 64, replace=False))
+    subset = DataLoader(Subset(splits["retain"], chosen.tolist()), batch_size=256)
+    for index, t in enumerate(report.t):
+        model = bn_curve.export(float(t))
+        update_bn(model, subset)
+        assert report.loss("test")[index] == pytest.approx(
+            evaluate(model, splits["test"]).loss, rel=1e-6
+        )
+    full = evaluate_path(bn_curve, splits, ts=2, progress=False)
+    assert not np.allclose(full.loss("test"), report.loss("test"))
+    everything = evaluate_path(bn_curve, splits, ts=2, bn_samples=10_000, progress=False)
+    np.testing.assert_allclose(everything.loss("test"), full.loss("test"))
+    with pytest.raises(ModeConnError, match="bn_samples"):
+        evaluate_path(bn_curve, splits, ts=2, bn_samples=0, progress=False)
+
+
+def test_report_files_are_written_atomically(report: PathReport, tmp_path: object) -> None:
+    target = tmp_path / "deep" / "report.json"  # type: ignore[operator]
+    report.save(target)
+    assert PathReport.load(target).to_dict() == report.to_dict()
+    leftovers = [p.name for p in target.parent.iterdir() if p.name != "report.json"]
+    assert leftovers == []

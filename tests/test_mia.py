@@ -9,12 +9,12 @@ from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 from sklearn.svm import SVC
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from modeconn_unlearn.errors import ModeConnError
 from modeconn_unlearn.mia import (
-    _lira_scores,
     lira,
+    lira_scores,
     logit_confidence,
     modified_entropy,
     roc_metrics,
@@ -23,6 +23,8 @@ from modeconn_unlearn.mia import (
     threshold_attack,
     train_reference_models,
 )
+from modeconn_unlearn.tasks import CausalLMTask
+from modeconn_unlearn.training import retrain
 
 # --------------------------------------------------------------------------- helpers
 N_FEATURES, N_CLASSES = 20, 10
@@ -269,11 +271,11 @@ def test_svc_mia_rejects_tiny_or_missing_inputs(membership: dict) -> None:
 
 
 # --------------------------------------------------------------------------- LiRA
-def test_lira_scores_match_hand_computed_gaussians() -> None:
+def testlira_scores_match_hand_computed_gaussians() -> None:
     reference = np.array([[1.0, 0.0], [3.0, 1.0], [0.0, 5.0], [-2.0, 3.0]])
     in_mask = np.array([[True, False], [True, False], [False, True], [False, True]])
     target = np.array([2.5, 0.5])
-    online = _lira_scores(target, reference, in_mask, online=True, fix_variance=False)
+    online = lira_scores(target, reference, in_mask, online=True, fix_variance=False)
     # Example 0: IN {1, 3} -> N(2, 1); OUT {0, -2} -> N(-1, 1).
     # Example 1: IN {5, 3} -> N(4, 1); OUT {0, 1} -> N(0.5, 0.5).
     expected = [
@@ -281,9 +283,9 @@ def test_lira_scores_match_hand_computed_gaussians() -> None:
         norm.logpdf(0.5, 4.0, 1.0) - norm.logpdf(0.5, 0.5, 0.5),
     ]
     np.testing.assert_allclose(online, expected)
-    offline = _lira_scores(target, reference, in_mask, online=False, fix_variance=False)
+    offline = lira_scores(target, reference, in_mask, online=False, fix_variance=False)
     np.testing.assert_allclose(offline, [(2.5 + 1.0) / 1.0, (0.5 - 0.5) / 0.5])
-    pooled = _lira_scores(target, reference, in_mask, online=False, fix_variance=True)
+    pooled = lira_scores(target, reference, in_mask, online=False, fix_variance=True)
     # OUT residuals: (1, -1) and (-0.5, 0.5): sum of squares 2.5 over 4 - 2 = 2 dof.
     np.testing.assert_allclose(pooled, [3.5 / math.sqrt(1.25), 0.0])
 
@@ -292,8 +294,8 @@ def test_lira_needs_enough_reference_models() -> None:
     reference = np.zeros((4, 2))
     in_mask = np.array([[True, True], [False, True], [False, False], [False, False]])
     with pytest.raises(ModeConnError, match="fewer than 2 IN"):
-        _lira_scores(np.zeros(2), reference, in_mask, online=True, fix_variance=False)
-    scores = _lira_scores(np.zeros(2), reference, in_mask, online=True, fix_variance=True)
+        lira_scores(np.zeros(2), reference, in_mask, online=True, fix_variance=False)
+    scores = lira_scores(np.zeros(2), reference, in_mask, online=True, fix_variance=True)
     assert np.isfinite(scores).all()
 
 
@@ -340,3 +342,105 @@ def test_lira_rejects_shuffled_loaders_and_bad_masks() -> None:
         lira(make_net(), models, data, mask[:, :4])
     with pytest.raises(ModeConnError, match="boolean"):
         lira(make_net(), models, data, mask * 2)
+
+
+# --------------------------------------------------------------------------- tasks
+class TinyLM(nn.Module):
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(7, 8)
+        self.head = nn.Linear(8, 7)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.embed(input_ids)))
+
+
+def lm_samples(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 7, (n, 6), generator=g)
+    labels = ids.clone()
+    labels[:, :2] = -100
+    return [{"input_ids": ids[i], "labels": labels[i]} for i in range(n)]
+
+
+def answer_nll(model: nn.Module, samples: list[dict[str, torch.Tensor]]) -> np.ndarray:
+    with torch.no_grad():
+        values = []
+        for sample in samples:
+            logits, labels = model(sample["input_ids"][None])[0, :-1], sample["labels"][1:]
+            keep = labels != -100
+            values.append(float(nn.functional.cross_entropy(logits[keep], labels[keep])))
+    return np.array(values)
+
+
+def test_threshold_attack_on_a_language_model_thresholds_the_answer_nll() -> None:
+    model, members, nonmembers = TinyLM(0), lm_samples(30, 1), lm_samples(30, 2)
+    result = threshold_attack(
+        model, member=members, nonmember=nonmembers, signals=("loss",), task=CausalLMTask()
+    )
+    truth = np.r_[np.ones(30), np.zeros(30)]
+    scores = -np.r_[answer_nll(model, members), answer_nll(model, nonmembers)]
+    assert result["loss"].auc == pytest.approx(roc_auc_score(truth, scores), abs=1e-6)
+    with pytest.raises(ModeConnError, match="CausalLMTask"):
+        threshold_attack(model, member=members, nonmember=nonmembers, task=CausalLMTask())
+
+
+def test_svc_mia_on_a_language_model_needs_the_loss_feature() -> None:
+    model, members, nonmembers = TinyLM(0), lm_samples(30, 1), lm_samples(30, 2)
+    with pytest.raises(ModeConnError, match="'loss' feature"):
+        svc_mia(
+            model,
+            shadow_train=members,
+            shadow_test=nonmembers,
+            target_test=nonmembers,
+            task=CausalLMTask(),
+        )
+    score = svc_mia(
+        model,
+        shadow_train=members,
+        shadow_test=nonmembers,
+        target_test=nonmembers,
+        features=("loss",),
+        task=CausalLMTask(),
+    )["loss"]
+    x = np.r_[answer_nll(model, members), answer_nll(model, nonmembers)][:, None]
+    svc = SVC(C=3, gamma="auto", kernel="rbf", random_state=0).fit(
+        x, np.r_[np.ones(30), np.zeros(30)]
+    )
+    expected = 1.0 - svc.predict(answer_nll(model, nonmembers)[:, None]).mean()
+    assert score == pytest.approx(expected, abs=1e-6)
+
+
+def test_lira_on_a_language_model_uses_the_log_likelihood() -> None:
+    data = lm_samples(6, 3)
+    refs = [TinyLM(10 + j) for j in range(4)]
+    mask = np.array([[1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]] * 2, dtype=bool)
+    scores = lira(TinyLM(0), refs, data, mask, online=False, task=CausalLMTask())
+    reference = np.stack([-answer_nll(m, data) for m in refs])
+    expected = lira_scores(
+        -answer_nll(TinyLM(0), data), reference, mask, online=False, fix_variance=False
+    )
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+
+
+def test_reference_models_are_trained_by_retrain() -> None:
+    data = random_label_data(20, seed=4)
+    refs = train_reference_models(
+        lambda: make_net(0), data, k=2, epochs=2, lr=0.05, seed=7, progress=False
+    )
+    for j, model in enumerate(refs.models):
+        half = Subset(data, np.flatnonzero(refs.in_mask[j]).tolist())
+        expected = retrain(
+            lambda: make_net(0),
+            half,
+            epochs=2,
+            lr=0.05,
+            seed=7 + j,
+            momentum=0.9,
+            weight_decay=5e-4,
+            batch_size=64,
+            progress=False,
+        )
+        for a, b in zip(model.parameters(), expected.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

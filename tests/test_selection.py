@@ -196,3 +196,26 @@ def test_effective_region_needs_the_reference_point() -> None:
         effective_region(
             GOOD_T[:4], GOOD_ACC[:4], GOOD_ACC[:4], retain_target=99.0, forget_target=92.0
         )
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: find_optimal_t(
+            [0.0, 0.5, 1.0], [99.0] * 3, [90.0] * 3, retain_target=0.99, forget_target=0.92
+        ),
+        lambda: effective_region(
+            [0.0, 0.5, 1.0], [99.0] * 3, [90.0] * 3, retain_target=0.99, forget_target=0.92
+        ),
+        lambda: avg_gap(98.0, 90.0, retain_target=0.99, forget_target=0.92),
+    ],
+)
+def test_fraction_targets_are_refused(call) -> None:
+    with pytest.raises(ModeConnError, match=r"did you mean 99\.0 and 92\.0\?"):
+        call()
+
+
+def test_percent_targets_at_the_edges_are_accepted() -> None:
+    # 0 % forget accuracy with 99 % retain is a percentage pair, not fractions.
+    assert avg_gap(99.0, 1.0, retain_target=99.0, forget_target=0.0) == 0.5
+    assert avg_gap(0.5, 0.0, retain_target=0.0, forget_target=0.0) == 0.25  # both 0: allowed

@@ -2,8 +2,10 @@
 
 Accuracies are measured at a few ``t`` along a curve (see
 :func:`~modeconn_unlearn.evaluation.evaluate_path`); between them they are
-interpolated with a cubic spline (:class:`scipy.interpolate.CubicSpline`) on a
-dense grid. The gap to a target model (usually the retrained one) is
+interpolated on a dense grid, by default with a shape-preserving piecewise
+cubic (:class:`scipy.interpolate.PchipInterpolator`, :data:`DEFAULT_KIND`), the
+same default :func:`~modeconn_unlearn.plotting.plot_path` draws, so a figure
+shades exactly :attr:`OptimalT.region`. The gap to a target model (usually the retrained one) is
 
     avg_gap(t) = (|RA(t) - retain_target| + |FA(t) - forget_target|) / 2
 
@@ -25,13 +27,26 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.interpolate import CubicSpline, PchipInterpolator
 
 from .errors import ModeConnError
+from .losses.base import check_percentages
 
-__all__ = ["OptimalT", "avg_gap", "effective_region", "find_optimal_t"]
+__all__ = [
+    "DEFAULT_KIND",
+    "Interpolation",
+    "OptimalT",
+    "avg_gap",
+    "check_targets",
+    "effective_region",
+    "find_optimal_t",
+    "interpolant",
+    "resolve_kind",
+]
 
 logger = logging.getLogger(__name__)
 
 Interpolation = Literal["cubic", "pchip", "linear"]
 _KINDS = ("cubic", "pchip", "linear")
+#: The interpolation used by default for selection and figures.
+DEFAULT_KIND: Interpolation = "pchip"
 _MIN_CUBIC_POINTS = 4
 
 
@@ -97,12 +112,34 @@ def avg_gap(
         raise ModeConnError(
             f"retain_acc and forget_acc have different shapes {retain.shape} and {forget.shape}."
         )
+    check_targets(retain_target, forget_target)
+    gap = (np.abs(retain - retain_target) + np.abs(forget - forget_target)) / 2.0
+    return float(gap) if gap.ndim == 0 else gap
+
+
+def check_targets(retain_target: float, forget_target: float) -> None:
+    """Refuse targets that are not finite percentages, or that look like fractions.
+
+    Accuracies are percentages in [0, 100]; both targets ``<= 1`` with one
+    ``> 0`` (e.g. ``0.99`` and ``0.92``) is taken for fractions and refused,
+    by the same rule as :class:`~modeconn_unlearn.losses.AdaptiveBeta`.
+
+    Raises:
+        ModeConnError: A target is not finite, or both look like fractions.
+
+    Example:
+        >>> check_targets(99.0, 0.0)
+        >>> try:
+        ...     check_targets(0.99, 0.92)
+        ... except ValueError as error:
+        ...     print(str(error).split(": ")[-1])
+        did you mean 99.0 and 92.0?
+    """
     targets = {"retain_target": retain_target, "forget_target": forget_target}
     for name, value in targets.items():
         if not math.isfinite(float(value)):
             raise ModeConnError(f"{name} must be a finite accuracy in percent, got {value}.")
-    gap = (np.abs(retain - retain_target) + np.abs(forget - forget_target)) / 2.0
-    return float(gap) if gap.ndim == 0 else gap
+    check_percentages(targets)
 
 
 def find_optimal_t(
@@ -114,7 +151,7 @@ def find_optimal_t(
     forget_target: float,
     t_range: tuple[float, float] = (0.0, 1.0),
     dense: int = 1001,
-    kind: Interpolation = "pchip",
+    kind: Interpolation = DEFAULT_KIND,
 ) -> OptimalT:
     """The ``t`` whose interpolated accuracies are closest to the targets.
 
@@ -157,11 +194,12 @@ def find_optimal_t(
         (0.5, 0.0)
     """
     ts, retain, forget = _check_series(t, retain_acc, forget_acc)
+    check_targets(retain_target, forget_target)
     low, high = _check_range(t_range, ts)
     dense = _check_dense(dense)
-    used, notes = _resolve_kind(kind, len(ts))
-    retain_fn = _interpolant(ts, retain, used)
-    forget_fn = _interpolant(ts, forget, used)
+    used, notes = resolve_kind(kind, len(ts))
+    retain_fn = interpolant(ts, retain, used)
+    forget_fn = interpolant(ts, forget, used)
 
     inside = ts[(ts >= low) & (ts <= high)]
     grid = np.union1d(np.linspace(low, high, dense), inside)
@@ -197,7 +235,7 @@ def effective_region(
     retain_target: float,
     forget_target: float,
     dense: int = 1001,
-    kind: Interpolation = "pchip",
+    kind: Interpolation = DEFAULT_KIND,
     reference_t: float = 1.0,
 ) -> list[tuple[float, float]]:
     """The intervals of ``t`` where the path is closer to the targets than at ``reference_t``.
@@ -233,19 +271,20 @@ def effective_region(
         [(0.125, 0.375), (0.625, 1.0)]
     """
     ts, retain, forget = _check_series(t, retain_acc, forget_acc)
+    check_targets(retain_target, forget_target)
     dense = _check_dense(dense)
     if not (math.isfinite(reference_t) and ts[0] <= reference_t <= ts[-1]):
         raise ModeConnError(
             f"reference_t={reference_t} lies outside the measured t in [{ts[0]}, {ts[-1]}]; "
             "measure the path at the reference point (by default t=1, the unlearned end)."
         )
-    used, notes = _resolve_kind(kind, len(ts))
+    used, notes = resolve_kind(kind, len(ts))
     for note in notes:
         logger.info(note)
     return _region(
         ts,
-        _interpolant(ts, retain, used),
-        _interpolant(ts, forget, used),
+        interpolant(ts, retain, used),
+        interpolant(ts, forget, used),
         retain_target,
         forget_target,
         dense,
@@ -304,9 +343,16 @@ def _crossing(grid: NDArray[np.float64], diff: NDArray[np.float64], i: int, j: i
     return float(grid[i] + (grid[j] - grid[i]) * diff[i] / denominator)
 
 
-def _interpolant(
+def interpolant(
     ts: NDArray[np.float64], values: NDArray[np.float64], kind: str
 ) -> Callable[[NDArray[np.float64]], NDArray[np.float64]]:
+    """The interpolating function of ``values`` measured at ``ts`` (``kind`` already resolved).
+
+    Example:
+        >>> f = interpolant(np.array([0.0, 1.0]), np.array([0.0, 2.0]), "linear")
+        >>> float(f(np.array([0.25]))[0])
+        0.5
+    """
     if kind == "cubic":
         spline = CubicSpline(ts, values)
         return lambda x: np.asarray(spline(x), dtype=np.float64)
@@ -316,7 +362,15 @@ def _interpolant(
     return lambda x: np.interp(x, ts, values)
 
 
-def _resolve_kind(kind: str, points: int) -> tuple[Interpolation, list[str]]:
+def resolve_kind(kind: str, points: int) -> tuple[Interpolation, list[str]]:
+    """The interpolation to use for ``points`` measurements, and notes on any fallback.
+
+    Cubic kinds need 4 points; below that linear interpolation is used (and logged).
+
+    Example:
+        >>> resolve_kind("pchip", 5)
+        ('pchip', [])
+    """
     if kind not in _KINDS:
         raise ModeConnError(f"kind must be one of {_KINDS}, got {kind!r}.")
     if kind != "linear" and points < _MIN_CUBIC_POINTS:

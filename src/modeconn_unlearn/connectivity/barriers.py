@@ -1,0 +1,586 @@
+"""Loss barriers between models, trained connecting curves, and barrier matrices.
+
+The barrier of a path is the largest excess of the metric over the straight
+line between its endpoint values, ``max_t [v(t) - ((1 - t) v(0) + t v(1))]``.
+Every point, the ends included, is evaluated the same way: exported by the
+path walker (:func:`~modeconn_unlearn.evaluation.walk_path`), BatchNorm
+re-estimated by the one policy (:func:`~modeconn_unlearn.evaluation.bn.bn_data`),
+scored through the task.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeAlias, overload
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..batchnorm import update_bn
+from ..checkpoint import load_checkpoint
+from ..cloning import clone_module
+from ..curve_model import CurveModel, path_points
+from ..data import as_loader
+from ..errors import IncompatibleModelsError, ModeConnError, listed
+from ..evaluation.bn import bn_data
+from ..evaluation.outputs import DataLike, DeviceLike, Metrics
+from ..evaluation.paths import walk_path
+from ..evaluation.scores import evaluate
+from ..losses import finetune
+from ..tasks import Task
+from ..training import fit_curve
+from .results import BarrierResult, ConnectivityMatrix
+
+__all__ = ["Data", "Metric", "ModelLike", "connect", "connectivity_matrix", "loss_barrier"]
+
+logger = logging.getLogger(__name__)
+
+#: Deprecated spelling of :data:`~modeconn_unlearn.evaluation.DataLike`.
+Data: TypeAlias = DataLike
+ModelLike: TypeAlias = "nn.Module | Mapping[str, Tensor]"
+Metric: TypeAlias = Literal["loss", "error"]
+
+_METRICS = ("loss", "error")
+# Split name used when ``data`` is a single loader.
+_SINGLE_SPLIT = "data"
+
+
+def _as_splits(data: Any, name: str = "data") -> dict[str, DataLoader[Any]]:
+    """``{split: loader}``; a single loader or dataset becomes ``{_SINGLE_SPLIT: loader}``."""
+    if isinstance(data, Mapping):
+        if not data:
+            raise ModeConnError(
+                f"{name} is an empty dict: pass a loader or a dict such as "
+                "{'retain': ..., 'forget': ..., 'test': ...}."
+            )
+        return {str(k): as_loader(v, name=f"{name}[{k!r}]") for k, v in data.items()}
+    return {_SINGLE_SPLIT: as_loader(data, name=name)}
+
+
+def _bn_for(
+    template: nn.Module, splits: Mapping[str, DataLoader[Any]] | None, bn_loader: Any
+) -> DataLoader[Any] | None:
+    """The BatchNorm data, by the policy shared with evaluate_path.
+
+    Only a split named exactly ``"retain"`` is ever used without being passed as ``bn_loader``.
+    """
+    chosen = bn_data(template, bn_loader=bn_loader, splits=splits)
+    if chosen.loader is not None and bn_loader is None:
+        logger.info("re-estimating BatchNorm statistics at each t on the 'retain' split")
+    return chosen.loader
+
+
+def _with_ends(points: np.ndarray) -> np.ndarray:
+    """``points`` with t = 0 and t = 1 added (barriers compare against both ends)."""
+    return np.unique(np.concatenate([[0.0], points, [1.0]]))
+
+
+def _metric_value(metrics: Metrics, metric: str) -> float:
+    return float(metrics.loss) if metric == "loss" else 100.0 - float(metrics.accuracy)
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in _METRICS:
+        raise ModeConnError(f"metric must be one of {_METRICS}, got {metric!r}.")
+
+
+def _state_of(model: ModelLike) -> dict[str, Tensor]:
+    if isinstance(model, nn.Module):
+        return dict(model.state_dict())
+    return load_checkpoint(model)
+
+
+def _check_compatible(models: Mapping[str, ModelLike]) -> None:
+    """Raise IncompatibleModelsError unless all models share state-dict keys and shapes."""
+    items = list(models.items())
+    ref_name, ref = items[0][0], _state_of(items[0][1])
+    for name, model in items[1:]:
+        state = _state_of(model)
+        missing = sorted(set(ref) - set(state))
+        extra = sorted(set(state) - set(ref))
+        shapes = sorted(
+            f"{k}: {tuple(ref[k].shape)} vs {tuple(state[k].shape)}"
+            for k in set(ref) & set(state)
+            if ref[k].shape != state[k].shape
+        )
+        if missing or extra or shapes:
+            parts = []
+            if missing:
+                parts.append(f"keys missing from {name!r}: {listed(missing)}")
+            if extra:
+                parts.append(f"keys only in {name!r}: {listed(extra)}")
+            if shapes:
+                parts.append(f"shape mismatches: {listed(shapes)}")
+            raise IncompatibleModelsError(
+                f"models {ref_name!r} and {name!r} have different architectures ("
+                + "; ".join(parts)
+                + "): barriers need models of one architecture."
+            )
+
+
+def _materialize(template: nn.Module, model: ModelLike) -> nn.Module:
+    if isinstance(model, nn.Module):
+        return model
+    module = clone_module(template)
+    module.load_state_dict(load_checkpoint(model))
+    return module
+
+
+def _check_curve_ends(
+    curve: CurveModel, model_a: ModelLike | None, model_b: ModelLike | None
+) -> None:
+    """Raise unless ``model_a``/``model_b`` (when given) are the curve's ends."""
+    for t, model, label in ((0.0, model_a, "model_a"), (1.0, model_b, "model_b")):
+        if model is None:
+            continue
+        at_t = curve.weights_at(t)
+        state = _state_of(model)
+        missing = sorted(set(at_t) - set(state))
+        if missing:
+            raise IncompatibleModelsError(
+                f"{label} lacks parameters of the curve: {listed(missing)}; pass the curve's "
+                "own end models, or None to use them."
+            )
+        far = [
+            k
+            for k, w in at_t.items()
+            if w.shape != state[k].shape
+            or not torch.allclose(
+                w.detach().cpu().float(), state[k].cpu().float(), rtol=1e-4, atol=1e-6
+            )
+        ]
+        if far:
+            raise ModeConnError(
+                f"{label} is not the curve's end at t={t:g} (differs in {listed(far)}); pass the "
+                "models the curve was built between, or model_a=None, model_b=None."
+            )
+
+
+def _linear_curve(template: nn.Module, start: ModelLike, end: ModelLike) -> CurveModel:
+    return CurveModel(template, start=start, end=end, curve="bezier", num_bends=2)
+
+
+def _values_of(
+    model: nn.Module,
+    splits: Mapping[str, DataLoader[Any]],
+    *,
+    metric: str,
+    task: Task | None,
+    device: DeviceLike,
+) -> dict[str, float]:
+    return {
+        split: _metric_value(evaluate(model, loader, task=task, device=device), metric)
+        for split, loader in splits.items()
+    }
+
+
+def _end_values(
+    model: nn.Module,
+    splits: Mapping[str, DataLoader[Any]],
+    *,
+    metric: str,
+    bn_loader: DataLoader[Any] | None,
+    task: Task | None,
+    device: DeviceLike,
+) -> dict[str, float]:
+    """The metric of a model evaluated exactly as a path end (BatchNorm re-estimated)."""
+    model = clone_module(model)
+    if bn_loader is not None:
+        update_bn(model, bn_loader)
+    return _values_of(model, splits, metric=metric, task=task, device=device)
+
+
+def _barriers_on_curve(
+    curve: CurveModel,
+    splits: Mapping[str, DataLoader[Any]],
+    ts: np.ndarray,
+    *,
+    metric: str,
+    bn_loader: DataLoader[Any] | None,
+    task: Task | None,
+    device: DeviceLike,
+    progress: bool,
+    named: bool,
+    ends: tuple[Mapping[str, float], Mapping[str, float]] | None = None,
+) -> dict[str, BarrierResult]:
+    """Evaluate the curve at each t; ``ends`` gives known values at t = 0 and 1 (not redone)."""
+    values = {split: np.empty(len(ts)) for split in splits}
+    todo = list(range(len(ts))) if ends is None else list(range(1, len(ts) - 1))
+    if ends is not None:
+        for split in splits:
+            values[split][0], values[split][-1] = ends[0][split], ends[1][split]
+    walk = walk_path(
+        curve, ts[todo], bn_loader=bn_loader, device=device, progress=progress, desc="barrier"
+    )
+    for i, (_, model) in zip(todo, walk, strict=True):
+        point = _values_of(model, splits, metric=metric, task=task, device=None)
+        for split, value in point.items():
+            values[split][i] = value
+    results = {
+        split: BarrierResult(t=ts, values=v, metric=metric, split=split if named else None)
+        for split, v in values.items()
+    }
+    for split, result in results.items():
+        if not np.all(np.isfinite(result.values)):
+            logger.warning("non-finite %s on split %r along the path", metric, split)
+    return results
+
+
+# --------------------------------------------------------------------------- barriers
+
+
+@overload
+def loss_barrier(
+    model_a: ModelLike | None,
+    model_b: ModelLike | None,
+    data: Mapping[str, Data],
+    *,
+    path: Literal["linear"] | CurveModel = ...,
+    ts: int | Sequence[float] | np.ndarray = ...,
+    bn_loader: Data | None = ...,
+    metric: Metric = ...,
+    task: Task | None = ...,
+    device: DeviceLike = ...,
+    progress: bool = ...,
+) -> dict[str, BarrierResult]: ...
+
+
+@overload
+def loss_barrier(
+    model_a: ModelLike | None,
+    model_b: ModelLike | None,
+    data: Data,
+    *,
+    path: Literal["linear"] | CurveModel = ...,
+    ts: int | Sequence[float] | np.ndarray = ...,
+    bn_loader: Data | None = ...,
+    metric: Metric = ...,
+    task: Task | None = ...,
+    device: DeviceLike = ...,
+    progress: bool = ...,
+) -> BarrierResult: ...
+
+
+def loss_barrier(
+    model_a: ModelLike | None,
+    model_b: ModelLike | None,
+    data: Data | Mapping[str, Data],
+    *,
+    path: Literal["linear"] | CurveModel = "linear",
+    ts: int | Sequence[float] | np.ndarray = 21,
+    bn_loader: Data | None = None,
+    metric: Metric = "loss",
+    task: Task | None = None,
+    device: DeviceLike = None,
+    progress: bool = False,
+) -> BarrierResult | dict[str, BarrierResult]:
+    """Barrier height of the path between two models on one split or on several.
+
+    The metric ``v`` is evaluated at each ``t``; the barrier is
+    ``max_t [v(t) - ((1 - t) v(0) + t v(1))]``. For ``path="linear"`` the path is the
+    straight line ``(1 - t) θ_a + t θ_b``; pass a trained :class:`CurveModel` (e.g. from
+    :func:`connect`) to measure along it instead. Every point, the ends included, is
+    evaluated the same way: the weights at ``t`` are exported as a plain model and, when
+    the models have BatchNorm, its statistics are re-estimated on ``bn_loader`` (so
+    ``v(0)`` can differ slightly from the first model's own evaluation).
+
+    Args:
+        model_a: The model at ``t = 0`` (an ``nn.Module``; for the linear path it is the
+            architecture template). With a curve, ``None`` uses the curve's own end;
+            a model that is not the curve's end raises.
+        model_b: The model at ``t = 1``: an ``nn.Module`` or a state dict of the same
+            architecture (``None`` with a curve, as for ``model_a``).
+        data: A DataLoader or Dataset, or a dict of them (e.g. ``{"retain": ...,
+            "forget": ..., "test": ...}``) for a barrier per split.
+        path: ``"linear"`` or a :class:`CurveModel` between the two models.
+        ts: Number of evenly spaced t in [0, 1], or the t values themselves (0 and 1 are
+            added when missing: the barrier needs both ends).
+        bn_loader: Data to re-estimate BatchNorm statistics on at each t. Required when the
+            models have BatchNorm, unless ``data`` is a dict with a ``"retain"`` split,
+            which is then used (never the forget data).
+        metric: ``"loss"`` (mean per-sample loss: cross-entropy for a classifier) or
+            ``"error"`` (100 - accuracy, in %).
+        task: How outputs are scored (default: classification; see
+            :mod:`modeconn_unlearn.tasks`).
+        device: Where to evaluate; ``None`` keeps the models' device.
+        progress: Show a progress bar over t.
+
+    Returns:
+        A :class:`BarrierResult` for a single loader, or ``{split: BarrierResult}`` for a
+        dict of splits.
+
+    Raises:
+        ModeConnError: Models of different architectures, empty data, bad ``ts`` or
+            ``metric``, BatchNorm without ``bn_loader``, or a curve whose ends are not
+            the given models.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <...>
+        >>> data = TensorDataset(torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+        >>> result = loss_barrier(a, b, data, ts=5)
+        >>> result.t.tolist()
+        [0.0, 0.25, 0.5, 0.75, 1.0]
+        >>> result.height >= 0.0
+        True
+    """
+    _check_metric(metric)
+    splits = _as_splits(data)
+    named = isinstance(data, Mapping)
+    t_values = _with_ends(path_points(ts))
+    if isinstance(path, CurveModel):
+        curve = path
+        _check_curve_ends(curve, model_a, model_b)
+        template = curve.template
+    elif isinstance(path, str) and path == "linear":
+        if not isinstance(model_a, nn.Module):
+            raise TypeError(
+                "model_a must be an nn.Module for path='linear' (it is the architecture "
+                f"template), got {type(model_a).__name__}."
+            )
+        if model_b is None:
+            raise ModeConnError("model_b is None: pass the second model.")
+        curve = _linear_curve(model_a, model_a, model_b)
+        if device is not None:
+            curve.to(device)
+        template = model_a
+    else:
+        raise ModeConnError(
+            f"path must be 'linear' or a CurveModel (e.g. from connect()), got {path!r}."
+        )
+    bn = _bn_for(template, splits if named else None, bn_loader)
+    results = _barriers_on_curve(
+        curve,
+        splits,
+        t_values,
+        metric=metric,
+        bn_loader=bn,
+        task=task,
+        device=device,
+        progress=progress,
+        named=named,
+    )
+    return results if named else results[_SINGLE_SPLIT]
+
+
+def connect(
+    model_a: nn.Module,
+    model_b: ModelLike,
+    retain_data: Data,
+    forget_data: Data | None = None,
+    *,
+    loss: Callable[..., Tensor] | None = None,
+    curve: Literal["bezier", "polychain"] = "bezier",
+    num_bends: int = 3,
+    epochs: int,
+    lr: float,
+    seed: int = 0,
+    progress: bool = True,
+    **fit_kwargs: Any,
+) -> CurveModel:
+    """Train a curve between two models with both ends fixed, ready for :func:`loss_barrier`.
+
+    The middle bends start on the straight line and are trained by
+    :func:`modeconn_unlearn.training.fit_curve` with t drawn at random per batch. With
+    the default objective (cross-entropy on the retain data) a low barrier on the retain
+    data afterwards means the two models are connected by a low-loss path; pass an
+    unlearning objective (e.g. ``losses.mcu_objective(...)``) together with
+    ``forget_data`` to search for a path that also stays high-loss on the forget data.
+
+    Args:
+        model_a: The model at ``t = 0`` (the architecture template; never mutated).
+        model_b: The model at ``t = 1`` (a module or state dict of the same architecture).
+        retain_data: Retain data (DataLoader or Dataset).
+        forget_data: Forget data, for objectives that use it.
+        loss: The objective ``loss(model, batch)``; default ``losses.finetune()``.
+        curve: ``"bezier"`` or ``"polychain"``.
+        num_bends: Number of bends including both ends (at least 3).
+        epochs: Training epochs.
+        lr: Learning rate.
+        seed: Seed for t sampling and data order.
+        progress: Show progress bars.
+        **fit_kwargs: Further arguments for ``fit_curve`` (``retain_ratio``, ``t_sampler``,
+            ``checkpoint_dir``, ...).
+
+    Returns:
+        The trained :class:`CurveModel`.
+
+    Raises:
+        ModeConnError: ``num_bends < 3`` or incompatible models.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.randn(64, 4), torch.randint(0, 3, (64,)))
+        >>> a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+        >>> curve = connect(a, b, data, epochs=1, lr=0.01, progress=False)
+        >>> loss_barrier(None, None, data, path=curve, ts=3).height >= 0.0
+        True
+    """
+    if num_bends < 3:
+        raise ModeConnError(
+            f"num_bends={num_bends} has no trainable bend: use num_bends >= 3 (2 is the "
+            "straight line, which loss_barrier(path='linear') measures without training)."
+        )
+    path = CurveModel(
+        model_a,
+        start=model_a,
+        end=model_b,
+        curve=curve,
+        num_bends=num_bends,
+        fix_start=True,
+        fix_end=True,
+    )
+    fit_curve(
+        path,
+        retain_data,
+        forget_data,
+        loss=finetune() if loss is None else loss,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        progress=progress,
+        **fit_kwargs,
+    )
+    return path
+
+
+def connectivity_matrix(
+    models: Mapping[str, ModelLike],
+    data: Data | Mapping[str, Data],
+    *,
+    path: Literal["linear", "curve"] = "linear",
+    template: nn.Module | None = None,
+    ts: int | Sequence[float] | np.ndarray = 21,
+    bn_loader: Data | None = None,
+    metric: Metric = "loss",
+    retain_data: Data | None = None,
+    forget_data: Data | None = None,
+    task: Task | None = None,
+    device: DeviceLike = None,
+    progress: bool = True,
+    **connect_kwargs: Any,
+) -> ConnectivityMatrix:
+    """Barrier heights between every pair of models, per split.
+
+    Each unordered pair is measured once (``i < j`` in the order of ``models``) and the
+    matrix is filled symmetrically, with a zero diagonal: a path from ``b`` to ``a`` is
+    the path from ``a`` to ``b`` run backwards, with the same barrier.
+
+    Args:
+        models: ``{name: nn.Module or state dict}`` (at least 2), all of one architecture.
+        data: A loader or a dict of splits, as for :func:`loss_barrier`. A single loader
+            appears as the split ``"data"``.
+        path: ``"linear"`` (straight lines) or ``"curve"`` (a curve trained by
+            :func:`connect` for every pair; slow: ``n (n - 1) / 2`` trainings).
+        template: Architecture for state-dict entries; default: the first
+            ``nn.Module`` among ``models``.
+        ts: As for :func:`loss_barrier`.
+        bn_loader: As for :func:`loss_barrier`.
+        metric: ``"loss"`` or ``"error"``.
+        retain_data: Training data for ``path="curve"``; default: ``data["retain"]``.
+        forget_data: Forget data passed to :func:`connect` for ``path="curve"``.
+        task: How outputs are scored (default: classification).
+        device: Where to evaluate.
+        progress: Show a progress bar over pairs.
+        **connect_kwargs: Arguments for :func:`connect` with ``path="curve"`` (``epochs``
+            and ``lr`` are required there; also ``loss``, ``num_bends``, ``seed``, ...).
+
+    Returns:
+        A :class:`ConnectivityMatrix`.
+
+    Raises:
+        ModeConnError: Fewer than two models, incompatible architectures, a state dict
+            without a template, missing ``retain_data`` for curves, or ``connect``
+            arguments with ``path="linear"``.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> models = {f"seed{i}": torch.nn.Linear(4, 3) for i in range(3)}
+        >>> m = connectivity_matrix(models, {"test": data}, ts=3, progress=False)
+        >>> m["test"].shape
+        (3, 3)
+    """
+    _check_metric(metric)
+    if not isinstance(models, Mapping) or len(models) < 2:
+        raise ModeConnError("models must be a dict {name: model or state dict} of >= 2 entries.")
+    if path not in ("linear", "curve"):
+        raise ModeConnError(f"path must be 'linear' or 'curve', got {path!r}.")
+    if path == "linear" and (connect_kwargs or retain_data is not None or forget_data is not None):
+        extra = sorted(connect_kwargs) + [
+            n
+            for n, v in (("retain_data", retain_data), ("forget_data", forget_data))
+            if v is not None
+        ]
+        raise ModeConnError(f"{extra} only apply to path='curve'; remove them or set path='curve'.")
+    if template is None:
+        template = next((m for m in models.values() if isinstance(m, nn.Module)), None)
+        if template is None:
+            raise ModeConnError(
+                "all models are state dicts: pass template=<an nn.Module of the architecture>."
+            )
+    names = tuple(str(name) for name in models)
+    _check_compatible({"template": template, **{str(k): v for k, v in models.items()}})
+    splits = _as_splits(data)
+    named = isinstance(data, Mapping)
+    t_values = _with_ends(path_points(ts))
+    bn = _bn_for(template, splits if named else None, bn_loader)
+    train_data: Data | None = retain_data
+    if path == "curve":
+        if train_data is None:
+            if "retain" not in splits:
+                raise ModeConnError(
+                    "path='curve' trains a curve per pair: pass retain_data=..., or a data "
+                    "dict with a 'retain' split."
+                )
+            train_data = splits["retain"]
+        missing = [k for k in ("epochs", "lr") if k not in connect_kwargs]
+        if missing:
+            raise ModeConnError(f"path='curve' needs {missing} for connect(), e.g. epochs=5.")
+        connect_kwargs.setdefault("progress", False)
+    modules = {n: _materialize(template, m) for n, m in zip(names, models.values(), strict=True)}
+
+    # Every path through a model starts or ends at that model, so its own values are
+    # computed once (the same export + BatchNorm re-estimation as at t = 0 or 1).
+    ends = {
+        name: _end_values(module, splits, metric=metric, bn_loader=bn, task=task, device=device)
+        for name, module in modules.items()
+    }
+    heights = {split: np.zeros((len(names), len(names))) for split in splits}
+    barriers: dict[tuple[str, str], dict[str, BarrierResult]] = {}
+    pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
+    for i, j in tqdm(pairs, desc=f"{path} barriers", disable=not progress):
+        a, b = modules[names[i]], modules[names[j]]
+        if train_data is not None:  # path == "curve"
+            curve = connect(a, b, train_data, forget_data, **connect_kwargs)
+        else:
+            curve = _linear_curve(template, a, b)
+        if device is not None:
+            curve.to(device)
+        per_split = _barriers_on_curve(
+            curve,
+            splits,
+            t_values,
+            metric=metric,
+            bn_loader=bn,
+            task=task,
+            device=device,
+            progress=False,
+            named=True,
+            ends=(ends[names[i]], ends[names[j]]),
+        )
+        barriers[(names[i], names[j])] = per_split
+        for split, result in per_split.items():
+            heights[split][i, j] = heights[split][j, i] = result.height
+    return ConnectivityMatrix(
+        names=names, heights=heights, metric=metric, path=path, barriers=barriers
+    )

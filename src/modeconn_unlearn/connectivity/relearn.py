@@ -1,0 +1,269 @@
+"""Relearning attacks: how fast forgotten knowledge comes back under a few fine-tuning steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from torch.utils.data import default_collate as _default_collate
+
+from ..batchnorm import module_device
+from ..cloning import clone_module
+from ..curve_model import CurveModel, path_points
+from ..data import as_loader
+from ..errors import ModeConnError
+from ..evaluation.bn import bn_data
+from ..evaluation.outputs import DataLike, DeviceLike
+from ..evaluation.paths import check_curve, walk_path
+from ..evaluation.scores import evaluate
+from ..tasks import Task, resolve_task
+from .results import RelearnPathResult, RelearnResult
+
+__all__ = ["relearn_attack", "relearn_path"]
+
+
+def _forget_samples(
+    forget_data: DataLike, samples: int, seed: int, need_rest: bool
+) -> tuple[Any, np.ndarray, np.ndarray, Callable[[list[Any]], Any]]:
+    loader = as_loader(forget_data, name="forget_data")
+    dataset = loader.dataset
+    n = len(dataset)  # type: ignore[arg-type]
+    limit = n - 1 if need_rest else n
+    if not 1 <= samples <= limit:
+        hint = " (and leave at least one to evaluate on, or pass eval_data)" if need_rest else ""
+        raise ModeConnError(
+            f"samples must be between 1 and {limit} for a forget set of {n}{hint}, got {samples}."
+        )
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator).numpy()
+    chosen, rest = np.sort(order[:samples]), np.sort(order[samples:])
+    collate = loader.collate_fn if isinstance(forget_data, DataLoader) else _default_collate
+    return dataset, chosen, rest, collate
+
+
+def _relearn(
+    model: nn.Module,
+    batch: Any,
+    eval_loader: DataLoader[Any],
+    *,
+    steps: int,
+    lr: float,
+    momentum: float,
+    task: Task,
+    device: DeviceLike,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    attacked = clone_module(model)
+    if device is not None:
+        attacked.to(device)
+    # Eval mode throughout: the fine-tuning batch holds forget samples only (for class-wise
+    # forgetting, one class), whose batch statistics would let BatchNorm in training mode
+    # normalise away the very signal to relearn; frozen statistics keep the model's own.
+    attacked.eval()
+    inputs, targets, _ = task.split(batch, device=module_device(attacked))
+    if targets is None:
+        raise ModeConnError("forget_data must yield (inputs, targets) samples to relearn from.")
+    optimizer = torch.optim.SGD(attacked.parameters(), lr=lr, momentum=momentum)
+    accuracy, loss, train_loss = (
+        np.empty(steps + 1),
+        np.empty(steps + 1),
+        np.full(steps + 1, np.nan),
+    )
+    for step in range(steps + 1):
+        metrics = evaluate(attacked, eval_loader, task=task, device=device)
+        accuracy[step], loss[step] = float(metrics.accuracy), float(metrics.loss)
+        if step == steps:
+            break
+        attacked.eval()
+        optimizer.zero_grad(set_to_none=True)
+        batch_loss = task(attacked, inputs, targets).loss.mean()
+        if not torch.isfinite(batch_loss):
+            raise ModeConnError(
+                f"relearning loss became {batch_loss.item()} at step {step}: lower lr={lr}."
+            )
+        batch_loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        train_loss[step] = float(batch_loss.detach())
+    return accuracy, loss, train_loss
+
+
+def _prepare_relearn(
+    forget_data: DataLike,
+    *,
+    steps: int,
+    lr: float,
+    samples: int,
+    seed: int,
+    eval_data: DataLike | None,
+) -> tuple[Any, DataLoader[Any], np.ndarray]:
+    if steps < 0:
+        raise ModeConnError(f"steps must be >= 0, got {steps}.")
+    if not lr > 0:
+        raise ModeConnError(f"lr must be positive, got {lr}.")
+    dataset, chosen, rest, collate = _forget_samples(
+        forget_data, samples, seed, need_rest=eval_data is None
+    )
+    batch = collate([dataset[int(i)] for i in chosen])
+    if eval_data is None:
+        eval_loader = as_loader(Subset(dataset, rest.tolist()))
+    else:
+        eval_loader = as_loader(eval_data, name="eval_data")
+    return batch, eval_loader, chosen
+
+
+def relearn_attack(
+    model: nn.Module,
+    forget_data: DataLike,
+    *,
+    steps: int,
+    lr: float,
+    samples: int,
+    seed: int = 0,
+    eval_data: DataLike | None = None,
+    momentum: float = 0.0,
+    task: Task | None = None,
+    device: DeviceLike = None,
+) -> RelearnResult:
+    """Fine-tune a copy of ``model`` on a few forget samples; track forget accuracy per step.
+
+    A relearning attack: if unlearning only hid the forgotten knowledge, a handful of
+    gradient steps on a few forget samples brings the accuracy on the *other* forget
+    samples back fast; a model that never learned them (like the retrained one) relearns
+    at the speed of learning new data. ``samples`` forget samples are drawn with ``seed``;
+    each step is one full-batch SGD step on them with the task's mean loss
+    (cross-entropy for a classifier). The copy stays in
+    eval mode throughout (BatchNorm statistics and dropout frozen): the fine-tuning batch
+    holds forget samples only (a single class, for class-wise forgetting), and BatchNorm
+    in training mode would subtract that batch's mean, the very signal to relearn; so
+    accuracy changes through the weights alone. Without batch normalisation the steps can
+    be sharp: if ``train_loss`` grows, lower ``lr``. The input model is never modified.
+
+    Args:
+        model: The (unlearned) model.
+        forget_data: The forget set (DataLoader or Dataset; its items start ``(x, y)``).
+        steps: Number of fine-tuning steps.
+        lr: SGD learning rate.
+        samples: Number of forget samples to fine-tune on.
+        seed: Seed for the choice of samples.
+        eval_data: Where to measure accuracy; default: the forget samples that were not
+            fine-tuned on (so accuracy measures recovered knowledge, not memorisation).
+        momentum: SGD momentum.
+        task: How batches are read and scored (default: classification).
+        device: Where to fine-tune; ``None`` keeps the model's device.
+
+    Returns:
+        A :class:`RelearnResult` with accuracy after 0, 1, ..., ``steps`` steps.
+
+    Raises:
+        ModeConnError: Bad ``steps``, ``lr`` or ``samples``, or empty data.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> forget = TensorDataset(torch.randn(40, 4), torch.randint(0, 3, (40,)))
+        >>> result = relearn_attack(torch.nn.Linear(4, 3), forget, steps=5, lr=0.1, samples=8)
+        >>> result.accuracy.shape, len(result.samples)
+        ((6,), 8)
+    """
+    batch, eval_loader, chosen = _prepare_relearn(
+        forget_data, steps=steps, lr=lr, samples=samples, seed=seed, eval_data=eval_data
+    )
+    accuracy, loss, train_loss = _relearn(
+        model,
+        batch,
+        eval_loader,
+        steps=steps,
+        lr=lr,
+        momentum=momentum,
+        task=resolve_task(task),
+        device=device,
+    )
+    return RelearnResult(
+        steps=np.arange(steps + 1),
+        accuracy=accuracy,
+        loss=loss,
+        train_loss=train_loss,
+        samples=chosen,
+    )
+
+
+def relearn_path(
+    curve: CurveModel,
+    ts: int | Sequence[float] | np.ndarray,
+    forget_data: DataLike,
+    *,
+    steps: int,
+    lr: float,
+    samples: int,
+    seed: int = 0,
+    eval_data: DataLike | None = None,
+    bn_loader: DataLike | None = None,
+    momentum: float = 0.0,
+    task: Task | None = None,
+    device: DeviceLike = None,
+    progress: bool = True,
+) -> RelearnPathResult:
+    """:func:`relearn_attack` on the model at each ``t`` of a curve, with the same samples.
+
+    At each t the weights are exported as a plain model (BatchNorm statistics
+    re-estimated on ``bn_loader``, required when the model has BatchNorm) and attacked as
+    in :func:`relearn_attack`. The curve is not modified.
+
+    Args:
+        curve: A :class:`CurveModel`.
+        ts: Number of evenly spaced t in [0, 1], or the t values.
+        forget_data: The forget set.
+        steps: Number of fine-tuning steps.
+        lr: SGD learning rate.
+        samples: Number of forget samples to fine-tune on.
+        seed: Seed for the choice of samples.
+        eval_data: Where to measure accuracy; default: the other forget samples.
+        bn_loader: Data for BatchNorm statistics at each t (use retain data).
+        momentum: SGD momentum.
+        task: How batches are read and scored (default: classification).
+        device: Where to fine-tune.
+        progress: Show a progress bar over t.
+
+    Returns:
+        A :class:`RelearnPathResult`.
+
+    Raises:
+        ModeConnError: As :func:`relearn_attack`, or BatchNorm without ``bn_loader``.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> forget = TensorDataset(torch.randn(40, 4), torch.randint(0, 3, (40,)))
+        >>> curve = CurveModel(torch.nn.Linear(4, 3), end=torch.nn.Linear(4, 3))
+        >>> result = relearn_path(curve, 3, forget, steps=2, lr=0.1, samples=8,
+        ...                       progress=False)
+        >>> result.accuracy.shape
+        (3, 3)
+    """
+    curve = check_curve(curve)
+    chosen_task = resolve_task(task)
+    t_values = path_points(ts)
+    bn = bn_data(curve.template, bn_loader=bn_loader).loader
+    batch, eval_loader, chosen = _prepare_relearn(
+        forget_data, steps=steps, lr=lr, samples=samples, seed=seed, eval_data=eval_data
+    )
+    accuracy = np.empty((len(t_values), steps + 1))
+    loss = np.empty((len(t_values), steps + 1))
+    walk = walk_path(curve, t_values, bn_loader=bn, progress=progress, desc="relearn")
+    for i, (_, model) in enumerate(walk):
+        accuracy[i], loss[i], _ = _relearn(
+            model,
+            batch,
+            eval_loader,
+            steps=steps,
+            lr=lr,
+            momentum=momentum,
+            task=chosen_task,
+            device=device,
+        )
+    return RelearnPathResult(
+        t=t_values, steps=np.arange(steps + 1), accuracy=accuracy, loss=loss, samples=chosen
+    )

@@ -1,0 +1,227 @@
+"""Walking a curve: the one path walker (export -> BatchNorm -> model) and :func:`evaluate_path`."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ..batchnorm import module_device, update_bn
+from ..curve_model import CurveModel, path_points
+from ..data import as_loader
+from ..errors import ModeConnError
+from ..tasks import Task, resolve_task
+from .bn import bn_data
+from .efficacy import mia_efficacy
+from .features import check_features
+from .outputs import DataLike, DeviceLike, Outputs, evaluating, run_pass
+from .report import PathReport
+
+__all__ = ["MIA_SPLITS", "check_curve", "evaluate_path", "walk_path"]
+
+logger = logging.getLogger(__name__)
+
+#: The splits MIA-efficacy along a path needs: shadow members, targets, non-members.
+MIA_SPLITS = ("retain", "forget", "test")
+
+
+def check_curve(curve: Any, *, name: str = "curve") -> CurveModel:
+    """``curve`` if it is a :class:`~modeconn_unlearn.CurveModel`, else a ModeConnError.
+
+    Example:
+        >>> check_curve(nn.Linear(2, 2))
+        Traceback (most recent call last):
+        ...
+        modeconn_unlearn.errors.ModeConnError: curve must be a CurveModel, got Linear; ...
+    """
+    if not isinstance(curve, CurveModel):
+        raise ModeConnError(
+            f"{name} must be a CurveModel, got {type(curve).__name__}; build one with "
+            "CurveModel(model, end=...) (for a single model use evaluate())."
+        )
+    return curve
+
+
+def walk_path(
+    curve: CurveModel,
+    ts: Iterable[float],
+    *,
+    bn_loader: Iterable[Any] | None,
+    device: DeviceLike = None,
+    progress: bool = False,
+    desc: str = "path",
+) -> Iterator[tuple[float, nn.Module]]:
+    """Yield ``(t, model at t)`` for each ``t``: exported, moved, BatchNorm re-estimated.
+
+    Each model is a fresh plain copy of the template's class
+    (:meth:`CurveModel.export`), on ``device`` (default: the curve's), with
+    BatchNorm statistics re-estimated on ``bn_loader`` when given (see
+    :func:`~modeconn_unlearn.evaluation.bn.bn_data` for which data), in eval
+    mode. The curve is not modified.
+
+    Example:
+        >>> curve = CurveModel(nn.Linear(2, 1), end=nn.Linear(2, 1))
+        >>> [(t, type(m).__name__) for t, m in walk_path(curve, [0.0, 1.0], bn_loader=None)]
+        [(0.0, 'Linear'), (1.0, 'Linear')]
+    """
+    target = torch.device(device) if device is not None else module_device(curve)
+    for t in tqdm(list(ts), desc=desc, unit="t", disable=not progress, leave=False):
+        model = curve.export(float(t)).to(target)
+        if bn_loader is not None:
+            update_bn(model, bn_loader)
+        yield float(t), model.eval()
+
+
+def evaluate_path(
+    curve: CurveModel,
+    splits: Mapping[str, DataLike],
+    *,
+    ts: int | Sequence[float] = 21,
+    bn_loader: DataLike | None = None,
+    bn_samples: int | None = None,
+    mia: bool = False,
+    mia_features: Sequence[str] = ("confidence",),
+    task: Task | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    device: DeviceLike = None,
+) -> PathReport:
+    """Accuracy, loss and (optionally) MIA scores per split at points along a curve.
+
+    For every ``t``: the model at ``t`` is exported once
+    (:meth:`CurveModel.export`), its BatchNorm statistics are re-estimated on
+    ``bn_loader`` (skipped for models without BatchNorm), and one no-grad
+    eval-mode pass per split gives accuracy and loss; with ``mia=True`` the
+    same pass also feeds an SVC attack per feature (shadow members: a fixed
+    random subset of ``"retain"`` as large as ``"test"``; non-members:
+    ``"test"``; targets: ``"forget"``), stored as ``"mia_<feature>"`` on the
+    forget split, in percent of forget samples called non-members
+    (MIA-efficacy).
+
+    Args:
+        curve: A :class:`~modeconn_unlearn.CurveModel`.
+        splits: ``{name: data}``, e.g. ``{"retain": dr, "forget": df, "test": dt}``.
+        ts: Number of evenly spaced points in [0, 1] (default 21), or the
+            points themselves (increasing).
+        bn_loader: Data for the BatchNorm statistics. Default: the ``"retain"``
+            split. The forget data is never used unless passed here.
+        bn_samples: Re-estimate BatchNorm on a seeded random subset of this
+            many samples of that data (the same subset at every ``t``);
+            ``None`` uses all of it. A few thousand samples give statistics
+            close to the full set at a fraction of the cost.
+        mia: Also compute MIA-efficacy (needs splits ``retain``, ``forget``, ``test``).
+        mia_features: Features of :func:`~modeconn_unlearn.mia.svc_mia` to use
+            (``"loss"`` for tasks without class logits).
+        task: How outputs are scored (default: classification; see
+            :mod:`modeconn_unlearn.tasks`).
+        seed: Seed of the BatchNorm subset (``bn_samples``).
+        progress: Show a progress bar over ``t``.
+        device: Where to evaluate (default: the curve's device).
+
+    Returns:
+        A :class:`~modeconn_unlearn.evaluation.PathReport`.
+
+    Raises:
+        ModeConnError: Not a CurveModel, no splits, bad ``ts`` or
+            ``bn_samples``, a BatchNorm model without a ``"retain"`` split or
+            ``bn_loader``, or missing splits for ``mia``.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> a, b = nn.Linear(4, 3), nn.Linear(4, 3)
+        >>> data = TensorDataset(torch.randn(30, 4), torch.randint(0, 3, (30,)))
+        >>> report = evaluate_path(CurveModel(a, end=b), {"retain": data}, ts=5, progress=False)
+        >>> report.acc("retain").shape
+        (5,)
+    """
+    curve = check_curve(curve)
+    if not isinstance(splits, Mapping) or not splits:
+        raise ModeConnError(
+            'splits must be a non-empty mapping such as {"retain": dr, "forget": df, "test": dt}.'
+        )
+    chosen = resolve_task(task)
+    points = path_points(ts)
+    loaders = {
+        str(name): as_loader(data, name=f"splits[{name!r}]") for name, data in splits.items()
+    }
+    bn = bn_data(
+        curve.template, bn_loader=bn_loader, splits=loaders, bn_samples=bn_samples, seed=seed
+    )
+    features = check_features(mia_features) if mia else ()
+    if mia:
+        missing = [name for name in MIA_SPLITS if name not in loaders]
+        if missing:
+            raise ModeConnError(
+                f"mia=True needs the splits {list(MIA_SPLITS)} (shadow members, targets, "
+                f"non-members); missing {missing}."
+            )
+    logger.debug(
+        "evaluate_path: %d points, splits %s, BatchNorm statistics from %s",
+        len(points),
+        list(loaders),
+        bn.source,
+    )
+
+    values: dict[str, dict[str, list[float]]] = {name: {"acc": [], "loss": []} for name in loaders}
+    if mia:
+        values["forget"].update({f"mia_{feature}": [] for feature in features})
+    counts: dict[str, int] = {}
+    segments: list[float] = []
+    previous: dict[str, Tensor] | None = None
+    walk = walk_path(
+        curve, points, bn_loader=bn.loader, device=device, progress=progress, desc="evaluate_path"
+    )
+    for t, model in walk:
+        target = module_device(model)
+        with evaluating(model):
+            passes = {
+                name: run_pass(
+                    model,
+                    loader,
+                    task=chosen,
+                    device=target,
+                    signals=mia and name in MIA_SPLITS,
+                    name=f"splits[{name!r}]",
+                )
+                for name, loader in loaders.items()
+            }
+        for name, result in passes.items():
+            metrics = result.metrics()
+            values[name]["acc"].append(metrics.accuracy)
+            values[name]["loss"].append(metrics.loss)
+            counts[name] = metrics.count
+        for feature in features:
+            values["forget"][f"mia_{feature}"].append(_path_mia(passes, feature))
+        with torch.no_grad():
+            weights = {name: w.detach() for name, w in curve.weights_at(t).items()}
+        if previous is not None:
+            squared = sum(
+                float(torch.sum((weights[name].double() - previous[name].double()) ** 2))
+                for name in weights
+            )
+            segments.append(math.sqrt(squared))
+        previous = weights
+
+    return PathReport(
+        points,
+        values,
+        segment_lengths=segments,
+        meta={
+            "counts": counts,
+            "bn_data": bn.source,
+            "mia_features": list(features),
+            "task": repr(chosen),
+        },
+    )
+
+
+def _path_mia(passes: Mapping[str, Outputs], feature: str) -> float:
+    """MIA-efficacy at one ``t``; the shadow subset is the same at every ``t``."""
+    return mia_efficacy(
+        passes["retain"], passes["test"], passes["forget"], feature=feature, subsample=True
+    )
