@@ -3,164 +3,225 @@
 For each model the script times, interleaved in one run on the same inputs,
 one SGD step (zero_grad, forward, cross-entropy, backward, momentum step) of
 
-* the plain model,
-* a 3-bend Bezier CurveModel with fixed ends (all middle entries trainable),
-* the same curve with a random 10% element mask on every parameter,
+* ``plain``: the plain model,
+* ``curve``: a 3-bend Bezier CurveModel with fixed ends (all middle entries trainable),
+* ``tensors``: the same curve with MCU's per-tensor mask (``mcu.layer_mask``, k=0.1, on
+  random data): whole tensors trainable, the others constants with no weight gradient,
+* ``elements``: the same curve with a 10 % element mask (``mcu.random_mask``, sparsity 0.9),
+* ``compiled``: the unmasked curve under ``torch.compile`` (inductor), and
+  ``compiled_plain``: the plain model under ``torch.compile``, when compiling is on.
 
-and prints the median ratio to the plain step, plus the trainable and
-optimizer-state size of the masked curve relative to the unmasked one.
+Each round runs every variant back to back (rotating the order), so a round's ratios
+share the machine's load; the table gives the median ratio over the rounds and its
+spread (min-max). The machine may be shared with other jobs: compare ratios, not times.
 
 Usage:
-    python benchmarks/curve_step.py            # full (a few minutes on 2 cores)
-    python benchmarks/curve_step.py --quick    # smoke run
+    python benchmarks/curve_step.py                  # full run, compiles the MLP cases
+    python benchmarks/curve_step.py --compile all    # also compile ResNet-20 (slow to compile)
+    python benchmarks/curve_step.py --quick          # smoke run for CI (< 1 minute)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
+import modeconn_unlearn as mcu
 from modeconn_unlearn import CurveModel
-from modeconn_unlearn.zoo import resnet20
+from modeconn_unlearn.zoo import MLP, resnet20
 
 RESULTS = Path(__file__).parent / "results"
+Step = Callable[[], None]
 
 
-def mlp() -> nn.Module:
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(3072, 1024),
-        nn.ReLU(),
-        nn.Linear(1024, 1024),
-        nn.ReLU(),
-        nn.Linear(1024, 10),
-    )
+def wide_mlp() -> nn.Module:
+    return MLP(3072, (1024, 1024), num_classes=10)
 
 
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    model.train()
+@dataclass
+class Case:
+    name: str
+    build: Callable[[], nn.Module]
+    batch: int
+    curve_target: float
+    compile: bool
+    shape: tuple[int, ...] = (3, 32, 32)
+    ratios: dict[str, list[float]] = field(default_factory=dict)
+
+
+def make_step(module: nn.Module, params: Iterable[nn.Parameter], x, y) -> tuple[Step, object]:
+    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    module.train()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
+        nn.functional.cross_entropy(module(x), y).backward()
         optimizer.step()
 
-    step._optimizer = optimizer  # type: ignore[attr-defined]
-    return step
+    return step, optimizer
 
 
-def state_numel(step: Callable[[], None], model: nn.Module) -> int:
-    optimizer = step._optimizer  # type: ignore[attr-defined]
-    params = sum(p.numel() for p in model.parameters())
+def state_numel(module: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    params = sum(p.numel() for p in module.parameters())
     states = sum(
         v.numel() for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)
     )
     return params + states
 
 
-def random_mask(model: nn.Module, fraction: float, seed: int) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return {n: torch.rand(p.shape, generator=gen) < fraction for n, p in model.named_parameters()}
+def covered(mask: dict[str, torch.Tensor]) -> float:
+    return sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
 
 
-def measure(
-    name: str,
-    build: Callable[[], nn.Module],
-    shape: tuple[int, ...],
-    batch: int,
-    repeats: int,
-    rounds: int,
-) -> dict[str, float | str | int]:
+def measure(case: Case, repeats: int, rounds: int, compile_it: bool) -> dict[str, object]:
     torch.manual_seed(0)
-    start, end = build(), build()
-    x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
-    plain = build()
-    curve = CurveModel(start, start=start, end=end)
-    masked = CurveModel(start, start=start, end=end, mask=random_mask(start, 0.1, 0))
-    steps = {
-        "plain": make_step(plain, x, y),
-        "curve": make_step(curve, x, y),
-        "masked": make_step(masked, x, y),
+    start, end, plain = case.build(), case.build(), case.build()
+    x, y = torch.randn(case.batch, *case.shape), torch.randint(0, 10, (case.batch,))
+    data = TensorDataset(torch.randn(32, *case.shape), torch.randint(0, 10, (32,)))
+    tensor_mask = mcu.layer_mask(start, data, data, k=0.1)
+    element_mask = mcu.random_mask(start, sparsity=0.9, seed=0)
+    modules = {
+        "plain": plain,
+        "curve": CurveModel(start, start=start, end=end),
+        "tensors": CurveModel(start, start=start, end=end, mask=tensor_mask),
+        "elements": CurveModel(start, start=start, end=end, mask=element_mask),
     }
+    steps: dict[str, Step] = {}
+    optimizers = {}
+    for key, module in modules.items():
+        steps[key], optimizers[key] = make_step(module, module.parameters(), x, y)
+    compile_seconds = {}
+    if compile_it:
+        compiled_curve = CurveModel(start, start=start, end=end)
+        for key, module in (("compiled", compiled_curve), ("compiled_plain", case.build())):
+            steps[key], _ = make_step(torch.compile(module), module.parameters(), x, y)
+            begin = time.perf_counter()
+            steps[key]()  # compiles
+            compile_seconds[key] = time.perf_counter() - begin
     for step in steps.values():
         for _ in range(2):
             step()
-    # Steps of one round run back to back, so a round's ratios share the machine's load;
-    # the median over rounds discards rounds disturbed by other processes.
-    ratios: dict[str, list[float]] = {"curve": [], "masked": [], "masked_vs_curve": []}
+    order = list(steps)
     times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(rounds):
-        took = {}
-        for key, step in steps.items():
+    for index in range(rounds):
+        shift = index % len(order)
+        for key in order[shift:] + order[:shift]:
             begin = time.perf_counter()
             for _ in range(repeats):
-                step()
-            took[key] = (time.perf_counter() - begin) / repeats
-            times[key].append(took[key])
-        ratios["curve"].append(took["curve"] / took["plain"])
-        ratios["masked"].append(took["masked"] / took["plain"])
-        ratios["masked_vs_curve"].append(took["masked"] / took["curve"])
-    median = {k: statistics.median(v) for k, v in times.items()}
-    return {
-        "model": name,
-        "batch": batch,
-        "plain_ms": 1e3 * median["plain"],
-        "curve_ms": 1e3 * median["curve"],
-        "masked_ms": 1e3 * median["masked"],
-        "curve_over_plain": statistics.median(ratios["curve"]),
-        "masked_over_plain": statistics.median(ratios["masked"]),
-        "masked_over_curve": statistics.median(ratios["masked_vs_curve"]),
-        "masked_state_over_curve_state": state_numel(steps["masked"], masked)
-        / state_numel(steps["curve"], curve),
+                steps[key]()
+            times[key].append((time.perf_counter() - begin) / repeats)
+    pairs = {
+        "curve/plain": ("curve", "plain"),
+        "tensors/plain": ("tensors", "plain"),
+        "elements/curve": ("elements", "curve"),
     }
+    if compile_it:
+        pairs["compiled/curve"] = ("compiled", "curve")
+        pairs["compiled/plain"] = ("compiled", "plain")
+        pairs["compiled_plain/plain"] = ("compiled_plain", "plain")
+    ratios = {
+        label: [a / b for a, b in zip(times[num], times[den], strict=True)]
+        for label, (num, den) in pairs.items()
+    }
+    return {
+        "model": case.name,
+        "batch": case.batch,
+        "rounds": rounds,
+        "repeats": repeats,
+        "ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
+        "ratio_median": {k: statistics.median(v) for k, v in ratios.items()},
+        "ratio_min": {k: min(v) for k, v in ratios.items()},
+        "ratio_max": {k: max(v) for k, v in ratios.items()},
+        "ratios": ratios,
+        "tensor_mask_fraction": covered(tensor_mask),
+        "element_mask_fraction": covered(element_mask),
+        "elements_state/curve_state": state_numel(modules["elements"], optimizers["elements"])
+        / state_numel(modules["curve"], optimizers["curve"]),
+        "compile_seconds": compile_seconds,
+        "curve_target": case.curve_target,
+    }
+
+
+def cell(row: dict, label: str) -> str:
+    if label not in row["ratio_median"]:
+        return "-"
+    return (
+        f"{row['ratio_median'][label]:.3f} "
+        f"({row['ratio_min'][label]:.2f}-{row['ratio_max'][label]:.2f})"
+    )
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| model | batch | plain ms | curve ms | curve/plain (target) | per-tensor mask/plain "
+        "(target <= 0.85) | element mask/curve (target <= 1) | element mask state/curve "
+        "(target <= 0.12) | compiled curve/eager curve | compiled curve/plain | "
+        "compiled plain/plain |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['ms']['plain']:.1f} | {r['ms']['curve']:.1f} | "
+            f"{cell(r, 'curve/plain')} (<= {r['curve_target']}) | "
+            f"{cell(r, 'tensors/plain')} [{100 * r['tensor_mask_fraction']:.0f} % of entries] | "
+            f"{cell(r, 'elements/curve')} | {r['elements_state/curve_state']:.3f} | "
+            f"{cell(r, 'compiled/curve')} | {cell(r, 'compiled/plain')} | "
+            f"{cell(r, 'compiled_plain/plain')} |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--quick", action="store_true", help="smoke run for CI (< 1 minute)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument(
+        "--compile",
+        choices=["none", "mlp", "all"],
+        default="mlp",
+        help="which cases also time torch.compile (ResNet-20 takes minutes to compile)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    repeats, rounds = (1, 2) if args.quick else (1, 25)
     cases = [
-        ("ResNet-20", resnet20, (3, 32, 32), 128, {"curve_over_plain": 1.03}),
-        ("MLP 3072-1024-1024-10", mlp, (3, 32, 32), 128, {"curve_over_plain": 1.25}),
-        ("MLP 3072-1024-1024-10", mlp, (3, 32, 32), 32, {"curve_over_plain": 1.5}),
+        Case("ResNet-20", resnet20, 128, 1.03, args.compile == "all"),
+        Case("MLP 3072-1024-1024-10", wide_mlp, 128, 1.25, args.compile != "none"),
+        Case("MLP 3072-1024-1024-10", wide_mlp, 32, 1.5, args.compile != "none"),
     ]
+    repeats = {"ResNet-20": 1}
+    rounds = args.rounds
     if args.quick:
-        cases = [(n, b, s, 8, t) for n, b, s, _, t in cases[1:2]]
-    rows = []
-    for name, build, shape, batch, targets in cases:
-        row = measure(name, build, shape, batch, repeats, rounds)
-        row["target_curve_over_plain"] = targets["curve_over_plain"]
-        rows.append(row)
-    header = (
-        "| model | batch | plain ms | curve ms | curve/plain (target) | masked/curve time "
-        "(target <= 1) | masked/curve state (target <= 0.12) |\n|---|---|---|---|---|---|---|"
-    )
-    lines = [header] + [
-        f"| {r['model']} | {r['batch']} | {r['plain_ms']:.1f} | {r['curve_ms']:.1f} | "
-        f"{r['curve_over_plain']:.3f} (<= {r['target_curve_over_plain']}) | "
-        f"{r['masked_over_curve']:.3f} | {r['masked_state_over_curve_state']:.3f} |"
-        for r in rows
+        cases = [Case("MLP 3072-1024-1024-10", wide_mlp, 8, 1.5, False)]
+        rounds = 3
+    rows = [
+        measure(c, 1 if args.quick else repeats.get(c.name, 3), rounds, c.compile) for c in cases
     ]
-    table = "\n".join(lines)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n{table}")
+    load = os.getloadavg()
+    header = (
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU only (no GPU), "
+        f"median of {rounds} interleaved rounds (min-max in parentheses); "
+        f"load average at the end {load[0]:.1f} on {os.cpu_count()} cores"
+    )
+    text = table(rows)
+    print(f"{header}\n{text}")
     if not args.quick:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "curve_step.json").write_text(json.dumps(rows, indent=2))
-        (RESULTS / "curve_step.md").write_text(
-            f"Command: `python benchmarks/curve_step.py` (torch {torch.__version__}, "
-            f"{args.threads} threads)\n\n{table}\n"
+        command = "python benchmarks/curve_step.py" + (
+            f" --compile {args.compile}" if args.compile != "mlp" else ""
         )
+        (RESULTS / "curve_step.md").write_text(f"Command: `{command}`\n\n{header}\n\n{text}\n")
 
 
 if __name__ == "__main__":
