@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modeconn_unlearn.curve_model import CurveModel
 from modeconn_unlearn.data import UnlearnBatch
 from modeconn_unlearn.errors import ModeConnError
 from modeconn_unlearn.losses import (
@@ -15,9 +16,13 @@ from modeconn_unlearn.losses import (
     UnlearnLoss,
     finetune,
     gradient_ascent,
+    gradient_difference,
+    idk,
     mcu_objective,
     neggrad_plus,
+    npo,
     random_label,
+    simnpo,
 )
 from modeconn_unlearn.tasks import CausalLMTask
 
@@ -372,3 +377,109 @@ def test_adaptive_beta_keeps_percentages_and_zero_targets():
     assert AdaptiveBeta(0.0, 0.0).retain_target == 0.0
     with pytest.raises(ModeConnError, match=r"99\.0 and 92\.0"):
         AdaptiveBeta(0.99, 0.92)
+
+
+# --------------------------------------------------------------------------- new objectives
+def test_gradient_difference_and_idk_match_hand_computation():
+    model, batch = fixed_batch()
+    expected = 0.7 * hand_ce(RETAIN) - 0.4 * hand_ce(FORGET)
+    assert gradient_difference(0.7, 0.4)(model, batch).item() == pytest.approx(expected, rel=1e-12)
+    assert idk()(model, batch).item() == pytest.approx(hand_ce(RETAIN) + hand_ce(FORGET), rel=1e-12)
+    value = idk(retain_weight=0.5)(model, batch).item()
+    assert value == pytest.approx(0.5 * hand_ce(RETAIN) + hand_ce(FORGET), rel=1e-12)
+
+
+def hand_logp(logits: np.ndarray, rows: list[int]) -> np.ndarray:
+    return np.array([logits[i][TARGETS[i]] - np.log(np.exp(logits[i]).sum()) for i in rows])
+
+
+def softplus(x):
+    return np.log1p(np.exp(x))
+
+
+def test_npo_matches_hand_computation_for_classification():
+    model, batch = fixed_batch()
+    ref_logits = LOGITS * 0.5 + 0.1
+    reference = Table(ref_logits)
+    beta = 0.3
+    loss = npo(beta, reference=reference, retain_weight=0.25)
+    ratio = beta * (hand_logp(LOGITS, FORGET) - hand_logp(ref_logits, FORGET))
+    expected = (2 / beta) * softplus(ratio).mean() + 0.25 * hand_ce(RETAIN)
+    assert loss(model, batch).item() == pytest.approx(expected, rel=1e-12)
+    assert loss.last_stats["beta"] == beta
+
+
+def test_npo_uses_summed_nll_for_language_models_and_mean_nll_for_the_retain_term():
+    model, reference, batch = TinyLM(), TinyLM(), lm_batch()
+    summed, mean = hand_lm_nll(model, batch, "sum"), hand_lm_nll(model, batch, "mean")
+    with torch.no_grad():
+        ref_summed = hand_lm_nll(reference, batch, "sum")
+    forget, retain = [1, 3], [0, 2]
+    beta = 0.5
+    ratio = beta * (-summed[forget] + ref_summed[forget])
+    expected = (2 / beta) * F.softplus(ratio).mean() + 1.0 * mean[retain].mean()
+    loss = npo(beta, reference=reference, retain_weight=1.0, task=CausalLMTask())
+    torch.testing.assert_close(loss(model, batch), expected)
+
+
+def test_npo_on_a_curve_uses_the_curve_start_as_reference():
+    start, end = TinyLM(), TinyLM()
+    curve = CurveModel(start, start=start, end=end)
+    batch = lm_batch()
+    task = CausalLMTask()
+    torch.manual_seed(0)
+    value = npo(0.2, task=task)(curve, batch)
+    torch.manual_seed(0)
+    explicit = npo(0.2, reference=start, task=task)(curve, batch)
+    torch.testing.assert_close(value, explicit)
+    with pytest.raises(ModeConnError, match="reference="):
+        npo(0.2, task=task)(TinyLM(), batch)
+
+
+def test_simnpo_matches_hand_computation():
+    model, batch = fixed_batch()
+    beta, gamma = 2.5, 0.4
+    ce_forget = -hand_logp(LOGITS, FORGET)
+    log_sigmoid = -np.log1p(np.exp(-(beta * ce_forget - gamma)))
+    expected = -(2 / beta) * log_sigmoid.mean() + 0.5 * hand_ce(RETAIN)
+    value = simnpo(beta, gamma, retain_weight=0.5)(model, batch)
+    assert value.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_simnpo_normalises_by_answer_length_whatever_the_task_reduction():
+    model, batch = TinyLM(), lm_batch()
+    mean, summed = hand_lm_nll(model, batch, "mean"), hand_lm_nll(model, batch, "sum")
+    forget, retain = [1, 3], [0, 2]
+    expected = -(2 / 2.0) * F.logsigmoid(2.0 * mean[forget]).mean() + summed[retain].mean()
+    loss = simnpo(2.0, retain_weight=1.0, task=CausalLMTask(reduction="sum"))
+    torch.testing.assert_close(loss(model, batch), expected)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: npo(0.0),
+        lambda: npo(-1.0),
+        lambda: npo(0.1, retain_weight=-1.0),
+        lambda: npo(0.1, reference="original"),
+        lambda: simnpo(0.0),
+        lambda: simnpo(1.0, gamma=float("inf")),
+        lambda: gradient_difference(-1.0),
+        lambda: idk(retain_weight=-0.5),
+    ],
+)
+def test_new_objectives_refuse_bad_settings(make):
+    with pytest.raises(ModeConnError):
+        make()
+
+
+def test_npo_is_bounded_below_by_zero_where_gradient_ascent_diverges():
+    model, batch = fixed_batch()
+    reference = Table(LOGITS)
+    with torch.no_grad():
+        for row in FORGET:  # make every forget label extremely unlikely
+            model.logits[row] = 50.0
+            model.logits[row, TARGETS[row]] = -50.0
+    value = npo(1.0, reference=reference)(model, batch).item()
+    assert 0.0 <= value < 1e-12
+    assert gradient_ascent()(model, batch).item() < -99.0

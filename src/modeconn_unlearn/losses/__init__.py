@@ -25,13 +25,18 @@ from .classic import (
     neggrad_plus,
     random_label,
 )
+from .preference import gradient_difference, idk, npo, simnpo
 
 __all__ = [
     "AdaptiveBeta",
     "UnlearnLoss",
     "finetune",
     "gradient_ascent",
+    "gradient_difference",
+    "idk",
     "mcu_objective",
     "neggrad_plus",
+    "npo",
     "random_label",
+    "simnpo",
 ]
