@@ -24,7 +24,8 @@ Every function takes ``task=`` (default: classification). Plots live in
 
 from __future__ import annotations
 
-from .barriers import connect, connectivity_matrix, loss_barrier
+from .barriers import connect, loss_barrier
+from .matrix import connectivity_matrix
 from .relearn import relearn_attack, relearn_path
 from .results import BarrierResult, ConnectivityMatrix, RelearnPathResult, RelearnResult
 

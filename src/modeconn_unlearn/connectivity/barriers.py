@@ -1,4 +1,4 @@
-"""Loss barriers between models, trained connecting curves, and barrier matrices.
+"""Loss barriers between models, and trained connecting curves.
 
 The barrier of a path is the largest excess of the metric over the straight
 line between its endpoint values, ``max_t [v(t) - ((1 - t) v(0) + t v(1))]``.
@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ..batchnorm import update_bn
 from ..checkpoint import load_checkpoint
@@ -33,9 +32,25 @@ from ..evaluation.scores import evaluate
 from ..losses import finetune
 from ..tasks import Task
 from ..training import fit_curve
-from .results import BarrierResult, ConnectivityMatrix
+from .results import BarrierResult
 
-__all__ = ["Data", "Metric", "ModelLike", "connect", "connectivity_matrix", "loss_barrier"]
+__all__ = [
+    "SINGLE_SPLIT",
+    "Data",
+    "Metric",
+    "ModelLike",
+    "as_splits",
+    "barriers_on_curve",
+    "bn_for",
+    "check_compatible",
+    "check_metric",
+    "connect",
+    "end_values",
+    "linear_curve",
+    "loss_barrier",
+    "materialize",
+    "with_ends",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +60,12 @@ ModelLike: TypeAlias = "nn.Module | Mapping[str, Tensor]"
 Metric: TypeAlias = Literal["loss", "error"]
 
 _METRICS = ("loss", "error")
-# Split name used when ``data`` is a single loader.
-_SINGLE_SPLIT = "data"
+#: The split name used when ``data`` is a single loader.
+SINGLE_SPLIT = "data"
 
 
-def _as_splits(data: Any, name: str = "data") -> dict[str, DataLoader[Any]]:
-    """``{split: loader}``; a single loader or dataset becomes ``{_SINGLE_SPLIT: loader}``."""
+def as_splits(data: Any, name: str = "data") -> dict[str, DataLoader[Any]]:
+    """``{split: loader}``; a single loader or dataset becomes ``{SINGLE_SPLIT: loader}``."""
     if isinstance(data, Mapping):
         if not data:
             raise ModeConnError(
@@ -58,10 +73,10 @@ def _as_splits(data: Any, name: str = "data") -> dict[str, DataLoader[Any]]:
                 "{'retain': ..., 'forget': ..., 'test': ...}."
             )
         return {str(k): as_loader(v, name=f"{name}[{k!r}]") for k, v in data.items()}
-    return {_SINGLE_SPLIT: as_loader(data, name=name)}
+    return {SINGLE_SPLIT: as_loader(data, name=name)}
 
 
-def _bn_for(
+def bn_for(
     template: nn.Module, splits: Mapping[str, DataLoader[Any]] | None, bn_loader: Any
 ) -> DataLoader[Any] | None:
     """The BatchNorm data, by the policy shared with evaluate_path.
@@ -74,7 +89,7 @@ def _bn_for(
     return chosen.loader
 
 
-def _with_ends(points: np.ndarray) -> np.ndarray:
+def with_ends(points: np.ndarray) -> np.ndarray:
     """``points`` with t = 0 and t = 1 added (barriers compare against both ends)."""
     return np.unique(np.concatenate([[0.0], points, [1.0]]))
 
@@ -83,7 +98,8 @@ def _metric_value(metrics: Metrics, metric: str) -> float:
     return float(metrics.loss) if metric == "loss" else 100.0 - float(metrics.accuracy)
 
 
-def _check_metric(metric: str) -> None:
+def check_metric(metric: str) -> None:
+    """Raise unless ``metric`` is ``"loss"`` or ``"error"``."""
     if metric not in _METRICS:
         raise ModeConnError(f"metric must be one of {_METRICS}, got {metric!r}.")
 
@@ -94,7 +110,7 @@ def _state_of(model: ModelLike) -> dict[str, Tensor]:
     return load_checkpoint(model)
 
 
-def _check_compatible(models: Mapping[str, ModelLike]) -> None:
+def check_compatible(models: Mapping[str, ModelLike]) -> None:
     """Raise IncompatibleModelsError unless all models share state-dict keys and shapes."""
     items = list(models.items())
     ref_name, ref = items[0][0], _state_of(items[0][1])
@@ -122,7 +138,8 @@ def _check_compatible(models: Mapping[str, ModelLike]) -> None:
             )
 
 
-def _materialize(template: nn.Module, model: ModelLike) -> nn.Module:
+def materialize(template: nn.Module, model: ModelLike) -> nn.Module:
+    """``model`` as a module: itself, or a copy of ``template`` loaded with the state dict."""
     if isinstance(model, nn.Module):
         return model
     module = clone_module(template)
@@ -160,7 +177,8 @@ def _check_curve_ends(
             )
 
 
-def _linear_curve(template: nn.Module, start: ModelLike, end: ModelLike) -> CurveModel:
+def linear_curve(template: nn.Module, start: ModelLike, end: ModelLike) -> CurveModel:
+    """The straight line from ``start`` to ``end`` as a two-bend curve."""
     return CurveModel(template, start=start, end=end, curve="bezier", num_bends=2)
 
 
@@ -178,7 +196,7 @@ def _values_of(
     }
 
 
-def _end_values(
+def end_values(
     model: nn.Module,
     splits: Mapping[str, DataLoader[Any]],
     *,
@@ -194,7 +212,7 @@ def _end_values(
     return _values_of(model, splits, metric=metric, task=task, device=device)
 
 
-def _barriers_on_curve(
+def barriers_on_curve(
     curve: CurveModel,
     splits: Mapping[str, DataLoader[Any]],
     ts: np.ndarray,
@@ -331,10 +349,10 @@ def loss_barrier(
         >>> result.height >= 0.0
         True
     """
-    _check_metric(metric)
-    splits = _as_splits(data)
+    check_metric(metric)
+    splits = as_splits(data)
     named = isinstance(data, Mapping)
-    t_values = _with_ends(path_points(ts))
+    t_values = with_ends(path_points(ts))
     if isinstance(path, CurveModel):
         curve = path
         _check_curve_ends(curve, model_a, model_b)
@@ -347,7 +365,7 @@ def loss_barrier(
             )
         if model_b is None:
             raise ModeConnError("model_b is None: pass the second model.")
-        curve = _linear_curve(model_a, model_a, model_b)
+        curve = linear_curve(model_a, model_a, model_b)
         if device is not None:
             curve.to(device)
         template = model_a
@@ -355,8 +373,8 @@ def loss_barrier(
         raise ModeConnError(
             f"path must be 'linear' or a CurveModel (e.g. from connect()), got {path!r}."
         )
-    bn = _bn_for(template, splits if named else None, bn_loader)
-    results = _barriers_on_curve(
+    bn = bn_for(template, splits if named else None, bn_loader)
+    results = barriers_on_curve(
         curve,
         splits,
         t_values,
@@ -367,7 +385,7 @@ def loss_barrier(
         progress=progress,
         named=named,
     )
-    return results if named else results[_SINGLE_SPLIT]
+    return results if named else results[SINGLE_SPLIT]
 
 
 def connect(
@@ -450,137 +468,3 @@ def connect(
         **fit_kwargs,
     )
     return path
-
-
-def connectivity_matrix(
-    models: Mapping[str, ModelLike],
-    data: Data | Mapping[str, Data],
-    *,
-    path: Literal["linear", "curve"] = "linear",
-    template: nn.Module | None = None,
-    ts: int | Sequence[float] | np.ndarray = 21,
-    bn_loader: Data | None = None,
-    metric: Metric = "loss",
-    retain_data: Data | None = None,
-    forget_data: Data | None = None,
-    task: Task | None = None,
-    device: DeviceLike = None,
-    progress: bool = True,
-    **connect_kwargs: Any,
-) -> ConnectivityMatrix:
-    """Barrier heights between every pair of models, per split.
-
-    Each unordered pair is measured once (``i < j`` in the order of ``models``) and the
-    matrix is filled symmetrically, with a zero diagonal: a path from ``b`` to ``a`` is
-    the path from ``a`` to ``b`` run backwards, with the same barrier.
-
-    Args:
-        models: ``{name: nn.Module or state dict}`` (at least 2), all of one architecture.
-        data: A loader or a dict of splits, as for :func:`loss_barrier`. A single loader
-            appears as the split ``"data"``.
-        path: ``"linear"`` (straight lines) or ``"curve"`` (a curve trained by
-            :func:`connect` for every pair; slow: ``n (n - 1) / 2`` trainings).
-        template: Architecture for state-dict entries; default: the first
-            ``nn.Module`` among ``models``.
-        ts: As for :func:`loss_barrier`.
-        bn_loader: As for :func:`loss_barrier`.
-        metric: ``"loss"`` or ``"error"``.
-        retain_data: Training data for ``path="curve"``; default: ``data["retain"]``.
-        forget_data: Forget data passed to :func:`connect` for ``path="curve"``.
-        task: How outputs are scored (default: classification).
-        device: Where to evaluate.
-        progress: Show a progress bar over pairs.
-        **connect_kwargs: Arguments for :func:`connect` with ``path="curve"`` (``epochs``
-            and ``lr`` are required there; also ``loss``, ``num_bends``, ``seed``, ...).
-
-    Returns:
-        A :class:`ConnectivityMatrix`.
-
-    Raises:
-        ModeConnError: Fewer than two models, incompatible architectures, a state dict
-            without a template, missing ``retain_data`` for curves, or ``connect``
-            arguments with ``path="linear"``.
-
-    Example:
-        >>> import torch
-        >>> from torch.utils.data import TensorDataset
-        >>> data = TensorDataset(torch.randn(32, 4), torch.randint(0, 3, (32,)))
-        >>> models = {f"seed{i}": torch.nn.Linear(4, 3) for i in range(3)}
-        >>> m = connectivity_matrix(models, {"test": data}, ts=3, progress=False)
-        >>> m["test"].shape
-        (3, 3)
-    """
-    _check_metric(metric)
-    if not isinstance(models, Mapping) or len(models) < 2:
-        raise ModeConnError("models must be a dict {name: model or state dict} of >= 2 entries.")
-    if path not in ("linear", "curve"):
-        raise ModeConnError(f"path must be 'linear' or 'curve', got {path!r}.")
-    if path == "linear" and (connect_kwargs or retain_data is not None or forget_data is not None):
-        extra = sorted(connect_kwargs) + [
-            n
-            for n, v in (("retain_data", retain_data), ("forget_data", forget_data))
-            if v is not None
-        ]
-        raise ModeConnError(f"{extra} only apply to path='curve'; remove them or set path='curve'.")
-    if template is None:
-        template = next((m for m in models.values() if isinstance(m, nn.Module)), None)
-        if template is None:
-            raise ModeConnError(
-                "all models are state dicts: pass template=<an nn.Module of the architecture>."
-            )
-    names = tuple(str(name) for name in models)
-    _check_compatible({"template": template, **{str(k): v for k, v in models.items()}})
-    splits = _as_splits(data)
-    named = isinstance(data, Mapping)
-    t_values = _with_ends(path_points(ts))
-    bn = _bn_for(template, splits if named else None, bn_loader)
-    train_data: Data | None = retain_data
-    if path == "curve":
-        if train_data is None:
-            if "retain" not in splits:
-                raise ModeConnError(
-                    "path='curve' trains a curve per pair: pass retain_data=..., or a data "
-                    "dict with a 'retain' split."
-                )
-            train_data = splits["retain"]
-        missing = [k for k in ("epochs", "lr") if k not in connect_kwargs]
-        if missing:
-            raise ModeConnError(f"path='curve' needs {missing} for connect(), e.g. epochs=5.")
-        connect_kwargs.setdefault("progress", False)
-    modules = {n: _materialize(template, m) for n, m in zip(names, models.values(), strict=True)}
-
-    # Every path through a model starts or ends at that model, so its own values are
-    # computed once (the same export + BatchNorm re-estimation as at t = 0 or 1).
-    ends = {
-        name: _end_values(module, splits, metric=metric, bn_loader=bn, task=task, device=device)
-        for name, module in modules.items()
-    }
-    heights = {split: np.zeros((len(names), len(names))) for split in splits}
-    barriers: dict[tuple[str, str], dict[str, BarrierResult]] = {}
-    pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
-    for i, j in tqdm(pairs, desc=f"{path} barriers", disable=not progress):
-        a, b = modules[names[i]], modules[names[j]]
-        if train_data is not None:  # path == "curve"
-            curve = connect(a, b, train_data, forget_data, **connect_kwargs)
-        else:
-            curve = _linear_curve(template, a, b)
-        if device is not None:
-            curve.to(device)
-        per_split = _barriers_on_curve(
-            curve,
-            splits,
-            t_values,
-            metric=metric,
-            bn_loader=bn,
-            task=task,
-            device=device,
-            progress=False,
-            named=True,
-            ends=(ends[names[i]], ends[names[j]]),
-        )
-        barriers[(names[i], names[j])] = per_split
-        for split, result in per_split.items():
-            heights[split][i, j] = heights[split][j, i] = result.height
-    return ConnectivityMatrix(
-        names=names, heights=heights, metric=metric, path=path, barriers=barriers
-    )

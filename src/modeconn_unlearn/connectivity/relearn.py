@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data import default_collate as _default_collate
 
-from ..batchnorm import module_device
 from ..cloning import clone_module
 from ..curve_model import CurveModel, path_points
 from ..data import as_loader
@@ -20,7 +19,9 @@ from ..evaluation.bn import bn_data
 from ..evaluation.outputs import DataLike, DeviceLike
 from ..evaluation.paths import check_curve, walk_path
 from ..evaluation.scores import evaluate
+from ..losses import finetune
 from ..tasks import Task, resolve_task
+from ..training import TrainConfig, unlearn
 from .results import RelearnPathResult, RelearnResult
 
 __all__ = ["relearn_attack", "relearn_path"]
@@ -45,9 +46,25 @@ def _forget_samples(
     return dataset, chosen, rest, collate
 
 
+class _FrozenModes(nn.Module):
+    """Keeps the wrapped model in eval mode while the training loop calls ``train()``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def train(self, mode: bool = True) -> _FrozenModes:
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+
 def _relearn(
     model: nn.Module,
-    batch: Any,
+    finetune_data: _FinetuneData,
     eval_loader: DataLoader[Any],
     *,
     steps: int,
@@ -56,38 +73,41 @@ def _relearn(
     task: Task,
     device: DeviceLike,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    attacked = clone_module(model)
-    if device is not None:
-        attacked.to(device)
+    """Fine-tune a copy with :func:`~modeconn_unlearn.training.unlearn` and score every step."""
+    accuracy, loss = np.empty(steps + 1), np.empty(steps + 1)
+    train_loss = np.full(steps + 1, np.nan)
+
+    def record(step: int, module: nn.Module) -> None:
+        metrics = evaluate(module, eval_loader, task=task)
+        accuracy[step], loss[step] = float(metrics.accuracy), float(metrics.loss)
+        if step < steps:  # the loss the next step descends from
+            train_loss[step] = evaluate(module, finetune_data.loader, task=task).loss
+
     # Eval mode throughout: the fine-tuning batch holds forget samples only (for class-wise
     # forgetting, one class), whose batch statistics would let BatchNorm in training mode
     # normalise away the very signal to relearn; frozen statistics keep the model's own.
-    attacked.eval()
-    inputs, targets, _ = task.split(batch, device=module_device(attacked))
-    if targets is None:
-        raise ModeConnError("forget_data must yield (inputs, targets) samples to relearn from.")
-    optimizer = torch.optim.SGD(attacked.parameters(), lr=lr, momentum=momentum)
-    accuracy, loss, train_loss = (
-        np.empty(steps + 1),
-        np.empty(steps + 1),
-        np.full(steps + 1, np.nan),
-    )
-    for step in range(steps + 1):
-        metrics = evaluate(attacked, eval_loader, task=task, device=device)
-        accuracy[step], loss[step] = float(metrics.accuracy), float(metrics.loss)
-        if step == steps:
-            break
-        attacked.eval()
-        optimizer.zero_grad(set_to_none=True)
-        batch_loss = task(attacked, inputs, targets).loss.mean()
-        if not torch.isfinite(batch_loss):
-            raise ModeConnError(
-                f"relearning loss became {batch_loss.item()} at step {step}: lower lr={lr}."
-            )
-        batch_loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
-        train_loss[step] = float(batch_loss.detach())
+    attacked = _FrozenModes(clone_module(model))
+    if device is not None:
+        attacked.to(device)
+    record(0, attacked)
+    if steps > 0:
+        config = TrainConfig(
+            lr=lr,
+            max_steps=steps,
+            momentum=momentum,
+            weight_decay=0.0,
+            batch_size=len(finetune_data.dataset),
+            progress=False,
+            device=device,
+            step_callback=record,
+        )
+        unlearn(attacked, finetune_data.dataset, None, loss=finetune(task=task), config=config)
     return accuracy, loss, train_loss
+
+
+class _FinetuneData(NamedTuple):
+    dataset: Dataset[Any]
+    loader: DataLoader[Any]
 
 
 def _prepare_relearn(
@@ -98,7 +118,7 @@ def _prepare_relearn(
     samples: int,
     seed: int,
     eval_data: DataLike | None,
-) -> tuple[Any, DataLoader[Any], np.ndarray]:
+) -> tuple[_FinetuneData, DataLoader[Any], np.ndarray]:
     if steps < 0:
         raise ModeConnError(f"steps must be >= 0, got {steps}.")
     if not lr > 0:
@@ -106,7 +126,10 @@ def _prepare_relearn(
     dataset, chosen, rest, collate = _forget_samples(
         forget_data, samples, seed, need_rest=eval_data is None
     )
-    batch = collate([dataset[int(i)] for i in chosen])
+    chosen_set = Subset(dataset, chosen.tolist())
+    batch = _FinetuneData(
+        chosen_set, DataLoader(chosen_set, batch_size=len(chosen_set), collate_fn=collate)
+    )
     if eval_data is None:
         eval_loader = as_loader(Subset(dataset, rest.tolist()))
     else:
@@ -134,7 +157,8 @@ def relearn_attack(
     samples back fast; a model that never learned them (like the retrained one) relearns
     at the speed of learning new data. ``samples`` forget samples are drawn with ``seed``;
     each step is one full-batch SGD step on them with the task's mean loss
-    (cross-entropy for a classifier). The copy stays in
+    (cross-entropy for a classifier), run by :func:`~modeconn_unlearn.training.unlearn`
+    (``finetune`` on those samples, ``max_steps=steps``, no weight decay). The copy stays in
     eval mode throughout (BatchNorm statistics and dropout frozen): the fine-tuning batch
     holds forget samples only (a single class, for class-wise forgetting), and BatchNorm
     in training mode would subtract that batch's mean, the very signal to relearn; so
