@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 from torch.utils.data import default_collate as _default_collate
 
 from ..cloning import clone_module
@@ -106,7 +106,7 @@ def _relearn(
 
 
 class _FinetuneData(NamedTuple):
-    dataset: Dataset[Any]
+    dataset: Subset[Any]
     loader: DataLoader[Any]
 
 
