@@ -1,61 +1,77 @@
-"""Base unlearning methods vs MCU(base) on Fashion-MNIST with a BatchNorm CNN.
+"""Base unlearning methods vs MCU(base) where MCU's claim can fail: memorising originals.
 
-Two scenarios: a random 10% of the training subset forgotten, and one whole
-class forgotten. Retraining from scratch on the retain set is the reference.
-For each base method (FT, GA, NegGrad+, RL, SalUn) the script runs the method
-on the original model (θ_u), then MCU on top of it: a quadratic Bezier curve
-θ_o -> θ_u whose control point is trained, on the tensors of a layer mask, with
-``CE(retain) - β·CE(forget)`` and β from ``AdaptiveBeta``. The point ``t`` is
-chosen from the retain and forget accuracies along the path and their targets
-(the retrained model's accuracies) only; the test split plays no part in it.
+Regime: Fashion-MNIST training subset, a BatchNorm CNN trained until it memorises
+(training accuracy >= 99.5 %, no augmentation); retraining from scratch on the
+retain set with the same recipe and budget is the reference. A validation split
+(10 %) is carved from the training subset before the original is trained: it is
+the only source of MCU's forget target for random forgetting (the original's
+accuracy on it), next to the original's retain accuracy (``mcu.recipe.user_targets``).
+MCU never sees the retrained model or the test split.
 
-Reported per cell, mean ± sample standard deviation over seeds: UA, RA, TA,
-MIA-efficacy, Avg. Gap to the retrained model (the mean absolute difference of
-those four numbers) and the wall time (RTE) in seconds. For MCU(base) the RTE
-is the base method's time plus the layer mask, curve training, path evaluation
-and export.
+Scenarios: random 10 %, random 1 %, one class (0); methods FT, GA, NegGrad+, RL,
+SalUn, each alone (θ_u) and under MCU (``mcu.recipe.mcu_unlearn`` on θ_u). One
+scenario also on a second architecture (an MLP without BatchNorm).
 
-The sizes are chosen for a 2-core CPU (the default run takes about 20-25
-minutes with one thread); they are printed and saved with the results.
+Protocol: ``--phase tune`` runs a grid of base-method and MCU hyperparameters on
+tuning seeds (never reported) and writes ``mcu_table_tuning.json`` (every
+candidate's scores and the choice: lowest mean Avg. Gap to retraining on the
+tuning seeds). ``--phase report`` runs the chosen settings on fresh seeds and
+writes one JSON per seed as it goes (``mcu_table_runs/seed_<s>.json``), so a
+partial run still yields numbers; ``--phase aggregate`` (run at the end of
+``report`` too) writes ``mcu_table.json``/``.md`` and the figures: mean ± 95 %
+CI (t-distribution) per cell and the paired per-seed difference MCU - base with
+its 95 % CI; a cell is a win only when that interval lies below 0.
 
 Usage:
-    python benchmarks/mcu_table.py             # full run, writes benchmarks/results/mcu_table.*
-    python benchmarks/mcu_table.py --quick     # smoke run (< 60 s), writes nothing
-    python benchmarks/mcu_table.py --quick --dataset digits   # without the Fashion-MNIST files
+    python benchmarks/mcu_table.py --phase tune
+    python benchmarks/mcu_table.py --phase report        # then aggregates
+    python benchmarks/mcu_table.py --phase aggregate     # tables from the per-seed files
+    python benchmarks/mcu_table.py --quick               # smoke run (< 2 min), writes nothing
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import logging
-import platform
-import statistics
+import math
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Subset
 
 import modeconn_unlearn as mcu
-from modeconn_unlearn.datasets import FASHION_MNIST_CLASSES, load_digits, load_fashion_mnist
-from modeconn_unlearn.zoo import SmallCNN
+from modeconn_unlearn.datasets import load_digits, load_fashion_mnist
+from modeconn_unlearn.recipe import RecipeConfig, Targets, carve_holdout, mcu_unlearn, user_targets
 
-RESULTS = Path(__file__).parent / "results"
-METHODS = ("FT", "GA", "NegGrad+", "RL", "SalUn")
-SCENARIOS = ("random", "class")
-METRICS = ("ua", "ra", "ta", "mia", "avg_gap", "rte", "cpu")
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import (
+    METHODS,
+    RESULTS,
+    Base,
+    Seconds,
+    cosine,
+    environment,
+    labels_of,
+    loader,
+    mean_ci,
+    model_factory,
+    random_subset,
+    score,
+    timed,
+    with_bn_from,
+    write_json,
+)
 
 logger = logging.getLogger("mcu_table")
+SCORES = ("ua", "ra", "ta", "mia", "tpr1", "avg_gap")
+FORGET = {"random10": ("ratio", 0.1), "random1": ("ratio", 0.01), "class": ("class", 0)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,487 +79,713 @@ class Config:
     """Every size and hyperparameter of a run (saved with the results)."""
 
     dataset: str = "fashion"
-    train_size: int = 10_000
-    test_size: int = 2_000
+    pool_size: int = 5000
+    holdout_fraction: float = 0.1
+    test_size: int = 2000
+    arch: str = "cnn"
     width: int = 16
-    seeds: tuple[int, ...] = (0, 1, 2)
-    forget_ratio: float = 0.1
-    forget_class: int = 0
-    batch_size: int = 128
-    # original model and retrain: SGD, momentum 0.9, weight decay 5e-4, cosine schedule
-    epochs: int = 5
-    lr: float = 0.1
-    # base methods: (epochs, lr); GA runs on the forget set only
-    base: tuple[tuple[str, int, float], ...] = (
-        ("FT", 2, 0.01),
-        ("GA", 2, 1e-3),
-        ("NegGrad+", 2, 0.01),
-        ("RL", 2, 0.01),
-        ("SalUn", 2, 0.01),
+    epochs: int = 12
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    scenarios: tuple[str, ...] = ("random10", "random1", "class")
+    second_arch: str = "mlp"
+    second_lr: float = 0.1
+    second_scenarios: tuple[str, ...] = ("random10",)
+    probe_size: int = 1000
+    tune_seeds: tuple[int, ...] = (100,)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    # candidates of the tuning grid: (method, epochs, lr)
+    base_grid: tuple[tuple[str, int, float], ...] = (
+        ("FT", 1, 0.01),
+        ("FT", 1, 0.04),
+        ("GA", 1, 2e-4),
+        ("GA", 1, 1e-3),
+        ("GA", 1, 5e-3),
+        ("NegGrad+", 1, 0.01),
+        ("NegGrad+", 1, 0.04),
+        ("RL", 1, 0.01),
+        ("RL", 1, 0.04),
+        ("SalUn", 1, 0.01),
+        ("SalUn", 1, 0.04),
     )
-    neggrad_beta: float = 0.9
-    salun_sparsity: float = 0.5
-    # MCU
-    mask_k: float = 0.5
-    mask_kr: float = 0.1
-    curve_epochs: int = 2
-    curve_lr: float = 0.01
-    retain_ratio: float = 0.5
-    beta_low: float = 0.01
-    beta_high: float = 0.5
-    t_range: tuple[float, float] = (0.5, 1.0)
-    path_points: int = 11
-    interpolation: str = "pchip"
-    # retain subset for BatchNorm re-estimation and the retain accuracy along the path
-    probe_size: int = 1_500
+    # MCU candidates: overrides of RecipeConfig's defaults
+    # MCU candidates: overrides of RecipeConfig's defaults. The CNN's dense head holds 96 %
+    # of its entries, so a per-tensor mask with kr > 0 excludes every tensor (layer_mask
+    # refuses it) and kr = 0 selects them all; the element-wise saliency mask is the
+    # alternative.
+    mcu_grid: tuple[tuple[tuple[str, Any], ...], ...] = (
+        (("mask_kr", 0.0),),
+        (("mask", "saliency"),),
+        (("mask_kr", 0.0), ("beta_low", 0.05), ("beta_high", 2.0)),
+        (("mask_kr", 0.0), ("t_range", (0.0, 1.0))),
+    )
     threads: int = 1
 
 
-QUICK = Config(
-    train_size=1_000,
-    test_size=400,
+QUICK = dataclasses.replace(
+    Config(),
+    dataset="digits",
     width=4,
-    seeds=(0,),
-    epochs=2,
-    base=tuple((name, 1, lr) for name, _, lr in Config.base),
-    curve_epochs=1,
-    path_points=5,
-    probe_size=300,
+    epochs=3,
+    test_size=300,
+    probe_size=200,
+    scenarios=("random10", "class"),
+    second_scenarios=(),
+    tune_seeds=(100,),
+    seeds=(0, 1),
+    base_grid=(
+        ("FT", 1, 0.01),
+        ("GA", 1, 1e-3),
+        ("NegGrad+", 1, 0.01),
+        ("RL", 1, 0.01),
+        ("SalUn", 1, 0.01),
+    ),
+    mcu_grid=((("mask_kr", 0.0),), (("mask", "saliency"),)),
 )
 
 
-# --------------------------------------------------------------------------- data
-def load_data(cfg: Config) -> tuple[Dataset[Any], Dataset[Any], int]:
-    """Training and test subsets, and the number of input channels."""
+# --------------------------------------------------------------------------- world
+@dataclasses.dataclass
+class World:
+    """One seed's data split and original models."""
+
+    seed: int
+    train: Any
+    holdout: Any
+    test: Any
+    originals: dict[str, nn.Module]
+    original_time: dict[str, Seconds]
+    original_train_acc: dict[str, float]
+    original_test_acc: dict[str, float]
+
+
+def load_data(cfg: Config) -> tuple[Any, Any]:
     if cfg.dataset == "digits":
         train, test = load_digits(flatten=False)
-        return train, test, 1
-    train = load_fashion_mnist(train=True, limit=cfg.train_size)
-    test = load_fashion_mnist(train=False, limit=cfg.test_size)
-    return train, test, 1
+        return train, Subset(test, range(min(cfg.test_size, len(test))))
+    pool = load_fashion_mnist(train=True, limit=cfg.pool_size)
+    return pool, load_fashion_mnist(train=False, limit=cfg.test_size)
 
 
-def labels_of(dataset: Any) -> torch.Tensor:
-    if isinstance(dataset, Subset):
-        return labels_of(dataset.dataset)[torch.as_tensor(dataset.indices)]
-    return dataset.tensors[1]  # type: ignore[no-any-return]
+def factory(cfg: Config, arch: str) -> Any:
+    if cfg.dataset == "digits":
+        from modeconn_unlearn.zoo import MLP, SmallCNN
+
+        return (
+            (lambda: SmallCNN(1, 10, width=cfg.width))
+            if arch == "cnn"
+            else (lambda: MLP(64, (32,), num_classes=10))
+        )
+    return model_factory(arch, cfg.width)
 
 
-def probe_subset(retain: Subset[Any], size: int, seed: int) -> Subset[Any]:
-    """A fixed random subset of the retain set (BatchNorm statistics, path retain accuracy)."""
-    generator = torch.Generator().manual_seed(10_000 + seed)
-    picked = torch.randperm(len(retain), generator=generator)[: min(size, len(retain))]
-    return Subset(retain, sorted(picked.tolist()))
-
-
-# --------------------------------------------------------------------------- methods
-def cosine(epochs: int) -> Callable[[Optimizer], LRScheduler]:
-    return lambda optimizer: CosineAnnealingLR(optimizer, T_max=epochs)
-
-
-def base_loss(cfg: Config, method: str) -> mcu.UnlearnLoss:
-    return {
-        "FT": mcu.losses.finetune,
-        "GA": mcu.losses.gradient_ascent,
-        "NegGrad+": lambda: mcu.losses.neggrad_plus(cfg.neggrad_beta),
-        "RL": lambda: mcu.losses.random_label(10),
-        "SalUn": lambda: mcu.losses.random_label(10),
-    }[method]()
-
-
-@dataclasses.dataclass(frozen=True)
-class Seconds:
-    """Wall-clock and CPU time of a step (CPU time is what other processes disturb least)."""
-
-    wall: float
-    cpu: float
-
-    def __add__(self, other: Seconds) -> Seconds:
-        return Seconds(self.wall + other.wall, self.cpu + other.cpu)
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, Seconds]:
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
-    return result, Seconds(time.perf_counter() - wall, time.process_time() - cpu)
-
-
-def score_row(scores: mcu.UnlearningScores, seconds: Seconds, **extra: Any) -> dict[str, Any]:
-    row = {
-        "ua": scores.ua,
-        "ra": scores.ra,
-        "ta": scores.ta,
-        "mia": scores.mia,
-        "avg_gap": scores.avg_gap,
-        "rte": seconds.wall,
-        "cpu": seconds.cpu,
-    }
-    row.update(extra)
-    return row
-
-
-def run_scenario(
-    cfg: Config,
-    scenario: str,
-    seed: int,
-    *,
-    original: nn.Module,
-    original_time: float,
-    make_model: Callable[[], nn.Module],
-    train: Dataset[Any],
-    test: Dataset[Any],
-) -> dict[str, dict[str, Any]]:
-    """Retrain, the five base methods and MCU on each, for one scenario and seed."""
-    if scenario == "random":
-        retain, forget = mcu.forget_retain_split(train, forget_ratio=cfg.forget_ratio, seed=seed)
-    else:
-        retain, forget = mcu.forget_retain_split(train, forget_class=cfg.forget_class)
-        # Test accuracy and MIA non-members on the remaining classes only.
-        keep = torch.nonzero(labels_of(test) != cfg.forget_class).flatten().tolist()
-        test = Subset(test, keep)
-    probe = probe_subset(retain, cfg.probe_size, seed)
-    splits = {"retain": retain, "forget": forget, "test": test}
-    common = {"batch_size": cfg.batch_size, "seed": seed, "progress": False}
-
-    retrained, retrain_time = timed(
+def train_model(cfg: Config, arch: str, data: Any, seed: int) -> tuple[nn.Module, Seconds]:
+    lr = cfg.lr if arch == cfg.arch else cfg.second_lr
+    return timed(  # type: ignore[no-any-return]
         lambda: mcu.retrain(
-            make_model,
-            retain,
+            factory(cfg, arch),
+            data,
             epochs=cfg.epochs,
-            lr=cfg.lr,
+            lr=lr,
+            weight_decay=cfg.weight_decay,
+            batch_size=cfg.batch_size,
             scheduler=cosine(cfg.epochs),
-            **common,
+            seed=seed,
+            progress=False,
         )
     )
-    probe_loader = DataLoader(probe, batch_size=256)
 
-    def scored(model: nn.Module) -> nn.Module:
-        """A copy with BatchNorm statistics re-estimated on the retain probe.
 
-        Every model is scored this way, as the points of a path are, so that MCU's
-        point at t = 1 is exactly θ_u and a difference in the table comes from the
-        path, not from how BatchNorm statistics were estimated.
-        """
-        model = copy.deepcopy(model)
-        mcu.update_bn(model, probe_loader)
-        return model
+def make_world(cfg: Config, seed: int, pool: Any, test: Any) -> World:
+    train, holdout = carve_holdout(pool, fraction=cfg.holdout_fraction, seed=seed)
+    archs = [cfg.arch] + ([cfg.second_arch] if cfg.second_scenarios else [])
+    originals, times, train_acc, test_acc = {}, {}, {}, {}
+    for arch in archs:
+        originals[arch], times[arch] = train_model(cfg, arch, train, seed)
+        train_acc[arch] = mcu.evaluate(originals[arch], train).accuracy
+        test_acc[arch] = mcu.evaluate(originals[arch], test).accuracy
+        logger.info(
+            "seed %d %s original: %.0fs, train %.2f%%, test %.2f%%",
+            seed,
+            arch,
+            times[arch].wall,
+            train_acc[arch],
+            test_acc[arch],
+        )
+    return World(seed, train, holdout, test, originals, times, train_acc, test_acc)
 
-    retrained = scored(retrained)
-    reference = mcu.unlearning_scores(retrained, **splits, seed=seed)
-    # MCU's targets: the retrained model's accuracy on the retain probe and the forget set.
-    retain_target = mcu.evaluate(retrained, probe).accuracy
-    forget_target = mcu.evaluate(retrained, forget).accuracy
-    rows: dict[str, dict[str, Any]] = {
-        "Retrain": score_row(
-            mcu.unlearning_scores(retrained, **splits, reference=reference, seed=seed), retrain_time
-        ),
-        "Original": score_row(
-            mcu.unlearning_scores(scored(original), **splits, reference=reference, seed=seed),
-            original_time,
-        ),
+
+@dataclasses.dataclass
+class Scenario:
+    """One scenario's splits, retrained reference and targets."""
+
+    name: str
+    arch: str
+    retain: Any
+    forget: Any
+    test: Any
+    probe: Any
+    targets: Targets
+    retrained: nn.Module
+    retrain_time: Seconds
+    reference: mcu.UnlearningScores
+    rows: dict[str, dict[str, Any]]
+
+
+def split(world: World, name: str) -> tuple[Any, Any, Any]:
+    kind, value = FORGET[name]
+    if kind == "ratio":
+        retain, forget = mcu.forget_retain_split(world.train, forget_ratio=value, seed=world.seed)
+        return retain, forget, world.test
+    retain, forget = mcu.forget_retain_split(world.train, forget_class=value)
+    keep = torch.nonzero(labels_of(world.test) != value).flatten().tolist()
+    return retain, forget, Subset(world.test, keep)
+
+
+def make_scenario(cfg: Config, world: World, name: str, arch: str) -> Scenario:
+    retain, forget, test = split(world, name)
+    probe = random_subset(retain, cfg.probe_size, world.seed)
+    original = world.originals[arch]
+    targets = user_targets(
+        original, probe, world.holdout, scenario="class" if name == "class" else "random"
+    )
+    retrained, retrain_time = train_model(cfg, arch, retain, world.seed)
+    probe_loader = loader(probe)
+    retrained = with_bn_from(retrained, probe_loader)
+    data = {"retain": retain, "forget": forget, "test": test}
+    reference = mcu.unlearning_scores(retrained, **data, seed=world.seed)
+    rows = {
+        "Retrain": {
+            **score(retrained, **data, probe=probe, reference=reference, seed=world.seed),
+            "time": retrain_time.wall,
+            "cpu": retrain_time.cpu,
+            "forget_acc": mcu.evaluate(retrained, forget).accuracy,
+            "probe_acc": mcu.evaluate(retrained, probe).accuracy,
+        },
+        "Original": {
+            **score(
+                with_bn_from(original, probe_loader),
+                **data,
+                probe=probe,
+                reference=reference,
+                seed=world.seed,
+            ),
+            "time": world.original_time[arch].wall,
+            "cpu": world.original_time[arch].cpu,
+        },
     }
     logger.info(
-        "seed %d %s: retrain %.1fs, targets retain %.2f forget %.2f",
-        seed,
-        scenario,
+        "seed %d %s/%s: retrain %.0fs; targets (user) retain %.2f forget %.2f; retrained "
+        "model (never used by MCU) retain %.2f forget %.2f",
+        world.seed,
+        arch,
+        name,
         retrain_time.wall,
-        retain_target,
-        forget_target,
+        targets.retain,
+        targets.forget,
+        rows["Retrain"]["probe_acc"],
+        rows["Retrain"]["forget_acc"],
+    )
+    return Scenario(
+        name, arch, retain, forget, test, probe, targets, retrained, retrain_time, reference, rows
     )
 
-    mask, mask_time = timed(
-        lambda: mcu.layer_mask(original, retain, forget, k=cfg.mask_k, kr=cfg.mask_kr)
+
+def run_base(world: World, sc: Scenario, base: Base) -> tuple[nn.Module, dict[str, Any]]:
+    original = world.originals[sc.arch]
+    theta_u, seconds = timed(lambda: base.run(original, sc.retain, sc.forget, seed=world.seed))
+    row = score(
+        with_bn_from(theta_u, loader(sc.probe)),
+        retain=sc.retain,
+        forget=sc.forget,
+        test=sc.test,
+        probe=sc.probe,
+        reference=sc.reference,
+        seed=world.seed,
     )
-    ts = np.linspace(cfg.t_range[0], cfg.t_range[1], cfg.path_points).tolist()
-    for method, epochs, lr in cfg.base:
+    row.update(time=seconds.wall, cpu=seconds.cpu, epochs=base.epochs, lr=base.lr)
+    return theta_u, row
 
-        def run_base(method: str = method, epochs: int = epochs, lr: float = lr) -> nn.Module:
-            saliency = (
-                mcu.saliency_mask(original, forget, sparsity=cfg.salun_sparsity)
-                if method == "SalUn"
-                else None
-            )
-            return mcu.unlearn(
-                original,
-                retain,
-                forget,
-                loss=base_loss(cfg, method),
-                epochs=epochs,
-                lr=lr,
-                mask=saliency,
-                **common,
-            )
 
-        theta_u, base_time = timed(run_base)
-        rows[method] = score_row(
-            mcu.unlearning_scores(scored(theta_u), **splits, reference=reference, seed=seed),
-            base_time,
+def run_mcu(
+    world: World, sc: Scenario, theta_u: nn.Module, config: RecipeConfig
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    original = world.originals[sc.arch]
+    result, seconds = timed(
+        lambda: mcu_unlearn(
+            original,
+            theta_u,
+            sc.retain,
+            sc.forget,
+            targets=sc.targets,
+            config=config,
+            probe=sc.probe,
+            seed=world.seed,
         )
-
-        def run_mcu(theta_u: nn.Module = theta_u) -> tuple[nn.Module, Any, list[float]]:
-            curve = mcu.CurveModel(original, start=original, end=theta_u, mask=mask)
-            beta = mcu.AdaptiveBeta(
-                retain_target, forget_target, low=cfg.beta_low, high=cfg.beta_high
-            )
-            mcu.fit_curve(
-                curve,
-                retain,
-                forget,
-                loss=mcu.losses.mcu_objective(beta),
-                epochs=cfg.curve_epochs,
-                lr=cfg.curve_lr,
-                retain_ratio=cfg.retain_ratio,
-                t_sampler=cfg.t_range,
-                **common,
-            )
-            report = mcu.evaluate_path(
-                curve,
-                {"retain": probe, "forget": forget},
-                ts=ts,
-                bn_loader=probe,
-                progress=False,
-            )
-            best = mcu.find_optimal_t(
-                report.t,
-                report.acc("retain"),
-                report.acc("forget"),
-                retain_target=retain_target,
-                forget_target=forget_target,
-                t_range=cfg.t_range,
-                kind=cfg.interpolation,  # type: ignore[arg-type]
-            )
-            # export() iterates bn_loader as batches: pass a DataLoader, not a Dataset.
-            model = curve.export(best.t, bn_loader=probe_loader)
-            return model, best, report.acc("forget").tolist()
-
-        (mcu_model, best, path_forget), mcu_time = timed(run_mcu)
-        rows[f"MCU({method})"] = score_row(
-            mcu.unlearning_scores(mcu_model, **splits, reference=reference, seed=seed),
-            base_time + mask_time + mcu_time,
-            t=best.t,
-            region=best.region,
-            mcu_time=(mask_time + mcu_time).wall,
-            path_forget_acc=path_forget,
-        )
-        logger.info(
-            "seed %d %s %s: gap %.2f -> MCU %.2f at t=%.3f (base %.1fs, MCU +%.1fs)",
-            seed,
-            scenario,
-            method,
-            rows[method]["avg_gap"],
-            rows[f"MCU({method})"]["avg_gap"],
-            best.t,
-            base_time.wall,
-            (mask_time + mcu_time).wall,
-        )
-    return rows
+    )
+    row = score(
+        result.model,
+        retain=sc.retain,
+        forget=sc.forget,
+        test=sc.test,
+        probe=sc.probe,
+        reference=sc.reference,
+        seed=world.seed,
+    )
+    report = result.report
+    row.update(
+        time=seconds.wall,
+        cpu=seconds.cpu,
+        parts=result.seconds,
+        t=result.t,
+        region=result.best.region,
+        evaluations=result.search.evaluations,
+        fraction_of_retrain=seconds.wall / sc.retrain_time.wall,
+    )
+    path = {
+        "t": report.t.tolist(),
+        "retain_acc": report.acc("retain").tolist(),
+        "forget_acc": report.acc("forget").tolist(),
+        "t_chosen": result.t,
+        "region": result.best.region,
+        "targets": [sc.targets.retain, sc.targets.forget],
+    }
+    return row, path
 
 
-# --------------------------------------------------------------------------- tables
-def aggregate(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
-    """Mean and sample standard deviation over seeds of every metric."""
+def recipe_config(overrides: Any) -> RecipeConfig:
+    return dataclasses.replace(RecipeConfig(), **dict(overrides))
+
+
+# --------------------------------------------------------------------------- tune
+def tune(cfg: Config, out: Path, quick: bool) -> dict[str, Any]:
+    pool, test = load_data(cfg)
+    records: list[dict[str, Any]] = []
+    cache: dict[tuple[int, str, str, int, float], nn.Module] = {}
+    scenarios: dict[tuple[int, str], tuple[World, Scenario]] = {}
+    for seed in cfg.tune_seeds:
+        world = make_world(cfg, seed, pool, test)
+        for name in cfg.scenarios:
+            sc = make_scenario(cfg, world, name, cfg.arch)
+            scenarios[(seed, name)] = (world, sc)
+            for method, epochs, lr in cfg.base_grid:
+                theta_u, row = run_base(world, sc, Base(method, epochs, lr))
+                cache[(seed, name, method, epochs, lr)] = theta_u
+                records.append({"seed": seed, "scenario": name, "method": method, **row})
+                logger.info(
+                    "tune seed %d %s %s ep %d lr %g: gap %.2f",
+                    seed,
+                    name,
+                    method,
+                    epochs,
+                    lr,
+                    row["avg_gap"],
+                )
+    chosen_base: dict[str, dict[str, list[float]]] = {}
+    for name in cfg.scenarios:
+        chosen_base[name] = {}
+        for method in METHODS:
+            candidates = {(e, lr) for m, e, lr in cfg.base_grid if m == method}
+            gaps = {
+                c: np.mean(
+                    [
+                        r["avg_gap"]
+                        for r in records
+                        if r["scenario"] == name
+                        and r["method"] == method
+                        and (r["epochs"], r["lr"]) == c
+                    ]
+                )
+                for c in candidates
+            }
+            best = min(sorted(gaps), key=lambda c: gaps[c])
+            chosen_base[name][method] = [best[0], best[1]]
+    mcu_records: list[dict[str, Any]] = []
+    for (seed, name), (world, sc) in scenarios.items():
+        for index, overrides in enumerate(cfg.mcu_grid):
+            for method in METHODS:
+                epochs, lr = chosen_base[name][method]
+                theta_u = cache[(seed, name, method, int(epochs), float(lr))]
+                row, _ = run_mcu(world, sc, theta_u, recipe_config(overrides))
+                mcu_records.append(
+                    {"seed": seed, "scenario": name, "method": method, "candidate": index, **row}
+                )
+                logger.info(
+                    "tune seed %d %s MCU(%s) candidate %d: gap %.2f (t=%.3f)",
+                    seed,
+                    name,
+                    method,
+                    index,
+                    row["avg_gap"],
+                    row["t"],
+                )
+    chosen_mcu: dict[str, int] = {}
+    for name in cfg.scenarios:
+        means = [
+            np.mean(
+                [
+                    r["avg_gap"]
+                    for r in mcu_records
+                    if r["scenario"] == name and r["candidate"] == index
+                ]
+            )
+            for index in range(len(cfg.mcu_grid))
+        ]
+        chosen_mcu[name] = int(np.argmin(means))
+    result = {
+        "rule": "per scenario: the candidate with the lowest mean Avg. Gap to retraining over "
+        "the tuning seeds (base methods per method; MCU one setting for all five methods)",
+        "tune_seeds": list(cfg.tune_seeds),
+        "base_candidates": [list(c) for c in cfg.base_grid],
+        "mcu_candidates": [dict(o) for o in cfg.mcu_grid],
+        "chosen_base": chosen_base,
+        "chosen_mcu": {name: dict(cfg.mcu_grid[i]) for name, i in chosen_mcu.items()},
+        "chosen_mcu_index": chosen_mcu,
+        "base_records": records,
+        "mcu_records": mcu_records,
+        "environment": environment(out),
+    }
+    if not quick:
+        write_json(out / "mcu_table_tuning.json", _jsonable(result))
+    return result
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+# --------------------------------------------------------------------------- report
+def report(cfg: Config, tuning: dict[str, Any], out: Path, quick: bool) -> list[dict[str, Any]]:
+    pool, test = load_data(cfg)
+    runs = []
+    for seed in cfg.seeds:
+        began = time.perf_counter()
+        world = make_world(cfg, seed, pool, test)
+        record: dict[str, Any] = {
+            "seed": seed,
+            "original": {
+                arch: {
+                    "train_acc": world.original_train_acc[arch],
+                    "test_acc": world.original_test_acc[arch],
+                    "time": world.original_time[arch].wall,
+                }
+                for arch in world.originals
+            },
+            "scenarios": {},
+        }
+        jobs = [(cfg.arch, name) for name in cfg.scenarios]
+        jobs += [(cfg.second_arch, name) for name in cfg.second_scenarios]
+        for arch, name in jobs:
+            sc = make_scenario(cfg, world, name, arch)
+            config = recipe_config(tuning["chosen_mcu"][name].items())
+            paths = {}
+            for method in METHODS:
+                epochs, lr = tuning["chosen_base"][name][method]
+                theta_u, row = run_base(world, sc, Base(method, int(epochs), float(lr)))
+                sc.rows[method] = row
+                mcu_row, paths[method] = run_mcu(world, sc, theta_u, config)
+                mcu_row["total_time"] = row["time"] + mcu_row["time"]
+                sc.rows[f"MCU({method})"] = mcu_row
+                logger.info(
+                    "seed %d %s/%s %s: gap %.2f -> MCU %.2f at t=%.3f (%d points, MCU %.1fs = "
+                    "%.0f%% of retrain)",
+                    seed,
+                    arch,
+                    name,
+                    method,
+                    row["avg_gap"],
+                    mcu_row["avg_gap"],
+                    mcu_row["t"],
+                    mcu_row["evaluations"],
+                    mcu_row["time"],
+                    100 * mcu_row["fraction_of_retrain"],
+                )
+            record["scenarios"][f"{arch}/{name}"] = {
+                "targets": sc.targets.to_dict(),
+                "retrained_accuracies_never_used": {
+                    "probe": sc.rows["Retrain"]["probe_acc"],
+                    "forget": sc.rows["Retrain"]["forget_acc"],
+                },
+                "sizes": {
+                    "retain": len(sc.retain),
+                    "forget": len(sc.forget),
+                    "test": len(sc.test),
+                    "probe": len(sc.probe),
+                },
+                "mcu_config": config.to_dict(),
+                "rows": sc.rows,
+                "paths": paths,
+            }
+            record["wall_time_s"] = time.perf_counter() - began
+            if not quick:
+                write_json(out / "mcu_table_runs" / f"seed_{seed}.json", _jsonable(record))
+        runs.append(_jsonable(record))
+        logger.info("seed %d done in %.1f min", seed, (time.perf_counter() - began) / 60)
+    return runs
+
+
+# --------------------------------------------------------------------------- aggregate
+def aggregate(runs: list[dict[str, Any]], tuning: dict[str, Any]) -> dict[str, Any]:
+    keys = sorted({key for run in runs for key in run["scenarios"]})
     summary: dict[str, Any] = {}
-    for scenario, by_model in runs.items():
-        summary[scenario] = {}
-        for model, rows in by_model.items():
-            cell = {}
-            for metric in METRICS:
-                values = [float(r[metric]) for r in rows]
-                std = statistics.stdev(values) if len(values) > 1 else 0.0
-                cell[metric] = {"mean": statistics.fmean(values), "std": std}
-            summary[scenario][model] = cell
+    for key in keys:
+        complete = [run for run in runs if key in run["scenarios"]]
+        rows = [run["scenarios"][key]["rows"] for run in complete]
+        cells: dict[str, Any] = {}
+        for model in rows[0]:
+            cells[model] = {
+                metric: mean_ci([r[model][metric] for r in rows])
+                for metric in (*SCORES, "time")
+                if all(r[model].get(metric) is not None for r in rows)
+            }
+        paired: dict[str, Any] = {}
+        for method in METHODS:
+            paired[method] = {}
+            for metric in SCORES:
+                diffs = [r[f"MCU({method})"][metric] - r[method][metric] for r in rows]
+                paired[method][metric] = {**mean_ci(diffs), "per_seed": diffs}
+            gap = paired[method]["avg_gap"]
+            gap["win"] = bool(gap["n"] > 1 and gap["mean"] + gap["ci"] < 0)
+            gap["loss"] = bool(gap["n"] > 1 and gap["mean"] - gap["ci"] > 0)
+            fractions = [r[f"MCU({method})"]["fraction_of_retrain"] for r in rows]
+            paired[method]["mcu_time_fraction_of_retrain"] = mean_ci(fractions)
+        summary[key] = {
+            "seeds": [run["seed"] for run in complete],
+            "cells": cells,
+            "paired": paired,
+        }
     return summary
 
 
-def markdown(summary: dict[str, Any], cfg: Config) -> str:
+def fmt(cell: dict[str, float], digits: int = 2) -> str:
+    if cell.get("ci") is None or (isinstance(cell["ci"], float) and math.isnan(cell["ci"])):
+        return f"{cell['mean']:.{digits}f}"
+    return f"{cell['mean']:.{digits}f} ± {cell['ci']:.{digits}f}"
+
+
+def markdown(
+    summary: dict[str, Any],
+    runs: list[dict[str, Any]],
+    cfg: Config,
+    tuning: dict[str, Any],
+    total: float | None,
+) -> str:
     lines = []
-    titles = {
-        "random": f"Random forgetting ({cfg.forget_ratio:.0%} of the training subset)",
-        "class": f"Class-wise forgetting (class {cfg.forget_class}"
-        + (f", {FASHION_MNIST_CLASSES[cfg.forget_class]})" if cfg.dataset == "fashion" else ")"),
+    originals = {
+        arch: (
+            mean_ci([r["original"][arch]["train_acc"] for r in runs if arch in r["original"]]),
+            mean_ci([r["original"][arch]["test_acc"] for r in runs if arch in r["original"]]),
+        )
+        for arch in runs[0]["original"]
     }
-    for scenario, cells in summary.items():
+    lines.append(
+        "Regime (mean ± 95 % CI over the reported seeds): "
+        + "; ".join(
+            f"{arch} original train accuracy {fmt(tr)} %, test {fmt(te)} %"
+            for arch, (tr, te) in originals.items()
+        )
+        + "."
+    )
+    lines.append("")
+    titles = {"random10": "random 10 %", "random1": "random 1 %", "class": "class 0"}
+    for key, block in summary.items():
+        arch, name = key.split("/")
+        cells, paired = block["cells"], block["paired"]
         lines += [
-            f"**{titles[scenario]}**",
+            f"**{arch.upper()}, {titles.get(name, name)} (seeds {block['seeds']})**",
             "",
-            "| method | UA | RA | TA | MIA-efficacy | Avg. Gap ↓ | RTE (s) |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| model | UA | RA | TA | MIA-eff. | loss-attack TPR@1%FPR | Avg. Gap ↓ | time (s) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        order = ["Retrain", "Original"]
-        for method in METHODS:
-            order += [method, f"MCU({method})"]
+        order = ["Retrain", "Original"] + [
+            m for method in METHODS for m in (method, f"MCU({method})")
+        ]
         for model in order:
-            cell = cells[model]
-            values = [
-                f"{cell[m]['mean']:.2f} ± {cell[m]['std']:.2f}" for m in ("ua", "ra", "ta", "mia")
-            ]
-            gap = cell["avg_gap"]
-            gap_text = f"{gap['mean']:.2f} ± {gap['std']:.2f}"
-            if model.startswith("MCU("):
-                base = cells[model[4:-1]]["avg_gap"]["mean"]
-                gap_text = f"**{gap_text}**" if gap["mean"] < base else gap_text
-            rte = cell["rte"]
-            name = "Original (θ_o)" if model == "Original" else model
+            c = cells[model]
             lines.append(
-                f"| {name} | {' | '.join(values)} | {gap_text} | "
-                f"{rte['mean']:.1f} ± {rte['std']:.1f} |"
+                f"| {model} | "
+                + " | ".join(fmt(c[m]) for m in SCORES)
+                + f" | {fmt(c['time'], 1)} |"
+            )
+        lines += [
+            "",
+            "Paired MCU - base per seed (mean ± 95 % CI; Avg. Gap: negative is better; "
+            "win = interval below 0):",
+            "",
+            "| method | Δ UA | Δ RA | Δ TA | Δ MIA | Δ TPR@1% | Δ Avg. Gap | verdict | "
+            "MCU time / retrain |",
+            "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        ]
+        for method in METHODS:
+            p = paired[method]
+            verdict = (
+                "win"
+                if p["avg_gap"]["win"]
+                else ("loss" if p["avg_gap"]["loss"] else "no difference shown")
+            )
+            lines.append(
+                f"| {method} | "
+                + " | ".join(fmt(p[m]) for m in SCORES)
+                + f" | {verdict} | {fmt(p['mcu_time_fraction_of_retrain'], 3)} |"
             )
         lines.append("")
     return "\n".join(lines)
 
 
-def verdicts(summary: dict[str, Any]) -> list[str]:
-    """One line per scenario: the methods whose Avg. Gap MCU lowered, and those it did not."""
-    lines = []
-    for scenario, cells in summary.items():
-        better = [
-            m
-            for m in METHODS
-            if cells[f"MCU({m})"]["avg_gap"]["mean"] < cells[m]["avg_gap"]["mean"]
-        ]
-        worse = [m for m in METHODS if m not in better]
-        ratios = {
-            kind: [
-                cells[f"MCU({m})"][kind]["mean"] / cells["Retrain"][kind]["mean"] for m in METHODS
-            ]
-            for kind in ("rte", "cpu")
-        }
-        lines.append(
-            f"{scenario}: MCU lowers the mean Avg. Gap of {', '.join(better) or 'no method'}"
-            + (f"; not of {', '.join(worse)}" if worse else "")
-            + ". MCU(base) time / retrain time: "
-            + f"wall {min(ratios['rte']):.2f}-{max(ratios['rte']):.2f}, "
-            + f"CPU {min(ratios['cpu']):.2f}-{max(ratios['cpu']):.2f}."
+def header(cfg: Config, tuning: dict[str, Any], total: float | None, command: str) -> str:
+    chosen = "; ".join(
+        f"{name}: " + ", ".join(f"{m} {e} ep lr {lr:g}" for m, (e, lr) in methods.items())
+        for name, methods in tuning["chosen_base"].items()
+    )
+    mcu_chosen = "; ".join(
+        f"{name}: {dict(o) or 'defaults'}" for name, o in tuning["chosen_mcu"].items()
+    )
+    run_time = f"{total / 60:.1f} min" if total is not None else "see the per-seed files"
+    return (
+        f"Command: `{command}` (torch {torch.__version__}, {cfg.threads} thread, {run_time} "
+        "of wall time on a shared 2-core CPU with other jobs running; times are noisy).\n\n"
+        f"Fashion-MNIST: the first {cfg.pool_size} training images, {cfg.holdout_fraction:.0%} "
+        f"of them carved off (per seed) as a validation split the original never trains on; "
+        f"{cfg.test_size} test images. Original and retrained models: the same recipe "
+        f"({cfg.epochs} epochs, SGD lr {cfg.lr:g} momentum 0.9, weight decay "
+        f"{cfg.weight_decay:g}, cosine, batch {cfg.batch_size}, no augmentation); CNN: a "
+        "BatchNorm CNN with a dense head (benchmarks/_common.py: DenseHeadCNN, width "
+        f"{cfg.width}); MLP: mcu.zoo.MLP 784-256-128-10 (lr {cfg.second_lr:g}). MCU: "
+        "`mcu.recipe.mcu_unlearn` with targets from `user_targets` (retain: the original's "
+        "accuracy on the retain probe; forget: its accuracy on the validation split, or 0 for "
+        "a class); adaptive path search on a "
+        f"{cfg.probe_size}-sample retain probe and the forget set; every model scored with "
+        "BatchNorm statistics re-estimated on that probe. Hyperparameters chosen on tuning "
+        f"seeds {list(cfg.tune_seeds)} (never reported; grid and scores in "
+        f"mcu_table_tuning.json): base {chosen}. MCU: {mcu_chosen}. MIA-efficacy: SVC on "
+        "confidence (shadow: retain subset vs test). Loss-attack TPR@1%FPR: a loss threshold "
+        "calibrated on the retain probe vs test at 1 % FPR, applied to forget vs test "
+        "(retraining ≈ 1 %). Class scenario: TA and non-members from the other classes.\n\n"
+    )
+
+
+def plot_paths(runs: list[dict[str, Any]], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    run = runs[0]
+    for key, block in run["scenarios"].items():
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for colour, method in zip(colours, METHODS, strict=False):
+            path = block["paths"][method]
+            for ax, split in zip(axes, ("retain_acc", "forget_acc"), strict=True):
+                ax.plot(path["t"], path[split], "o-", color=colour, ms=3, label=method)
+                ax.axvline(path["t_chosen"], color=colour, ls=":", lw=1)
+            for lo, hi in path["region"] or []:
+                axes[1].axvspan(lo, hi, color=colour, alpha=0.08)
+        retain_target, forget_target = block["targets"]["retain"], block["targets"]["forget"]
+        axes[0].axhline(retain_target, color="k", ls="--", lw=1, label="target (user)")
+        axes[1].axhline(forget_target, color="k", ls="--", lw=1, label="target (user)")
+        retrained = block["retrained_accuracies_never_used"]
+        axes[0].axhline(retrained["probe"], color="grey", ls="-.", lw=1, label="retrain (not used)")
+        axes[1].axhline(
+            retrained["forget"], color="grey", ls="-.", lw=1, label="retrain (not used)"
         )
-    return lines
+        axes[0].set(
+            title="retain probe accuracy", xlabel="t (0 = original, 1 = θ_u)", ylabel="accuracy (%)"
+        )
+        axes[1].set(title="forget accuracy (shaded: effective regions)", xlabel="t")
+        axes[1].legend(fontsize=7)
+        fig.suptitle(f"MCU paths, {key}, seed {run['seed']} (dotted: chosen t)")
+        fig.tight_layout()
+        name = f"mcu_table_paths_{key.replace('/', '_')}.png"
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def load_runs(out: Path) -> list[dict[str, Any]]:
+    files = sorted(
+        (out / "mcu_table_runs").glob("seed_*.json"), key=lambda p: int(p.stem.split("_")[1])
+    )
+    return [json.loads(p.read_text()) for p in files]
+
+
+def finish(
+    cfg: Config,
+    runs: list[dict[str, Any]],
+    tuning: dict[str, Any],
+    out: Path,
+    total: float | None,
+    command: str,
+    quick: bool,
+) -> None:
+    summary = aggregate(runs, tuning)
+    table = markdown(summary, runs, cfg, tuning, total)
+    print(table)
+    if quick:
+        return
+    figures = plot_paths(runs, out)
+    write_json(
+        out / "mcu_table.json",
+        _jsonable(
+            {
+                "command": command,
+                "config": dataclasses.asdict(cfg),
+                "environment": environment(out),
+                "total_wall_time_s": total,
+                "reported_seeds": [r["seed"] for r in runs],
+                "per_seed_wall_time_s": {r["seed"]: r.get("wall_time_s") for r in runs},
+                "tuning": {
+                    k: tuning[k] for k in ("rule", "tune_seeds", "chosen_base", "chosen_mcu")
+                },
+                "summary": summary,
+                "figures": figures,
+            }
+        ),
+    )
+    (out / "mcu_table.md").write_text(header(cfg, tuning, total, command) + table + "\n")
 
 
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--phase", choices=("tune", "report", "aggregate", "all"), default="all")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run, writes nothing")
-    parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
-    parser.add_argument("--dataset", choices=("fashion", "digits"), help="default fashion")
-    parser.add_argument("--threads", type=int, help="torch threads (default 1)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="reported seeds (default 0-4)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory of the results")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logger.setLevel(logging.INFO)
-
     cfg = QUICK if args.quick else Config()
-    overrides: dict[str, Any] = {}
     if args.seeds:
-        overrides["seeds"] = tuple(args.seeds)
-    if args.dataset:
-        overrides["dataset"] = args.dataset
-    if args.threads:
-        overrides["threads"] = args.threads
-    cfg = dataclasses.replace(cfg, **overrides)
-    # One thread per process: on a small shared machine, intra-op threads fighting other
-    # processes for cores are slower than one thread (about 15x on 2 busy cores).
+        cfg = dataclasses.replace(cfg, seeds=tuple(args.seeds))
     torch.set_num_threads(cfg.threads)
-
+    command = "python benchmarks/mcu_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
     began = time.perf_counter()
-    train, test, channels = load_data(cfg)
-    sizes = {"train": len(train), "test": len(test)}  # type: ignore[arg-type]
-    logger.info("config: %s; sizes %s", cfg, sizes)
-
-    def make_model() -> nn.Module:
-        return SmallCNN(channels, 10, width=cfg.width)
-
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {s: {} for s in SCENARIOS}
-    for seed in cfg.seeds:
-        original, original_time = timed(
-            lambda seed=seed: mcu.retrain(
-                make_model,
-                train,
-                epochs=cfg.epochs,
-                lr=cfg.lr,
-                scheduler=cosine(cfg.epochs),
-                batch_size=cfg.batch_size,
-                seed=seed,
-                progress=False,
-            )
-        )
-        logger.info(
-            "seed %d: original %.1fs, test accuracy %.2f",
-            seed,
-            original_time.wall,
-            mcu.evaluate(original, test).accuracy,
-        )
-        for scenario in SCENARIOS:
-            rows = run_scenario(
-                cfg,
-                scenario,
-                seed,
-                original=original,
-                original_time=original_time,
-                make_model=make_model,
-                train=train,
-                test=test,
-            )
-            for model, row in rows.items():
-                runs[scenario].setdefault(model, []).append({"seed": seed, **row})
-
-    summary = aggregate(runs)
-    table = markdown(summary, cfg)
-    notes = verdicts(summary)
-    total = time.perf_counter() - began
-    print(table)
-    print("\n".join(notes))
-    print(f"total wall time: {total / 60:.1f} min")
-    if args.quick:
+    tuning_file = args.out / "mcu_table_tuning.json"
+    if args.quick or args.phase in ("tune", "all"):
+        tuning = tune(cfg, args.out, args.quick)
+    else:
+        tuning = json.loads(tuning_file.read_text())
+    if args.phase == "tune":
         return
-    command = "python benchmarks/mcu_table.py" + (
-        " " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else ""
-    )
-    result = {
-        "command": command,
-        "config": dataclasses.asdict(cfg),
-        "sizes": sizes,
-        "environment": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "threads": torch.get_num_threads(),
-        },
-        "total_wall_time_s": total,
-        "summary": summary,
-        "verdicts": notes,
-        "runs": runs,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mcu_table.json").write_text(json.dumps(result, indent=2, allow_nan=False))
-    (args.out / "mcu_table.md").write_text(header(cfg, sizes, command, total) + table + "\n")
-
-
-def header(cfg: Config, sizes: dict[str, int], command: str, total: float) -> str:
-    base = ", ".join(f"{name} {epochs} ep lr {lr:g}" for name, epochs, lr in cfg.base)
-    return (
-        f"Command: `{command}` (torch {torch.__version__}, {cfg.threads} thread(s), "
-        f"{total / 60:.1f} min on a shared 2-core CPU; wall times are noisy).\n\n"
-        + (
-            f"Fashion-MNIST: {sizes['train']} training images (the first of the official "
-            f"training file), {sizes['test']} test images"
-            if cfg.dataset == "fashion"
-            else f"scikit-learn digits: {sizes['train']} training, {sizes['test']} test images"
-        )
-        + f"; SmallCNN width {cfg.width} "
-        f"(BatchNorm). Original and retrained models: {cfg.epochs} epochs, SGD lr {cfg.lr:g} "
-        f"cosine, batch {cfg.batch_size}. Base methods: {base}; NegGrad+ β "
-        f"{cfg.neggrad_beta:g}; SalUn sparsity {cfg.salun_sparsity:g}. MCU: Bezier, 3 bends, "
-        f"layer mask k={cfg.mask_k:g} kr={cfg.mask_kr:g}, {cfg.curve_epochs} epochs lr "
-        f"{cfg.curve_lr:g}, retain ratio {cfg.retain_ratio:g}, AdaptiveBeta({cfg.beta_low:g}, "
-        f"{cfg.beta_high:g}), t drawn from and chosen in {list(cfg.t_range)} on "
-        f"{cfg.path_points} points ({cfg.interpolation}), path retain accuracy on a "
-        f"{cfg.probe_size}-sample retain subset. Every model is scored with BatchNorm "
-        "statistics re-estimated on that subset (as the points of a path are; so MCU at "
-        "t = 1 is exactly θ_u). Targets: the retrained model's retain and forget accuracies "
-        f"(never the test split). Class-wise: TA and MIA non-members on the test images of "
-        f"the other classes. Mean ± sample std "
-        f"over seeds {list(cfg.seeds)}; bold: MCU lowers the base method's Avg. Gap. RTE of "
-        "MCU(base) includes the base method.\n\n"
-    )
+    if args.phase == "aggregate":
+        runs = load_runs(args.out)
+        finish(cfg, runs, tuning, args.out, None, command, args.quick)
+        return
+    runs = report(cfg, tuning, args.out, args.quick)
+    finish(cfg, runs, tuning, args.out, time.perf_counter() - began, command, args.quick)
+    logger.info("total %.1f min", (time.perf_counter() - began) / 60)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Cost of evaluating a path, and of MCU end to end, measured side by side.
+"""Cost of evaluating a path, of the adaptive path search, and of MCU end to end.
 
 1. ``evaluate_path`` at 21 points of a BatchNorm CNN's curve vs the same work on a
    plain model: 21 times (re-estimate BatchNorm statistics on the same loader, then
@@ -6,10 +6,13 @@
    at ``t``, export, path length); target <= 1.1. The two are interleaved round by
    round, and the median ratio over rounds is reported, in CPU time (the process's
    own, which other processes on a shared machine disturb little) and wall time.
-2. MCU end to end (layer mask, curve training, path evaluation, choice of ``t``,
-   export) on top of a random-label θ_u, vs retraining from scratch on the retain
-   set, with the settings of ``benchmarks/mcu_table.py`` (Fashion-MNIST subset,
-   SmallCNN width 16, random 10% forgetting, seed 0).
+2. Path search: a dense 21-point ``evaluate_path`` + ``find_optimal_t`` vs
+   ``mcu.path_search.search_path`` on the same trained curve: points evaluated,
+   time, and the difference of the chosen ``t``.
+3. MCU end to end (``mcu.recipe.mcu_unlearn``: layer mask, curve training, path
+   search, export) on top of a random-label θ_u, vs retraining from scratch on the
+   retain set, in the regime of ``benchmarks/mcu_table.py`` (memorising BatchNorm
+   CNN, random 10 % forgetting, seed 0, targets from ``user_targets``).
 
 Usage:
     python benchmarks/path_eval.py             # writes benchmarks/results/path_eval.*
@@ -27,19 +30,47 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 import modeconn_unlearn as mcu
+from modeconn_unlearn.datasets import load_digits, load_fashion_mnist
+from modeconn_unlearn.path_search import search_path
+from modeconn_unlearn.recipe import RecipeConfig, carve_holdout, mcu_unlearn, user_targets
 from modeconn_unlearn.zoo import SmallCNN
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mcu_table import QUICK, Config, Seconds, cosine, load_data, probe_subset, timed
+from _common import RESULTS, Seconds, cosine, model_factory, random_subset, timed
 
-RESULTS = Path(__file__).parent / "results"
 POINTS = 21
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Sizes (the regime of mcu_table.py for part 3)."""
+
+    dataset: str = "fashion"
+    pool_size: int = 5000
+    test_size: int = 2000
+    width: int = 16
+    epochs: int = 12
+    lr: float = 0.05
+    batch_size: int = 64
+    forget_ratio: float = 0.1
+    probe_size: int = 1000
+    threads: int = 1
+
+
+QUICK = dataclasses.replace(Config(), dataset="digits", width=4, epochs=2, probe_size=300)
+
+
+def load_data(cfg: Config) -> tuple[Any, Any, int]:
+    if cfg.dataset == "digits":
+        train, test = load_digits(flatten=False)
+        return train, test, 1
+    train = load_fashion_mnist(train=True, limit=cfg.pool_size)
+    return train, load_fashion_mnist(train=False, limit=cfg.test_size), 1
 
 
 def loader(data: Any) -> DataLoader[Any]:
@@ -94,91 +125,108 @@ def path_overhead(cfg: Config, rounds: int, sizes: dict[str, int]) -> dict[str, 
     return result
 
 
-def mcu_vs_retrain(cfg: Config) -> dict[str, Any]:
-    train, _, channels = load_data(cfg)
+def make_model(cfg: Config) -> nn.Module:
+    if cfg.dataset == "digits":
+        return SmallCNN(1, 10, width=cfg.width)
+    return model_factory("cnn", cfg.width)()
+
+
+def mcu_vs_retrain(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
+    pool, _, _ = load_data(cfg)
+    train, holdout = carve_holdout(pool, fraction=0.1, seed=0)
     retain, forget = mcu.forget_retain_split(train, forget_ratio=cfg.forget_ratio, seed=0)
-    probe = probe_subset(retain, cfg.probe_size, 0)
+    probe = random_subset(retain, cfg.probe_size, 0)
     common = {"batch_size": cfg.batch_size, "seed": 0, "progress": False}
-
-    def make_model() -> nn.Module:
-        return SmallCNN(channels, 10, width=cfg.width)
-
     train_args = {"epochs": cfg.epochs, "lr": cfg.lr, "scheduler": cosine(cfg.epochs), **common}
-    original = mcu.retrain(make_model, train, **train_args)
-    retrained, retrain_s = timed(lambda: mcu.retrain(make_model, retain, **train_args))
-    targets = (mcu.evaluate(retrained, probe).accuracy, mcu.evaluate(retrained, forget).accuracy)
-    epochs, lr = next((e, lr) for name, e, lr in cfg.base if name == "RL")
+    original = mcu.retrain(lambda: make_model(cfg), train, **train_args)
+    _, retrain_s = timed(lambda: mcu.retrain(lambda: make_model(cfg), retain, **train_args))
+    targets = user_targets(original, probe, holdout)
     theta_u, base_s = timed(
         lambda: mcu.unlearn(
             original,
             retain,
             forget,
             loss=mcu.losses.random_label(10),
-            epochs=epochs,
-            lr=lr,
+            epochs=1,
+            lr=0.01,
             **common,
         )
     )
-
-    stages: dict[str, Seconds] = {}
-    mask, stages["layer_mask"] = timed(
-        lambda: mcu.layer_mask(original, retain, forget, k=cfg.mask_k, kr=cfg.mask_kr)
-    )
-    curve = mcu.CurveModel(original, start=original, end=theta_u, mask=mask)
-    beta = mcu.AdaptiveBeta(*targets, low=cfg.beta_low, high=cfg.beta_high)
-    _, stages["fit_curve"] = timed(
-        lambda: mcu.fit_curve(
-            curve,
+    result, mcu_s = timed(
+        lambda: mcu_unlearn(
+            original,
+            theta_u,
             retain,
             forget,
-            loss=mcu.losses.mcu_objective(beta),
-            epochs=cfg.curve_epochs,
-            lr=cfg.curve_lr,
-            retain_ratio=cfg.retain_ratio,
-            t_sampler=cfg.t_range,
-            **common,
+            targets=targets,
+            # The CNN's dense head holds 96 % of the entries: kr > 0 would exclude every
+            # tensor (see mcu_table.py).
+            config=RecipeConfig(mask_kr=0.0),
+            probe=probe,
         )
     )
 
-    def choose() -> nn.Module:
-        ts = np.linspace(cfg.t_range[0], cfg.t_range[1], cfg.path_points).tolist()
-        report = mcu.evaluate_path(
-            curve, {"retain": probe, "forget": forget}, ts=ts, bn_loader=probe, progress=False
+    # Path search: the same trained curve, dense 21-point grid vs the adaptive search.
+    splits = {"retain": DataLoader(probe, batch_size=256), "forget": forget}
+    bn = splits["retain"]
+    dense_report, dense_s = timed(
+        lambda: mcu.evaluate_path(result.curve, splits, ts=POINTS, bn_loader=bn, progress=False)
+    )
+    dense = mcu.find_optimal_t(
+        dense_report.t,
+        dense_report.acc("retain"),
+        dense_report.acc("forget"),
+        retain_target=targets.retain,
+        forget_target=targets.forget,
+        t_range=(0.5, 1.0),
+    )
+    adaptive, adaptive_s = timed(
+        lambda: search_path(
+            result.curve,
+            splits,
+            retain_target=targets.retain,
+            forget_target=targets.forget,
+            t_range=(0.5, 1.0),
+            bn_loader=bn,
         )
-        best = mcu.find_optimal_t(
-            report.t,
-            report.acc("retain"),
-            report.acc("forget"),
-            retain_target=targets[0],
-            forget_target=targets[1],
-            t_range=cfg.t_range,
-            kind=cfg.interpolation,  # type: ignore[arg-type]
-        )
-        return curve.export(best.t, bn_loader=loader(probe))
-
-    _, stages["evaluate_path+select+export"] = timed(choose)
-    mcu_s = Seconds(0.0, 0.0)
-    for seconds in stages.values():
-        mcu_s = mcu_s + seconds
-    result: dict[str, Any] = {}
+    )
+    search = {
+        "dense": {"points": POINTS, "t": dense.t, "wall_s": dense_s.wall, "cpu_s": dense_s.cpu},
+        "adaptive": {
+            "points": adaptive.evaluations,
+            "rounds": [list(r) for r in adaptive.rounds],
+            "t": adaptive.best.t,
+            "wall_s": adaptive_s.wall,
+            "cpu_s": adaptive_s.cpu,
+        },
+        "t_difference": abs(adaptive.best.t - dense.t),
+    }
+    end_to_end: dict[str, Any] = {"targets": targets.to_dict(), "t": result.t}
     for kind in ("cpu", "wall"):
-        result[kind] = {
+        end_to_end[kind] = {
             "retrain_s": getattr(retrain_s, kind),
             "base_rl_s": getattr(base_s, kind),
             "mcu_s": getattr(mcu_s, kind),
-            "mcu_stages_s": {name: getattr(s, kind) for name, s in stages.items()},
             "mcu_over_retrain": getattr(mcu_s, kind) / getattr(retrain_s, kind),
             "rl_plus_mcu_over_retrain": getattr(base_s + mcu_s, kind) / getattr(retrain_s, kind),
         }
-    return result
+    end_to_end["wall"]["mcu_stages_s"] = dict(result.seconds)
+    return end_to_end, search
 
 
 def sizes_text(overhead: dict[str, Any]) -> str:
     return ", ".join(f"{count} {name}" for name, count in overhead["samples"].items())
 
 
-def rows(overhead: dict[str, Any], end_to_end: dict[str, Any]) -> list[str]:
-    lines = []
+def rows(overhead: dict[str, Any], end_to_end: dict[str, Any], search: dict[str, Any]) -> list[str]:
+    d, a = search["dense"], search["adaptive"]
+    lines = [
+        f"| dense grid: {d['points']} points, t = {d['t']:.3f} (s) | wall | {d['wall_s']:.2f} | |",
+        f"| adaptive search: {a['points']} points, t = {a['t']:.3f} (s) | wall | "
+        f"{a['wall_s']:.2f} | |",
+        f"| **adaptive / dense points; abs t difference** | | **{a['points'] / d['points']:.2f}; "
+        f"{search['t_difference']:.3f}** | <= 0.5; <= 0.01 |",
+    ]
     for kind in ("cpu", "wall"):
         o, e = overhead[kind], end_to_end[kind]
         lines += [
@@ -190,8 +238,12 @@ def rows(overhead: dict[str, Any], end_to_end: dict[str, Any]) -> list[str]:
             f"{kind} | **{o['ratio_median']:.3f}** | <= 1.1 |",
             f"| retrain from scratch (s) | {kind} | {e['retrain_s']:.1f} | |",
             f"| RL, the base method (s) | {kind} | {e['base_rl_s']:.1f} | |",
-            "| MCU end to end (s): "
-            + ", ".join(f"{k} {v:.1f}" for k, v in e["mcu_stages_s"].items())
+            "| MCU end to end (s)"
+            + (
+                ": " + ", ".join(f"{k} {v:.1f}" for k, v in e["mcu_stages_s"].items())
+                if "mcu_stages_s" in e
+                else ""
+            )
             + f" | {kind} | {e['mcu_s']:.1f} | |",
             f"| **MCU / retrain** | {kind} | **{e['mcu_over_retrain']:.2f}** | < 1 |",
             f"| (RL + MCU) / retrain | {kind} | {e['rl_plus_mcu_over_retrain']:.2f} | < 1 |",
@@ -216,12 +268,12 @@ def main(argv: list[str] | None = None) -> None:
         else {"retain": 1000, "forget": 500, "test": 1000}
     )
     overhead = path_overhead(cfg, rounds=1 if args.quick else 3, sizes=sizes)
-    end_to_end = mcu_vs_retrain(cfg)
+    end_to_end, search = mcu_vs_retrain(cfg)
     table = "\n".join(
         [
             "| measurement | time | value | target |",
             "|---|---|---:|---:|",
-            *rows(overhead, end_to_end),
+            *rows(overhead, end_to_end, search),
         ]
     )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)\n{table}")
@@ -237,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         "config": dataclasses.asdict(cfg),
         "path_overhead": overhead,
         "mcu_vs_retrain": end_to_end,
+        "path_search": search,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "path_eval.json").write_text(json.dumps(result, indent=2))
@@ -245,9 +298,10 @@ def main(argv: list[str] | None = None) -> None:
         "shared 2-core CPU). Path overhead: SmallCNN width "
         f"{cfg.width} (BatchNorm) on Fashion-MNIST, splits of {sizes_text(overhead)} images, "
         f"BatchNorm statistics re-estimated on the {overhead['bn_samples']} retain samples at "
-        "every point by both sides. End to end: the settings of mcu_table.py, random 10% "
-        "forgetting, seed 0. CPU time is the process's own (one thread), which other "
-        "processes on the machine disturb far less than wall time.\n\n" + table + "\n"
+        "every point by both sides. Path search and end to end: the regime of mcu_table.py "
+        "(memorising BatchNorm CNN), random 10% forgetting, seed 0, mcu_unlearn defaults. "
+        "CPU time is the process's own (one thread), which other processes on the machine "
+        "disturb far less than wall time.\n\n" + table + "\n"
     )
 
 

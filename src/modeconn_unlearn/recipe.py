@@ -221,8 +221,9 @@ class RecipeConfig:
         max_points: Most points of the curve evaluated.
         tol: Precision in ``t`` of the search.
         interpolation: Interpolation of :func:`~modeconn_unlearn.find_optimal_t`.
-        probe_size: Size of the fixed random retain subset the path is evaluated
-            on and BatchNorm statistics come from (``None``: the whole retain set).
+        probe_size: Size of the fixed random retain subset that the mask is
+            scored on, the path is evaluated on and BatchNorm statistics come
+            from (``None``: the whole retain set).
     """
 
     curve: str = "bezier"
@@ -361,7 +362,8 @@ def mcu_unlearn(
 ) -> RecipeResult:
     """Run MCU end to end on θ_o and a pre-unlearned θ_u; return the model at the chosen ``t``.
 
-    1. mask: ``config.mask`` on θ_o (or the given ``mask``);
+    1. mask: ``config.mask`` on θ_o, scored on the retain probe and the forget
+       set (or the given ``mask``);
     2. a :class:`~modeconn_unlearn.CurveModel` θ_o → θ_u (ends fixed);
     3. :func:`~modeconn_unlearn.fit_curve` with ``CE(retain) - β·CE(forget)``
        and β from :class:`~modeconn_unlearn.AdaptiveBeta` on ``targets``, ``t``
@@ -419,8 +421,12 @@ def mcu_unlearn(
             f"{type(targets).__name__}."
         )
     seconds: dict[str, float] = {}
+    probe_data = probe if probe is not None else _probe(retain, config.probe_size, seed)
+    probe_loader = as_loader(probe_data, name="probe")
     began = time.perf_counter()
-    chosen_mask = dict(mask) if mask is not None else _make_mask(config, original, retain, forget)
+    chosen_mask = (
+        dict(mask) if mask is not None else _make_mask(config, original, probe_loader, forget)
+    )
     seconds["mask"] = time.perf_counter() - began
 
     began = time.perf_counter()
@@ -452,8 +458,6 @@ def mcu_unlearn(
     seconds["fit"] = time.perf_counter() - began
 
     began = time.perf_counter()
-    probe_data = probe if probe is not None else _probe(retain, config.probe_size, seed)
-    probe_loader = as_loader(probe_data, name="probe")
     search = search_path(
         curve,
         {"retain": probe_loader, "forget": forget},
