@@ -157,3 +157,7 @@ def test_path_is_a_deprecated_alias_of_save(report: PathReport, tmp_path: Path) 
     assert (tmp_path / "old.png").is_file()
     with pytest.raises(ModeConnError, match="once"):
         plot_path(report, path=tmp_path / "a.png", save=tmp_path / "b.png")
+    with pytest.warns(DeprecationWarning, match="save=") as caught:
+        report.plot(path=tmp_path / "older.png")
+    assert (tmp_path / "older.png").is_file()
+    assert caught[0].filename == __file__  # the warning points at the caller

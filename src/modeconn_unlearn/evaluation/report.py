@@ -8,6 +8,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -266,6 +267,16 @@ class PathReport:
         """
         from ..plotting import plot_path
 
+        if "path" in kwargs:
+            if "save" in kwargs:
+                raise ModeConnError("Pass the file name once, as save=... (path= is its old name).")
+            warnings.warn(
+                "PathReport.plot(path=...) is deprecated; use save=... as in the other "
+                "plotting functions.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            kwargs["save"] = kwargs.pop("path")
         return plot_path(self, **kwargs)
 
 
