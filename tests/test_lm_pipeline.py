@@ -103,3 +103,35 @@ def test_trainer_trains_a_curve_with_an_mcu_objective(world) -> None:  # type: i
         not torch.equal(a, b) for a, b in zip(ends, curve.state_dict().values(), strict=True)
     ]
     assert any(changed)
+
+
+def test_language_model_notebook_runs() -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("peft")
+    path = ROOT / "examples" / "03_language_model.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), (
+        "03_language_model.ipynb is committed with outputs; clear them"
+    )
+    client = nbclient.NotebookClient(
+        notebook,
+        timeout=120,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    client.execute()
+    text = "\n".join(
+        output.get("text", "") + output.get("data", {}).get("text/plain", "")
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+    )
+    assert "optimal t = " in text, text
+    assert "LlamaForCausalLM" in text  # the merged export is the user's model class
+    rows = {
+        line.split()[0]: line
+        for line in text.splitlines()
+        if line.startswith(("original", "NPO", "MCU"))
+    }
+    assert {"original", "NPO", "MCU"} <= set(rows), text
+    assert "forget ROUGE-L recall" in text
