@@ -11,6 +11,7 @@ BatchNorm running statistics) are put back.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -31,7 +32,7 @@ from ..data import move_to_device
 from ..errors import ModeConnError, NonFiniteLossError
 from ..losses import UnlearnLoss
 from .config import TrainConfig
-from .distributed import barrier, is_distributed, rank
+from .distributed import all_reduce_sum, barrier, is_distributed, rank
 from .history import EpochMeter, History
 from .loaders import RunLoader
 from .state import check_resumable, load_state, rng_state, seeded, set_rng_state, write_state
@@ -39,6 +40,10 @@ from .state import check_resumable, load_state, rng_state, seeded, set_rng_state
 __all__ = ["Run", "train"]
 
 logger = logging.getLogger("modeconn_unlearn.training")
+
+_DDP_HAS_FORWARD_SYNC = (
+    "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+)
 
 
 @dataclass
@@ -75,11 +80,13 @@ def _forward_module(run: Run) -> nn.Module:
     module: nn.Module = run.module
     if is_distributed():
         device_ids = [run.device] if run.device.type == "cuda" else None
-        module = DistributedDataParallel(
-            module,
-            device_ids=device_ids,
-            broadcast_buffers=not isinstance(run.module, CurveModel),
-        )
+        options: dict[str, Any] = {}
+        if isinstance(run.module, CurveModel):
+            # A curve's buffers are its fixed ends and pinned statistics: identical on every
+            # rank and never synced in forward (the keyword was renamed in newer torch).
+            key = "forward_sync_buffers" if _DDP_HAS_FORWARD_SYNC else "broadcast_buffers"
+            options[key] = False
+        module = DistributedDataParallel(module, device_ids=device_ids, **options)
     if run.config.compile:
         backend = run.config.compile if isinstance(run.config.compile, str) else "inductor"
         module = torch.compile(module, backend=backend)  # type: ignore[assignment]
@@ -94,9 +101,16 @@ def _checked_scalar(value: Any, where: str, module: nn.Module) -> float:
             + "; reduce it with .mean()."
         )
     scalar = float(value.detach())
-    if not math.isfinite(scalar):
+    finite = math.isfinite(scalar)
+    if is_distributed():
+        # Every rank must stop together, or the others would wait forever in backward().
+        flags = all_reduce_sum(torch.tensor([0.0 if finite else 1.0], dtype=torch.float64))
+        finite = float(flags[0]) == 0.0
+    if not finite:
         raise NonFiniteLossError(
-            f"{where}: the loss is {scalar}; no update was made with it, so the model keeps its "
+            f"{where}: the loss is {scalar}"
+            + (" here but not finite on another rank" if math.isfinite(scalar) else "")
+            + "; no update was made with it, so the model keeps its "
             "last finite state. Lower lr, use fewer epochs, or a bounded objective (e.g. "
             "neggrad_plus, or mcu_objective with a smaller beta).",
             model=module,
