@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -103,6 +105,125 @@ def test_trainer_trains_a_curve_with_an_mcu_objective(world) -> None:  # type: i
         not torch.equal(a, b) for a, b in zip(ends, curve.state_dict().values(), strict=True)
     ]
     assert any(changed)
+
+
+def _accuracy(model, data) -> float:  # type: ignore[no-untyped-def]
+    return 100.0 * float(lm.lm_outputs(model, data).token_accuracy.mean())
+
+
+def _targets(world) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """MCU's targets from what a user holds: the original on retain and on held-out people."""
+    return _accuracy(world["model"], world["retain"]), _accuracy(world["model"], world["holdout"])
+
+
+def _fit_and_pick(world, curve, theta_u):  # type: ignore[no-untyped-def]
+    retain_target, forget_target = _targets(world)
+    objective = mcu.losses.mcu_objective(mcu.AdaptiveBeta(retain_target, forget_target), task=TASK)
+    history = mcu.fit_curve(
+        curve,
+        world["retain"],
+        world["forget"],
+        loss=objective,
+        epochs=3,
+        lr=1e-2,
+        optimizer="adam",
+        batch_size=8,
+        progress=False,
+    )
+    assert len(history) == 3
+    splits = {"retain": world["retain"], "forget": world["forget"], "holdout": world["holdout"]}
+    report = mcu.evaluate_path(curve, splits, task=TASK, ts=5, progress=False)
+    # The path's ends are the original and the unlearned model, scored as lm scores them.
+    assert report.acc("forget")[0] == pytest.approx(_accuracy(world["model"], world["forget"]))
+    assert report.acc("forget")[-1] == pytest.approx(_accuracy(theta_u, world["forget"]))
+    best = mcu.find_optimal_t(
+        report.t,
+        report.acc("retain"),
+        report.acc("forget"),
+        retain_target=retain_target,
+        forget_target=forget_target,
+        t_range=(0.5, 1.0),
+    )
+    assert 0.5 <= best.t <= 1.0
+    return report, best
+
+
+def test_full_pipeline_on_a_causal_lm(world) -> None:  # type: ignore[no-untyped-def]
+    model, retain, forget, holdout = (world[k] for k in ("model", "retain", "forget", "holdout"))
+    theta_u = mcu.unlearn(
+        model,
+        retain,
+        forget,
+        loss=mcu.losses.npo(beta=0.1, reference=model, task=TASK),
+        epochs=4,
+        lr=3e-3,
+        optimizer="adam",
+        batch_size=8,
+        progress=False,
+    )
+    before = lm.lm_outputs(model, forget).nll.mean()
+    assert lm.lm_outputs(theta_u, forget).nll.mean() > before + 1.0  # NPO forgot
+
+    curve = mcu.CurveModel(model, start=model, end=theta_u)
+    _, best = _fit_and_pick(world, curve, theta_u)
+    exported = curve.export(best.t)
+    assert type(exported) is type(model)
+    curve.eval()
+    at_t = lm.lm_outputs(lambda **x: curve(**x, t=best.t), forget)
+    np.testing.assert_allclose(lm.lm_outputs(exported, forget).nll, at_t.nll, rtol=1e-5)
+
+    # The library's threshold attack and lm's LOSS attack are two implementations of one AUC.
+    attack = mcu.threshold_attack(
+        exported, member=retain, nonmember=holdout, target=forget, signals=("loss",), task=TASK
+    )["loss"]
+    ours = lm.lm_mia(exported, member=retain, nonmember=holdout, attacks="loss")["loss"]
+    assert attack.auc == pytest.approx(ours.auc)
+    assert attack.target_auc == pytest.approx(
+        lm.lm_mia(exported, member=forget, nonmember=holdout, attacks="loss")["loss"].auc
+    )
+
+    barrier = mcu.loss_barrier(
+        model, theta_u, {"retain": retain, "forget": forget}, task=TASK, ts=5
+    )
+    assert barrier["retain"].start == pytest.approx(
+        lm.lm_outputs(model, retain).nll.mean(), rel=1e-4
+    )
+    assert barrier["forget"].end == pytest.approx(
+        lm.lm_outputs(theta_u, forget).nll.mean(), rel=1e-4
+    )
+    assert barrier["retain"].height >= 0.0
+
+
+def test_lora_pipeline_curves_only_the_adapters(world) -> None:  # type: ignore[no-untyped-def]
+    peft = pytest.importorskip("peft")
+    model, retain, forget = world["model"], world["retain"], world["forget"]
+    config = peft.LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]
+    )
+    lora_o = peft.get_peft_model(copy.deepcopy(model), config)
+    adapters = sum(p.numel() for p in lora_o.parameters() if p.requires_grad)
+    lora_u = mcu.unlearn(
+        lora_o,
+        retain,
+        forget,
+        loss=mcu.losses.npo(beta=0.1, reference=lora_o, task=TASK),
+        epochs=4,
+        lr=1e-2,
+        optimizer="adam",
+        batch_size=8,
+        progress=False,
+    )
+    assert lm.lm_outputs(lora_u, forget).nll.mean() > lm.lm_outputs(model, forget).nll.mean()
+    curve = mcu.CurveModel(lora_o, start=lora_o, end=lora_u)
+    assert sum(p.numel() for p in curve.parameters()) == adapters  # one middle bend of adapters
+    _, best = _fit_and_pick(world, curve, lora_u)
+    merged = curve.export(best.t, merged=True)
+    assert type(merged) is type(model)
+    curve.eval()
+    at_t = lm.lm_outputs(lambda **x: curve(**x, t=best.t), forget)
+    np.testing.assert_allclose(lm.lm_outputs(merged, forget).nll, at_t.nll, rtol=1e-4, atol=1e-5)
+    barrier = mcu.loss_barrier(lora_o, lora_u, retain, task=TASK, ts=3)
+    assert barrier.start == pytest.approx(lm.lm_outputs(model, retain).nll.mean(), rel=1e-4)
 
 
 def test_language_model_notebook_runs() -> None:
