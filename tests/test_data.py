@@ -242,3 +242,33 @@ def test_unpack_batch_is_a_deprecated_alias_and_move():
         UnlearnBatch({"a": torch.zeros(1)}, torch.ones(1), torch.ones(1).bool()), "cpu"
     )
     assert isinstance(moved, UnlearnBatch) and isinstance(moved.inputs, dict)
+
+
+def test_dict_items_and_a_custom_collate_fn():
+    from modeconn_unlearn.data import collate_of, read_sample
+
+    class Items(Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return {"ids": torch.arange(i + 1), "labels": torch.arange(i + 1) + 10}
+
+    def pad(items):
+        width = max(len(item["ids"]) for item in items)
+        return {
+            key: torch.stack(
+                [torch.cat([it[key], torch.full((width - len(it[key]),), -1)]) for it in items]
+            )
+            for key in ("ids", "labels")
+        }
+
+    assert read_sample(Items()[1])[1].tolist() == [10, 11]
+    loader = unlearn_loader(DataLoader(Items(), collate_fn=pad), None, batch_size=3, shuffle=False)
+    batch = next(iter(loader))
+    assert batch.inputs["ids"].tolist() == [[0, -1, -1], [0, 1, -1], [0, 1, 2]]
+    assert batch.targets.tolist() == [[10, -1, -1], [10, 11, -1], [10, 11, 12]]
+    assert batch.is_forget.tolist() == [False, False, False]
+    assert collate_of(DataLoader(Items())) is None
+    with pytest.raises(ModeConnError, match="'labels' entry"):
+        read_sample({"ids": torch.zeros(1)})

@@ -998,3 +998,59 @@ def test_unlearn_a_language_model_with_npo_on_dict_examples():
     )
     assert forget_nll(result) > forget_nll(model) + 0.1
     assert all(0.0 <= r.forget_acc <= 100.0 for r in records)
+
+
+def pad_examples(items):
+    """Right-pad input_ids/attention_mask with 0 and labels with -100 (variable lengths)."""
+    width = max(len(item["input_ids"]) for item in items)
+
+    def pad(values, fill):
+        return torch.stack(
+            [torch.cat([v, torch.full((width - len(v),), fill, dtype=v.dtype)]) for v in values]
+        )
+
+    return {
+        "input_ids": pad([i["input_ids"] for i in items], 0),
+        "attention_mask": pad([i["attention_mask"] for i in items], 0),
+        "labels": pad([i["labels"] for i in items], -100),
+    }
+
+
+class RaggedExamples(torch.utils.data.Dataset):
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        lengths = torch.randint(4, 8, (n,), generator=g)
+        self.ids = [torch.randint(0, 11, (int(k),), generator=g) for k in lengths]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        labels = self.ids[i].clone()
+        labels[:2] = -100
+        return {
+            "input_ids": self.ids[i],
+            "attention_mask": torch.ones(len(self.ids[i]), dtype=torch.long),
+            "labels": labels,
+        }
+
+
+def test_a_loader_with_its_own_collate_fn_keeps_it():
+    from modeconn_unlearn.losses import gradient_difference
+    from modeconn_unlearn.tasks import CausalLMTask
+
+    retain = DataLoader(RaggedExamples(10, 0), batch_size=4, collate_fn=pad_examples)
+    forget = RaggedExamples(4, 1)
+    seen = []
+    inner = gradient_difference(task=CausalLMTask())
+
+    def spy(model, batch):
+        seen.append(batch)
+        return inner(model, batch)
+
+    unlearn(TinyLM(), retain, forget, loss=spy, lr=0.1, epochs=1, batch_size=7, progress=False)
+    assert [len(b.is_forget) for b in seen] == [7, 7]
+    for batch in seen:
+        assert set(batch.inputs) == {"input_ids", "attention_mask"}
+        assert batch.targets.shape == batch.inputs["input_ids"].shape
+        assert bool((batch.targets[batch.inputs["attention_mask"] == 0] == -100).all())

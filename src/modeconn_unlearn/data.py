@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import torch
@@ -30,9 +30,11 @@ from .errors import ModeConnError
 
 __all__ = [
     "UnlearnBatch",
+    "UnlearnCollate",
     "UnlearnDataset",
     "as_dataset",
     "as_loader",
+    "collate_of",
     "collate_unlearn",
     "forget_retain_split",
     "move_to_device",
@@ -425,14 +427,22 @@ class UnlearnDataset(Dataset[tuple[Any, Any, bool]]):
         return x, y, True
 
 
-def collate_unlearn(samples: Sequence[tuple[Any, Any, bool]]) -> UnlearnBatch:
+def collate_unlearn(
+    samples: Sequence[tuple[Any, Any, bool]],
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> UnlearnBatch:
     """Collate ``(x, y, is_forget)`` items into an :class:`UnlearnBatch`.
 
-    Inputs and targets go through PyTorch's ``default_collate`` (so inputs may be
-    tensors, dicts of tensors, ...); ``is_forget`` becomes a bool tensor.
+    Without ``collate_fn``, inputs and targets go through PyTorch's
+    ``default_collate`` (so inputs may be tensors, dicts of tensors, ...). With
+    one (e.g. a padding collator of language-model examples), it receives the
+    samples as the dataset gave them, ``{**inputs, "labels": y}`` for dict
+    items and ``(x, y)`` otherwise, and its batch is read back with
+    :func:`read_sample`. ``is_forget`` becomes a bool tensor.
 
     Args:
         samples: Items of an :class:`UnlearnDataset`.
+        collate_fn: The collate function of the user's own ``DataLoader``, or ``None``.
 
     Returns:
         The batch.
@@ -444,11 +454,49 @@ def collate_unlearn(samples: Sequence[tuple[Any, Any, bool]]) -> UnlearnBatch:
         ([0, 1], [False, True])
     """
     xs, ys, flags = zip(*samples, strict=True)
-    return UnlearnBatch(
-        default_collate(list(xs)),
-        default_collate(list(ys)),
-        torch.tensor([bool(f) for f in flags], dtype=torch.bool),
-    )
+    is_forget = torch.tensor([bool(f) for f in flags], dtype=torch.bool)
+    if collate_fn is None:
+        return UnlearnBatch(default_collate(list(xs)), default_collate(list(ys)), is_forget)
+    items = [
+        {**x, "labels": y} if isinstance(x, Mapping) else (x, y)
+        for x, y in zip(xs, ys, strict=True)
+    ]
+    inputs, targets = read_sample(collate_fn(items))
+    return UnlearnBatch(inputs, torch.as_tensor(targets), is_forget)
+
+
+class UnlearnCollate:
+    """:func:`collate_unlearn` bound to a user's ``collate_fn`` (picklable for worker processes).
+
+    Example:
+        >>> import torch
+        >>> collate = UnlearnCollate(None)
+        >>> collate([(torch.zeros(2), 0, True)]).is_forget.tolist()
+        [True]
+    """
+
+    def __init__(self, collate_fn: Callable[[list[Any]], Any] | None) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, samples: Sequence[tuple[Any, Any, bool]]) -> UnlearnBatch:
+        """Collate ``samples`` (see :func:`collate_unlearn`)."""
+        return collate_unlearn(samples, self.collate_fn)
+
+
+def collate_of(data: Any) -> Callable[[list[Any]], Any] | None:
+    """The custom ``collate_fn`` of a ``DataLoader`` (``None`` for the default or a dataset).
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> ds = TensorDataset(torch.zeros(2, 1))
+        >>> collate_of(DataLoader(ds)) is None, collate_of(DataLoader(ds, collate_fn=list)) is list
+        (True, True)
+    """
+    if not isinstance(data, DataLoader):
+        return None
+    collate = data.collate_fn
+    return None if collate is default_collate else collate
 
 
 def unlearn_loader(
@@ -461,6 +509,7 @@ def unlearn_loader(
     seed: int = 0,
     num_workers: int = 0,
     drop_last: bool = False,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader[Any]:
     """A loader of :class:`UnlearnBatch` batches mixing retain and forget samples.
 
@@ -477,6 +526,10 @@ def unlearn_loader(
         seed: Seed of the retain subsample and of the shuffling.
         num_workers: Worker processes of the ``DataLoader``.
         drop_last: Drop the last incomplete batch.
+        collate_fn: Collates the samples as the datasets give them (e.g. padding
+            language-model examples); default: the collate of the first of
+            ``retain``/``forget`` that is a ``DataLoader`` with a custom one, else
+            PyTorch's ``default_collate``. See :func:`collate_unlearn`.
 
     Returns:
         A ``DataLoader`` over an :class:`UnlearnDataset`.
@@ -502,7 +555,7 @@ def unlearn_loader(
         batch_size=int(batch_size),
         shuffle=shuffle,
         generator=generator,
-        collate_fn=collate_unlearn,
+        collate_fn=UnlearnCollate(collate_fn or collate_of(retain) or collate_of(forget)),
         num_workers=num_workers,
         drop_last=drop_last,
     )

@@ -11,7 +11,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from ..curve_model import CurveModel
-from ..data import UnlearnDataset, as_dataset, collate_unlearn, move_to_device, unlearn_loader
+from ..data import (
+    UnlearnCollate,
+    UnlearnDataset,
+    as_dataset,
+    collate_of,
+    move_to_device,
+    unlearn_loader,
+)
 from ..errors import ModeConnError
 from ..tasks import Task
 from .config import TrainConfig
@@ -104,7 +111,10 @@ def curriculum_order(
     """
     dataset = as_dataset(forget, "forget_data")
     loader = DataLoader(
-        UnlearnDataset(None, dataset), batch_size=256, shuffle=False, collate_fn=collate_unlearn
+        UnlearnDataset(None, dataset),
+        batch_size=256,
+        shuffle=False,
+        collate_fn=UnlearnCollate(collate_of(forget)),
     )
     was_training = model.training
     model.eval()
@@ -148,6 +158,7 @@ def build_loader(
     """
     retain, forget = _check_parts(loss, retain, forget, kind)
     seed = int(config.seed)
+    collate = UnlearnCollate(collate_of(retain) or collate_of(forget))
     if is_distributed():
         world = world_size()
         if config.curriculum is not None:
@@ -167,7 +178,7 @@ def build_loader(
             dataset,
             batch_size=config.batch_size // world,
             sampler=sampler,
-            collate_fn=collate_unlearn,
+            collate_fn=collate,
         )
         return RunLoader(loader, None, sampler)
     if config.curriculum is None:
@@ -191,6 +202,6 @@ def build_loader(
     generator = torch.Generator().manual_seed(seed)
     curriculum = CurriculumSampler(dataset.num_retain, order, generator)
     loader = DataLoader(
-        dataset, batch_size=config.batch_size, sampler=curriculum, collate_fn=collate_unlearn
+        dataset, batch_size=config.batch_size, sampler=curriculum, collate_fn=collate
     )
     return RunLoader(loader, generator, None)
