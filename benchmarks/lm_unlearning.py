@@ -1,0 +1,638 @@
+"""LM unlearning: GA, GradDiff, NPO and SimNPO alone and under MCU, on a memorising Llama.
+
+Regime: synthetic question-answer facts about invented people
+(``lm.fictitious_qa``: 200 trained entities x 5 facts, plus held-out entities the
+model never sees), a small Llama built from a config and trained on CPU until it
+memorises (answer token accuracy >= 95 % on the forget set is checked and
+recorded), and a model retrained from scratch on the retain set with the same
+recipe and budget as the reference. Forget sets: 5 % and 10 % of the trained
+entities (every fact of each, TOFU-style).
+
+Methods: GA, GradDiff, NPO, SimNPO, each run twice: on all parameters and on
+LoRA adapters (frozen base). MCU(base) curves θ_o -> θ_u (the LoRA variant curves
+the adapters only), trains the middle bend with the MCU objective and picks t
+with ``find_optimal_t``. MCU's targets come from the original and held-out data
+only: retain target = the original's answer token accuracy on a retain probe,
+forget target = its token accuracy on the held-out entities. The retrained model
+only scores the results.
+
+Measured per model: forget/retain answer NLL and token accuracy, forget ROUGE-L
+recall of greedy answers, Min-K% and Min-K%++ AUC (forget vs held-out entities),
+privleak (MUSE, Min-K%++), Gap (mean |metric - retrained| over forget accuracy,
+retain accuracy, forget ROUGE-L x 100 and Min-K%++ AUC x 100, in points), wall
+time (MCU includes its base method) and peak extra resident memory. Seeds vary
+the model initialisation, the forget entities and the data order; the data are
+fixed. A connectivity matrix (linear-path loss barriers) among the original,
+the retrained and the full-parameter unlearned models is measured on the first
+seed. Paired-evidence rule: MCU wins a cell only if the 95 % CI
+(t-distribution) of the paired per-seed difference of Gap lies below 0.
+
+Usage:
+    python benchmarks/lm_unlearning.py          # full run: benchmarks/results/lm_unlearning.*
+    python benchmarks/lm_unlearning.py --quick  # < 2 min smoke run: *_quick.*
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import nn
+
+import modeconn_unlearn as mcu
+from modeconn_unlearn import lm
+from modeconn_unlearn.tasks import CausalLMTask
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TASK = CausalLMTask()
+METHODS = ("GA", "GradDiff", "NPO", "SimNPO")
+VARIANTS = ("full", "lora")
+GAP_METRICS = ("forget_acc", "retain_acc", "forget_rouge", "minkpp_auc")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every size and hyperparameter of a run (saved with the results)."""
+
+    entities: int = 200
+    facts: int = 5
+    holdout_entities: int = 20
+    forget_ratios: tuple[float, ...] = (0.05, 0.10)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    train_epochs: int = 20
+    train_lr: float = 3e-3
+    batch_size: int = 32
+    unlearn_epochs: int = 5
+    unlearn_lr: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"full": 1e-4, "lora": 1e-3}
+    )
+    retain_ratio: float = 0.1
+    lora_r: int = 8
+    npo_beta: float = 0.1
+    simnpo_beta: float = 2.5
+    curve_epochs: int = 5
+    curve_lr: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"full": 1e-3, "lora": 1e-2}
+    )
+    ts: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    retain_probe: int = 200
+    connectivity_ts: int = 5
+
+
+QUICK = Config(
+    entities=24,
+    facts=3,
+    holdout_entities=6,
+    forget_ratios=(0.125,),
+    seeds=(0,),
+    hidden=32,
+    layers=1,
+    heads=2,
+    train_epochs=40,
+    train_lr=1e-2,
+    batch_size=16,
+    unlearn_epochs=3,
+    unlearn_lr={"full": 1e-3, "lora": 1e-2},
+    retain_ratio=0.3,
+    lora_r=4,
+    curve_epochs=3,
+    curve_lr={"full": 3e-3, "lora": 1e-2},
+    ts=(0.5, 0.67, 0.83, 1.0),
+    retain_probe=40,
+    connectivity_ts=3,
+)
+
+
+# --------------------------------------------------------------------------- measuring
+class PeakMemory:
+    """Peak resident memory above the level at entry, sampled every 5 ms (Linux)."""
+
+    def __enter__(self) -> PeakMemory:
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def megabytes(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            return 0
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        value = fn()
+        seconds = time.perf_counter() - start
+    return value, seconds, memory.megabytes
+
+
+# --------------------------------------------------------------------------- world
+@dataclasses.dataclass
+class World:
+    tokenizer: Any
+    train: lm.QADataset
+    holdout: lm.QADataset
+
+
+def make_world(cfg: Config) -> World:
+    pairs = lm.fictitious_qa(cfg.entities + cfg.holdout_entities, cfg.facts, seed=0)
+    tokenizer = lm.train_tokenizer(lm.qa_texts(pairs))
+    data = lm.QADataset(pairs, tokenizer, max_length=32, pad_to_max_length=True)
+    cut = cfg.entities * cfg.facts
+    return World(tokenizer, data.subset(range(cut)), data.subset(range(cut, len(data))))
+
+
+def train_lm(cfg: Config, world: World, data: Any, seed: int) -> nn.Module:
+    """The original's recipe (also the retrain's): AdamW, one-cycle schedule, fixed epochs."""
+    model = lm.tiny_causal_lm(
+        len(world.tokenizer),
+        hidden_size=cfg.hidden,
+        num_layers=cfg.layers,
+        num_heads=cfg.heads,
+        seed=seed,
+        tokenizer=world.tokenizer,
+    )
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        collate_fn=lm.PadCollator(world.tokenizer.pad_token_id),
+        generator=torch.Generator().manual_seed(seed),
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train_lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.train_lr, total_steps=cfg.train_epochs * len(loader), pct_start=0.1
+    )
+    model.train()
+    for _ in range(cfg.train_epochs):
+        for batch in loader:
+            optimizer.zero_grad()
+            model(**batch).loss.backward()
+            optimizer.step()
+            schedule.step()
+    return model.eval()
+
+
+def objective(cfg: Config, method: str, reference: nn.Module) -> Any:
+    if method == "GA":
+        return mcu.losses.gradient_ascent(task=TASK)
+    if method == "GradDiff":
+        return mcu.losses.gradient_difference(task=TASK)
+    if method == "NPO":
+        return mcu.losses.npo(beta=cfg.npo_beta, reference=reference, task=TASK)
+    if method == "SimNPO":
+        return mcu.losses.simnpo(beta=cfg.simnpo_beta, task=TASK)
+    raise ValueError(method)
+
+
+def with_lora(cfg: Config, model: nn.Module) -> nn.Module:
+    import peft
+
+    config = peft.LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=2 * cfg.lora_r,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
+    )
+    return peft.get_peft_model(copy.deepcopy(model), config).eval()
+
+
+# --------------------------------------------------------------------------- scoring
+def score(model: Any, splits: dict[str, Any], world: World) -> dict[str, float]:
+    forget, retain, holdout = (
+        lm.lm_outputs(model, splits[k]) for k in ("forget", "retain", "holdout")
+    )
+    attacks = lm.mia_from_outputs(forget, holdout, attacks=("min_k", "min_k_pp"))
+    rouge = lm.rouge_l_recall(model, splits["forget"], tokenizer=world.tokenizer)
+    return {
+        "forget_nll": float(forget.nll.mean()),
+        "retain_nll": float(retain.nll.mean()),
+        "forget_acc": 100.0 * float(forget.token_accuracy.mean()),
+        "retain_acc": 100.0 * float(retain.token_accuracy.mean()),
+        "holdout_acc": 100.0 * float(holdout.token_accuracy.mean()),
+        "forget_rouge": float(rouge.mean),
+        "mink_auc": attacks["min_k"].auc,
+        "minkpp_auc": attacks["min_k_pp"].auc,
+    }
+
+
+def finish_scores(row: dict[str, float], retrained: dict[str, float]) -> dict[str, float]:
+    scale = {"forget_acc": 1.0, "retain_acc": 1.0, "forget_rouge": 100.0, "minkpp_auc": 100.0}
+    row["privleak"] = lm.privleak(row["minkpp_auc"], retrained["minkpp_auc"])
+    row["gap"] = float(np.mean([abs(row[k] - retrained[k]) * scale[k] for k in GAP_METRICS]))
+    return row
+
+
+def run_base(
+    cfg: Config,
+    variant: str,
+    method: str,
+    start: nn.Module,
+    retain: Any,
+    forget: Any,
+    seed: int,
+) -> nn.Module:
+    return mcu.unlearn(
+        start,
+        retain,
+        forget,
+        loss=objective(cfg, method, start),
+        epochs=cfg.unlearn_epochs,
+        lr=cfg.unlearn_lr[variant],
+        optimizer="adam",
+        weight_decay=0.0,
+        batch_size=cfg.batch_size,
+        retain_ratio=cfg.retain_ratio,
+        seed=seed,
+        progress=False,
+    ).eval()
+
+
+def run_mcu(
+    cfg: Config,
+    variant: str,
+    start: nn.Module,
+    theta_u: nn.Module,
+    splits: dict[str, Any],
+    targets: tuple[float, float],
+    seed: int,
+) -> tuple[nn.Module, dict[str, Any]]:
+    curve = mcu.CurveModel(start, start=start, end=theta_u, t_sampler=(min(cfg.ts), 1.0))
+    mcu.fit_curve(
+        curve,
+        splits["retain_train"],
+        splits["forget"],
+        loss=mcu.losses.mcu_objective(mcu.AdaptiveBeta(*targets), task=TASK),
+        epochs=cfg.curve_epochs,
+        lr=cfg.curve_lr[variant],
+        optimizer="adam",
+        weight_decay=0.0,
+        batch_size=cfg.batch_size,
+        retain_ratio=cfg.retain_ratio,
+        seed=seed,
+        progress=False,
+    )
+    report = mcu.evaluate_path(
+        curve,
+        {"retain": splits["retain"], "forget": splits["forget"]},
+        task=TASK,
+        ts=list(cfg.ts),
+        progress=False,
+    )
+    best = mcu.find_optimal_t(
+        report.t,
+        report.acc("retain"),
+        report.acc("forget"),
+        retain_target=targets[0],
+        forget_target=targets[1],
+        t_range=(min(cfg.ts), 1.0),
+    )
+    model = curve.export(best.t, merged=variant == "lora").eval()
+    path = {
+        "t": report.t.tolist(),
+        "retain_acc": report.acc("retain").tolist(),
+        "forget_acc": report.acc("forget").tolist(),
+    }
+    return model, {"t": float(best.t), "path": path}
+
+
+def run_seed(cfg: Config, world: World, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    original, train_s, train_mb = timed(lambda: train_lm(cfg, world, world.train, seed))
+    log(f"seed {seed}: original trained in {train_s:.0f} s")
+    result: dict[str, Any] = {"seed": seed, "original_time_s": train_s, "scenarios": {}}
+    for ratio in cfg.forget_ratios:
+        retain_train, forget = lm.group_split(world.train, forget_ratio=ratio, seed=seed)
+        probe = torch.randperm(len(retain_train), generator=torch.Generator().manual_seed(seed))
+        retain = torch.utils.data.Subset(retain_train, probe[: cfg.retain_probe].tolist())
+        splits = {
+            "retain_train": retain_train,
+            "retain": retain,
+            "forget": forget,
+            "holdout": world.holdout,
+        }
+        retrained, retrain_s, retrain_mb = timed(partial(train_lm, cfg, world, retain_train, seed))
+        ref = score(retrained, splits, world)
+        finish_scores(ref, ref)
+        rows: dict[str, dict[str, Any]] = {
+            "Retrain": {**ref, "time_s": retrain_s, "peak_mb": retrain_mb},
+        }
+        orig = finish_scores(score(original, splits, world), ref)
+        rows["Original"] = {**orig, "time_s": train_s, "peak_mb": train_mb}
+        memorised = orig["forget_acc"] >= 95.0
+        targets = (orig["retain_acc"], orig["holdout_acc"])  # the user's targets: no retrain
+        log(
+            f"  forget {ratio:.0%}: {len(forget)} examples; original forget acc "
+            f"{orig['forget_acc']:.1f} (memorised: {memorised}); targets retain "
+            f"{targets[0]:.1f} forget {targets[1]:.1f}"
+        )
+        connect_models: dict[str, nn.Module] = {"Original": original, "Retrain": retrained}
+        for variant in VARIANTS:
+            start = original if variant == "full" else with_lora(cfg, original)
+            for method in METHODS:
+                name = method if variant == "full" else f"{method}-LoRA"
+                theta_u, base_s, base_mb = timed(
+                    partial(run_base, cfg, variant, method, start, retain_train, forget, seed)
+                )
+                rows[name] = {
+                    **finish_scores(score(theta_u, splits, world), ref),
+                    "time_s": base_s,
+                    "peak_mb": base_mb,
+                }
+                (mcu_model, info), mcu_s, mcu_mb = timed(
+                    partial(run_mcu, cfg, variant, start, theta_u, splits, targets, seed)
+                )
+                rows[f"MCU({name})"] = {
+                    **finish_scores(score(mcu_model, splits, world), ref),
+                    "time_s": base_s + mcu_s,
+                    "peak_mb": max(base_mb, mcu_mb),
+                    **info,
+                }
+                if variant == "full":
+                    connect_models[method] = theta_u
+                log(
+                    f"    {name:14s} gap {rows[name]['gap']:6.2f} -> MCU "
+                    f"{rows[f'MCU({name})']['gap']:6.2f} (t={info['t']:.2f})"
+                )
+        scenario: dict[str, Any] = {
+            "forget_examples": len(forget),
+            "forget_entities": len(forget) // cfg.facts,
+            "memorised": memorised,
+            "targets": {"retain": targets[0], "forget": targets[1]},
+            "rows": rows,
+        }
+        if seed == cfg.seeds[0]:
+            matrix = mcu.connectivity_matrix(
+                connect_models,
+                {"retain": retain, "forget": forget},
+                task=TASK,
+                ts=cfg.connectivity_ts,
+                progress=False,
+            )
+            scenario["connectivity"] = matrix.to_dict()
+            scenario["connectivity_md"] = {s: matrix.to_markdown(s) for s in ("retain", "forget")}
+        result["scenarios"][f"{ratio:g}"] = scenario
+    return result
+
+
+# --------------------------------------------------------------------------- aggregation
+def mean_ci(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    if len(a) < 2:
+        return {"mean": float(a.mean()), "ci": math.nan, "n": len(a)}
+    half = float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
+    return {"mean": float(a.mean()), "ci": half, "n": len(a)}
+
+
+COLUMNS = (
+    "forget_nll",
+    "retain_nll",
+    "forget_acc",
+    "retain_acc",
+    "forget_rouge",
+    "mink_auc",
+    "minkpp_auc",
+    "privleak",
+    "gap",
+    "time_s",
+    "peak_mb",
+)
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in runs[0]["scenarios"]:
+        names = list(runs[0]["scenarios"][key]["rows"])
+        cells = {
+            name: {
+                c: mean_ci([r["scenarios"][key]["rows"][name][c] for r in runs]) for c in COLUMNS
+            }
+            for name in names
+        }
+        paired = {}
+        for name in names:
+            if name.startswith("MCU("):
+                base = name[4:-1]
+                diff = [
+                    r["scenarios"][key]["rows"][name]["gap"]
+                    - r["scenarios"][key]["rows"][base]["gap"]
+                    for r in runs
+                ]
+                stat = mean_ci(diff)
+                stat["win"] = bool(stat["n"] >= 2 and stat["mean"] + stat["ci"] < 0)
+                paired[base] = stat
+        out[key] = {"cells": cells, "paired_gap_diff": paired}
+    return out
+
+
+def fmt(cell: dict[str, float], digits: int = 2) -> str:
+    if math.isnan(cell["ci"]):
+        return f"{cell['mean']:.{digits}f}"
+    return f"{cell['mean']:.{digits}f} ± {cell['ci']:.{digits}f}"
+
+
+def markdown(cfg: Config, runs: list[dict[str, Any]], agg: dict[str, Any], header: str) -> str:
+    lines = [header, ""]
+    titles = {
+        "forget_nll": "forget NLL",
+        "retain_nll": "retain NLL",
+        "forget_acc": "forget acc",
+        "retain_acc": "retain acc",
+        "forget_rouge": "forget ROUGE-L",
+        "mink_auc": "Min-K% AUC",
+        "minkpp_auc": "Min-K%++ AUC",
+        "privleak": "privleak",
+        "gap": "Gap ↓",
+        "time_s": "time (s)",
+        "peak_mb": "peak MB",
+    }
+    for key, block in agg.items():
+        first = runs[0]["scenarios"][key]
+        lines += [
+            f"**Forget {float(key):.0%} of the entities ({first['forget_entities']} entities, "
+            f"{first['forget_examples']} examples)**; mean ± 95 % CI over seeds "
+            f"{[r['seed'] for r in runs]}",
+            "",
+            "| model | " + " | ".join(titles[c] for c in COLUMNS) + " |",
+            "|---|" + "---:|" * len(COLUMNS),
+        ]
+        for name, cells in block["cells"].items():
+            mark = ""
+            if name.startswith("MCU(") and block["paired_gap_diff"][name[4:-1]]["win"]:
+                mark = " **(win)**"
+            lines.append(f"| {name}{mark} | " + " | ".join(fmt(cells[c]) for c in COLUMNS) + " |")
+        lines += [
+            "",
+            "Paired per-seed difference of Gap, MCU(base) - base (a win needs the 95 % CI "
+            "below 0):",
+            "",
+        ]
+        lines += ["| base | mean | 95 % CI | win |", "|---|---:|---:|---|"]
+        for base, stat in block["paired_gap_diff"].items():
+            ci = (
+                "n/a"
+                if math.isnan(stat["ci"])
+                else f"[{stat['mean'] - stat['ci']:.2f}, {stat['mean'] + stat['ci']:.2f}]"
+            )
+            lines.append(
+                f"| {base} | {stat['mean']:.2f} | {ci} | {'yes' if stat['win'] else 'no'} |"
+            )
+        if "connectivity_md" in first:
+            for split, table in first["connectivity_md"].items():
+                lines += [
+                    "",
+                    f"Linear-path loss barriers (answer NLL) on {split}, seed {runs[0]['seed']}:",
+                    "",
+                    table,
+                ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def figure(agg: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(agg), figsize=(6 * len(agg), 4), squeeze=False)
+    for ax, (key, block) in zip(axes[0], agg.items(), strict=True):
+        bases = [n for n in block["cells"] if not n.startswith("MCU(") and n not in ("Retrain",)]
+        x = np.arange(len(bases))
+        for offset, label, names in (
+            (-0.2, "base", bases),
+            (
+                0.2,
+                "MCU(base)",
+                [f"MCU({n})" if f"MCU({n})" in block["cells"] else None for n in bases],
+            ),
+        ):
+            means = [block["cells"][n]["gap"]["mean"] if n else np.nan for n in names]
+            errs = [block["cells"][n]["gap"]["ci"] if n else np.nan for n in names]
+            errs = [0.0 if (e is None or math.isnan(e)) else e for e in errs]
+            ax.bar(x + offset, means, width=0.4, yerr=errs, label=label, capsize=3)
+        ax.set_xticks(x, bases, rotation=45, ha="right")
+        ax.set_ylabel("Gap to retraining (points) ↓")
+        ax.set_title(f"forget {float(key):.0%} of the entities")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def environment() -> dict[str, Any]:
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run in < 2 min")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    parser.add_argument("--ratios", type=float, nargs="+", help="override the forget ratios")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    cfg = QUICK if args.quick else Config()
+    if args.seeds:
+        cfg = dataclasses.replace(cfg, seeds=tuple(args.seeds))
+    if args.ratios:
+        cfg = dataclasses.replace(cfg, forget_ratios=tuple(args.ratios))
+    stem = "lm_unlearning_quick" if args.quick else "lm_unlearning"
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/lm_unlearning.py" + (" --quick" if args.quick else "")
+    if args.seeds:
+        command += " --seeds " + " ".join(map(str, args.seeds))
+    if args.ratios:
+        command += " --ratios " + " ".join(map(str, args.ratios))
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    started = time.perf_counter()
+    world = make_world(cfg)
+    log(
+        f"{len(world.train)} trained and {len(world.holdout)} held-out examples; "
+        f"vocabulary {len(world.tokenizer)}"
+    )
+    runs: list[dict[str, Any]] = []
+    for seed in cfg.seeds:
+        runs.append(run_seed(cfg, world, seed, log))
+        agg = aggregate(runs)
+        total = time.perf_counter() - started
+        header = (
+            f"Command: `{command}` (torch {torch.__version__}, 1 thread, {total / 60:.1f} min on a "
+            f"shared 2-core CPU; times are noisy). Llama {cfg.layers} layers x {cfg.hidden} wide; "
+            f"{cfg.entities} entities x {cfg.facts} facts trained, {cfg.holdout_entities} entities "
+            f"held out; original and retrain: {cfg.train_epochs} epochs AdamW lr {cfg.train_lr} "
+            f"one-cycle. Base methods: {cfg.unlearn_epochs} epochs Adam, lr {cfg.unlearn_lr}, "
+            f"retain ratio {cfg.retain_ratio}; NPO β {cfg.npo_beta}, SimNPO β {cfg.simnpo_beta} "
+            f"gamma 0; GradDiff weights 1/1; LoRA r {cfg.lora_r} on attention and MLP "
+            "projections. MCU: "
+            f"Bezier 3 bends, no mask, {cfg.curve_epochs} epochs Adam lr {cfg.curve_lr}, t drawn "
+            f"from and chosen in [{min(cfg.ts)}, 1] on {len(cfg.ts)} points, AdaptiveBeta targets "
+            f"from the original (retain probe of {cfg.retain_probe}) and the held-out entities. "
+            f"Hyperparameters were fixed before the run, not tuned. Gap = mean |x - retrain| over "
+            f"forget acc, retain acc, forget ROUGE-L x 100, Min-K%++ AUC x 100. privleak = "
+            f"100 (AUC - AUC_retrain) / AUC_retrain on Min-K%++. peak MB: resident memory above "
+            f"the level at the step's start."
+        )
+        payload = {
+            "command": command,
+            "config": dataclasses.asdict(cfg),
+            "environment": environment(),
+            "total_minutes": total / 60,
+            "runs": runs,
+            "aggregate": agg,
+        }
+        (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=float))
+        (args.out / f"{stem}.md").write_text(markdown(cfg, runs, agg, header))
+        figure(agg, args.out / f"{stem}.png")
+        log(f"wrote {args.out / stem}.{{json,md,png}} after {total / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
