@@ -32,6 +32,7 @@ __all__ = [
     "Metrics",
     "Outputs",
     "collect_outputs",
+    "concat_signals",
     "evaluating",
     "resolve_device",
     "run_pass",
@@ -132,8 +133,16 @@ def resolve_device(model: nn.Module, device: DeviceLike) -> torch.device:
     return resolved
 
 
-def _concat(parts: list[Tensor]) -> Tensor:
-    """Concatenate along dim 0; 2-D parts of different widths are right-padded with 0."""
+def concat_signals(parts: list[Tensor]) -> Tensor:
+    """Concatenate per-sample parts along dim 0; 2-D parts of different widths are right-padded.
+
+    Token-level signals of batches padded to different lengths line up this way
+    (the padding is 0, or ``False`` for a mask).
+
+    Example:
+        >>> concat_signals([torch.ones(1, 2), torch.ones(1, 3)]).tolist()
+        [[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    """
     if len({tuple(p.shape[1:]) for p in parts}) <= 1:
         return torch.cat(parts)
     if any(p.ndim != 2 for p in parts):
@@ -178,7 +187,7 @@ def run_pass(
     return Outputs(
         loss=torch.cat(losses).cpu(),
         correct=torch.cat(corrects).cpu(),
-        signals={key: _concat(parts) for key, parts in signal_parts.items()},
+        signals={key: concat_signals(parts) for key, parts in signal_parts.items()},
     )
 
 

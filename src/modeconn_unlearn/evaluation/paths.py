@@ -21,6 +21,7 @@ from .efficacy import mia_efficacy
 from .features import check_features
 from .outputs import DataLike, DeviceLike, Outputs, evaluating, run_pass
 from .report import PathReport
+from .sharding import gather_outputs, global_metrics, shard_loader
 
 __all__ = ["MIA_SPLITS", "check_curve", "evaluate_path", "walk_path"]
 
@@ -123,6 +124,12 @@ def evaluate_path(
         progress: Show a progress bar over ``t``.
         device: Where to evaluate (default: the curve's device).
 
+    Under ``torchrun`` (a ``torch.distributed`` process group) every rank
+    evaluates its shard of each split and the sums are all-reduced, so every
+    rank returns the same report (see :mod:`~modeconn_unlearn.evaluation.sharding`);
+    the BatchNorm statistics are re-estimated on the whole BatchNorm data on
+    every rank, so that all ranks score the same model.
+
     Returns:
         A :class:`~modeconn_unlearn.evaluation.PathReport`.
 
@@ -148,6 +155,9 @@ def evaluate_path(
     points = path_points(ts)
     loaders = {
         str(name): as_loader(data, name=f"splits[{name!r}]") for name, data in splits.items()
+    }
+    shards = {
+        name: shard_loader(loader, name=f"splits[{name!r}]") for name, loader in loaders.items()
     }
     bn = bn_data(
         curve.template, bn_loader=bn_loader, splits=loaders, bn_samples=bn_samples, seed=seed
@@ -188,15 +198,17 @@ def evaluate_path(
                     signals=mia and name in MIA_SPLITS,
                     name=f"splits[{name!r}]",
                 )
-                for name, loader in loaders.items()
+                for name, loader in shards.items()
             }
         for name, result in passes.items():
-            metrics = result.metrics()
+            metrics = global_metrics(result)
             values[name]["acc"].append(metrics.accuracy)
             values[name]["loss"].append(metrics.loss)
             counts[name] = metrics.count
+        if features:
+            gathered = {name: gather_outputs(passes[name]) for name in MIA_SPLITS}
         for feature in features:
-            values["forget"][f"mia_{feature}"].append(_path_mia(passes, feature))
+            values["forget"][f"mia_{feature}"].append(_path_mia(gathered, feature))
         with torch.no_grad():
             weights = {name: w.detach() for name, w in curve.weights_at(t).items()}
         if previous is not None:
