@@ -1054,3 +1054,36 @@ def test_a_loader_with_its_own_collate_fn_keeps_it():
         assert set(batch.inputs) == {"input_ids", "attention_mask"}
         assert batch.targets.shape == batch.inputs["input_ids"].shape
         assert bool((batch.targets[batch.inputs["attention_mask"] == 0] == -100).all())
+
+
+def test_resume_of_a_step_limited_run_is_bit_identical(tiny, tmp_path):
+    retain, forget = tiny
+    args = dict(loss=random_label(10), lr=0.05, batch_size=16, max_steps=5, progress=False)
+    whole = unlearn(make_mlp(0), retain, forget, **args)
+
+    def stop_after_first_epoch(record, model):
+        if record.epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        unlearn(
+            make_mlp(0),
+            retain,
+            forget,
+            checkpoint_dir=tmp_path,
+            callbacks=[stop_after_first_epoch],
+            **args,
+        )
+    resumed = unlearn(make_mlp(0), retain, forget, checkpoint_dir=tmp_path, resume=True, **args)
+    assert same_state(snapshot(resumed), snapshot(whole))
+    again = unlearn(make_mlp(0), retain, forget, checkpoint_dir=tmp_path, resume=True, **args)
+    assert same_state(snapshot(again), snapshot(whole))  # finished: nothing left to do
+    with pytest.raises(ModeConnError, match="max_steps: 5 -> 6"):
+        unlearn(
+            make_mlp(0),
+            retain,
+            forget,
+            checkpoint_dir=tmp_path,
+            resume=True,
+            **{**args, "max_steps": 6},
+        )
