@@ -14,6 +14,8 @@ one SGD step (zero_grad, forward, cross-entropy, backward, momentum step) of
 Each round runs every variant back to back (rotating the order), so a round's ratios
 share the machine's load; the table gives the median ratio over the rounds and its
 spread (min-max). The machine may be shared with other jobs: compare ratios, not times.
+With one thread, ``--clock cpu`` (the default there) times the process's CPU time
+(``time.process_time``), which leaves out the time it waits for a core on a busy machine.
 
 Usage:
     python benchmarks/curve_step.py                  # full run, compiles the MLP cases
@@ -83,11 +85,16 @@ def covered(mask: dict[str, torch.Tensor]) -> float:
     return sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
 
 
-def measure(case: Case, repeats: int, rounds: int, compile_it: bool) -> dict[str, object]:
+def measure(
+    case: Case, repeats: int, rounds: int, compile_it: bool, clock: Callable[[], float]
+) -> dict[str, object]:
     torch.manual_seed(0)
     start, end, plain = case.build(), case.build(), case.build()
     x, y = torch.randn(case.batch, *case.shape), torch.randint(0, 10, (case.batch,))
-    data = TensorDataset(torch.randn(32, *case.shape), torch.randint(0, 10, (32,)))
+    gen = torch.Generator().manual_seed(0)
+    data = TensorDataset(
+        torch.randn(32, *case.shape, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+    )
     tensor_mask = mcu.layer_mask(start, data, data, k=0.1)
     element_mask = mcu.random_mask(start, sparsity=0.9, seed=0)
     modules = {
@@ -116,10 +123,10 @@ def measure(case: Case, repeats: int, rounds: int, compile_it: bool) -> dict[str
     for index in range(rounds):
         shift = index % len(order)
         for key in order[shift:] + order[:shift]:
-            begin = time.perf_counter()
+            begin = clock()
             for _ in range(repeats):
                 steps[key]()
-            times[key].append((time.perf_counter() - begin) / repeats)
+            times[key].append((clock() - begin) / repeats)
     pairs = {
         "curve/plain": ("curve", "plain"),
         "tensors/plain": ("tensors", "plain"),
@@ -187,6 +194,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default=None,
+        help="wall time, or the process's CPU time (default: cpu with 1 thread, else wall)",
+    )
+    parser.add_argument(
         "--compile",
         choices=["none", "mlp", "all"],
         default="mlp",
@@ -194,6 +207,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    clock_name = args.clock or ("cpu" if args.threads == 1 else "wall")
+    clock = time.process_time if clock_name == "cpu" else time.perf_counter
     cases = [
         Case("ResNet-20", resnet20, 128, 1.03, args.compile == "all"),
         Case("MLP 3072-1024-1024-10", wide_mlp, 128, 1.25, args.compile != "none"),
@@ -205,12 +220,13 @@ def main() -> None:
         cases = [Case("MLP 3072-1024-1024-10", wide_mlp, 8, 1.5, False)]
         rounds = 3
     rows = [
-        measure(c, 1 if args.quick else repeats.get(c.name, 3), rounds, c.compile) for c in cases
+        measure(c, 1 if args.quick else repeats.get(c.name, 3), rounds, c.compile, clock)
+        for c in cases
     ]
     load = os.getloadavg()
     header = (
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU only (no GPU), "
-        f"median of {rounds} interleaved rounds (min-max in parentheses); "
+        f"{clock_name} clock, median of {rounds} interleaved rounds (min-max in parentheses); "
         f"load average at the end {load[0]:.1f} on {os.cpu_count()} cores"
     )
     text = table(rows)
@@ -218,8 +234,15 @@ def main() -> None:
     if not args.quick:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "curve_step.json").write_text(json.dumps(rows, indent=2))
-        command = "python benchmarks/curve_step.py" + (
-            f" --compile {args.compile}" if args.compile != "mlp" else ""
+        command = "python benchmarks/curve_step.py" + "".join(
+            f" --{name} {value}"
+            for name, value, default in (
+                ("threads", args.threads, 2),
+                ("rounds", args.rounds, 9),
+                ("compile", args.compile, "mlp"),
+                ("clock", args.clock, None),
+            )
+            if value != default
         )
         (RESULTS / "curve_step.md").write_text(f"Command: `{command}`\n\n{header}\n\n{text}\n")
 

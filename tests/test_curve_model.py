@@ -770,3 +770,31 @@ def test_sampler_draws_zero_dim_tensors_with_float_arithmetic() -> None:
     expected = 0.25 + 0.5 * float(torch.rand(()))
     assert isinstance(drawn, torch.Tensor) and drawn.dim() == 0
     assert float(drawn) == expected
+
+
+@pytest.mark.parametrize("fix_start", [True, False])
+@pytest.mark.parametrize("num_bends", [3, 4])
+def test_per_tensor_mask_slices_match_the_general_masked_path(
+    fix_start: bool, num_bends: int
+) -> None:
+    a, b = _mlp_pair()
+    mask = {"0.bias": True, "2.weight": True}
+    sliced = CurveModel(a, start=a, end=b, mask=mask, num_bends=num_bends, fix_start=fix_start)
+    general = copy.deepcopy(sliced)
+    assert sliced.groups["float32"].runs is not None
+    general.groups["float32"].runs = None  # gathers and scatters by index instead
+    with torch.no_grad():
+        for p, q in zip(sliced.parameters(), general.parameters(), strict=True):
+            p.add_(torch.randn_like(p))
+            q.copy_(p)
+    x = torch.randn(4, 6)
+    for t in (0.0, 0.3, 0.8):
+        out_sliced, out_general = sliced(x, t=t), general(x, t=t)
+        torch.testing.assert_close(out_sliced, out_general)
+        out_sliced.pow(2).sum().backward()
+        out_general.pow(2).sum().backward()
+    for p, q in zip(sliced.parameters(), general.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
+    if fix_start:  # the unmasked tensors stay on the straight line between the fixed ends
+        line = CurveModel(a, start=a, end=b, num_bends=2).weights_at(0.3)
+        torch.testing.assert_close(sliced.weights_at(0.3)["0.weight"], line["0.weight"])

@@ -187,6 +187,14 @@ class _Combine(torch.autograd.Function):
             if group.index is None:
                 for row, coef in zip(middle, middle_coefs, strict=True):
                     weights.add_(row, alpha=coef)
+            elif group.runs is not None:
+                # Whole tensors are trainable: write them from the bends by slices.
+                for _, start, stop, offset in group.runs:
+                    out = weights[start:stop]
+                    torch.mul(anchors[0, start:stop], anchor_coefs[0] - line_coefs[0], out=out)
+                    out.add_(anchors[1, start:stop], alpha=anchor_coefs[1] - line_coefs[1])
+                    for row, coef in zip(middle, middle_coefs, strict=True):
+                        out.add_(row[offset : offset + stop - start], alpha=coef)
             else:
                 # Masked entries: swap their straight-line value for the trained one.
                 delta = torch.mul(middle[0], middle_coefs[0])
@@ -225,6 +233,16 @@ class _Combine(torch.autograd.Function):
                         row[start:stop].zero_()
                     else:
                         torch.mul(grad.reshape(-1), coef, out=row[start:stop])
+            return (*nothing, grad_middle)
+        if group.runs is not None:
+            for tensor, start, stop, offset in group.runs:
+                grad = grads[tensor]
+                for row, coef in zip(grad_middle, coefs, strict=True):
+                    piece = row[offset : offset + stop - start]
+                    if grad is None:
+                        piece.zero_()
+                    else:
+                        torch.mul(grad.reshape(-1), coef, out=piece)
             return (*nothing, grad_middle)
         first = grad_middle[0]
         for (start, stop), grad in zip(group.index_spans, grads, strict=True):
@@ -269,6 +287,9 @@ class _BendGroup(nn.Module):
         self.register_buffer("anchors", torch.stack([start, end]))
         self.start = None if fix_start else nn.Parameter(start.clone())
         self.end = None if fix_end else nn.Parameter(end.clone())
+        # (tensor, start, stop, offset in the middle bends) of each trainable tensor under a
+        # per-tensor mask, which then runs on slices instead of gathers and scatters.
+        self.runs: list[tuple[int, int, int, int]] | None = None
         if mask is None:
             self.index = self.local_index = None
             self.index_spans: list[tuple[int, int]] = []
@@ -283,6 +304,16 @@ class _BendGroup(nn.Module):
             self.register_buffer("index", index)
             self.register_buffer("local_index", index - owner_offset)
             selected_start, selected_end = start[index], end[index]
+            counts = [stop - first for first, stop in self.index_spans]
+            if all(c in (0, n) for c, n in zip(counts, self.numels, strict=True)):
+                # A per-tensor mask: every tensor is wholly trainable or wholly frozen.
+                self.runs = [
+                    (tensor, span[0], span[1], first)
+                    for tensor, (span, (first, stop)) in enumerate(
+                        zip(self.spans, self.index_spans, strict=True)
+                    )
+                    if stop > first
+                ]
         rows = [(1.0 - s) * selected_start + s * selected_end for s in self.positions]
         has_middle = bool(rows) and rows[0].numel() > 0
         self.middle = nn.Parameter(torch.stack(rows)) if has_middle else None
