@@ -90,7 +90,11 @@ class Config:
     batch_size: int = 64
     scenarios: tuple[str, ...] = ("random10", "random1", "class")
     second_arch: str = "mlp"
-    second_lr: float = 0.1
+    # The MLP memorises only with more epochs and no weight decay (12 epochs at lr 0.1 with
+    # weight decay: 94.6 % training accuracy); cheap, so it gets them.
+    second_epochs: int = 30
+    second_lr: float = 0.05
+    second_weight_decay: float = 0.0
     second_scenarios: tuple[str, ...] = ("random10",)
     probe_size: int = 1000
     tune_seeds: tuple[int, ...] = (100,)
@@ -99,9 +103,10 @@ class Config:
     base_grid: tuple[tuple[str, int, float], ...] = (
         ("FT", 1, 0.01),
         ("FT", 1, 0.04),
-        ("GA", 1, 2e-4),
-        ("GA", 1, 1e-3),
-        ("GA", 1, 5e-3),
+        # A memorising original has near-zero forget loss, so gradient ascent needs a large lr.
+        ("GA", 1, 0.01),
+        ("GA", 1, 0.05),
+        ("GA", 1, 0.2),
         ("NegGrad+", 1, 0.01),
         ("NegGrad+", 1, 0.04),
         ("RL", 1, 0.01),
@@ -136,7 +141,7 @@ QUICK = dataclasses.replace(
     seeds=(0, 1),
     base_grid=(
         ("FT", 1, 0.01),
-        ("GA", 1, 1e-3),
+        ("GA", 1, 0.01),
         ("NegGrad+", 1, 0.01),
         ("RL", 1, 0.01),
         ("SalUn", 1, 0.01),
@@ -181,16 +186,17 @@ def factory(cfg: Config, arch: str) -> Any:
 
 
 def train_model(cfg: Config, arch: str, data: Any, seed: int) -> tuple[nn.Module, Seconds]:
-    lr = cfg.lr if arch == cfg.arch else cfg.second_lr
+    first = arch == cfg.arch
+    epochs = cfg.epochs if first else cfg.second_epochs
     return timed(  # type: ignore[no-any-return]
         lambda: mcu.retrain(
             factory(cfg, arch),
             data,
-            epochs=cfg.epochs,
-            lr=lr,
-            weight_decay=cfg.weight_decay,
+            epochs=epochs,
+            lr=cfg.lr if first else cfg.second_lr,
+            weight_decay=cfg.weight_decay if first else cfg.second_weight_decay,
             batch_size=cfg.batch_size,
-            scheduler=cosine(cfg.epochs),
+            scheduler=cosine(epochs),
             seed=seed,
             progress=False,
         )
@@ -659,7 +665,9 @@ def header(cfg: Config, tuning: dict[str, Any], total: float | None, command: st
         f"({cfg.epochs} epochs, SGD lr {cfg.lr:g} momentum 0.9, weight decay "
         f"{cfg.weight_decay:g}, cosine, batch {cfg.batch_size}, no augmentation); CNN: a "
         "BatchNorm CNN with a dense head (benchmarks/_common.py: DenseHeadCNN, width "
-        f"{cfg.width}); MLP: mcu.zoo.MLP 784-256-128-10 (lr {cfg.second_lr:g}). MCU: "
+        f"{cfg.width}); MLP: mcu.zoo.MLP 784-256-128-10 ({cfg.second_epochs} epochs, lr "
+        f"{cfg.second_lr:g}, weight decay {cfg.second_weight_decay:g}; base-method and MCU "
+        "settings are the CNN's). MCU: "
         "`mcu.recipe.mcu_unlearn` with targets from `user_targets` (retain: the original's "
         "accuracy on the retain probe; forget: its accuracy on the validation split, or 0 for "
         "a class); adaptive path search on a "

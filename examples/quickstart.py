@@ -1,23 +1,25 @@
 """Quickstart: unlearn a random 10% of the training set, then improve it with MCU.
 
 The whole workflow of the library in one script, on scikit-learn's bundled
-digits (or Fashion-MNIST with ``--dataset fashion``):
+digits (or Fashion-MNIST with ``--dataset fashion``), with only what a user has:
 
-1. train the original model θ_o on the full training set;
+1. carve a validation split off the training data, then train the original
+   model θ_o on the rest;
 2. split off a random 10% forget set and run a base unlearning method on θ_o
    (random labels by default): the pre-unlearned model θ_u;
-3. retrain from scratch on the retain set: the reference every unlearned model
-   is compared with (its retain and forget accuracies are MCU's targets);
-4. connect θ_o and θ_u with a quadratic Bezier curve whose control point is
-   trained (only on the tensors chosen by ``layer_mask``) with the MCU
-   objective ``CE(retain) - β·CE(forget)``, β adapted per batch;
-5. measure the path at 21 points, pick the ``t`` closest to the targets (from
-   retain/forget accuracies only, never the test split), and print UA, RA,
-   TA, MIA-efficacy and the average gap to retraining for every model;
-6. save a figure of the path with the effective region.
+3. MCU's targets from the original and the held-out split
+   (``mcu.recipe.user_targets``: the original's retain accuracy, and its
+   accuracy on the held-out split as the forget target);
+4. ``mcu.recipe.mcu_unlearn``: a quadratic Bezier curve θ_o -> θ_u whose
+   control point is trained on the tensors of ``layer_mask`` with
+   ``CE(retain) - β·CE(forget)``, an adaptive search for the ``t`` closest to
+   the targets (retain and forget accuracies only), and the model at that ``t``;
+5. only to score the result: retrain from scratch on the retain set, and print
+   UA, RA, TA, MIA-efficacy and the average gap to retraining for every model;
+6. save a figure of the path with the effective region and MIA-efficacy.
 
 Usage:
-    python examples/quickstart.py                      # digits, random labels (10-20 s)
+    python examples/quickstart.py                      # digits, random labels (about 20 s)
     python examples/quickstart.py --method ga          # gradient ascent as the base method
     python examples/quickstart.py --dataset fashion    # Fashion-MNIST (needs the IDX files)
 """
@@ -25,7 +27,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -36,9 +37,12 @@ from typing import Any
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 import modeconn_unlearn as mcu
+from modeconn_unlearn.cloning import clone_module
 from modeconn_unlearn.datasets import load_digits, load_fashion_mnist
+from modeconn_unlearn.recipe import RecipeConfig, carve_holdout, mcu_unlearn, user_targets
 from modeconn_unlearn.zoo import MLP, SmallCNN
 
 DEFAULT_OUT = Path(__file__).parent / "outputs" / "quickstart_path.png"
@@ -47,9 +51,6 @@ NAMES = {"rl": "RL", "ga": "GA", "neggrad": "NegGrad+", "salun": "SalUn", "ft": 
 # t is searched (and the curve trained) on the half of the path next to θ_u: a model
 # nearer θ_o would carry much of the original's memory of the forget set.
 T_RANGE = (0.5, 1.0)
-# A shape-preserving interpolation: accuracies on a small forget set move in steps and
-# sit on plateaus, where a cubic spline overshoots (e.g. above 100%).
-INTERPOLATION = "pchip"
 
 
 @dataclass(frozen=True)
@@ -105,13 +106,32 @@ def base_method(
     )
 
 
+def train_from_scratch(
+    setup: Setup, data: Any, *, name: str, epochs: int, seed: int, progress: bool
+) -> nn.Module:
+    """``mcu.retrain`` (a fresh model trained on ``data``) with a progress bar called ``name``."""
+    bar = tqdm(total=epochs, desc=name, unit="epoch", disable=not progress)
+    model = mcu.retrain(
+        setup.make_model,
+        data,
+        epochs=epochs,
+        lr=setup.lr,
+        scheduler=lambda optimizer: CosineAnnealingLR(optimizer, T_max=epochs),
+        seed=seed,
+        progress=False,
+        callbacks=[lambda record, model: bar.update(1)],
+    )
+    bar.close()
+    return model
+
+
 def with_bn_from(model: nn.Module, loader: DataLoader[Any]) -> nn.Module:
     """A copy of ``model`` with BatchNorm statistics re-estimated on ``loader``.
 
     Every model in the table is scored this way, as the points of the path are, so that
     MCU at t = 1 is exactly θ_u (a no-op for models without BatchNorm, such as the MLP).
     """
-    model = copy.deepcopy(model)
+    model = clone_module(model)
     mcu.update_bn(model, loader)
     return model
 
@@ -152,74 +172,56 @@ def main(argv: list[str] | None = None) -> None:
     setup = load(args.dataset)
     epochs = args.epochs or setup.epochs
     short = max(1, round(epochs / 4))  # epochs of the base method and of the curve
-    retain, forget = mcu.forget_retain_split(setup.train, forget_ratio=0.1, seed=args.seed)
-    splits = {"retain": retain, "forget": forget, "test": setup.test}
     seed, base = args.seed, NAMES[args.method]
     seconds: dict[str, float] = {}
-    fit = {
-        "epochs": epochs,
-        "lr": setup.lr,
-        "scheduler": lambda optimizer: CosineAnnealingLR(optimizer, T_max=epochs),
-        "seed": seed,
-        "progress": progress,
-    }
+    run = {"epochs": epochs, "seed": seed, "progress": progress}
 
-    # 1. The original model θ_o: a fresh model trained on the whole training set.
+    # 1. A validation split the original never trains on, then the original model θ_o.
+    train, holdout = carve_holdout(setup.train, fraction=0.1, seed=seed)
     began = time.perf_counter()
-    original = mcu.retrain(setup.make_model, setup.train, **fit)
+    original = train_from_scratch(setup, train, name="original", **run)
     seconds["original"] = time.perf_counter() - began
+    retain, forget = mcu.forget_retain_split(train, forget_ratio=0.1, seed=seed)
+    splits = {"retain": retain, "forget": forget, "test": setup.test}
 
-    # 2. The reference: retrained from scratch on the retain set only. Its retain and
-    #    forget accuracies are the targets of MCU (the test split plays no part).
-    began = time.perf_counter()
-    retrained = mcu.retrain(setup.make_model, retain, **fit)
-    seconds["retrain"] = time.perf_counter() - began
-    reference = mcu.unlearning_scores(
-        with_bn_from(retrained, DataLoader(retain, batch_size=256)), **splits, seed=seed
-    )
-    retain_target, forget_target = reference.ra, 100.0 - reference.ua
-
-    # 3. The base unlearning method: θ_u.
+    # 2. The base unlearning method: θ_u.
     began = time.perf_counter()
     theta_u = base_method(
         args.method, original, retain, forget, epochs=short, seed=seed, progress=progress
     )
     seconds[base] = time.perf_counter() - began
 
-    # 4. MCU: a Bezier curve θ_o -> θ_u; its control point is trained on the tensors of
-    #    a layer mask, with t drawn from the half of the path next to θ_u.
+    # 3. MCU's targets from what a user holds: the original and the held-out split.
+    targets = user_targets(original, retain, holdout)
+
+    # 4. MCU in one call: layer mask, curve θ_o -> θ_u trained with the MCU objective,
+    #    adaptive search for the t closest to the targets, the model at that t.
     began = time.perf_counter()
-    mask = mcu.layer_mask(original, retain, forget, k=0.5, kr=0.1)
-    curve = mcu.CurveModel(original, start=original, end=theta_u, curve="bezier", mask=mask)
-    mcu.fit_curve(
-        curve,
+    result = mcu_unlearn(
+        original,
+        theta_u,
         retain,
         forget,
-        loss=mcu.losses.mcu_objective(mcu.AdaptiveBeta(retain_target, forget_target)),
-        epochs=short,
-        lr=0.01,
-        t_sampler=T_RANGE,
+        targets=targets,
+        config=RecipeConfig(epochs=short, t_range=T_RANGE),
         seed=seed,
         progress=progress,
     )
-    # 5. The path at 21 points (BatchNorm statistics re-estimated on the retain set at
-    #    each t), and the t closest to the targets.
-    report = mcu.evaluate_path(curve, splits, ts=21, bn_loader=retain, mia=True, progress=progress)
-    best = mcu.find_optimal_t(
-        report.t,
-        report.acc("retain"),
-        report.acc("forget"),
-        retain_target=retain_target,
-        forget_target=forget_target,
-        t_range=T_RANGE,
-        kind=INTERPOLATION,
-    )
-    # An instance of the model's own class at t, BatchNorm statistics from the retain set.
-    retain_loader = DataLoader(retain, batch_size=256)
-    mcu_model = curve.export(best.t, bn_loader=retain_loader)
     seconds[f"MCU({base})"] = time.perf_counter() - began
 
-    models = {"original": original, "retrain": retrained, base: theta_u, f"MCU({base})": mcu_model}
+    # 5. Only to score the result: retraining from scratch on the retain set. MCU never
+    #    saw this model.
+    began = time.perf_counter()
+    retrained = train_from_scratch(setup, retain, name="retrain (reference)", **run)
+    seconds["retrain"] = time.perf_counter() - began
+    retain_loader = DataLoader(retain, batch_size=256)
+    reference = mcu.unlearning_scores(with_bn_from(retrained, retain_loader), **splits, seed=seed)
+    models = {
+        "original": original,
+        "retrain": retrained,
+        base: theta_u,
+        f"MCU({base})": result.model,
+    }
     rows = {
         name: mcu.unlearning_scores(
             with_bn_from(model, retain_loader), **splits, reference=reference, seed=seed
@@ -227,23 +229,32 @@ def main(argv: list[str] | None = None) -> None:
         for name, model in models.items()
     }
     print(
-        f"\n{args.dataset}: {len(retain)} retain, {len(forget)} forget, {len(setup.test)} test "
-        f"samples; targets (retrained model): retain {retain_target:.2f}%, "
-        f"forget {forget_target:.2f}%\n"
+        f"\n{args.dataset}: {len(retain)} retain, {len(forget)} forget, {len(holdout)} held-out, "
+        f"{len(setup.test)} test samples; targets (original on retain / held-out data): "
+        f"retain {targets.retain:.2f}%, forget {targets.forget:.2f}%\n"
     )
     print(format_table(rows, seconds))
+    best = result.best
     region = ", ".join(f"[{a:.2f}, {b:.2f}]" for a, b in best.region or []) or "empty"
+    parts = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items() if k != "total")
     print(
-        f"\noptimal t = {best.t:.3f} in {T_RANGE} (interpolated retain/forget gap to the "
-        f"targets: {best.avg_gap:.2f}); effective region: {region}"
+        f"\noptimal t = {best.t:.3f} in {T_RANGE} after {result.search.evaluations} path "
+        f"points (interpolated retain/forget gap to the targets: {best.avg_gap:.2f}); "
+        f"effective region: {region}\nMCU time: {parts}"
     )
 
     if not args.no_plot:
-        report.plot(
-            targets={"retain": retain_target, "forget": forget_target},
+        # For the figure only (the choice is made): test accuracy and MIA-efficacy at the
+        # points the search evaluated.
+        shown = mcu.evaluate_path(
+            result.curve, splits, ts=result.report.t.tolist(), mia=True, progress=False
+        )
+        shown.plot(
+            targets={"retain": targets.retain, "forget": targets.forget},
             optimal_t=best.t,
-            kind=INTERPOLATION,
-            path=args.out,
+            end_labels=("original", base),
+            mia=True,
+            save=args.out,
             title=f"MCU({base}) on {args.dataset}: accuracy along the path",
         )
         print(f"figure: {args.out}")

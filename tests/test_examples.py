@@ -47,9 +47,38 @@ def test_quickstart_script_prints_the_table_and_saves_the_figure(tmp_path: Path)
     assert rows["retrain"][4] == 0.0  # the reference's gap to itself
     # The original model has seen the forget set: it is at least as accurate on it as retrain.
     assert rows["original"][0] <= rows["retrain"][0] + 1e-9
-    t = float(re.search(r"optimal t = ([\d.]+) in \(0\.5, 1\.0\)", result.stdout).group(1))
-    assert 0.5 <= t <= 1.0
+    found = re.search(
+        r"optimal t = ([\d.]+) in \(0\.5, 1\.0\) after (\d+) path points", result.stdout
+    )
+    assert found, result.stdout
+    assert 0.5 <= float(found.group(1)) <= 1.0
+    assert int(found.group(2)) <= 10  # the adaptive search, not a 21-point grid
+    # MCU's targets come from the original and a held-out split, not from retraining.
+    assert "targets (original on retain / held-out data)" in result.stdout
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quickstart_progress_bar_of_the_original_is_labelled_original(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import importlib.util
+
+    import torch
+    from torch.utils.data import TensorDataset
+
+    spec = importlib.util.spec_from_file_location("quickstart", EXAMPLES / "quickstart.py")
+    assert spec is not None and spec.loader is not None
+    quickstart = importlib.util.module_from_spec(spec)
+    sys.modules["quickstart"] = quickstart  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(quickstart)
+    finally:
+        del sys.modules["quickstart"]
+    data = TensorDataset(torch.randn(32, 64), torch.randint(0, 10, (32,)))
+    setup = quickstart.Setup(data, data, lambda: torch.nn.Linear(64, 10), lr=0.1, epochs=2)
+    quickstart.train_from_scratch(setup, data, name="original", epochs=2, seed=0, progress=True)
+    err = capsys.readouterr().err
+    assert "original" in err and "retrain" not in err, err
 
 
 def test_quickstart_script_rejects_bad_flags() -> None:
