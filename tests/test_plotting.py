@@ -138,7 +138,8 @@ def test_end_labels_mia_axis_and_curves_above_targets(report: PathReport, tmp_pa
     assert ticks[0] == "0\noriginal" and ticks[-1] == "1\nRL"
     assert twin.get_ylabel() == "MIA-efficacy (%)"
     labels = legend_labels(figure)
-    assert "forget mia confidence (right axis)" in labels
+    assert "forget MIA-efficacy, confidence (right axis)" in labels
+    assert twin.get_ylim() == main.get_ylim()  # accuracy and MIA-efficacy share the % scale
     assert "forget target (2.12)" in labels and "retain target (99.5)" in labels
     assert "effective region (closer to the targets than RL)" in labels
     curves = {line.get_label(): line for line in main.lines}

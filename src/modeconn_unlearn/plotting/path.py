@@ -159,9 +159,11 @@ def plot_path(
                 marker="s",
                 markersize=3,
                 color="tab:purple",
-                label=f"forget {name.replace('_', ' ', 1)} (right axis)",
+                label=f"forget MIA-efficacy, {name.removeprefix('mia_')} (right axis)",
             )
         twin.set_ylabel("MIA-efficacy (%)")
+        if metric == "acc":  # both axes in percent: one scale
+            twin.set_ylim(axes.get_ylim())
         extra_handles, extra_labels = twin.get_legend_handles_labels()
         handles, labels = handles + extra_handles, labels + extra_labels
 
