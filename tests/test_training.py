@@ -1087,3 +1087,32 @@ def test_resume_of_a_step_limited_run_is_bit_identical(tiny, tmp_path):
             resume=True,
             **{**args, "max_steps": 6},
         )
+
+
+def test_a_curve_curriculum_ranks_forget_samples_by_the_curve_start(tiny):
+    retain, forget = tiny
+    start = make_mlp(0)
+    curve = CurveModel(start, start=start, end=make_mlp(1))
+    x = torch.stack([forget[i][0] for i in range(len(forget))])
+    y = torch.tensor([int(forget[i][1]) for i in range(len(forget))])
+    with torch.no_grad():
+        expected = torch.argsort(F.cross_entropy(start(x), y, reduction="none"), stable=True)
+    order: list[torch.Tensor] = []
+    inner = mcu_objective(0.1)
+
+    def spy(model, batch):
+        order.extend(batch.inputs[batch.is_forget])
+        return inner(model, batch)
+
+    fit_curve(
+        curve,
+        retain,
+        forget,
+        loss=spy,
+        lr=0.01,
+        epochs=1,
+        batch_size=8,
+        curriculum="easy_first",
+        progress=False,
+    )
+    assert torch.equal(torch.stack(order), x[expected])
