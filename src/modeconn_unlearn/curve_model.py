@@ -161,6 +161,30 @@ def _require_peft() -> Any:
         ) from error
 
 
+def _blend(terms: Sequence[tuple[Tensor, float]]) -> Tensor:
+    """``Σ c_k x_k`` for same-shaped ``x_k``, in one pass per non-zero term.
+
+    Curve coefficients are non-negative and sum to one, so the sum is a chain of
+    ``lerp``s (each a single read-read-write pass), one pass fewer than
+    scaling and adding; other coefficients take the scale-and-add route.
+    """
+    nonzero = [(x, c) for x, c in terms if c != 0.0]
+    total = sum(c for _, c in nonzero)
+    if len(nonzero) < 2 or abs(total - 1.0) > 1e-9 or any(c < 0.0 for _, c in nonzero):
+        first, coef = nonzero[0] if nonzero else terms[0]
+        out = torch.mul(first, coef if nonzero else 0.0)
+        for x, c in nonzero[1:]:
+            out.add_(x, alpha=c)
+        return out
+    (x0, c0), (x1, c1) = nonzero[:2]
+    weight = c0 + c1
+    out = torch.lerp(x0, x1, c1 / weight)
+    for x, c in nonzero[2:]:
+        weight += c
+        out.lerp_(x, c / weight)
+    return out
+
+
 class _Combine(torch.autograd.Function):
     """Fused weights at t for one group: one pass over the bends, one scaled gradient copy.
 
@@ -181,13 +205,13 @@ class _Combine(torch.autograd.Function):
         anchors: Tensor,
         middle: Tensor | None,
     ) -> tuple[Tensor, ...]:
-        weights = torch.mul(anchors[0], anchor_coefs[0])
-        weights.add_(anchors[1], alpha=anchor_coefs[1])
-        if middle is not None:
-            if group.index is None:
-                for row, coef in zip(middle, middle_coefs, strict=True):
-                    weights.add_(row, alpha=coef)
-            elif group.runs is not None:
+        ends = [(anchors[0], anchor_coefs[0]), (anchors[1], anchor_coefs[1])]
+        if middle is not None and group.index is None:
+            weights = _blend([*ends, *zip(middle, middle_coefs, strict=True)])
+        else:
+            weights = _blend(ends)
+        if middle is not None and group.index is not None:
+            if group.runs is not None:
                 # Whole tensors are trainable: write them from the bends by slices.
                 for _, start, stop, offset in group.runs:
                     out = weights[start:stop]
