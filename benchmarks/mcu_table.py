@@ -24,7 +24,8 @@ its 95 % CI; a cell is a win only when that interval lies below 0.
 
 Usage:
     python benchmarks/mcu_table.py --phase tune
-    python benchmarks/mcu_table.py --phase report        # then aggregates
+    python benchmarks/mcu_table.py --phase report        # then aggregates (may run beside
+                                                         # tune: it waits for its file)
     python benchmarks/mcu_table.py --phase aggregate     # tables from the per-seed files
     python benchmarks/mcu_table.py --quick               # smoke run (< 2 min), writes nothing
 """
@@ -470,7 +471,21 @@ def _jsonable(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- report
-def report(cfg: Config, tuning: dict[str, Any], out: Path, quick: bool) -> list[dict[str, Any]]:
+def wait_for_tuning(path: Path, poll_s: float = 20.0) -> dict[str, Any]:
+    """The tuning results, waiting for a tuning run in another process to write them."""
+    while not path.exists():
+        time.sleep(poll_s)
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def report(
+    cfg: Config, tuning: dict[str, Any] | Path, out: Path, quick: bool
+) -> list[dict[str, Any]]:
+    """Run the reported seeds; ``tuning`` may be the path of a tuning file still to come.
+
+    Originals and retrained models do not depend on the tuning, so they are trained
+    before waiting for it.
+    """
     pool, test = load_data(cfg)
     runs = []
     for seed in cfg.seeds:
@@ -492,6 +507,8 @@ def report(cfg: Config, tuning: dict[str, Any], out: Path, quick: bool) -> list[
         jobs += [(cfg.second_arch, name) for name in cfg.second_scenarios]
         for arch, name in jobs:
             sc = make_scenario(cfg, world, name, arch)
+            if isinstance(tuning, Path):
+                tuning = wait_for_tuning(tuning)
             config = recipe_config(tuning["chosen_mcu"][name].items())
             paths = {}
             for method in METHODS:
@@ -782,16 +799,21 @@ def main(argv: list[str] | None = None) -> None:
     began = time.perf_counter()
     tuning_file = args.out / "mcu_table_tuning.json"
     if args.quick or args.phase in ("tune", "all"):
-        tuning = tune(cfg, args.out, args.quick)
+        tuning: dict[str, Any] | Path = tune(cfg, args.out, args.quick)
+    elif args.phase == "report":
+        tuning = tuning_file  # waited for after the first models are trained
     else:
         tuning = json.loads(tuning_file.read_text())
     if args.phase == "tune":
         return
     if args.phase == "aggregate":
+        assert isinstance(tuning, dict)
         runs = load_runs(args.out)
         finish(cfg, runs, tuning, args.out, None, command, args.quick)
         return
     runs = report(cfg, tuning, args.out, args.quick)
+    tuning = wait_for_tuning(tuning_file) if isinstance(tuning, Path) else tuning
+    runs = runs if args.quick else load_runs(args.out)  # every seed written so far
     finish(cfg, runs, tuning, args.out, time.perf_counter() - began, command, args.quick)
     logger.info("total %.1f min", (time.perf_counter() - began) / 60)
 

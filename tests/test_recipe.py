@@ -137,6 +137,13 @@ def test_recipe_config_refuses_bad_values(kwargs: dict, match: str) -> None:
         RecipeConfig(**kwargs)
 
 
+def test_recipe_config_turns_ranges_from_json_into_tuples() -> None:
+    config = RecipeConfig(t_range=[0.25, 1], train_t_range=[0, 0.5])  # type: ignore[arg-type]
+    assert config.t_range == (0.25, 1.0) and config.train_t_range == (0.0, 0.5)
+    with pytest.raises(ModeConnError, match="pair"):
+        RecipeConfig(t_range=0.5)  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------- recipe
 def test_mcu_unlearn_runs_the_recipe(setting: dict) -> None:
     targets = user_targets(setting["original"], setting["retain"], setting["holdout"])

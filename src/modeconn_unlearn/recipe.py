@@ -271,8 +271,14 @@ class RecipeConfig:
             value = getattr(self, name)
             if value is None and name == "train_t_range":
                 continue
-            if not (len(value) == 2 and 0.0 <= value[0] < value[1] <= 1.0):
+            try:
+                low, high = (float(v) for v in value)
+            except (TypeError, ValueError) as error:
+                raise ModeConnError(f"{name} must be a pair (low, high), got {value!r}.") from error
+            if not 0.0 <= low < high <= 1.0:
                 raise ModeConnError(f"{name} must be (low, high) with 0 <= low < high <= 1.")
+            # A list (e.g. read back from JSON) becomes the tuple the training loop expects.
+            object.__setattr__(self, name, (low, high))
         if self.probe_size is not None and (
             isinstance(self.probe_size, bool)
             or not isinstance(self.probe_size, int)
