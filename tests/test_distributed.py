@@ -101,8 +101,10 @@ def _worker(out: Path) -> None:
         fit_curve(first, retain, forget, epochs=2, checkpoint_dir=out / "ck", **args)
         resumed = curve()
         fit_curve(resumed, retain, forget, epochs=3, checkpoint_dir=out / "ck", resume=True, **args)
+        fsdp_gap = _fsdp_curve_gap(curve)
         torch.save(
             {
+                "fsdp_gap": fsdp_gap,
                 "world": world_size(),
                 "seen": seen,
                 "unlearn": model.state_dict(),
@@ -115,6 +117,29 @@ def _worker(out: Path) -> None:
         )
     finally:
         dist.destroy_process_group()
+
+
+def _fsdp_curve_gap(make_curve) -> float:
+    """Max |difference| between 3 SGD steps of a ``fully_shard``-ed curve and an unsharded one.
+
+    Every rank uses the same full batch, so the averaged gradient is the full one.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    x = torch.randn(16, N_FEATURES, generator=torch.Generator().manual_seed(5))
+    y = torch.randint(0, N_CLASSES, (16,), generator=torch.Generator().manual_seed(6))
+    results = []
+    for shard in (True, False):
+        curve = make_curve()
+        if shard:
+            fully_shard(curve)
+        optimizer = torch.optim.SGD(curve.parameters(), lr=LR)
+        for _ in range(3):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(curve(x, t=0.5), y).backward()
+            optimizer.step()
+        results.append([getattr(p, "full_tensor", p.detach)().detach() for p in curve.parameters()])
+    return max(float((a - b).abs().max()) for a, b in zip(*results, strict=True))
 
 
 # --------------------------------------------------------------------------- the launcher
@@ -188,6 +213,11 @@ def test_matches_a_single_process_run_with_the_same_global_batches(ranks):
             optimizer.step()
     for key, value in model.state_dict().items():
         torch.testing.assert_close(ranks[0]["unlearn"][key], value, rtol=0, atol=1e-5)
+
+
+def test_a_user_loop_can_fully_shard_a_curve(ranks):
+    """FSDP2 status: a CurveModel under fully_shard trains as the unsharded curve (user loop)."""
+    assert ranks[0]["fsdp_gap"] == ranks[1]["fsdp_gap"] == 0.0
 
 
 def test_resume_after_a_checkpoint_is_bit_identical(ranks):
