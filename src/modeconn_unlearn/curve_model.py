@@ -496,6 +496,15 @@ class CurveModel(nn.Module):
     Note:
         Under ``DistributedDataParallel`` pass ``broadcast_buffers=False``: the
         curve's buffers are its fixed anchors, identical on every process.
+
+        ``torch.compile(curve)`` in training mode compiles once for every ``t``:
+        ``t`` is drawn as a 0-d tensor and the weights are computed from it in
+        the graph (``t`` is then not range-checked). A float ``t`` passed
+        explicitly is a constant to the compiler, so each new value recompiles;
+        pass a 0-d tensor instead. Compiling fuses the weight combination, which
+        eager mode runs as one pass over the weights per bend; that cost shows
+        on models whose weights are large next to their compute (wide MLPs at
+        small batch), hardly on convolutional networks.
     """
 
     def __init__(
