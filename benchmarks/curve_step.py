@@ -7,6 +7,8 @@ one SGD step (zero_grad, forward, cross-entropy, backward, momentum step) of
 * ``curve``: a 3-bend Bezier CurveModel with fixed ends (all middle entries trainable),
 * ``tensors``: the same curve with MCU's per-tensor mask (``mcu.layer_mask``, k=0.1, on
   random data): whole tensors trainable, the others constants with no weight gradient,
+* ``late``: the same curve with the whole tensors nearest the output trainable, walking
+  back until they cover 10 % of the entries (a per-tensor mask whose backward can stop early),
 * ``elements``: the same curve with a 10 % element mask (``mcu.random_mask``, sparsity 0.9),
 * ``compiled``: the unmasked curve under ``torch.compile`` (inductor), and
   ``compiled_plain``: the plain model under ``torch.compile``, when compiling is on.
@@ -81,6 +83,16 @@ def state_numel(module: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     return params + states
 
 
+def late_tensor_mask(model: nn.Module, fraction: float) -> dict[str, torch.Tensor]:
+    params = list(model.named_parameters())
+    total = sum(p.numel() for _, p in params)
+    mask, count = {}, 0
+    for name, p in reversed(params):
+        mask[name] = torch.full(p.shape, count < fraction * total, dtype=torch.bool)
+        count += p.numel() if mask[name].all() else 0
+    return mask
+
+
 def covered(mask: dict[str, torch.Tensor]) -> float:
     return sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
 
@@ -97,10 +109,12 @@ def measure(
     )
     tensor_mask = mcu.layer_mask(start, data, data, k=0.1)
     element_mask = mcu.random_mask(start, sparsity=0.9, seed=0)
+    late_mask = late_tensor_mask(start, 0.1)
     modules = {
         "plain": plain,
         "curve": CurveModel(start, start=start, end=end),
         "tensors": CurveModel(start, start=start, end=end, mask=tensor_mask),
+        "late": CurveModel(start, start=start, end=end, mask=late_mask),
         "elements": CurveModel(start, start=start, end=end, mask=element_mask),
     }
     steps: dict[str, Step] = {}
@@ -130,6 +144,7 @@ def measure(
     pairs = {
         "curve/plain": ("curve", "plain"),
         "tensors/plain": ("tensors", "plain"),
+        "late/plain": ("late", "plain"),
         "elements/curve": ("elements", "curve"),
     }
     if compile_it:
@@ -151,6 +166,7 @@ def measure(
         "ratio_max": {k: max(v) for k, v in ratios.items()},
         "ratios": ratios,
         "tensor_mask_fraction": covered(tensor_mask),
+        "late_mask_fraction": covered(late_mask),
         "element_mask_fraction": covered(element_mask),
         "elements_state/curve_state": state_numel(modules["elements"], optimizers["elements"])
         / state_numel(modules["curve"], optimizers["curve"]),
@@ -171,16 +187,18 @@ def cell(row: dict, label: str) -> str:
 def table(rows: list[dict]) -> str:
     lines = [
         "| model | batch | plain ms | curve ms | curve/plain (target) | per-tensor mask/plain "
-        "(target <= 0.85) | element mask/curve (target <= 1) | element mask state/curve "
+        "(target <= 0.85): layer_mask | late tensors | element mask/curve (target <= 1) | "
+        "element mask state/curve "
         "(target <= 0.12) | compiled curve/eager curve | compiled curve/plain | "
         "compiled plain/plain |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['ms']['plain']:.1f} | {r['ms']['curve']:.1f} | "
             f"{cell(r, 'curve/plain')} (<= {r['curve_target']}) | "
             f"{cell(r, 'tensors/plain')} [{100 * r['tensor_mask_fraction']:.0f} % of entries] | "
+            f"{cell(r, 'late/plain')} [{100 * r['late_mask_fraction']:.0f} %] | "
             f"{cell(r, 'elements/curve')} | {r['elements_state/curve_state']:.3f} | "
             f"{cell(r, 'compiled/curve')} | {cell(r, 'compiled/plain')} | "
             f"{cell(r, 'compiled_plain/plain')} |"
