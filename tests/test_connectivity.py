@@ -433,3 +433,12 @@ def test_relearn_attack_on_a_language_model_lowers_the_answer_nll():
 def test_relearn_path_refuses_a_plain_model(digits):
     with pytest.raises(ModeConnError, match="must be a CurveModel"):
         relearn_path(make_mlp(0), 3, digits[1], steps=1, lr=0.1, samples=4, progress=False)
+
+
+def test_connect_trains_language_models_through_the_task():
+    a, b, data = TinyLM(0), TinyLM(1), lm_samples(16, 4)
+    line = loss_barrier(a, b, data, ts=5, task=CausalLMTask())
+    curve = connect(a, b, data, epochs=3, lr=0.5, progress=False, task=CausalLMTask())
+    after = loss_barrier(None, None, data, path=curve, ts=5, task=CausalLMTask())
+    assert after.values[2] < line.values[2]  # the middle of the curve learned the data
+    assert after.start == pytest.approx(evaluate(a, data, task=CausalLMTask()).loss, rel=1e-6)

@@ -401,6 +401,7 @@ def connect(
     lr: float,
     seed: int = 0,
     progress: bool = True,
+    task: Task | None = None,
     **fit_kwargs: Any,
 ) -> CurveModel:
     """Train a curve between two models with both ends fixed, ready for :func:`loss_barrier`.
@@ -424,8 +425,10 @@ def connect(
         lr: Learning rate.
         seed: Seed for t sampling and data order.
         progress: Show progress bars.
-        **fit_kwargs: Further arguments for ``fit_curve`` (``retain_ratio``, ``t_sampler``,
-            ``checkpoint_dir``, ...).
+        task: How batches are read and scored (default: classification); also the
+            task of the default objective.
+        **fit_kwargs: Further arguments for ``fit_curve``: ``config=TrainConfig(...)``
+            or its fields (``retain_ratio``, ``t_sampler``, ``checkpoint_dir``, ...).
 
     Returns:
         The trained :class:`CurveModel`.
@@ -460,11 +463,12 @@ def connect(
         path,
         retain_data,
         forget_data,
-        loss=finetune() if loss is None else loss,
+        loss=finetune(task=task) if loss is None else loss,
         epochs=epochs,
         lr=lr,
         seed=seed,
         progress=progress,
+        task=task,
         **fit_kwargs,
     )
     return path

@@ -142,7 +142,7 @@ def connectivity_matrix(
     for i, j in tqdm(pairs, desc=f"{path} barriers", disable=not progress):
         a, b = modules[names[i]], modules[names[j]]
         if train_data is not None:  # path == "curve"
-            curve = connect(a, b, train_data, forget_data, **connect_kwargs)
+            curve = connect(a, b, train_data, forget_data, task=task, **connect_kwargs)
         else:
             curve = linear_curve(template, a, b)
         if device is not None:
