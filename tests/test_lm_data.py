@@ -208,6 +208,19 @@ def test_lm_unlearn_loader_mixes_like_unlearn_loader(tokenizer, pairs: list[QAPa
         assert torch.equal(a.is_forget, b.is_forget)
 
 
+def test_lm_unlearn_loader_pads_variable_lengths_per_batch(tokenizer, pairs: list[QAPair]) -> None:  # type: ignore[no-untyped-def]
+    data = QADataset(pairs, tokenizer)
+    retain, forget = group_split(data, forget_groups=[pairs[0].group])
+    batches = list(lm_unlearn_loader(retain, forget, batch_size=5, seed=0, shuffle=False))
+    assert sum(len(b.targets) for b in batches) == len(data)
+    lengths = [len(data[i][1]) for i in retain.indices + forget.indices]
+    for k, batch in enumerate(batches):
+        longest = max(lengths[5 * k : 5 * k + 5])
+        assert batch.inputs["input_ids"].shape[1] == longest
+        assert batch.inputs["attention_mask"].sum().item() == sum(lengths[5 * k : 5 * k + 5])
+    assert batches[-1].is_forget.tolist()[-3:] == [True, True, True]
+
+
 def test_variable_length_items_work_through_unlearn_dataset(tokenizer, pairs: list[QAPair]) -> None:  # type: ignore[no-untyped-def]
     data = QADataset(pairs, tokenizer)
     retain, forget = group_split(data, forget_groups=[pairs[0].group])

@@ -107,6 +107,28 @@ def test_trainer_trains_a_curve_with_an_mcu_objective(world) -> None:  # type: i
     assert any(changed)
 
 
+def test_unlearn_trains_on_variable_length_examples_through_a_padding_loader(world) -> None:  # type: ignore[no-untyped-def]
+    """A DataLoader's PadCollator is kept by mcu.unlearn: no fixed-length padding needed."""
+    base = lm.qa_source(world["forget"])[0]
+    free = lm.QADataset(base.pairs, world["tok"])  # variable lengths
+    retain = free.subset(lm.qa_source(world["retain"])[1])
+    forget = free.subset(lm.qa_source(world["forget"])[1])
+    collate = lm.PadCollator(world["tok"].pad_token_id)
+    theta_u = mcu.unlearn(
+        world["model"],
+        torch.utils.data.DataLoader(retain, collate_fn=collate),
+        torch.utils.data.DataLoader(forget, collate_fn=collate),
+        loss=mcu.losses.gradient_difference(task=TASK),
+        epochs=3,
+        lr=3e-3,
+        optimizer="adam",
+        batch_size=8,
+        progress=False,
+    )
+    before = lm.lm_outputs(world["model"], forget).nll.mean()
+    assert lm.lm_outputs(theta_u, forget).nll.mean() > before + 0.5
+
+
 def _accuracy(model, data) -> float:  # type: ignore[no-untyped-def]
     return 100.0 * float(lm.lm_outputs(model, data).token_accuracy.mean())
 

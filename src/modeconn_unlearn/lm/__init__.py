@@ -26,6 +26,7 @@ from .data import (
     as_lm_loader,
     group_split,
     lm_unlearn_loader,
+    qa_source,
     refusal_dataset,
     tokenize_qa,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "lm_outputs",
     "mia_from_outputs",
     "privleak",
+    "qa_source",
     "rouge_l_recall",
     "truth_ratio",
     "truth_ratios",

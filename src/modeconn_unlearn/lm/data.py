@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..data import UnlearnBatch, UnlearnDataset, as_dataset
+from ..data import UnlearnBatch, as_dataset, unlearn_loader
 from ..errors import ModeConnError
 
 __all__ = [
@@ -493,8 +493,8 @@ def lm_unlearn_loader(
 ) -> DataLoader[Any]:
     """A loader of padded :class:`~modeconn_unlearn.data.UnlearnBatch` batches for LMs.
 
-    Like :func:`~modeconn_unlearn.data.unlearn_loader` (same order from the same
-    ``seed``), but batches variable-length examples with a :class:`PadCollator`:
+    :func:`~modeconn_unlearn.data.unlearn_loader` (same order from the same
+    ``seed``) with a :class:`PadCollator`, so variable-length examples batch:
     ``UnlearnBatch(inputs={"input_ids", "attention_mask"}, targets=labels, is_forget)``.
 
     Args:
@@ -517,18 +517,17 @@ def lm_unlearn_loader(
         >>> sorted(batch.is_forget.tolist()), sorted(batch.inputs)
         ([False, True], ['attention_mask', 'input_ids'])
     """
-    if int(batch_size) < 1:
-        raise ModeConnError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    dataset = UnlearnDataset(retain, forget, retain_ratio=retain_ratio, seed=seed)
     if pad_token_id is None:
         pad_token_id = _pad_id_of(retain) if retain is not None else _pad_id_of(forget)
-    return DataLoader(
-        dataset,
-        batch_size=int(batch_size),
+    return unlearn_loader(
+        retain,
+        forget,
+        batch_size=batch_size,
+        retain_ratio=retain_ratio,
         shuffle=shuffle,
-        generator=torch.Generator().manual_seed(int(seed)),
-        collate_fn=PadCollator(pad_token_id),
+        seed=seed,
         drop_last=drop_last,
+        collate_fn=PadCollator(pad_token_id),
     )
 
 
