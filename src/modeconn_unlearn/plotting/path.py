@@ -162,8 +162,6 @@ def plot_path(
                 label=f"forget MIA-efficacy, {name.removeprefix('mia_')} (right axis)",
             )
         twin.set_ylabel("MIA-efficacy (%)")
-        if metric == "acc":  # both axes in percent: one scale
-            twin.set_ylim(axes.get_ylim())
         extra_handles, extra_labels = twin.get_legend_handles_labels()
         handles, labels = handles + extra_handles, labels + extra_labels
 
