@@ -251,17 +251,18 @@ class _Combine(torch.autograd.Function):
         coefs: tuple[float, ...] = ctx.middle_coefs
         grad_middle = reference.new_empty(ctx.middle_shape)
         if group.index is None:
-            for (start, stop), grad in zip(group.spans, grads, strict=True):
-                for row, coef in zip(grad_middle, coefs, strict=True):
+            for row, coef in zip(grad_middle.unbind(0), coefs, strict=True):
+                for piece, grad in zip(torch.split(row, group.numels), grads, strict=True):
                     if grad is None:
-                        row[start:stop].zero_()
+                        piece.zero_()
                     else:
-                        torch.mul(grad.reshape(-1), coef, out=row[start:stop])
+                        torch.mul(grad.reshape(-1), coef, out=piece)
             return (*nothing, grad_middle)
         if group.runs is not None:
+            rows = grad_middle.unbind(0)
             for tensor, start, stop, offset in group.runs:
                 grad = grads[tensor]
-                for row, coef in zip(grad_middle, coefs, strict=True):
+                for row, coef in zip(rows, coefs, strict=True):
                     piece = row[offset : offset + stop - start]
                     if grad is None:
                         piece.zero_()
