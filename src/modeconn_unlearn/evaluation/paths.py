@@ -19,7 +19,7 @@ from ..tasks import Task, resolve_task
 from .bn import bn_data
 from .efficacy import mia_efficacy
 from .features import check_features
-from .outputs import DataLike, DeviceLike, Outputs, evaluating, run_pass
+from .outputs import DataLike, DeviceLike, Metrics, Outputs, evaluating, run_pass
 from .report import PathReport
 from .sharding import gather_outputs, global_metrics, shard_loader
 
@@ -177,52 +177,21 @@ def evaluate_path(
         bn.source,
     )
 
-    values: dict[str, dict[str, list[float]]] = {name: {"acc": [], "loss": []} for name in loaders}
-    if mia:
-        values["forget"].update({f"mia_{feature}": [] for feature in features})
+    values: dict[str, dict[str, list[float]]] = {name: {} for name in loaders}
     counts: dict[str, int] = {}
-    segments: list[float] = []
-    previous: dict[str, Tensor] | None = None
     walk = walk_path(
         curve, points, bn_loader=bn.loader, device=device, progress=progress, desc="evaluate_path"
     )
-    for t, model in walk:
-        target = module_device(model)
-        with evaluating(model):
-            passes = {
-                name: run_pass(
-                    model,
-                    loader,
-                    task=chosen,
-                    device=target,
-                    signals=mia and name in MIA_SPLITS,
-                    name=f"splits[{name!r}]",
-                )
-                for name, loader in shards.items()
-            }
-        for name, result in passes.items():
-            metrics = global_metrics(result)
-            values[name]["acc"].append(metrics.accuracy)
-            values[name]["loss"].append(metrics.loss)
+    for _, model in walk:
+        point = _measure(model, shards, task=chosen, features=features)
+        for name, (metrics, extra) in point.items():
+            for metric, value in {"acc": metrics.accuracy, "loss": metrics.loss, **extra}.items():
+                values[name].setdefault(metric, []).append(value)
             counts[name] = metrics.count
-        if features:
-            gathered = {name: gather_outputs(passes[name]) for name in MIA_SPLITS}
-        for feature in features:
-            values["forget"][f"mia_{feature}"].append(_path_mia(gathered, feature))
-        with torch.no_grad():
-            weights = {name: w.detach() for name, w in curve.weights_at(t).items()}
-        if previous is not None:
-            squared = sum(
-                float(torch.sum((weights[name].double() - previous[name].double()) ** 2))
-                for name in weights
-            )
-            segments.append(math.sqrt(squared))
-        previous = weights
-
     return PathReport(
         points,
         values,
-        segment_lengths=segments,
+        segment_lengths=_segment_lengths(curve, points),
         meta={
             "counts": counts,
             "bn_data": bn.source,
@@ -230,6 +199,55 @@ def evaluate_path(
             "task": repr(chosen),
         },
     )
+
+
+def _measure(
+    model: nn.Module,
+    shards: Mapping[str, Iterable[Any]],
+    *,
+    task: Task,
+    features: tuple[str, ...],
+) -> dict[str, tuple[Metrics, dict[str, float]]]:
+    """Metrics per split of one model, and ``mia_<feature>`` on the forget split."""
+    target = module_device(model)
+    with evaluating(model):
+        passes = {
+            name: run_pass(
+                model,
+                loader,
+                task=task,
+                device=target,
+                signals=bool(features) and name in MIA_SPLITS,
+                name=f"splits[{name!r}]",
+            )
+            for name, loader in shards.items()
+        }
+    result: dict[str, tuple[Metrics, dict[str, float]]] = {
+        name: (global_metrics(outputs), {}) for name, outputs in passes.items()
+    }
+    if features:
+        gathered = {name: gather_outputs(passes[name]) for name in MIA_SPLITS}
+        result["forget"][1].update(
+            {f"mia_{feature}": _path_mia(gathered, feature) for feature in features}
+        )
+    return result
+
+
+def _segment_lengths(curve: CurveModel, points: Iterable[float]) -> list[float]:
+    """``||w(t_i) - w(t_{i-1})||`` over the parameters, for consecutive points."""
+    lengths: list[float] = []
+    previous: dict[str, Tensor] | None = None
+    for t in points:
+        with torch.no_grad():
+            weights = {name: w.detach() for name, w in curve.weights_at(float(t)).items()}
+        if previous is not None:
+            squared = sum(
+                float(torch.sum((weights[name].double() - previous[name].double()) ** 2))
+                for name in weights
+            )
+            lengths.append(math.sqrt(squared))
+        previous = weights
+    return lengths
 
 
 def _path_mia(passes: Mapping[str, Outputs], feature: str) -> float:
