@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 _LABELS = {"acc": "accuracy (%)", "loss": "loss (mean per sample)"}
 _CURVE_ZORDER = 3
+_MIA_COLOURS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive")
 _TARGET_ZORDER = 2
 
 
@@ -115,7 +116,7 @@ def plot_path(
     mia_names = _mia_names(report, metric, mia)
     best = optimal_t if isinstance(optimal_t, OptimalT) else None
     if best is not None:
-        kind = best.interpolation  # type: ignore[assignment]
+        kind = cast(Interpolation, best.interpolation)
 
     if ax is None:
         figure, axes = new_figure(file, figsize=(7.0, 4.2))
@@ -123,46 +124,15 @@ def plot_path(
         figure, axes = figure_of(ax), ax
 
     used: Interpolation = resolve_kind(kind, len(report.t))[0]
-    dense = np.linspace(float(report.t[0]), float(report.t[-1]), 401)
-    for split, values in series.items():
-        if len(report.t) > 1:
-            xs, ys = dense, interpolant(report.t, values, used)(dense)
-        else:
-            xs, ys = report.t, values
-        (line,) = axes.plot(xs, ys, label=split, zorder=_CURVE_ZORDER, linewidth=1.6)
-        colour = line.get_color()
-        axes.plot(report.t, values, "o", markersize=3.5, color=colour, zorder=_CURVE_ZORDER)
-        if split in targets:
-            axes.axhline(
-                targets[split],
-                color=colour,
-                linestyle="--",
-                linewidth=0.8,
-                alpha=0.8,
-                zorder=_TARGET_ZORDER,
-                label=f"{split} target ({_number(targets[split])})",
-            )
-
+    _draw_series(axes, report, series, targets, used)
     if region and metric == "acc" and {"retain", "forget"} <= targets.keys():
         _shade_region(axes, report, targets, used, best, end_labels)
     if optimal_t is not None:
-        at = best.t if best is not None else float(optimal_t)  # type: ignore[arg-type]
+        at = best.t if best is not None else float(cast(float, optimal_t))
         axes.axvline(at, color="black", linestyle=":", linewidth=1.2, label=f"optimal t = {at:.3f}")
     handles, labels = axes.get_legend_handles_labels()
     if mia_names:
-        twin = axes.twinx()
-        for name in mia_names:
-            (line,) = twin.plot(
-                report.t,
-                report.metric("forget", name),
-                linestyle="-.",
-                marker="s",
-                markersize=3,
-                color="tab:purple",
-                label=f"forget MIA-efficacy, {name.removeprefix('mia_')} (right axis)",
-            )
-        twin.set_ylabel("MIA-efficacy (%)")
-        extra_handles, extra_labels = twin.get_legend_handles_labels()
+        extra_handles, extra_labels = _draw_mia(axes, report, mia_names)
         handles, labels = handles + extra_handles, labels + extra_labels
 
     _label_t_axis(axes, report, end_labels)
@@ -179,6 +149,53 @@ def plot_path(
     )
     save_figure(figure, file)
     return figure
+
+
+def _draw_series(
+    axes: Any,
+    report: PathReport,
+    series: Mapping[str, Any],
+    targets: Mapping[str, float],
+    kind: Interpolation,
+) -> None:
+    """Each split's interpolated curve and measured markers, over its thin target line."""
+    dense = np.linspace(float(report.t[0]), float(report.t[-1]), 401)
+    for split, values in series.items():
+        if len(report.t) > 1:
+            xs, ys = dense, interpolant(report.t, values, kind)(dense)
+        else:
+            xs, ys = report.t, values
+        (line,) = axes.plot(xs, ys, label=split, zorder=_CURVE_ZORDER, linewidth=1.6)
+        colour = line.get_color()
+        axes.plot(report.t, values, "o", markersize=3.5, color=colour, zorder=_CURVE_ZORDER)
+        if split in targets:
+            axes.axhline(
+                targets[split],
+                color=colour,
+                linestyle="--",
+                linewidth=0.8,
+                alpha=0.8,
+                zorder=_TARGET_ZORDER,
+                label=f"{split} target ({_number(targets[split])})",
+            )
+
+
+def _draw_mia(axes: Any, report: PathReport, names: Sequence[str]) -> tuple[list[Any], list[str]]:
+    """MIA-efficacy of the forget split on a right axis; its legend handles and labels."""
+    twin = axes.twinx()
+    for i, name in enumerate(names):
+        twin.plot(
+            report.t,
+            report.metric("forget", name),
+            linestyle="-.",
+            marker="s",
+            markersize=3,
+            color=_MIA_COLOURS[i % len(_MIA_COLOURS)],
+            label=f"forget MIA-efficacy, {name.removeprefix('mia_')} (right axis)",
+        )
+    twin.set_ylabel("MIA-efficacy (%)")
+    handles, labels = twin.get_legend_handles_labels()
+    return list(handles), list(labels)
 
 
 def _mia_names(report: PathReport, metric: str, mia: bool | None) -> list[str]:
