@@ -129,6 +129,32 @@ def test_unlearn_trains_on_variable_length_examples_through_a_padding_loader(wor
     assert lm.lm_outputs(theta_u, forget).nll.mean() > before + 0.5
 
 
+def test_idk_on_a_refusal_dataset_teaches_the_model_to_refuse() -> None:
+    refusal = "I can not say ."
+    pairs = lm.fictitious_qa(num_entities=6, facts_per_entity=2, seed=3)
+    tok = lm.train_tokenizer([*lm.qa_texts(pairs), refusal])
+    data = lm.QADataset(pairs, tok, max_length=MAX_LENGTH, pad_to_max_length=True)
+    retain, forget = lm.group_split(data, forget_groups=[pairs[0].group])
+    idk_forget = lm.refusal_dataset(forget, [refusal])
+    model = lm.tiny_causal_lm(len(tok), hidden_size=32, num_layers=1, num_heads=2, seed=0)
+    theta_u = mcu.unlearn(
+        model,
+        retain,
+        idk_forget,
+        loss=mcu.losses.idk(task=TASK),
+        epochs=30,
+        lr=1e-2,
+        optimizer="adam",
+        weight_decay=0.0,
+        batch_size=12,
+        progress=False,
+    )
+    answers = lm.rouge_l_recall(theta_u, idk_forget)
+    assert answers.references == [refusal, refusal]
+    assert answers.generations == [refusal, refusal]  # greedy answers are the refusal
+    assert lm.rouge_l_recall(theta_u, forget).mean < 0.5  # and not the forgotten facts
+
+
 def _accuracy(model, data) -> float:  # type: ignore[no-untyped-def]
     return 100.0 * float(lm.lm_outputs(model, data).token_accuracy.mean())
 
