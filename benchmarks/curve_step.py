@@ -211,6 +211,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run for CI (< 1 minute)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--cases", choices=["all", "resnet", "mlp"], default="all")
     parser.add_argument(
         "--clock",
         choices=["wall", "cpu"],
@@ -232,6 +233,8 @@ def main() -> None:
         Case("MLP 3072-1024-1024-10", wide_mlp, 128, 1.25, args.compile != "none"),
         Case("MLP 3072-1024-1024-10", wide_mlp, 32, 1.5, args.compile != "none"),
     ]
+    if args.cases != "all":
+        cases = [c for c in cases if c.name.lower().startswith(args.cases)]
     repeats = {"ResNet-20": 1}
     rounds = args.rounds
     if args.quick:
@@ -258,6 +261,7 @@ def main() -> None:
                 ("threads", args.threads, 2),
                 ("rounds", args.rounds, 9),
                 ("compile", args.compile, "mlp"),
+                ("cases", args.cases, "all"),
                 ("clock", args.clock, None),
             )
             if value != default

@@ -389,17 +389,17 @@ class _BendGroup(nn.Module):
         """
         coefs = coefs.to(self.anchors.dtype)
         anchor_coefs, middle_coefs, line = self._coefficient_split(list(coefs.unbind()))
-        base = torch.mv(self.anchors.t(), torch.stack(anchor_coefs))
+        # Pointwise sums (not matrix-vector products), so the compiler fuses them into one loop.
+        start, end = self.anchors.unbind(0)
+        base = anchor_coefs[0] * start + anchor_coefs[1] * end
         flat = base
         if self.middle is not None:
-            middle_vector = torch.stack(middle_coefs)
+            bends = sum(c * row for c, row in zip(middle_coefs, self.middle.unbind(0), strict=True))
             if self.index is None:
-                flat = torch.addmv(base, self.middle.t(), middle_vector)
+                flat = base + bends
             else:
-                at_index = self.anchors.index_select(1, self.index)
-                delta = torch.mv(self.middle.t(), middle_vector) - torch.mv(
-                    at_index.t(), torch.stack(line)
-                )
+                at_start, at_end = self.anchors.index_select(1, self.index).unbind(0)
+                delta = bends - (line[0] * at_start + line[1] * at_end)
                 flat = base.index_add(0, self.index, delta)
         varying, constant = torch.split(flat, self.numels), torch.split(base, self.numels)
         pieces = tuple(
