@@ -91,43 +91,16 @@ def connectivity_matrix(
         >>> m["test"].shape
         (3, 3)
     """
-    check_metric(metric)
-    if not isinstance(models, Mapping) or len(models) < 2:
-        raise ModeConnError("models must be a dict {name: model or state dict} of >= 2 entries.")
-    if path not in ("linear", "curve"):
-        raise ModeConnError(f"path must be 'linear' or 'curve', got {path!r}.")
-    if path == "linear" and (connect_kwargs or retain_data is not None or forget_data is not None):
-        extra = sorted(connect_kwargs) + [
-            n
-            for n, v in (("retain_data", retain_data), ("forget_data", forget_data))
-            if v is not None
-        ]
-        raise ModeConnError(f"{extra} only apply to path='curve'; remove them or set path='curve'.")
-    if template is None:
-        template = next((m for m in models.values() if isinstance(m, nn.Module)), None)
-        if template is None:
-            raise ModeConnError(
-                "all models are state dicts: pass template=<an nn.Module of the architecture>."
-            )
+    template = _check_request(
+        models, path, template, metric, connect_kwargs, retain_data, forget_data
+    )
     names = tuple(str(name) for name in models)
     check_compatible({"template": template, **{str(k): v for k, v in models.items()}})
     splits = as_splits(data)
     named = isinstance(data, Mapping)
     t_values = with_ends(path_points(ts))
     bn = bn_for(template, splits if named else None, bn_loader)
-    train_data: Data | None = retain_data
-    if path == "curve":
-        if train_data is None:
-            if "retain" not in splits:
-                raise ModeConnError(
-                    "path='curve' trains a curve per pair: pass retain_data=..., or a data "
-                    "dict with a 'retain' split."
-                )
-            train_data = splits["retain"]
-        missing = [k for k in ("epochs", "lr") if k not in connect_kwargs]
-        if missing:
-            raise ModeConnError(f"path='curve' needs {missing} for connect(), e.g. epochs=5.")
-        connect_kwargs.setdefault("progress", False)
+    train_data = _curve_data(splits, retain_data, connect_kwargs) if path == "curve" else None
     modules = {n: materialize(template, m) for n, m in zip(names, models.values(), strict=True)}
 
     # Every path through a model starts or ends at that model, so its own values are
@@ -165,3 +138,52 @@ def connectivity_matrix(
     return ConnectivityMatrix(
         names=names, heights=heights, metric=metric, path=path, barriers=barriers
     )
+
+
+def _check_request(
+    models: Mapping[str, ModelLike],
+    path: str,
+    template: nn.Module | None,
+    metric: str,
+    connect_kwargs: Mapping[str, Any],
+    retain_data: Data | None,
+    forget_data: Data | None,
+) -> nn.Module:
+    """Validate the arguments of :func:`connectivity_matrix`; return the template."""
+    check_metric(metric)
+    if not isinstance(models, Mapping) or len(models) < 2:
+        raise ModeConnError("models must be a dict {name: model or state dict} of >= 2 entries.")
+    if path not in ("linear", "curve"):
+        raise ModeConnError(f"path must be 'linear' or 'curve', got {path!r}.")
+    if path == "linear" and (connect_kwargs or retain_data is not None or forget_data is not None):
+        extra = sorted(connect_kwargs) + [
+            n
+            for n, v in (("retain_data", retain_data), ("forget_data", forget_data))
+            if v is not None
+        ]
+        raise ModeConnError(f"{extra} only apply to path='curve'; remove them or set path='curve'.")
+    if template is None:
+        template = next((m for m in models.values() if isinstance(m, nn.Module)), None)
+        if template is None:
+            raise ModeConnError(
+                "all models are state dicts: pass template=<an nn.Module of the architecture>."
+            )
+    return template
+
+
+def _curve_data(
+    splits: Mapping[str, Any], retain_data: Data | None, connect_kwargs: dict[str, Any]
+) -> Data:
+    """The training data of the curve per pair (``path="curve"``); checks connect()'s needs."""
+    if retain_data is None:
+        if "retain" not in splits:
+            raise ModeConnError(
+                "path='curve' trains a curve per pair: pass retain_data=..., or a data "
+                "dict with a 'retain' split."
+            )
+        retain_data = splits["retain"]
+    missing = [k for k in ("epochs", "lr") if k not in connect_kwargs]
+    if missing:
+        raise ModeConnError(f"path='curve' needs {missing} for connect(), e.g. epochs=5.")
+    connect_kwargs.setdefault("progress", False)
+    return retain_data
