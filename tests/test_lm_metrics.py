@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import zlib
 
 import numpy as np
@@ -320,3 +321,17 @@ def test_attacks_detect_memorised_examples(tokenizer, pairs: list[QAPair]) -> No
     assert {a: r.auc for a, r in again.items()} == {a: r.auc for a, r in results.items()}
     with pytest.raises(ModeConnError, match="unknown attacks"):
         lm_mia(model, member=members, nonmember=nonmembers, attacks=("nope",))
+
+
+def test_missing_optional_packages_say_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, tokenizer, pairs: list[QAPair]
+) -> None:  # type: ignore[no-untyped-def]
+    data = QADataset(pairs[:1], tokenizer)
+    model = tiny_causal_lm(len(tokenizer), hidden_size=8, num_layers=1, num_heads=2)
+    monkeypatch.setitem(sys.modules, "rouge_score", None)
+    monkeypatch.setitem(sys.modules, "rouge_score.rouge_scorer", None)
+    with pytest.raises(ImportError, match=r'pip install "modeconn-unlearn\[lm\]"'):
+        rouge_l_recall(model, data)
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    with pytest.raises(ImportError, match="tokenizers"):
+        train_tokenizer(["a b"])
