@@ -27,7 +27,6 @@ _BLOCK = re.compile(
 KNOWN_BROKEN: dict[str, str] = {
     "index.md": "`theta_u = ...` and `retain_loader` are placeholders, never defined",
     "install.md": "load_fashion_mnist('~/data/fashion-mnist') needs the files there",
-    "language_models.md": "`theta_o`, `retain_target` and `fit_curve(..., ...)` are placeholders",
 }
 
 
