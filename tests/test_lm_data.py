@@ -256,6 +256,9 @@ def test_group_split_forgets_whole_groups(tokenizer) -> None:  # type: ignore[no
     assert len(forget) == 4 and sorted(retain.indices + forget.indices) == list(range(40))
     again = group_split(data, forget_ratio=0.1, seed=7)[1]
     assert again.indices == forget.indices
+    again_sub = group_split(Subset(data, list(range(20))), forget_ratio=0.2, seed=0)
+    assert {pairs[i].group for i in again_sub[1].indices} <= {p.group for p in pairs[:20]}
+    assert len(again_sub[1]) == 4  # 2 of the subset's 10 groups, 2 facts each
     other = {pairs[i].group for i in group_split(data, forget_ratio=0.1, seed=8)[1].indices}
     assert other != forgotten  # another seed, another draw (fixed seeds: checked once)
 

@@ -262,7 +262,9 @@ def test_attack_scores_by_hand(tokenizer) -> None:  # type: ignore[no-untyped-de
     np.testing.assert_allclose(attack_scores(out, "min_k", k=0.4), [-2.5, -1.5])
     np.testing.assert_allclose(attack_scores(out, "min_k_pp", k=0.4), [-1.5, 0.1])
     np.testing.assert_allclose(attack_scores(out, "min_k", k=1.0), -out.nll)
-    sizes = [len(zlib.compress(tokenizer.decode(ids.tolist()).encode())) for ids in out.answer_ids]
+    out.answer_ids[1] = np.array([5, tokenizer.eos_token_id])  # EOS is not part of the text
+    texts = [tokenizer.decode(out.answer_ids[0].tolist()), tokenizer.decode([5])]
+    sizes = [len(zlib.compress(text.encode())) for text in texts]
     np.testing.assert_allclose(
         attack_scores(out, "zlib", tokenizer=tokenizer), -out.nll / np.array(sizes)
     )

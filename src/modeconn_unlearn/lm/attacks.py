@@ -5,7 +5,8 @@ in training), computed from :class:`~modeconn_unlearn.lm.metrics.LMOutputs`:
 
 * ``loss``: ``-NLL`` (the mean NLL over the scored tokens; Yeom et al.);
 * ``zlib``: ``-NLL / zlib(text)``, ``zlib(text)`` the length in bytes of the
-  zlib-compressed UTF-8 text of the scored tokens (Carlini et al. 2021);
+  zlib-compressed UTF-8 text of the scored tokens, special tokens skipped
+  (Carlini et al. 2021);
 * ``min_k``: the mean log-probability of the ``max(1, floor(k * n))``
   least likely of the ``n`` scored tokens (Min-K%, Shi et al. 2024);
 * ``min_k_pp``: the same mean over the Min-K%++ token scores
@@ -104,7 +105,11 @@ def attack_scores(
             )
         sizes = np.array(
             [
-                len(zlib.compress(tokenizer.decode(ids.tolist()).encode("utf-8")))
+                len(
+                    zlib.compress(
+                        tokenizer.decode(ids.tolist(), skip_special_tokens=True).encode("utf-8")
+                    )
+                )
                 for ids in outputs.answer_ids
             ],
             dtype=np.float64,

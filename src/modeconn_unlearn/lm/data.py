@@ -548,8 +548,8 @@ def group_split(
     drawn from ``seed``) and ``forget_groups`` (the groups by name) is given.
 
     Args:
-        data: A map-style dataset (e.g. :class:`QADataset`).
-        groups: The group of each example; defaults to ``data.groups``.
+        data: A map-style dataset (e.g. :class:`QADataset` or a ``Subset`` of one).
+        groups: The group of each example; defaults to those of the pairs behind ``data``.
         forget_ratio: Fraction in (0, 1) of the groups to forget.
         forget_groups: The groups to forget.
         seed: Seed of the random choice of groups.
@@ -576,6 +576,13 @@ def group_split(
         )
     dataset = as_dataset(data, "data")
     labels = list(groups) if groups is not None else getattr(dataset, "groups", None)
+    if labels is None and isinstance(dataset, Subset):
+        try:
+            base, indices = qa_source(dataset)
+        except ModeConnError:
+            pass
+        else:
+            labels = [base.pairs[i].group for i in indices]
     if labels is None:
         raise ModeConnError(
             "data has no .groups; pass groups=[group of each example] (e.g. the entity names)."
