@@ -274,6 +274,7 @@ def test_lora_pipeline_curves_only_the_adapters(world) -> None:  # type: ignore[
     assert barrier.start == pytest.approx(lm.lm_outputs(model, retain).nll.mean(), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_language_model_notebook_runs() -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
