@@ -442,3 +442,18 @@ def test_connect_trains_language_models_through_the_task():
     after = loss_barrier(None, None, data, path=curve, ts=5, task=CausalLMTask())
     assert after.values[2] < line.values[2]  # the middle of the curve learned the data
     assert after.start == pytest.approx(evaluate(a, data, task=CausalLMTask()).loss, rel=1e-6)
+
+
+def test_matrix_takes_checkpoint_files_like_state_dicts(digits, trained, tmp_path):
+    from modeconn_unlearn.checkpoint import save_checkpoint
+
+    _, test = digits
+    path = tmp_path / "b.pt"
+    save_checkpoint(trained["b"].state_dict(), path)
+    from_file = connectivity_matrix(
+        {"a": trained["a"], "b": str(path)}, {"test": test}, ts=3, progress=False
+    )
+    from_module = connectivity_matrix(
+        {"a": trained["a"], "b": trained["b"]}, {"test": test}, ts=3, progress=False
+    )
+    assert from_file.height("a", "b", "test") == from_module.height("a", "b", "test")

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..batchnorm import update_bn
-from ..checkpoint import load_checkpoint
+from ..checkpoint import StateSource, load_checkpoint
 from ..cloning import clone_module
 from ..curve_model import CurveModel, path_points
 from ..data import as_loader
@@ -56,7 +56,8 @@ logger = logging.getLogger(__name__)
 
 #: Deprecated spelling of :data:`~modeconn_unlearn.evaluation.DataLike`.
 Data: TypeAlias = DataLike
-ModelLike: TypeAlias = "nn.Module | Mapping[str, Tensor]"
+#: A model, its state dict, or a checkpoint file (the checkpoint module's ``StateSource``).
+ModelLike: TypeAlias = StateSource
 Metric: TypeAlias = Literal["loss", "error"]
 
 _METRICS = ("loss", "error")
@@ -310,8 +311,8 @@ def loss_barrier(
         model_a: The model at ``t = 0`` (an ``nn.Module``; for the linear path it is the
             architecture template). With a curve, ``None`` uses the curve's own end;
             a model that is not the curve's end raises.
-        model_b: The model at ``t = 1``: an ``nn.Module`` or a state dict of the same
-            architecture (``None`` with a curve, as for ``model_a``).
+        model_b: The model at ``t = 1``: an ``nn.Module``, a state dict or a checkpoint
+            file of the same architecture (``None`` with a curve, as for ``model_a``).
         data: A DataLoader or Dataset, or a dict of them (e.g. ``{"retain": ...,
             "forget": ..., "test": ...}``) for a barrier per split.
         path: ``"linear"`` or a :class:`CurveModel` between the two models.
@@ -415,7 +416,8 @@ def connect(
 
     Args:
         model_a: The model at ``t = 0`` (the architecture template; never mutated).
-        model_b: The model at ``t = 1`` (a module or state dict of the same architecture).
+        model_b: The model at ``t = 1`` (a module, state dict or checkpoint file of the
+            same architecture).
         retain_data: Retain data (DataLoader or Dataset).
         forget_data: Forget data, for objectives that use it.
         loss: The objective ``loss(model, batch)``; default ``losses.finetune()``.

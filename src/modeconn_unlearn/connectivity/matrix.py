@@ -56,7 +56,8 @@ def connectivity_matrix(
     the path from ``a`` to ``b`` run backwards, with the same barrier.
 
     Args:
-        models: ``{name: nn.Module or state dict}`` (at least 2), all of one architecture.
+        models: ``{name: nn.Module, state dict or checkpoint file}`` (at least 2), all of
+            one architecture.
         data: A loader or a dict of splits, as for :func:`loss_barrier`. A single loader
             appears as the split ``"data"``.
         path: ``"linear"`` (straight lines) or ``"curve"`` (a curve trained by
