@@ -256,11 +256,11 @@ def barriers_on_curve(
 def loss_barrier(
     model_a: ModelLike | None,
     model_b: ModelLike | None,
-    data: Mapping[str, Data],
+    data: Mapping[str, DataLike],
     *,
     path: Literal["linear"] | CurveModel = ...,
     ts: int | Sequence[float] | np.ndarray = ...,
-    bn_loader: Data | None = ...,
+    bn_loader: DataLike | None = ...,
     metric: Metric = ...,
     task: Task | None = ...,
     device: DeviceLike = ...,
@@ -272,11 +272,11 @@ def loss_barrier(
 def loss_barrier(
     model_a: ModelLike | None,
     model_b: ModelLike | None,
-    data: Data,
+    data: DataLike,
     *,
     path: Literal["linear"] | CurveModel = ...,
     ts: int | Sequence[float] | np.ndarray = ...,
-    bn_loader: Data | None = ...,
+    bn_loader: DataLike | None = ...,
     metric: Metric = ...,
     task: Task | None = ...,
     device: DeviceLike = ...,
@@ -287,11 +287,11 @@ def loss_barrier(
 def loss_barrier(
     model_a: ModelLike | None,
     model_b: ModelLike | None,
-    data: Data | Mapping[str, Data],
+    data: DataLike | Mapping[str, DataLike],
     *,
     path: Literal["linear"] | CurveModel = "linear",
     ts: int | Sequence[float] | np.ndarray = 21,
-    bn_loader: Data | None = None,
+    bn_loader: DataLike | None = None,
     metric: Metric = "loss",
     task: Task | None = None,
     device: DeviceLike = None,
@@ -318,7 +318,7 @@ def loss_barrier(
         path: ``"linear"`` or a :class:`CurveModel` between the two models.
         ts: Number of evenly spaced t in [0, 1], or the t values themselves (0 and 1 are
             added when missing: the barrier needs both ends).
-        bn_loader: Data to re-estimate BatchNorm statistics on at each t. Required when the
+        bn_loader: DataLike to re-estimate BatchNorm statistics on at each t. Required when the
             models have BatchNorm, unless ``data`` is a dict with a ``"retain"`` split,
             which is then used (never the forget data).
         metric: ``"loss"`` (mean per-sample loss: cross-entropy for a classifier) or
@@ -392,8 +392,8 @@ def loss_barrier(
 def connect(
     model_a: nn.Module,
     model_b: ModelLike,
-    retain_data: Data,
-    forget_data: Data | None = None,
+    retain_data: DataLike,
+    forget_data: DataLike | None = None,
     *,
     loss: Callable[..., Tensor] | None = None,
     curve: Literal["bezier", "polychain"] = "bezier",

@@ -11,10 +11,9 @@ from tqdm import tqdm
 
 from ..curve_model import path_points
 from ..errors import ModeConnError
-from ..evaluation.outputs import DeviceLike
+from ..evaluation.outputs import DataLike, DeviceLike
 from ..tasks import Task
 from .barriers import (
-    Data,
     Metric,
     ModelLike,
     as_splits,
@@ -35,15 +34,15 @@ __all__ = ["connectivity_matrix"]
 
 def connectivity_matrix(
     models: Mapping[str, ModelLike],
-    data: Data | Mapping[str, Data],
+    data: DataLike | Mapping[str, DataLike],
     *,
     path: Literal["linear", "curve"] = "linear",
     template: nn.Module | None = None,
     ts: int | Sequence[float] | np.ndarray = 21,
-    bn_loader: Data | None = None,
+    bn_loader: DataLike | None = None,
     metric: Metric = "loss",
-    retain_data: Data | None = None,
-    forget_data: Data | None = None,
+    retain_data: DataLike | None = None,
+    forget_data: DataLike | None = None,
     task: Task | None = None,
     device: DeviceLike = None,
     progress: bool = True,
@@ -147,8 +146,8 @@ def _check_request(
     template: nn.Module | None,
     metric: str,
     connect_kwargs: Mapping[str, Any],
-    retain_data: Data | None,
-    forget_data: Data | None,
+    retain_data: DataLike | None,
+    forget_data: DataLike | None,
 ) -> nn.Module:
     """Validate the arguments of :func:`connectivity_matrix`; return the template."""
     check_metric(metric)
@@ -173,8 +172,8 @@ def _check_request(
 
 
 def _curve_data(
-    splits: Mapping[str, Any], retain_data: Data | None, connect_kwargs: dict[str, Any]
-) -> Data:
+    splits: Mapping[str, Any], retain_data: DataLike | None, connect_kwargs: dict[str, Any]
+) -> DataLike:
     """The training data of the curve per pair (``path="curve"``); checks connect()'s needs."""
     if retain_data is None:
         if "retain" not in splits:
