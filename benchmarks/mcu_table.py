@@ -698,6 +698,66 @@ def header(cfg: Config, tuning: dict[str, Any], total: float | None, command: st
     )
 
 
+def tuning_markdown(tuning: dict[str, Any]) -> str:
+    """The search on the tuning seeds: every candidate's mean Avg. Gap, the choice in bold."""
+    records, mcu_records = tuning.get("base_records", []), tuning.get("mcu_records", [])
+    if not records:
+        return ""
+    scenarios = list(tuning["chosen_base"])
+    lines = [
+        f"**Tuning (seeds {tuning['tune_seeds']}, never reported): mean Avg. Gap of every "
+        "candidate; bold: chosen**",
+        "",
+        "| scenario | " + " | ".join(METHODS) + " |",
+        "|---|" + "---|" * len(METHODS),
+    ]
+    for name in scenarios:
+        cells = []
+        for method in METHODS:
+            chosen = tuple(tuning["chosen_base"][name][method])
+            options = sorted({(r["epochs"], r["lr"]) for r in records if r["method"] == method})
+            texts = []
+            for epochs, lr in options:
+                gap = np.mean(
+                    [
+                        r["avg_gap"]
+                        for r in records
+                        if r["scenario"] == name
+                        and r["method"] == method
+                        and (r["epochs"], r["lr"]) == (epochs, lr)
+                    ]
+                )
+                text = f"lr {lr:g}: {gap:.2f}"
+                texts.append(f"**{text}**" if (epochs, lr) == chosen else text)
+            cells.append("; ".join(texts))
+        lines.append(f"| {name} base | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| scenario | MCU candidate | " + " | ".join(f"MCU({m})" for m in METHODS) + " | mean |",
+        "|---|---|" + "---:|" * (len(METHODS) + 1),
+    ]
+    for name in scenarios:
+        for index, overrides in enumerate(tuning["mcu_candidates"]):
+            gaps = [
+                np.mean(
+                    [
+                        r["avg_gap"]
+                        for r in mcu_records
+                        if r["scenario"] == name and r["candidate"] == index and r["method"] == m
+                    ]
+                )
+                for m in METHODS
+            ]
+            label = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
+            mean = f"{np.mean(gaps):.2f}"
+            if tuning["chosen_mcu_index"][name] == index:
+                label, mean = f"**{label}**", f"**{mean}**"
+            lines.append(
+                f"| {name} | {label} | " + " | ".join(f"{g:.2f}" for g in gaps) + f" | {mean} |"
+            )
+    return "\n".join(lines) + "\n\n"
+
+
 def plot_paths(runs: list[dict[str, Any]], out: Path) -> list[str]:
     import matplotlib
 
@@ -778,7 +838,9 @@ def finish(
             }
         ),
     )
-    (out / "mcu_table.md").write_text(header(cfg, tuning, total, command) + table + "\n")
+    (out / "mcu_table.md").write_text(
+        header(cfg, tuning, total, command) + table + "\n" + tuning_markdown(tuning)
+    )
 
 
 # --------------------------------------------------------------------------- main
