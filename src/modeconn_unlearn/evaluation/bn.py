@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..batchnorm import has_batchnorm
-from ..data import as_loader
+from ..data import DEFAULT_EVAL_BATCH_SIZE, as_loader
 from ..errors import ModeConnError
 
 __all__ = ["BNData", "bn_data"]
@@ -46,7 +46,7 @@ def _subset(loader: DataLoader[Any], samples: int, seed: int) -> tuple[DataLoade
     chosen = np.sort(rng.choice(n, size=samples, replace=False)).tolist()
     subset = DataLoader(
         Subset(dataset, chosen),
-        batch_size=loader.batch_size or 256,
+        batch_size=loader.batch_size or DEFAULT_EVAL_BATCH_SIZE,
         shuffle=False,
         collate_fn=loader.collate_fn,
     )
