@@ -45,6 +45,19 @@ from modeconn_unlearn import CurveModel
 from modeconn_unlearn.zoo import MLP, resnet20
 
 RESULTS = Path(__file__).parent / "results"
+NOTES = """Notes:
+
+- Ratios compare variants timed in the same round; on a machine shared with other jobs
+  (see the load average) the min-max spread is wide, so read the medians with it.
+- `layer_mask` (MCU's per-tensor mask) on ResNet-20 selects `conv1` and the affine parameters
+  of every BatchNorm (small tensors score high per entry), so the backward pass still runs
+  through every layer and only part of the weight gradients is skipped. The late-tensor mask
+  (whole tensors nearest the output) lets the backward pass stop early.
+- Tensors without trainable entries are constants: autograd computes no weight gradient for
+  them. Their values still move with t, so every step recombines all weights (one pass per
+  bend, as `lerp`s); that pass is what separates the unmasked curve from the plain step on
+  the wide MLP, whose weights are large next to its compute.
+"""
 Step = Callable[[], None]
 
 
@@ -266,7 +279,9 @@ def main() -> None:
             )
             if value != default
         )
-        (RESULTS / "curve_step.md").write_text(f"Command: `{command}`\n\n{header}\n\n{text}\n")
+        (RESULTS / "curve_step.md").write_text(
+            f"Command: `{command}`\n\n{header}\n\n{text}\n\n{NOTES}"
+        )
 
 
 if __name__ == "__main__":
