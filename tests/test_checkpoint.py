@@ -83,3 +83,19 @@ def test_refusing_a_whole_pickled_model_names_it_without_terminal_codes(tmp_path
     assert "\x1b" not in message
     assert "torch.nn.modules.linear.Linear" in message
     assert "model.state_dict()" in message
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    from modeconn_unlearn.checkpoint import atomic_write
+
+    target = tmp_path / "report.json"
+    target.write_text("old")
+
+    def fail(stream):
+        stream.write(b"half of the new")
+        raise RuntimeError("disk gone")
+
+    with pytest.raises(RuntimeError, match="disk gone"):
+        atomic_write(target, fail)
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temporary left

@@ -6,16 +6,16 @@ import os
 import pickle
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
 
 from .errors import ModeConnError
 
-__all__ = ["StateSource", "load_checkpoint", "plain_text", "save_checkpoint"]
+__all__ = ["StateSource", "atomic_write", "load_checkpoint", "plain_text", "save_checkpoint"]
 
 StateSource = nn.Module | Mapping[str, Any] | str | os.PathLike[str]
 
@@ -108,12 +108,41 @@ def _load_file(path: Path) -> Any:
         ) from error
 
 
-def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> None:
-    """Save ``obj`` with ``torch.save`` atomically.
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> None:
+    """Write a file atomically: ``write(stream)`` fills a temporary file, then it is renamed.
 
-    The data go to a temporary file in the same directory, are flushed to disk,
-    and the file is then renamed over ``path``, so a crash never leaves a
-    half-written checkpoint behind.
+    The temporary file lies in the destination's directory (created if needed)
+    and is flushed and fsynced before ``os.replace`` puts it in place, so a
+    crash, even SIGKILL, leaves either the old file or the new one, never half
+    of one. This is the library's one atomic writer.
+
+    Args:
+        path: Destination file.
+        write: Called once with the open binary stream.
+
+    Example:
+        >>> import tempfile, os
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     atomic_write(os.path.join(d, "a", "b.txt"), lambda f: f.write(b"hello"))
+        ...     open(os.path.join(d, "a", "b.txt")).read()
+        'hello'
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> None:
+    """Save ``obj`` with ``torch.save`` atomically (see :func:`atomic_write`).
 
     Args:
         obj: Anything ``torch.save`` accepts; keep to tensors, numbers, strings,
@@ -127,15 +156,4 @@ def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> None:
         ...     load_checkpoint(os.path.join(d, "ck.pt"))["w"].shape
         torch.Size([2])
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda stream: torch.save(obj, stream))

@@ -7,7 +7,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ..checkpoint import atomic_write
 from ..errors import ModeConnError
 
 if TYPE_CHECKING:
@@ -305,9 +305,7 @@ def _from_json(values: Sequence[float | None]) -> NDArray[np.float64]:
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file, fsync, then a rename.
-
-    A crash never leaves a half-written file; the directory is created if needed.
+    """Write ``text`` (UTF-8) to ``path`` through the library's one atomic writer.
 
     Example:
         >>> import tempfile
@@ -316,15 +314,4 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         ...     (Path(d) / "a" / "b.txt").read_text()
         'hello'
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
