@@ -798,3 +798,34 @@ def test_per_tensor_mask_slices_match_the_general_masked_path(
     if fix_start:  # the unmasked tensors stay on the straight line between the fixed ends
         line = CurveModel(a, start=a, end=b, num_bends=2).weights_at(0.3)
         torch.testing.assert_close(sliced.weights_at(0.3)["0.weight"], line["0.weight"])
+
+
+def test_two_forwards_before_one_backward() -> None:
+    a, b = _mlp_pair()
+    curve = CurveModel(a, start=a, end=b)
+    x = torch.randn(4, 6)
+    (curve(x, t=0.2).pow(2).sum() + curve(x, t=0.8).pow(2).sum()).backward()
+    (middle,) = curve.parameters()
+    together = middle.grad.clone()
+    middle.grad = None
+    curve(x, t=0.2).pow(2).sum().backward()
+    curve(x, t=0.8).pow(2).sum().backward()
+    torch.testing.assert_close(together, middle.grad)
+
+
+@pytest.mark.parametrize(
+    "coefficients",
+    [lambda t, n: [1.0 - t, t, t], lambda t, n: [1.0 - t, 2.0 * t, -t]],
+    ids=["sum_not_one", "negative"],
+)
+def test_custom_coefficients_by_hand(coefficients) -> None:
+    a, b = nn.Linear(3, 2), nn.Linear(3, 2)
+    curve = CurveModel(a, start=a, end=b, curve=coefficients)
+    with torch.no_grad():
+        (middle,) = curve.parameters()
+        middle.copy_(torch.randn_like(middle))
+    flat = [torch.cat([m.weight.reshape(-1), m.bias]) for m in (a, b)]
+    c0, c1, c2 = coefficients(0.3, 3)
+    expected = c0 * flat[0] + c1 * middle[0] + c2 * flat[1]
+    w = curve.weights_at(0.3)
+    torch.testing.assert_close(torch.cat([w["weight"].reshape(-1), w["bias"]]), expected)
