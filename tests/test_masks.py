@@ -306,3 +306,22 @@ def test_mask_errors_name_the_empty_argument():
         layer_mask(model, data(0), empty)
     with pytest.raises(ModeConnError, match="forget_data is None"):
         layer_mask(model, data(0), None)
+
+
+@pytest.mark.parametrize("kind", ["saliency", "layer", "random"])
+def test_masks_never_select_frozen_parameters(kind):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    model[0].weight.requires_grad_(False)  # a frozen base, as under LoRA
+    data = TensorDataset(torch.randn(16, 4), torch.randint(0, 3, (16,)))
+    if kind == "saliency":
+        mask = saliency_mask(model, data, sparsity=0.0)
+    elif kind == "layer":
+        mask = layer_mask(model, data, data, k=1.0)
+    else:
+        mask = random_mask(model, sparsity=0.0)
+    assert list(mask) == [n for n, _ in model.named_parameters()]
+    assert not bool(mask["0.weight"].any())
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all(bool(mask[n].all()) for n in trainable)  # fractions count trainable entries only
+    CurveModel(model, start=model, end=model, mask=mask)  # accepted by a curve

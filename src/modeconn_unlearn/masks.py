@@ -69,10 +69,14 @@ def _fraction(value: float, name: str, *, closed_high: bool) -> float:
 
 
 def _summed_gradients(model: nn.Module, data: Any, name: str, task: Task) -> dict[str, Tensor]:
-    """Σ over all samples of ∇ (per-sample task loss), per parameter (zeros without gradient)."""
+    """Σ over all samples of ∇ (per-sample task loss), per trainable parameter.
+
+    Frozen parameters (``requires_grad=False``, e.g. the base of a LoRA model) are
+    left out: masks never make them trainable.
+    """
     params = dict(model.named_parameters())
-    grads = {n: torch.zeros_like(p) for n, p in params.items()}
     differentiable = [n for n, p in params.items() if p.requires_grad]
+    grads = {n: torch.zeros_like(params[n]) for n in differentiable}
     if not differentiable:
         raise ModeConnError("no parameter of the model requires grad; nothing to score.")
     if data is None:
@@ -124,7 +128,8 @@ def saliency_mask(
             classification cross-entropy).
 
     Returns:
-        ``{param_name: bool tensor}`` for every parameter.
+        ``{param_name: bool tensor}`` for every parameter; frozen ones
+        (``requires_grad=False``) are all ``False`` and do not count in the fractions.
 
     Raises:
         ModeConnError: If ``sparsity`` is outside [0, 1), the forget set is empty,
@@ -155,7 +160,7 @@ def saliency_mask(
         mask[name] = flat[offset : offset + g.numel()].reshape(g.shape).clone()
         offset += g.numel()
     logger.info("saliency_mask: %d of %d entries trainable", keep, total)
-    return mask
+    return _with_frozen(mask, model)
 
 
 def layer_mask(
@@ -194,7 +199,8 @@ def layer_mask(
         task: Gives the per-sample losses (default: classification cross-entropy).
 
     Returns:
-        ``{param_name: bool tensor}`` for every parameter.
+        ``{param_name: bool tensor}`` for every parameter; frozen ones
+        (``requires_grad=False``) are all ``False`` and do not count in the fractions.
 
     Raises:
         ModeConnError: If ``k`` or ``kr`` is out of range, ``kr`` excludes every
@@ -251,7 +257,8 @@ def layer_mask(
         covered / total,
         len(excluded),
     )
-    return {n: torch.full_like(retain_grads[n], n in selected, dtype=torch.bool) for n in names}
+    mask = {n: torch.full_like(retain_grads[n], n in selected, dtype=torch.bool) for n in names}
+    return _with_frozen(mask, model)
 
 
 def random_mask(model: nn.Module, *, sparsity: float, seed: int = 0) -> Mask:
@@ -266,7 +273,8 @@ def random_mask(model: nn.Module, *, sparsity: float, seed: int = 0) -> Mask:
         seed: Seed of the draw.
 
     Returns:
-        ``{param_name: bool tensor}`` for every parameter.
+        ``{param_name: bool tensor}`` for every parameter; frozen ones
+        (``requires_grad=False``) are all ``False`` and do not count in the fractions.
 
     Raises:
         ModeConnError: If ``sparsity`` is outside [0, 1).
@@ -279,7 +287,9 @@ def random_mask(model: nn.Module, *, sparsity: float, seed: int = 0) -> Mask:
     """
     model = _check_plain_model(model)
     sparsity = _fraction(sparsity, "sparsity", closed_high=False)
-    params = dict(model.named_parameters())
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ModeConnError("no parameter of the model requires grad; nothing to mask.")
     total = sum(p.numel() for p in params.values())
     keep = total - round(sparsity * total)
     generator = torch.Generator().manual_seed(int(seed))
@@ -290,7 +300,15 @@ def random_mask(model: nn.Module, *, sparsity: float, seed: int = 0) -> Mask:
     for name, p in params.items():
         mask[name] = flat[offset : offset + p.numel()].reshape(p.shape).to(p.device)
         offset += p.numel()
-    return mask
+    return _with_frozen(mask, model)
+
+
+def _with_frozen(mask: Mask, model: nn.Module) -> Mask:
+    """``mask`` with an all-``False`` entry for every frozen parameter, in model order."""
+    return {
+        name: mask[name] if name in mask else torch.zeros_like(p, dtype=torch.bool)
+        for name, p in model.named_parameters()
+    }
 
 
 def validate_mask(mask: Mapping[str, Tensor | bool], model: nn.Module) -> Mask:
