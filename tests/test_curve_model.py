@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -472,53 +471,6 @@ def test_update_bn_pins_statistics() -> None:
     assert not torch.allclose(interpolated, reference[1].running_mean)
     with pytest.raises(ModeConnError, match="t="):
         mcu.update_bn(curve, data)
-
-
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    a, b = _mlp_pair()
-    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
-    curve = CurveModel(a, start=a, end=b)
-    ddp = DistributedDataParallel(curve, broadcast_buffers=False)
-    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.5)
-    for _ in range(3):
-        optimizer.zero_grad()
-        shard = slice(rank * 4, rank * 4 + 4)
-        nn.functional.cross_entropy(ddp(x[shard], t=0.5), y[shard]).backward()
-        optimizer.step()
-    if rank == 0:
-        torch.save(curve.state_dict(), out)
-    dist.destroy_process_group()
-
-
-def test_ddp_matches_single_process(tmp_path) -> None:
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = str(tmp_path / "ddp.pt")
-    mp.spawn(_ddp_worker, args=(2, port, out), nprocs=2, join=True)
-
-    torch.manual_seed(0)
-    a, b = _mlp_pair()
-    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
-    curve = CurveModel(a, start=a, end=b)
-    optimizer = torch.optim.SGD(curve.parameters(), lr=0.5)
-    for _ in range(3):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(curve(x, t=0.5), y).backward()
-        optimizer.step()
-    ddp_state = torch.load(out, weights_only=True)
-    for key, value in curve.state_dict().items():
-        torch.testing.assert_close(ddp_state[key], value)
 
 
 def test_torch_compile_runs() -> None:
