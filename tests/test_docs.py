@@ -26,7 +26,6 @@ _BLOCK = re.compile(
 #: fixed, its entry here fails and must be removed).
 KNOWN_BROKEN: dict[str, str] = {
     "index.md": "`theta_u = ...` and `retain_loader` are placeholders, never defined",
-    "install.md": "load_fashion_mnist('~/data/fashion-mnist') needs the files there",
 }
 
 
