@@ -19,7 +19,9 @@ only scores the results.
 Measured per model: forget/retain answer NLL and token accuracy, forget ROUGE-L
 recall of greedy answers, Min-K% and Min-K%++ AUC (forget vs held-out entities),
 privleak (MUSE, Min-K%++), Gap (mean |metric - retrained| over forget accuracy,
-retain accuracy, forget ROUGE-L x 100 and Min-K%++ AUC x 100, in points), wall
+retain accuracy, forget ROUGE-L x 100 and Min-K%++ AUC x 100, in points), TOFU's
+truth ratio on the forget set and forget quality (KS test against the retrained
+model), wall
 time (MCU includes its base method) and peak extra resident memory. Seeds vary
 the model initialisation, the forget entities and the data order; the data are
 fixed. Base-method learning rates were tuned per method on seed 99, which is not
@@ -261,13 +263,15 @@ def with_lora(cfg: Config, model: nn.Module) -> nn.Module:
 
 
 # --------------------------------------------------------------------------- scoring
-def score(model: Any, splits: dict[str, Any], world: World) -> dict[str, float]:
+def score(model: Any, splits: dict[str, Any], world: World) -> tuple[dict[str, float], Any]:
+    """The model's numbers, and its truth ratios on the forget set (for forget quality)."""
     forget, retain, holdout = (
         lm.lm_outputs(model, splits[k]) for k in ("forget", "retain", "holdout")
     )
     attacks = lm.mia_from_outputs(forget, holdout, attacks=("min_k", "min_k_pp"))
     rouge = lm.rouge_l_recall(model, splits["forget"], tokenizer=world.tokenizer)
-    return {
+    ratios = lm.truth_ratios(model, splits["forget"])
+    row = {
         "forget_nll": float(forget.nll.mean()),
         "retain_nll": float(retain.nll.mean()),
         "forget_acc": 100.0 * float(forget.token_accuracy.mean()),
@@ -276,10 +280,16 @@ def score(model: Any, splits: dict[str, Any], world: World) -> dict[str, float]:
         "forget_rouge": float(rouge.mean),
         "mink_auc": attacks["min_k"].auc,
         "minkpp_auc": attacks["min_k_pp"].auc,
+        "truth_forget": lm.truth_score(ratios, kind="forget"),
     }
+    return row, ratios
 
 
-def finish_scores(row: dict[str, float], retrained: dict[str, float]) -> dict[str, float]:
+def finish_scores(
+    scored: tuple[dict[str, float], Any], reference: tuple[dict[str, float], Any]
+) -> dict[str, float]:
+    (row, ratios), (retrained, retrained_ratios) = scored, reference
+    row["forget_quality"] = lm.forget_quality(ratios, retrained_ratios).pvalue
     scale = {"forget_acc": 1.0, "retain_acc": 1.0, "forget_rouge": 100.0, "minkpp_auc": 100.0}
     row["privleak"] = lm.privleak(row["minkpp_auc"], retrained["minkpp_auc"])
     row["gap"] = float(np.mean([abs(row[k] - retrained[k]) * scale[k] for k in GAP_METRICS]))
@@ -375,12 +385,12 @@ def run_seed(cfg: Config, world: World, seed: int, log: Callable[[str], None]) -
             "holdout": world.holdout,
         }
         retrained, retrain_s, retrain_mb = timed(partial(train_lm, cfg, world, retain_train, seed))
-        ref = score(retrained, splits, world)
-        finish_scores(ref, ref)
+        scored_ref = score(retrained, splits, world)
+        ref = finish_scores(scored_ref, scored_ref)
         rows: dict[str, dict[str, Any]] = {
             "Retrain": {**ref, "time_s": retrain_s, "peak_mb": retrain_mb},
         }
-        orig = finish_scores(score(original, splits, world), ref)
+        orig = finish_scores(score(original, splits, world), scored_ref)
         rows["Original"] = {**orig, "time_s": train_s, "peak_mb": train_mb}
         memorised = orig["forget_acc"] >= 95.0
         targets = (orig["retain_acc"], orig["holdout_acc"])  # the user's targets: no retrain
@@ -398,7 +408,7 @@ def run_seed(cfg: Config, world: World, seed: int, log: Callable[[str], None]) -
                     partial(run_base, cfg, variant, method, start, retain_train, forget, seed)
                 )
                 rows[name] = {
-                    **finish_scores(score(theta_u, splits, world), ref),
+                    **finish_scores(score(theta_u, splits, world), scored_ref),
                     "time_s": base_s,
                     "peak_mb": base_mb,
                 }
@@ -406,7 +416,7 @@ def run_seed(cfg: Config, world: World, seed: int, log: Callable[[str], None]) -
                     partial(run_mcu, cfg, variant, start, theta_u, splits, targets, seed)
                 )
                 rows[f"MCU({name})"] = {
-                    **finish_scores(score(mcu_model, splits, world), ref),
+                    **finish_scores(score(mcu_model, splits, world), scored_ref),
                     "time_s": base_s + mcu_s,
                     "peak_mb": max(base_mb, mcu_mb),
                     **info,
@@ -456,6 +466,8 @@ COLUMNS = (
     "mink_auc",
     "minkpp_auc",
     "privleak",
+    "truth_forget",
+    "forget_quality",
     "gap",
     "time_s",
     "peak_mb",
@@ -504,6 +516,8 @@ def markdown(cfg: Config, runs: list[dict[str, Any]], agg: dict[str, Any], heade
         "forget_rouge": "forget ROUGE-L",
         "mink_auc": "Min-K% AUC",
         "minkpp_auc": "Min-K%++ AUC",
+        "truth_forget": "truth ratio (forget)",
+        "forget_quality": "forget quality",
         "privleak": "privleak",
         "gap": "Gap ↓",
         "time_s": "time (s)",
@@ -646,7 +660,10 @@ def main(argv: list[str] | None = None) -> None:
             f"Gaps in the JSON's 'tuning'); MCU's settings fixed before the run. "
             f"Gap = mean |x - retrain| over "
             f"forget acc, retain acc, forget ROUGE-L x 100, Min-K%++ AUC x 100. privleak = "
-            f"100 (AUC - AUC_retrain) / AUC_retrain on Min-K%++. peak MB: resident memory above "
+            f"100 (AUC - AUC_retrain) / AUC_retrain on Min-K%++. Truth ratio (forget): TOFU's "
+            f"mean min(R, 1/R) on the forget set (3 perturbed answers); forget quality: KS-test "
+            f"p-value of the forget truth ratios against the retrained model's. "
+            f"peak MB: resident memory above "
             f"the level at the step's start."
         )
         payload = {
