@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from . import losses
+from . import lm, losses
 from .batchnorm import update_bn
 from .checkpoint import load_checkpoint, save_checkpoint
 from .connectivity import (
@@ -34,17 +34,23 @@ from .evaluation import (
 from .losses import AdaptiveBeta, UnlearnLoss
 from .masks import layer_mask, load_mask, random_mask, saliency_mask, save_mask
 from .mia import lira, svc_mia, threshold_attack, train_reference_models
+from .path_search import PathSearch, search_path
+from .recipe import RecipeConfig, RecipeResult, Targets, carve_holdout, mcu_unlearn, user_targets
 from .selection import OptimalT, avg_gap, effective_region, find_optimal_t
 from .task_vector import negate_task_vector
-from .training import History, fit_curve, retrain, unlearn
+from .tasks import CausalLMTask, ClassificationTask, SampleOutputs, Task
+from .training import EpochRecord, History, TrainConfig, fit_curve, retrain, unlearn
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AdaptiveBeta",
     "BarrierResult",
+    "CausalLMTask",
+    "ClassificationTask",
     "ConnectivityMatrix",
     "CurveModel",
+    "EpochRecord",
     "History",
     "IncompatibleModelsError",
     "Metrics",
@@ -52,12 +58,20 @@ __all__ = [
     "NonFiniteLossError",
     "OptimalT",
     "PathReport",
+    "PathSearch",
+    "RecipeConfig",
+    "RecipeResult",
+    "SampleOutputs",
+    "Targets",
+    "Task",
+    "TrainConfig",
     "UnlearnBatch",
     "UnlearnDataset",
     "UnlearnLoss",
     "UnlearningScores",
     "__version__",
     "avg_gap",
+    "carve_holdout",
     "connect",
     "connectivity_matrix",
     "effective_region",
@@ -68,10 +82,12 @@ __all__ = [
     "forget_retain_split",
     "layer_mask",
     "lira",
-    "loss_barrier",
+    "lm",
     "load_checkpoint",
     "load_mask",
+    "loss_barrier",
     "losses",
+    "mcu_unlearn",
     "negate_task_vector",
     "random_mask",
     "relearn_attack",
@@ -80,6 +96,7 @@ __all__ = [
     "saliency_mask",
     "save_checkpoint",
     "save_mask",
+    "search_path",
     "svc_mia",
     "threshold_attack",
     "train_reference_models",
@@ -87,4 +104,5 @@ __all__ = [
     "unlearn_loader",
     "unlearning_scores",
     "update_bn",
+    "user_targets",
 ]
