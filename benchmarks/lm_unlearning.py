@@ -250,7 +250,8 @@ def objective(cfg: Config, method: str, reference: nn.Module) -> Any:
     raise ValueError(method)
 
 
-def with_lora(cfg: Config, model: nn.Module) -> nn.Module:
+def with_lora(cfg: Config, model: nn.Module, seed: int) -> nn.Module:
+    """LoRA adapters on a copy of ``model``, initialised from ``seed`` (not the global RNG)."""
     import peft
 
     config = peft.LoraConfig(
@@ -259,7 +260,9 @@ def with_lora(cfg: Config, model: nn.Module) -> nn.Module:
         lora_dropout=0.0,
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
     )
-    return peft.get_peft_model(copy.deepcopy(model), config).eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return peft.get_peft_model(copy.deepcopy(model), config).eval()
 
 
 # --------------------------------------------------------------------------- scoring
@@ -401,7 +404,7 @@ def run_seed(cfg: Config, world: World, seed: int, log: Callable[[str], None]) -
         )
         connect_models: dict[str, nn.Module] = {"Original": original, "Retrain": retrained}
         for variant in VARIANTS:
-            start = original if variant == "full" else with_lora(cfg, original)
+            start = original if variant == "full" else with_lora(cfg, original, seed)
             for method in METHODS:
                 name = method if variant == "full" else f"{method}-LoRA"
                 theta_u, base_s, base_mb = timed(
