@@ -144,6 +144,18 @@ def test_recipe_config_turns_ranges_from_json_into_tuples() -> None:
         RecipeConfig(t_range=0.5)  # type: ignore[arg-type]
 
 
+def test_recipe_config_for_scenario_gives_the_tuned_settings() -> None:
+    random = RecipeConfig.for_scenario("random")
+    assert (random.beta_low, random.beta_high, random.mask_kr) == (0.05, 2.0, 0.0)
+    assert random.t_range == RecipeConfig().t_range
+    assert RecipeConfig.for_scenario("class").t_range == (0.0, 1.0)
+    assert RecipeConfig.for_scenario("class", epochs=3).epochs == 3
+    with pytest.raises(ModeConnError, match="scenario"):
+        RecipeConfig.for_scenario("classwise")  # type: ignore[arg-type]
+    with pytest.raises(ModeConnError, match="Unknown"):
+        RecipeConfig.for_scenario("random", betta=1.0)
+
+
 # --------------------------------------------------------------------------- recipe
 def test_mcu_unlearn_runs_the_recipe(setting: dict) -> None:
     targets = user_targets(setting["original"], setting["retain"], setting["holdout"])

@@ -292,6 +292,43 @@ class RecipeConfig:
         """A JSON-friendly dict."""
         return asdict(self)
 
+    @classmethod
+    def for_scenario(cls, scenario: Scenario, **overrides: Any) -> RecipeConfig:
+        """The settings the benchmark's tuning picked for a forgetting scenario.
+
+        On the tuning seed of ``benchmarks/mcu_table.py`` (memorising BatchNorm
+        CNN, Fashion-MNIST), random forgetting was best with a stronger β rule
+        (``beta_low=0.05, beta_high=2.0``) and a forgotten class with ``t``
+        trained and chosen over the whole path (``t_range=(0, 1)``); both with
+        ``mask_kr=0`` (that CNN's dense head holds most entries, so a positive
+        ``kr`` excludes every tensor). See docs/benchmarks.md for the evidence and
+        where it did not help (RL, SalUn).
+
+        Args:
+            scenario: ``"random"`` or ``"class"``.
+            **overrides: Fields to set on top.
+
+        Returns:
+            A :class:`RecipeConfig`.
+
+        Raises:
+            ModeConnError: An unknown scenario or field.
+
+        Example:
+            >>> RecipeConfig.for_scenario("class").t_range
+            (0.0, 1.0)
+        """
+        tuned: dict[str, dict[str, Any]] = {
+            "random": {"mask_kr": 0.0, "beta_low": 0.05, "beta_high": 2.0},
+            "class": {"mask_kr": 0.0, "t_range": (0.0, 1.0)},
+        }
+        if scenario not in tuned:
+            raise ModeConnError(f'scenario must be "random" or "class", got {scenario!r}.')
+        unknown = sorted(set(overrides) - {f for f in cls.__dataclass_fields__})
+        if unknown:
+            raise ModeConnError(f"Unknown RecipeConfig fields {unknown}.")
+        return cls(**{**tuned[scenario], **overrides})
+
 
 @dataclass(frozen=True)
 class RecipeResult:
