@@ -22,12 +22,6 @@ _BLOCK = re.compile(
     re.MULTILINE | re.DOTALL,
 )
 
-#: Pages whose snippets do not run yet, each with what is wrong (strict: once a page is
-#: fixed, its entry here fails and must be removed).
-KNOWN_BROKEN: dict[str, str] = {
-    "index.md": "`theta_u = ...` and `retain_loader` are placeholders, never defined",
-}
-
 
 def blocks(text: str) -> list[tuple[int, str, bool]]:
     """``(line, code, runs)`` for each fenced python block of a markdown page."""
@@ -53,14 +47,7 @@ def run_page(page: Path) -> int:
 PAGES = sorted(DOCS.glob("*.md"))
 
 
-def page_param(page: Path) -> object:
-    marks = []
-    if page.name in KNOWN_BROKEN:
-        marks.append(pytest.mark.xfail(reason=KNOWN_BROKEN[page.name], strict=True))
-    return pytest.param(page, id=page.name, marks=marks)
-
-
-@pytest.mark.parametrize("page", [page_param(page) for page in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[page.name for page in PAGES])
 def test_python_blocks_of_the_page_run(
     page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
