@@ -19,7 +19,7 @@ digits (or Fashion-MNIST with ``--dataset fashion``), with only what a user has:
 6. save a figure of the path with the effective region and MIA-efficacy.
 
 Usage:
-    python examples/quickstart.py                      # digits, random labels (about 20 s)
+    python examples/quickstart.py                      # digits, random labels (about 25 s)
     python examples/quickstart.py --method ga          # gradient ascent as the base method
     python examples/quickstart.py --dataset fashion    # Fashion-MNIST (needs the IDX files)
 """
