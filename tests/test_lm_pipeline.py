@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import Subset
 
 import modeconn_unlearn as mcu
 from modeconn_unlearn import lm
@@ -305,3 +306,30 @@ def test_language_model_notebook_runs() -> None:
     }
     assert {"original", "NPO", "MCU"} <= set(rows), text
     assert "forget ROUGE-L recall" in text
+
+
+def test_relearning_attack_on_forgotten_facts(world) -> None:  # type: ignore[no-untyped-def]
+    model, retain, forget = world["model"], world["retain"], world["forget"]
+    theta_u = mcu.unlearn(
+        model,
+        retain,
+        forget,
+        loss=mcu.losses.gradient_difference(task=TASK),
+        epochs=3,
+        lr=3e-3,
+        optimizer="adam",
+        batch_size=8,
+        progress=False,
+    )
+    before = copy.deepcopy(theta_u.state_dict())
+    result = mcu.relearn_attack(theta_u, forget, steps=4, lr=0.05, samples=2, seed=0, task=TASK)
+    chosen = set(result.samples.tolist())
+    held_out = Subset(forget, [i for i in range(len(forget)) if i not in chosen])
+    start = lm.lm_outputs(theta_u, held_out)
+    # Step 0 is the unlearned model itself, scored by the LM task on the facts not relearned.
+    assert result.accuracy[0] == pytest.approx(100.0 * float(start.token_accuracy.mean()))
+    assert result.loss[0] == pytest.approx(float(start.nll.mean()), rel=1e-4)
+    assert len(result.accuracy) == 5
+    assert result.train_loss[-2] < result.train_loss[0]  # the attack fits its own samples
+    for key, value in theta_u.state_dict().items():  # the attacked model is a copy
+        assert torch.equal(value, before[key]), key
