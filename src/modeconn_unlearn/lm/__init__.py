@@ -18,14 +18,12 @@ Example:
 from __future__ import annotations
 
 from .attacks import ATTACKS, AttackResult, attack_scores, lm_mia, mia_from_outputs, privleak
+from .batches import PadCollator, as_lm_loader, lm_unlearn_loader
 from .data import (
     DEFAULT_PROMPT,
-    PadCollator,
     QADataset,
     QAPair,
-    as_lm_loader,
     group_split,
-    lm_unlearn_loader,
     qa_source,
     refusal_dataset,
     tokenize_qa,

@@ -4,9 +4,8 @@ A :class:`QAPair` (question, answer, the entity it is about, optionally a
 paraphrased and some perturbed answers) becomes a tokenized example whose
 labels are ``-100`` on the prompt, so that :class:`~modeconn_unlearn.tasks.CausalLMTask`
 scores the answer tokens only. :class:`QADataset` holds such examples for any
-Hugging Face tokenizer (chat template optional); :class:`PadCollator` pads
-them into batches; :func:`lm_unlearn_loader` mixes retain and forget examples
-into :class:`~modeconn_unlearn.data.UnlearnBatch` batches; :func:`group_split`
+Hugging Face tokenizer (chat template optional) (batching lives in
+:mod:`modeconn_unlearn.lm.batches`); :func:`group_split`
 forgets every fact of some entities (as TOFU forgets authors);
 :func:`refusal_dataset` replaces the answers by refusals (the IDK objective).
 
@@ -20,7 +19,7 @@ all items have one length and the library's default collate batches them too
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,17 +27,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..data import UnlearnBatch, as_dataset, unlearn_loader
+from ..data import as_dataset
 from ..errors import ModeConnError
 
 __all__ = [
     "DEFAULT_PROMPT",
-    "PadCollator",
     "QADataset",
     "QAPair",
-    "as_lm_loader",
     "group_split",
-    "lm_unlearn_loader",
     "qa_source",
     "refusal_dataset",
     "tokenize_qa",
@@ -324,214 +320,6 @@ def qa_source(data: Any) -> tuple[QADataset, list[int]]:
 
 
 # --------------------------------------------------------------------------- batching
-def _item_parts(item: Any, index: int) -> tuple[Tensor, Tensor | None, Tensor, bool | None]:
-    """``(input_ids, attention_mask, labels, is_forget)`` of one item."""
-    flag: bool | None = None
-    if isinstance(item, Mapping):
-        inputs = item
-        labels = item.get("labels")
-        if "is_forget" in item:
-            flag = bool(item["is_forget"])
-    elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
-        inputs, labels = item[0], item[1]
-        if len(item) == 3:
-            flag = bool(item[2])
-    else:
-        raise ModeConnError(
-            f"item {index} is a {type(item).__name__}; PadCollator reads dicts with "
-            "'input_ids' and 'labels', (inputs, labels) or (inputs, labels, is_forget)."
-        )
-    if isinstance(inputs, Mapping):
-        unknown = sorted(set(inputs) - {"input_ids", "attention_mask", "labels", "is_forget"})
-        if unknown:
-            raise ModeConnError(
-                f"item {index} has inputs {unknown} that PadCollator does not know how to pad; "
-                "it pads 'input_ids', 'attention_mask' and 'labels' only."
-            )
-        if "input_ids" not in inputs:
-            raise ModeConnError(f"item {index} has no 'input_ids'.")
-        ids = torch.as_tensor(inputs["input_ids"])
-        mask = inputs.get("attention_mask")
-        mask = None if mask is None else torch.as_tensor(mask)
-    else:
-        ids, mask = torch.as_tensor(inputs), None
-    if labels is None:
-        raise ModeConnError(f"item {index} has no labels; QADataset items carry them.")
-    labels = torch.as_tensor(labels)
-    if ids.ndim != 1 or labels.shape != ids.shape or (mask is not None and mask.shape != ids.shape):
-        raise ModeConnError(
-            f"item {index}: input_ids, attention_mask and labels must be 1-D of one length, "
-            f"got {tuple(ids.shape)}, {None if mask is None else tuple(mask.shape)} and "
-            f"{tuple(labels.shape)}."
-        )
-    return ids, mask, labels, flag
-
-
-class PadCollator:
-    """Pad token sequences on the right into one batch.
-
-    Items may be dicts (``input_ids``, optional ``attention_mask``,
-    ``labels``, optional ``is_forget``), ``(inputs, labels)`` or
-    ``(inputs, labels, is_forget)`` with ``inputs`` a dict or a 1-D id tensor
-    (the items of :class:`QADataset` and of
-    :class:`~modeconn_unlearn.data.UnlearnDataset` over one). Padding uses
-    ``pad_token_id`` for ids, 0 for the attention mask and ``-100`` for labels.
-
-    Returns a dict ``{"input_ids", "attention_mask", "labels"}`` (the Hugging
-    Face form, which ``CausalLMTask`` and ``transformers.Trainer`` read), or
-    :class:`~modeconn_unlearn.data.UnlearnBatch` ``(inputs, labels, is_forget)``
-    when the items carry forget flags (with ``as_dict=True``: the dict with an
-    ``"is_forget"`` entry, which tasks read the same way and which
-    ``transformers.Trainer`` can move to its device).
-
-    Args:
-        pad_token_id: The id written into padded positions.
-        pad_to_multiple_of: Round the padded length up to a multiple of this.
-        as_dict: Return forget-flagged batches as a dict, not an ``UnlearnBatch``.
-
-    Example:
-        >>> collate = PadCollator(pad_token_id=0)
-        >>> batch = collate([(torch.tensor([5, 6]), torch.tensor([-100, 6])),
-        ...                  (torch.tensor([7]), torch.tensor([7]))])
-        >>> batch["input_ids"].tolist(), batch["labels"].tolist()
-        ([[5, 6], [7, 0]], [[-100, 6], [7, -100]])
-    """
-
-    def __init__(
-        self, pad_token_id: int = 0, *, pad_to_multiple_of: int | None = None, as_dict: bool = False
-    ) -> None:
-        if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int):
-            raise ModeConnError(f"pad_token_id must be an int, got {pad_token_id!r}.")
-        if pad_to_multiple_of is not None and int(pad_to_multiple_of) < 1:
-            raise ModeConnError(
-                f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}."
-            )
-        self.pad_token_id = int(pad_token_id)
-        self.pad_to_multiple_of = pad_to_multiple_of
-        self.as_dict = bool(as_dict)
-
-    def __call__(self, items: Sequence[Any]) -> dict[str, Tensor] | UnlearnBatch:
-        """Collate ``items`` into one padded batch."""
-        if len(items) == 0:
-            raise ModeConnError("PadCollator got an empty list of items.")
-        parts = [_item_parts(item, i) for i, item in enumerate(items)]
-        flags = [p[3] for p in parts]
-        if len({f is None for f in flags}) > 1:
-            raise ModeConnError("some items carry is_forget flags and some do not; mix neither.")
-        length = max(len(p[0]) for p in parts)
-        if self.pad_to_multiple_of:
-            length = math.ceil(length / self.pad_to_multiple_of) * self.pad_to_multiple_of
-        n = len(parts)
-        ids = torch.full((n, length), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((n, length), dtype=torch.long)
-        labels = torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
-        for row, (item_ids, item_mask, item_labels, _) in enumerate(parts):
-            size = len(item_ids)
-            ids[row, :size] = item_ids
-            mask[row, :size] = 1 if item_mask is None else item_mask
-            labels[row, :size] = item_labels
-        inputs = {"input_ids": ids, "attention_mask": mask}
-        if flags[0] is None:
-            return {**inputs, "labels": labels}
-        is_forget = torch.tensor(flags, dtype=torch.bool)
-        if self.as_dict:
-            return {**inputs, "labels": labels, "is_forget": is_forget}
-        return UnlearnBatch(inputs, labels, is_forget)
-
-    def __repr__(self) -> str:
-        return f"PadCollator(pad_token_id={self.pad_token_id})"
-
-
-def _pad_id_of(data: Any) -> int:
-    try:
-        return qa_source(data)[0].pad_token_id
-    except ModeConnError:
-        return 0
-
-
-def as_lm_loader(data: Any, *, batch_size: int = 32) -> DataLoader[Any]:
-    """``data`` as a loader of padded batches: a ``DataLoader`` as is, a dataset wrapped.
-
-    A dataset (e.g. a :class:`QADataset` or a ``Subset`` of one) is wrapped in
-    order (no shuffling) with a :class:`PadCollator`.
-
-    Raises:
-        ModeConnError: ``data`` is empty or not a map-style dataset.
-
-    Example:
-        >>> from modeconn_unlearn.lm import train_tokenizer
-        >>> tok = train_tokenizer(["Question: Who ? Answer: Ana Bo"])
-        >>> ds = QADataset([("Who ?", "Ana"), ("Who ?", "Bo")], tok)
-        >>> next(iter(as_lm_loader(ds)))["input_ids"].shape[0]
-        2
-    """
-    if isinstance(data, DataLoader):
-        return data
-    if int(batch_size) < 1:
-        raise ModeConnError(f"batch_size must be a positive int, got {batch_size!r}.")
-    dataset = as_dataset(data, "data")
-    if len(dataset) == 0:
-        raise ModeConnError("data is empty (0 examples).")
-    return DataLoader(
-        dataset,  # type: ignore[arg-type]
-        batch_size=int(batch_size),
-        shuffle=False,
-        collate_fn=PadCollator(_pad_id_of(data)),
-    )
-
-
-def lm_unlearn_loader(
-    retain: Any,
-    forget: Any,
-    *,
-    batch_size: int = 16,
-    retain_ratio: float = 1.0,
-    shuffle: bool = True,
-    seed: int = 0,
-    pad_token_id: int | None = None,
-    drop_last: bool = False,
-) -> DataLoader[Any]:
-    """A loader of padded :class:`~modeconn_unlearn.data.UnlearnBatch` batches for LMs.
-
-    :func:`~modeconn_unlearn.data.unlearn_loader` (same order from the same
-    ``seed``) with a :class:`PadCollator`, so variable-length examples batch:
-    ``UnlearnBatch(inputs={"input_ids", "attention_mask"}, targets=labels, is_forget)``.
-
-    Args:
-        retain: Retain examples (``QADataset``, a ``Subset`` of one, any dataset
-            of ``(inputs, labels)``) or ``None``.
-        forget: Forget examples (same) or ``None``.
-        batch_size: Examples per batch.
-        retain_ratio: Fraction in (0, 1] of the retain set used (a fixed subset).
-        shuffle: Shuffle every epoch.
-        seed: Seed of the order and of the retain subsample.
-        pad_token_id: Padding id; defaults to the one of the QADataset behind
-            ``retain`` (or ``forget``), else 0.
-        drop_last: Drop the last incomplete batch.
-
-    Example:
-        >>> from modeconn_unlearn.lm import train_tokenizer
-        >>> tok = train_tokenizer(["Question: Who ? Answer: Ana Bo"])
-        >>> ds = QADataset([("Who ?", "Ana"), ("Who ?", "Bo")], tok)
-        >>> batch = next(iter(lm_unlearn_loader(Subset(ds, [0]), Subset(ds, [1]), batch_size=2)))
-        >>> sorted(batch.is_forget.tolist()), sorted(batch.inputs)
-        ([False, True], ['attention_mask', 'input_ids'])
-    """
-    if pad_token_id is None:
-        pad_token_id = _pad_id_of(retain) if retain is not None else _pad_id_of(forget)
-    return unlearn_loader(
-        retain,
-        forget,
-        batch_size=batch_size,
-        retain_ratio=retain_ratio,
-        shuffle=shuffle,
-        seed=seed,
-        drop_last=drop_last,
-        collate_fn=PadCollator(pad_token_id),
-    )
-
-
-# --------------------------------------------------------------------------- splits
 def group_split(
     data: Any,
     *,

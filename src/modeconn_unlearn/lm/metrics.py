@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from ..batchnorm import module_device
 from ..errors import ModeConnError
 from ..tasks import CausalLMTask, Task, resolve_task
-from .data import as_lm_loader, qa_source
+from .batches import as_lm_loader
+from .data import qa_source
 from .optional import require
 
 __all__ = [
