@@ -28,6 +28,8 @@ LAYERS: dict[str, int] = {
     "batchnorm": 2,
     "datasets": 2,
     "zoo": 2,
+    "curve_points": 3,
+    "curve_bends": 3,
     "curve_model": 3,
     "losses": 3,
     "masks": 3,
