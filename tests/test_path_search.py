@@ -54,14 +54,21 @@ def _dense_t(retain: Curve, forget: Curve, targets: tuple[float, float], t_range
     ).t
 
 
-@pytest.mark.parametrize("name", sorted(SYNTHETIC))
-@pytest.mark.parametrize("t_range", [(0.5, 1.0), (0.0, 1.0)])
+# The class curve's kink over the whole of [0, 1] is measured separately below: it needs the
+# recipe's t_range.
+CASES = [
+    (name, t_range)
+    for name in sorted(SYNTHETIC)
+    for t_range in [(0.5, 1.0), (0.0, 1.0)]
+    if not (name == "class_kink" and t_range == (0.0, 1.0))
+]
+
+
+@pytest.mark.parametrize(("name", "t_range"), CASES)
 def test_synthetic_curves_match_dense_grid_with_half_the_evaluations(
     name: str, t_range: tuple[float, float]
 ) -> None:
     retain, forget, retain_target, forget_target = SYNTHETIC[name]
-    if name == "class_kink" and t_range == (0.0, 1.0):
-        pytest.skip("measured separately below: the kink needs the recipe's t_range")
     calls: list[list[float]] = []
 
     def measure(ts: list[float]) -> tuple[list[float], list[float]]:
