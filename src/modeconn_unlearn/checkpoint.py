@@ -108,7 +108,7 @@ def _load_file(path: Path) -> Any:
         ) from error
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
     """Write a file atomically: ``write(stream)`` fills a temporary file, then it is renamed.
 
     The temporary file lies in the destination's directory (created if needed)

@@ -142,6 +142,11 @@ def _call(model: nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
+def _shape_of(value: Any) -> str:
+    """A tensor's shape, or the type name of anything else, for error messages."""
+    return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
+
+
 def _logits_of(output: Any) -> Any:
     logits = getattr(output, "logits", None)
     if logits is not None:
@@ -192,17 +197,15 @@ class ClassificationTask:
     def _check(logits: Any, targets: Tensor) -> None:
         n = len(targets) if isinstance(targets, Tensor) and targets.ndim > 0 else "N"
         if not isinstance(targets, Tensor) or targets.ndim != 1 or targets.is_floating_point():
-            shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
             raise ModeConnError(
                 "ClassificationTask expects 1-D integer class labels of shape (N,), got "
-                f"{shape}. For (batch, seq) token labels use task=CausalLMTask()."
+                f"{_shape_of(targets)}. For (batch, seq) token labels use task=CausalLMTask()."
             )
         if not isinstance(logits, Tensor) or logits.ndim != 2 or len(logits) != len(targets):
-            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ModeConnError(
                 f"ClassificationTask expects logits of shape (batch, classes) = ({n}, C), got "
-                f"{shape}. Wrap the model so that forward returns (N, C) logits, or use "
-                "task=CausalLMTask() for (N, L, V) token logits."
+                f"{_shape_of(logits)}. Wrap the model so that forward returns (N, C) logits, "
+                "or use task=CausalLMTask() for (N, L, V) token logits."
             )
 
     def __repr__(self) -> str:
@@ -295,10 +298,10 @@ class CausalLMTask:
     @staticmethod
     def _check(logits: Any, targets: Tensor) -> None:
         if not isinstance(targets, Tensor) or targets.ndim != 2 or targets.is_floating_point():
-            shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
             raise ModeConnError(
                 "CausalLMTask expects integer token labels of shape (batch, seq) with -100 on "
-                f"unscored tokens, got {shape}. For class labels use task=ClassificationTask()."
+                f"unscored tokens, got {_shape_of(targets)}. For class labels use "
+                "task=ClassificationTask()."
             )
         expected = f"({targets.shape[0]}, {targets.shape[1]}, V)"
         if (
@@ -306,10 +309,9 @@ class CausalLMTask:
             or logits.ndim != 3
             or tuple(logits.shape[:2]) != tuple(targets.shape)
         ):
-            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ModeConnError(
                 f"CausalLMTask expects logits of shape (batch, seq, vocab) = {expected} (or an "
-                f"output with .logits of that shape), got {shape}."
+                f"output with .logits of that shape), got {_shape_of(logits)}."
             )
 
     def __repr__(self) -> str:
