@@ -2,9 +2,10 @@
 
 A worker process trains with ``checkpoint_dir`` and ``resume=True`` on a tiny model whose
 epochs are short, so that a checkpoint is written every few milliseconds. The test kills it
-with SIGKILL at random moments, checks after every kill that the checkpoint on disk loads
-(never half a file), starts it again, and finally compares the weights with those of a worker
-that ran without interruption.
+with SIGKILL at random moments, scaled to the length of one uninterrupted run on this
+machine, checks after every kill that the checkpoint on disk loads (never half a file),
+starts it again, and finally compares the weights with those of a worker that ran without
+interruption.
 """
 
 from __future__ import annotations
@@ -136,7 +137,11 @@ def test_sigkill_while_checkpointing_then_resume_is_bit_identical(kind, tmp_path
     zygote = _Zygote(script)
     try:
         reference = tmp_path / "reference.pt"
+        began = time.perf_counter()
         assert zygote.wait(zygote.start(kind, tmp_path / "uninterrupted", reference)) == 0
+        # Kill times scale with this machine's speed: the lives together sleep at most 80 % of
+        # one uninterrupted run, so all kills land on a fast idle machine and on a busy one.
+        window = (time.perf_counter() - began) / KILLS
 
         out_dir, result = tmp_path / "killed", tmp_path / "killed.pt"
         rng = random.Random(f"faults-{kind}")
@@ -144,7 +149,7 @@ def test_sigkill_while_checkpointing_then_resume_is_bit_identical(kind, tmp_path
         while kills < KILLS:
             pid = zygote.start(kind, out_dir, result)
             # The child spends nearly all its time in short epochs, each ending in a write.
-            time.sleep(rng.uniform(0.02, 0.25))
+            time.sleep(rng.uniform(0.05, 0.8) * window)
             os.kill(pid, signal.SIGKILL)
             code = zygote.wait(pid)
             if code == 0:
