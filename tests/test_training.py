@@ -749,6 +749,9 @@ def test_a_nan_loss_in_unlearn_puts_back_the_batchnorm_statistics_of_the_failed_
         ({"lr": 0.1, "epochs": 1, "curriculum": "random"}, "curriculum"),
         ({"lr": 0.1, "epochs": 1, "t_sampler": (0.8, 0.2)}, "t_sampler"),
         ({"lr": 0.1, "epochs": 1, "compile": 1}, "compile"),
+        ({"lr": 0.1, "epochs": 1, "create_graph": 1}, "create_graph must be True or False"),
+        ({"lr": 0.1, "epochs": 1, "create_graph": True, "compile": True}, "double backward"),
+        ({"lr": 0.1, "epochs": 1, "optimizer": "sophiah"}, "pass create_graph=True"),
     ],
 )
 def test_train_config_validates_every_field(kwargs, message):
@@ -939,6 +942,168 @@ def test_curriculum_orders_forget_samples_by_the_initial_loss(tiny, curriculum):
     )
     seen = torch.stack(order)
     assert torch.equal(seen, x[expected])
+
+
+# --------------------------------------------------------------------------- create_graph
+class HessianProbe(torch.optim.SGD):
+    """SGD that also takes a Hessian-vector product H v (v = 1) of the gradients at each step."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+        self.products: list[list[torch.Tensor]] = []
+        self.had_graph: list[bool] = []
+
+    def step(self, closure=None):
+        params = [p for group in self.param_groups for p in group["params"]]
+        grads = [p.grad for p in params]
+        self.had_graph.append(all(g.grad_fn is not None for g in grads))
+        ones = [torch.ones_like(p) for p in params]
+        self.products.append(list(torch.autograd.grad(grads, params, grad_outputs=ones)))
+        return super().step(closure)
+
+
+def full_batch_loss(model: nn.Module, dataset) -> torch.Tensor:
+    x, y = tensors(dataset)
+    return F.cross_entropy(model(x), y)
+
+
+def test_create_graph_gives_the_first_order_run_bit_for_bit_and_clears_the_gradients(tiny):
+    retain, forget = tiny
+    args = dict(loss=random_label(10), lr=0.05, epochs=2, batch_size=8, progress=False)
+    plain = unlearn(make_mlp(0), retain, forget, **args)
+    with_graph = unlearn(make_mlp(0), retain, forget, create_graph=True, **args)
+    assert same_state(snapshot(plain), snapshot(with_graph))
+    assert all(p.grad is None for p in with_graph.parameters())  # no graph kept alive
+
+
+def test_create_graph_lets_the_optimizer_take_hessian_vector_products(tiny):
+    retain, _ = tiny
+    made: list[HessianProbe] = []
+
+    def probe(params, lr):
+        made.append(HessianProbe(params, lr))
+        return made[-1]
+
+    model = make_mlp(0)
+    unlearn(
+        model,
+        retain,
+        None,
+        loss=finetune(),
+        lr=0.1,
+        max_steps=1,
+        batch_size=len(retain),  # one full batch: the loss is the mean CE over the retain set
+        weight_decay=0.0,
+        optimizer=probe,
+        create_graph=True,
+        progress=False,
+    )
+    assert made[0].had_graph == [True]
+    params = tuple(p.detach().clone() for p in model.parameters())
+    names = [name for name, _ in model.named_parameters()]
+
+    def loss_at(*values):
+        state = dict(zip(names, values, strict=True))
+        return full_batch_loss(lambda x: torch.func.functional_call(model, state, (x,)), retain)
+
+    _, expected = torch.autograd.functional.hvp(
+        loss_at, params, tuple(torch.ones_like(p) for p in params)
+    )
+    for got, want in zip(made[0].products[0], expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_an_optimizer_that_needs_the_graph_without_create_graph_says_so(tiny):
+    retain, forget = tiny
+    model = make_mlp(0)
+    before = snapshot(model)
+    with pytest.raises(ModeConnError, match=r"HessianProbe\.step\(\).*pass create_graph=True"):
+        unlearn(
+            model,
+            retain,
+            forget,
+            loss=finetune(),
+            lr=0.1,
+            epochs=1,
+            optimizer=HessianProbe,
+            progress=False,
+        )
+    assert same_state(snapshot(model), before)
+
+
+def test_create_graph_is_refused_where_it_cannot_work(tiny, monkeypatch):
+    retain, forget = tiny
+    curve = CurveModel(make_mlp(0), end=make_mlp(1))
+    with pytest.raises(ModeConnError, match=r"fit_curve.*differentiable once"):
+        fit_curve(
+            curve,
+            retain,
+            forget,
+            loss=mcu_objective(0.1),
+            lr=0.1,
+            epochs=1,
+            create_graph=True,
+            progress=False,
+        )
+    import modeconn_unlearn.training.loop as loop
+
+    monkeypatch.setattr(loop, "is_distributed", lambda: True)
+    with pytest.raises(ModeConnError, match="torchrun"):
+        unlearn(
+            make_mlp(0),
+            retain,
+            forget,
+            loss=finetune(),
+            lr=0.1,
+            epochs=1,
+            create_graph=True,
+            progress=False,
+        )
+
+
+def test_sophiah_is_pytorch_optimizers_sophiah_under_the_loop(tiny):
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+    retain, _ = tiny
+    args = dict(lr=0.05, max_steps=3, batch_size=len(retain), seed=3, progress=False)
+    ours = unlearn(
+        make_mlp(0), retain, None, loss=finetune(), optimizer="sophiah", create_graph=True, **args
+    )
+    # By hand: the same full batch, SophiaH's defaults and the loop's weight decay, with the
+    # global RNG (the Hutchinson probes) seeded as the loop seeds it.
+    model = make_mlp(0)
+    optimizer = pytorch_optimizer.SophiaH(model.parameters(), lr=0.05, weight_decay=5e-4)
+    torch.manual_seed(3)
+    for _ in range(3):
+        optimizer.zero_grad(set_to_none=True)
+        full_batch_loss(model, retain).backward(create_graph=True)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    moved = sum(
+        float((a - b).abs().sum())
+        for a, b in zip(snapshot(ours).values(), snapshot(make_mlp(0)).values(), strict=True)
+    )
+    assert moved > 0.0
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_sophiah_without_the_package_gives_an_install_hint(tiny, monkeypatch):
+    import sys
+
+    retain, forget = tiny
+    monkeypatch.setitem(sys.modules, "pytorch_optimizer", None)  # import fails
+    with pytest.raises(ModeConnError, match=r"pip install 'modeconn_unlearn\[second-order\]'"):
+        unlearn(
+            make_mlp(0),
+            retain,
+            forget,
+            loss=finetune(),
+            lr=0.1,
+            epochs=1,
+            optimizer="sophiah",
+            create_graph=True,
+            progress=False,
+        )
 
 
 # --------------------------------------------------------------------------- language models

@@ -75,6 +75,8 @@ def _settings(config: TrainConfig, num_samples: int, weight_decay: float) -> dic
         settings["max_steps"] = int(config.max_steps)
     if config.curriculum is not None:
         settings["curriculum"] = config.curriculum
+    if config.create_graph:
+        settings["create_graph"] = True
     if world_size() > 1:
         settings["world_size"] = world_size()
     return settings
@@ -261,8 +263,9 @@ def unlearn(
             ``batch_size``, ``retain_ratio``, ``scheduler``, ``seed``, ``device``,
             ``progress``, ``checkpoint_dir`` (``unlearn.pt`` there), ``resume``,
             ``callbacks``, ``max_steps``, ``step_callback``, ``compile``,
-            ``curriculum``). Without ``config``, ``lr`` and ``epochs`` (or
-            ``max_steps``) are required.
+            ``curriculum``, ``create_graph`` (for second-order optimizers such
+            as ``optimizer="sophiah"``)). Without ``config``, ``lr`` and
+            ``epochs`` (or ``max_steps``) are required.
 
     Returns:
         The unlearned model: a new module of ``model``'s class, in ``model``'s
@@ -393,7 +396,8 @@ def fit_curve(
             ``(low, high)`` range); ``weight_decay`` defaults to 0 here, since
             decaying a bend pulls it towards zero weights rather than the ends;
             ``checkpoint_dir`` writes ``fit_curve.pt``; ``compile=True`` compiles
-            the curve.
+            the curve; ``create_graph`` does not apply (the curve's fused weight
+            combination is differentiable once, so no second-order optimizer).
 
     Returns:
         The :class:`History` of the epochs run (with ``resume``, of all epochs).
@@ -427,6 +431,12 @@ def fit_curve(
         )
     loss = _check_objective(loss)
     cfg = resolve_config(config, overrides, where="fit_curve")
+    if cfg.create_graph:
+        raise ModeConnError(
+            "fit_curve() cannot use create_graph=True: the curve's fused weight combination "
+            "is differentiable once only, so a second-order optimizer cannot train a curve. "
+            "Use a first-order optimizer ('sgd', 'adam', 'adamw') for the curve."
+        )
     params = list(curve.parameters())
     if not params:
         raise ModeConnError(

@@ -27,6 +27,7 @@ __all__ = [
     "TrainConfig",
     "make_optimizer",
     "resolve_config",
+    "second_order_optimizer",
 ]
 
 OptimizerSpec = str | Callable[..., Optimizer]
@@ -35,7 +36,11 @@ Callback = Callable[["EpochRecord", nn.Module], None]
 StepCallback = Callable[[int, nn.Module], None]
 TSamplerSpec = Callable[[], float] | tuple[float, float]
 
-_OPTIMIZERS = ("sgd", "adam", "adamw")
+_OPTIMIZERS = ("sgd", "adam", "adamw", "sophiah")
+_SECOND_ORDER_HINT = (
+    "optimizer='sophiah' needs the package pytorch-optimizer: pip install "
+    "'modeconn_unlearn[second-order]' (or pip install pytorch-optimizer)."
+)
 _CURRICULA = ("easy_first", "hard_first")
 
 
@@ -70,9 +75,12 @@ class TrainConfig:
         lr: Learning rate (> 0).
         epochs: Number of epochs; may be ``None`` when ``max_steps`` is given
             (then as many epochs as ``max_steps`` needs).
-        optimizer: ``"sgd"`` (with ``momentum``), ``"adam"``, ``"adamw"``, or a
-            callable ``(params, lr=...) -> Optimizer`` (any maintained optimiser,
-            e.g. a second-order one; ``momentum`` and ``weight_decay`` then do not apply).
+        optimizer: ``"sgd"`` (with ``momentum``), ``"adam"``, ``"adamw"``,
+            ``"sophiah"`` (``pytorch_optimizer.SophiaH``, a second-order optimiser
+            with a Hutchinson estimate of the Hessian diagonal, from the
+            ``second-order`` extra; needs ``create_graph=True``), or a callable
+            ``(params, lr=...) -> Optimizer`` (any maintained optimiser;
+            ``momentum`` and ``weight_decay`` then do not apply).
         momentum: SGD momentum (>= 0).
         weight_decay: Weight decay (>= 0); ``None`` means the function's default
             (5e-4 for ``unlearn``/``retrain``, 0 for ``fit_curve``, since decaying a
@@ -101,11 +109,22 @@ class TrainConfig:
             stay shuffled.
         t_sampler: ``fit_curve`` only: a callable returning ``t`` or a
             ``(low, high)`` range for U(low, high), for this run.
+        create_graph: Backpropagate with ``create_graph=True``, so that the
+            optimizer can differentiate the gradients once more (Hessian-vector
+            products: ``"sophiah"``, or a callable optimizer such as
+            ``functools.partial(pytorch_optimizer.AdaHessian, ...)``). A step
+            then costs about twice the time and memory; the gradients, which
+            hold the graph, are cleared after every step. Not with ``compile``
+            (compiled graphs are differentiated once), under ``torchrun`` (DDP
+            does not support double backward) or in ``fit_curve`` (the curve's
+            fused weight combination is differentiable once).
 
     Example:
         >>> config = TrainConfig(lr=0.01, epochs=5)
         >>> config.replace(max_steps=20).max_steps
         20
+        >>> config.replace(optimizer="sophiah", create_graph=True).create_graph
+        True
         >>> TrainConfig(lr=0.01)
         Traceback (most recent call last):
         ...
@@ -131,6 +150,7 @@ class TrainConfig:
     compile: bool | str = False
     curriculum: Literal["easy_first", "hard_first"] | None = None
     t_sampler: TSamplerSpec | None = None
+    create_graph: bool = False
 
     def __post_init__(self) -> None:
         _number(self.lr, "lr", positive=True)
@@ -141,7 +161,8 @@ class TrainConfig:
         if isinstance(self.optimizer, str):
             if self.optimizer.lower() not in _OPTIMIZERS:
                 raise ModeConnError(
-                    f"unknown optimizer {self.optimizer!r}; use 'sgd', 'adam', 'adamw' or a "
+                    f"unknown optimizer {self.optimizer!r}; use 'sgd', 'adam', 'adamw', "
+                    "'sophiah' or a "
                     "callable (params, lr=...) -> torch.optim.Optimizer such as "
                     "torch.optim.RMSprop."
                 )
@@ -168,7 +189,7 @@ class TrainConfig:
                 torch.device(self.device)
             except (RuntimeError, TypeError):
                 raise ModeConnError(f"device {self.device!r} is not a torch device.") from None
-        for name in ("progress", "resume"):
+        for name in ("progress", "resume", "create_graph"):
             if not isinstance(getattr(self, name), bool):
                 raise ModeConnError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if self.resume and self.checkpoint_dir is None:
@@ -193,6 +214,24 @@ class TrainConfig:
                 f"curriculum must be None, 'easy_first' or 'hard_first', got {self.curriculum!r}."
             )
         self._check_t_sampler()
+        self._check_create_graph()
+
+    def _check_create_graph(self) -> None:
+        if self.create_graph and self.compile is not False:
+            raise ModeConnError(
+                "create_graph=True cannot be combined with compile=...: a compiled module is "
+                "differentiated once only (no double backward). Drop compile for a "
+                "second-order optimizer."
+            )
+        if (
+            isinstance(self.optimizer, str)
+            and self.optimizer.lower() == "sophiah"
+            and not self.create_graph
+        ):
+            raise ModeConnError(
+                "optimizer='sophiah' estimates the Hessian from the graph of the gradients: "
+                "pass create_graph=True as well."
+            )
 
     def _check_t_sampler(self) -> None:
         sampler = self.t_sampler
@@ -302,4 +341,29 @@ def make_optimizer(
         )
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sophiah":
+        return second_order_optimizer("SophiaH")(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def second_order_optimizer(name: str) -> Callable[..., Optimizer]:
+    """The optimizer class ``name`` of ``pytorch_optimizer`` (the ``second-order`` extra).
+
+    Raises:
+        ModeConnError: ``pytorch-optimizer`` is not installed (the message says
+            how to install it), or it has no optimizer of that name.
+
+    Example:
+        >>> import pytest
+        >>> _ = pytest.importorskip("pytorch_optimizer")
+        >>> second_order_optimizer("SophiaH").__name__
+        'SophiaH'
+    """
+    try:
+        import pytorch_optimizer
+    except ImportError:
+        raise ModeConnError(_SECOND_ORDER_HINT) from None
+    found = getattr(pytorch_optimizer, name, None)
+    if not (isinstance(found, type) and issubclass(found, Optimizer)):
+        raise ModeConnError(f"pytorch_optimizer has no optimizer named {name!r}.")
+    return found

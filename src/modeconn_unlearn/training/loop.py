@@ -15,6 +15,7 @@ import inspect
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,22 +134,49 @@ def _check_gradients(params: list[Tensor], where: str, module: nn.Module) -> Non
         )
 
 
+def _backward(value: Tensor, create_graph: bool) -> None:
+    if not create_graph:
+        value.backward()  # type: ignore[no-untyped-call]
+        return
+    with warnings.catch_warnings():
+        # torch warns of the parameter <-> gradient reference cycle; _step breaks it by
+        # clearing the gradients after every optimizer step.
+        warnings.filterwarnings("ignore", message=".*create_graph=True.*", category=UserWarning)
+        value.backward(create_graph=True)  # type: ignore[no-untyped-call]
+
+
+def _optimizer_step(run: Run, where: str) -> None:
+    try:
+        run.optimizer.step()
+    except RuntimeError as error:
+        if run.config.create_graph or "does not have a grad_fn" not in str(error):
+            raise
+        raise ModeConnError(
+            f"{where}: {type(run.optimizer).__name__}.step() differentiates the gradients "
+            "again (e.g. a Hutchinson Hessian estimate), but they carry no graph; pass "
+            f"create_graph=True. ({error})"
+        ) from error
+
+
 def _step(run: Run, forward: nn.Module, batch: Any, params: list[Tensor], where: str) -> float:
     """One optimizer step; on any failure the module's buffers are restored and nothing moves."""
     buffers = [(b, b.detach().clone()) for b in run.module.buffers()]
+    create_graph = run.config.create_graph
     try:
         value = run.loss(forward, move_to_device(batch, run.device))
         scalar = _checked_scalar(value, where, run.module)
         run.optimizer.zero_grad(set_to_none=True)
-        value.backward()  # type: ignore[no-untyped-call]
+        _backward(value, create_graph)
         _check_gradients(params, where, run.module)
+        _optimizer_step(run, where)
     except BaseException:
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)
         run.optimizer.zero_grad(set_to_none=True)
         raise
-    run.optimizer.step()
+    if create_graph:
+        run.optimizer.zero_grad(set_to_none=True)  # the gradients hold the graph
     run.after_step()
     return scalar
 
@@ -209,6 +237,11 @@ def train(run: Run) -> History:
     epochs = config.epochs if config.epochs is not None else -(-int(max_steps or 0) // steps)
     path = None if config.checkpoint_dir is None else Path(config.checkpoint_dir) / f"{run.kind}.pt"
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    if config.create_graph and is_distributed():
+        raise ModeConnError(
+            "create_graph=True is not supported under torchrun (DistributedDataParallel does "
+            "not support double backward); run a second-order optimizer in one process."
+        )
     with seeded(int(config.seed), run.device):
         history, start, step = _resume(run, path, epochs)
         forward = _forward_module(run)
