@@ -1,342 +1,424 @@
-"""Mode connectivity of unlearned models on Fashion-MNIST.
+"""Mode connectivity of unlearned models where unlearning has to move: a memorising original.
 
-A BatchNorm SmallCNN is trained on a subset of Fashion-MNIST; a random 10% forget set
-is then unlearned with FT, GA, NegGrad+, RL, SalUn and retraining from scratch, two
-seeds each (12 models). The script reports:
+Regime: the world of ``benchmarks/mcu_table.py`` (Fashion-MNIST, the first 5000 training
+images with 10 % carved off before training, a BatchNorm CNN with a dense head, width 16,
+SGD lr 0.05 momentum 0.9, weight decay 5e-4, cosine, batch 64, 12 epochs: the original
+memorises its training set). Retraining from scratch on the retain set with the same recipe
+is the reference; the regime numbers (UA, RA, TA of the original and of retraining) are
+printed and saved.
 
-1. the accuracies of every model (retain, forget, test);
-2. the linear and the trained-curve barrier matrices (mean cross-entropy) on the retain,
-   forget and test data, and whether same-method/different-seed pairs are more
-   connected than cross-method pairs;
-3. relearning speed: forget accuracy while fine-tuning on a few forget samples, at the
-   original model, at every unlearned model, and along an MCU path (masked curve from
-   the original to the SalUn model, trained with the adaptive-β MCU objective).
+Study (the conditions of the mode-connectivity-in-unlearning analysis):
+
+* forget set: random 1 %, random 10 %, one whole class (0, T-shirt/top);
+* optimisation condition of the unlearning run (options of ``mcu.unlearn``):
+  ``default`` (shuffled mini-batch SGD), ``curriculum`` (``curriculum="easy_first"``: the
+  forget samples in ascending order of the original's per-sample loss, spread evenly over
+  the epoch; the retain samples stay shuffled) and ``sophia`` (``optimizer="sophiah"``,
+  ``create_graph=True``: pytorch-optimizer's SophiaH, a clipped second-order method with a
+  Hutchinson estimate of the Hessian diagonal);
+* methods: FT, GA, NegGrad+, RL, SalUn under the default condition (the settings
+  ``mcu_table.py`` tuned), GA, NegGrad+, RL, SalUn under the other two (FT uses no forget
+  sample, so a curriculum of forget samples does not apply to it), two seeds each, plus
+  retraining (two seeds per forget set).
+
+For every forget set and condition the barrier (mean cross-entropy, and error in %) is
+measured on the retain, forget and test data along the straight line and along a trained
+quadratic Bezier curve (middle bend trained on retain data with both ends fixed) between
+these pairs: ``same`` (the two seeds of one method), ``cross`` (two methods, seed 0),
+``retrain`` (a method vs retraining, seed 0), ``original`` (a method vs the original), and,
+once per forget set, ``retrain_seeds`` (the two retrained models). Every point, the ends
+included, is scored with BatchNorm statistics re-estimated on a retain subset.
+
+SophiaH's learning rate is chosen per method before the study, on the random 10 % forget
+set and an unreported seed (100), as the value of a small grid whose forget accuracy is
+closest to that of the default run: the conditions then forget about as much, and a
+difference in barriers comes from the optimiser rather than from the step size.
 
 Results go to ``benchmarks/results/connectivity[_quick].{json,md}``.
 
 Usage:
-    python benchmarks/connectivity.py            # full: about 15 minutes on 2 CPU cores
+    python benchmarks/connectivity.py            # full: about 30 minutes, one thread
     python benchmarks/connectivity.py --quick    # smoke run, under a minute
-
-Sized for a small CPU machine: 10k training images, a 16-channel CNN, a few epochs;
-numbers are for comparison between methods, not state-of-the-art accuracies.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
-import json
 import logging
-import platform
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
-from modeconn_unlearn import losses
-from modeconn_unlearn.connectivity import (
-    ConnectivityMatrix,
-    connectivity_matrix,
-    relearn_attack,
-    relearn_path,
-)
+import modeconn_unlearn as mcu
+from modeconn_unlearn.cloning import clone_module
+from modeconn_unlearn.connectivity import BarrierResult, connect
+from modeconn_unlearn.connectivity.barriers import linear_curve
 from modeconn_unlearn.curve_model import CurveModel
-from modeconn_unlearn.data import forget_retain_split
 from modeconn_unlearn.datasets import load_fashion_mnist
-from modeconn_unlearn.evaluation import evaluate, evaluate_path
-from modeconn_unlearn.masks import layer_mask, saliency_mask
-from modeconn_unlearn.selection import find_optimal_t
-from modeconn_unlearn.training import fit_curve, retrain, unlearn
-from modeconn_unlearn.zoo import SmallCNN
+from modeconn_unlearn.evaluation import evaluate, walk_path
+from modeconn_unlearn.recipe import carve_holdout
 
-RESULTS = Path(__file__).parent / "results"
-METHODS = ("FT", "GA", "NegGrad+", "RL", "SalUn", "retrain")
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import (
+    RESULTS,
+    Base,
+    cosine,
+    environment,
+    labels_of,
+    loader,
+    model_factory,
+    random_subset,
+    write_json,
+)
+
 log = logging.getLogger("benchmarks.connectivity")
+FORGET = {"random1": ("ratio", 0.01), "random10": ("ratio", 0.1), "class": ("class", 0)}
+SPLITS = ("retain", "forget", "test")
+PATHS = ("linear", "curve")
+KINDS = ("same", "cross", "retrain", "original", "retrain_seeds")
+# Base settings chosen by benchmarks/mcu_table.py's tuning (mcu_table_tuning.json,
+# "chosen_base"): one epoch each, batch 128, SGD momentum 0.9, weight decay 5e-4.
+TUNED_LR = {
+    "random1": {"FT": 0.04, "GA": 0.2, "NegGrad+": 0.04, "RL": 0.04, "SalUn": 0.04},
+    "random10": {"FT": 0.04, "GA": 0.2, "NegGrad+": 0.04, "RL": 0.04, "SalUn": 0.04},
+    "class": {"FT": 0.04, "GA": 0.05, "NegGrad+": 0.01, "RL": 0.04, "SalUn": 0.04},
+}
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Config:
-    train_size: int  # Fashion-MNIST training images used (forget = 10% of them)
-    test_size: int
-    width: int  # SmallCNN width
-    epochs: int  # original model and retraining
-    lr: float
-    eval_size: int  # retain images for evaluation and BatchNorm re-estimation
-    ts: int  # points per path (both ends included)
-    curve_train_size: int  # retain images a pair's curve is trained on
-    curve_epochs: int
-    curve_lr: float
-    relearn_samples: int
-    relearn_steps: int
-    relearn_lr: float
-    mcu_epochs: int
+    """Every size and hyperparameter of a run (saved with the results)."""
+
+    pool_size: int = 5000
+    holdout_fraction: float = 0.1
+    test_size: int = 2000
+    width: int = 16
+    epochs: int = 12
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    world_seed: int = 0
+    scenarios: tuple[str, ...] = ("random1", "random10", "class")
+    conditions: tuple[str, ...] = ("default", "curriculum", "sophia")
+    methods: tuple[str, ...] = ("FT", "GA", "NegGrad+", "RL", "SalUn")
+    extra_methods: tuple[str, ...] = ("GA", "NegGrad+", "RL", "SalUn")
     seeds: tuple[int, ...] = (0, 1)
-    forget_ratio: float = 0.1
-    forget_class: int = 0  # class-wise scenario of the relearning study (0 = T-shirt/top)
+    retrain_seeds: tuple[int, ...] = (0, 1)
+    unlearn_epochs: int = 1
+    unlearn_batch_size: int = 128
+    salun_sparsity: float = 0.5
+    sophia_grid: tuple[float, ...] = (0.02, 0.06, 0.2)
+    sophia_tune_scenario: str = "random10"
+    sophia_tune_seed: int = 100
+    eval_size: int = 500  # retain images: BatchNorm re-estimation and the retain split
+    path_test_size: int = 500  # test images scored along the paths
+    ts: int = 5  # points per path, both ends included
+    curve_train_size: int = 2000  # retain images a pair's curve is trained on
+    curve_epochs: int = 1
+    curve_lr: float = 0.02
+    threads: int = 1
 
 
-FULL = Config(
-    train_size=10_000,
-    test_size=1_000,
-    width=16,
-    epochs=6,
-    lr=0.05,
-    eval_size=500,
-    ts=5,
-    curve_train_size=2_000,
-    curve_epochs=1,
-    curve_lr=0.02,
-    relearn_samples=50,
-    relearn_steps=10,
-    relearn_lr=0.005,
-    mcu_epochs=2,
-)
-QUICK = Config(
-    train_size=1_500,
-    test_size=300,
+FULL = Config()
+QUICK = dataclasses.replace(
+    Config(),
+    pool_size=600,
+    test_size=200,
     width=4,
-    epochs=1,
-    lr=0.05,
-    eval_size=200,
+    epochs=2,
+    scenarios=("random10", "class"),
+    methods=("GA", "RL"),
+    extra_methods=("GA",),
+    sophia_grid=(0.06,),
+    eval_size=100,
+    path_test_size=100,
     ts=3,
-    curve_train_size=200,
-    curve_epochs=1,
-    curve_lr=0.02,
-    relearn_samples=20,
-    relearn_steps=3,
-    relearn_lr=0.01,
-    mcu_epochs=1,
+    curve_train_size=100,
 )
 
 
-def subset(dataset: Dataset[Any], size: int, seed: int) -> Subset[Any]:
-    n = len(dataset)  # type: ignore[arg-type]
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return Subset(dataset, order[: min(size, n)].tolist())
-
-
-def cosine(epochs: int) -> Callable[[torch.optim.Optimizer], Any]:
-    def factory(optimizer: torch.optim.Optimizer) -> Any:
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-
-    return factory
-
-
-def accuracies(model: nn.Module, splits: dict[str, Any]) -> dict[str, float]:
-    return {name: round(evaluate(model, data).accuracy, 2) for name, data in splits.items()}
-
-
-def fresh_model(cfg: Config) -> Callable[[], nn.Module]:
-    return lambda: SmallCNN(1, 10, width=cfg.width)
-
-
-def train_original(cfg: Config, train: Dataset[Any]) -> nn.Module:
-    model = retrain(
-        fresh_model(cfg),
-        train,
+# --------------------------------------------------------------------------- models
+def train_model(cfg: Config, data: Any, seed: int) -> nn.Module:
+    """The original's recipe, on ``data`` from a fresh initialisation drawn with ``seed``."""
+    return mcu.retrain(
+        model_factory("cnn", cfg.width),
+        data,
         epochs=cfg.epochs,
         lr=cfg.lr,
-        seed=100,
+        weight_decay=cfg.weight_decay,
+        batch_size=cfg.batch_size,
         scheduler=cosine(cfg.epochs),
+        seed=seed,
         progress=False,
-    )
-    return model.eval()
+    ).eval()
 
 
-def unlearn_models(
+def condition_options(condition: str, method: str, sophia_lr: dict[str, float]) -> dict[str, Any]:
+    """The ``unlearn`` keywords of an optimisation condition."""
+    if condition == "default":
+        return {}
+    if condition == "curriculum":
+        return {"curriculum": "easy_first"}
+    if condition == "sophia":
+        return {"optimizer": "sophiah", "create_graph": True, "lr": sophia_lr[method]}
+    raise ValueError(f"unknown condition {condition!r}")
+
+
+def unlearn_one(
     cfg: Config,
+    scenario: str,
+    method: str,
     original: nn.Module,
-    retain: Dataset[Any],
-    forget: Dataset[Any],
+    retain: Any,
+    forget: Any,
     *,
-    methods: tuple[str, ...] = METHODS,
-    seeds: tuple[int, ...] = (0,),
-) -> tuple[dict[str, nn.Module], dict[str, str]]:
-    """``{"method/s<seed>": model}`` and ``{name: method}`` for every method and seed."""
-    common: dict[str, Any] = {"progress": False}
-    salun_mask = saliency_mask(original, forget, sparsity=0.5) if "SalUn" in methods else None
-    recipes: dict[str, Callable[[int], nn.Module]] = {
-        "FT": lambda s: unlearn(
-            original, retain, forget, loss=losses.finetune(), epochs=2, lr=0.02, seed=s, **common
-        ),
-        "GA": lambda s: unlearn(
-            original,
-            retain,
-            forget,
-            loss=losses.gradient_ascent(),
-            epochs=1,
-            lr=3e-3,
-            seed=s,
-            **common,
-        ),
-        "NegGrad+": lambda s: unlearn(
-            original,
-            retain,
-            forget,
-            loss=losses.neggrad_plus(0.9),
-            epochs=1,
-            lr=0.02,
-            seed=s,
-            **common,
-        ),
-        "RL": lambda s: unlearn(
-            original,
-            retain,
-            forget,
-            loss=losses.random_label(10),
-            epochs=1,
-            lr=0.02,
-            seed=s,
-            **common,
-        ),
-        "SalUn": lambda s: unlearn(
-            original,
-            retain,
-            forget,
-            loss=losses.random_label(10),
-            epochs=1,
-            lr=0.02,
-            mask=salun_mask,
-            seed=s,
-            **common,
-        ),
-        "retrain": lambda s: retrain(
-            fresh_model(cfg),
-            retain,
-            epochs=cfg.epochs,
-            lr=cfg.lr,
-            seed=s,
-            scheduler=cosine(cfg.epochs),
-            **common,
-        ),
-    }
-    models: dict[str, nn.Module] = {}
-    groups: dict[str, str] = {}
-    for method, seed in itertools.product(methods, seeds):
-        start = time.perf_counter()
-        name = f"{method}/s{seed}"
-        models[name] = recipes[method](seed).eval()
-        groups[name] = method
-        log.info("trained %s in %.1fs", name, time.perf_counter() - start)
-    return models, groups
+    seed: int,
+    options: dict[str, Any],
+    mask: dict[str, torch.Tensor] | None,
+) -> nn.Module:
+    base = Base(method, cfg.unlearn_epochs, TUNED_LR[scenario][method], cfg.salun_sparsity)
+    settings: dict[str, Any] = {"lr": base.lr, **options}
+    return mcu.unlearn(
+        original,
+        retain,
+        forget,
+        loss=base.loss(),
+        epochs=base.epochs,
+        mask=mask if method == "SalUn" else None,
+        batch_size=cfg.unlearn_batch_size,
+        seed=seed,
+        progress=False,
+        **settings,
+    ).eval()
 
 
-def group_means(matrix: ConnectivityMatrix, groups: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Mean barrier of same-method pairs, cross-method pairs, and pairs with retraining."""
-    names = matrix.names
-    kinds: dict[str, list[tuple[int, int]]] = {"same_method": [], "cross_method": [], "retrain": []}
-    for i, j in itertools.combinations(range(len(names)), 2):
-        a, b = groups[names[i]], groups[names[j]]
-        if a == b:
-            kinds["same_method"].append((i, j))
-        elif "retrain" in (a, b):
-            kinds["retrain"].append((i, j))
-        else:
-            kinds["cross_method"].append((i, j))
-    out: dict[str, dict[str, Any]] = {}
-    for split in matrix.splits:
-        m = matrix[split]
-        out[split] = {
-            kind: float(np.mean([m[i, j] for i, j in pairs])) if pairs else None
-            for kind, pairs in kinds.items()
-        }
-        same_unlearned = [m[i, j] for i, j in kinds["same_method"] if groups[names[i]] != "retrain"]
-        out[split]["same_method_without_retrain"] = (
-            float(np.mean(same_unlearned)) if same_unlearned else None
-        )
+# --------------------------------------------------------------------------- scoring
+def point_scores(model: nn.Module, splits: dict[str, DataLoader[Any]]) -> dict[str, list[float]]:
+    """``{split: [loss, error %]}`` of a model that is already BatchNorm-re-estimated."""
+    out = {}
+    for name, data in splits.items():
+        metrics = evaluate(model, data)
+        out[name] = [float(metrics.loss), 100.0 - float(metrics.accuracy)]
     return out
 
 
-def mcu_path(
-    cfg: Config,
-    original: nn.Module,
-    end: nn.Module,
-    retain: Dataset[Any],
-    forget: Dataset[Any],
-    splits: dict[str, Any],
-    targets: dict[str, float],
-) -> tuple[CurveModel, dict[str, Any]]:
-    """MCU: a masked Bezier curve from the original to ``end`` with the adaptive-β objective."""
-    mask_data = subset(retain, 1_000, seed=7)
-    mask = layer_mask(original, mask_data, forget, k=0.5, kr=0.1)
-    curve = CurveModel(original, start=original, end=end, num_bends=3, mask=mask)
-    beta = losses.AdaptiveBeta(retain_target=targets["retain"], forget_target=targets["forget"])
-    history = fit_curve(
-        curve,
-        retain,
-        forget,
-        loss=losses.mcu_objective(beta),
-        epochs=cfg.mcu_epochs,
-        lr=0.01,
-        retain_ratio=0.5,
-        seed=0,
-        progress=False,
-    )
-    report = evaluate_path(
-        curve, splits, ts=11 if cfg.ts > 3 else 5, bn_loader=splits["retain"], progress=False
-    )
-    best = find_optimal_t(
-        report.t,
-        report.acc("retain"),
-        report.acc("forget"),
-        retain_target=targets["retain"],
-        forget_target=targets["forget"],
-    )
-    summary = {
-        "t": report.t.tolist(),
-        "accuracy": {s: report.acc(s).round(2).tolist() for s in splits},
-        "optimal_t": best.t,
-        "optimal_avg_gap": best.avg_gap,
-        "targets": targets,
-        "fit_history": history.to_dict(),
-    }
-    return curve, summary
+def end_scores(
+    model: nn.Module, splits: dict[str, DataLoader[Any]], bn: DataLoader[Any]
+) -> dict[str, list[float]]:
+    """Scores of a model exactly as at a path end: a copy, BatchNorm re-estimated on ``bn``."""
+    copy = clone_module(model)
+    mcu.update_bn(copy, bn)
+    return point_scores(copy.eval(), splits)
 
 
-def relearning_study(
-    cfg: Config,
-    original: nn.Module,
-    models: dict[str, nn.Module],
-    retain: Dataset[Any],
-    forget: Dataset[Any],
-    splits: dict[str, Any],
-    *,
-    mcu_end: str,
-) -> dict[str, Any]:
-    """Relearning at the original and every unlearned model, then along an MCU path."""
-    attack: dict[str, Any] = {
-        "steps": cfg.relearn_steps,
-        "lr": cfg.relearn_lr,
-        "samples": cfg.relearn_samples,
-        "seed": 0,
-    }
-    endpoints = {
-        name: relearn_attack(model, forget, **attack).to_dict()
-        for name, model in {"original": original, **models}.items()
-    }
-    retrained = [m for name, m in models.items() if name.startswith("retrain/")]
-    targets = {
-        split: float(np.mean([evaluate(m, splits[split]).accuracy for m in retrained]))
-        for split in ("retain", "forget")
-    }
-    curve, summary = mcu_path(cfg, original, models[mcu_end], retain, forget, splits, targets)
-    ts = sorted({0.0, 0.5, round(summary["optimal_t"], 3), 1.0})
-    along = relearn_path(curve, ts, forget, bn_loader=splits["retain"], progress=False, **attack)
+def path_barriers(
+    curve: CurveModel,
+    ends: tuple[dict[str, list[float]], dict[str, list[float]]],
+    splits: dict[str, DataLoader[Any]],
+    bn: DataLoader[Any],
+    ts: np.ndarray,
+) -> dict[str, dict[str, BarrierResult]]:
+    """``{metric: {split: BarrierResult}}`` along ``curve`` (interior points evaluated)."""
+    values = {split: np.empty((len(ts), 2)) for split in splits}
+    for split in splits:
+        values[split][0], values[split][-1] = ends[0][split], ends[1][split]
+    for i, (_, model) in enumerate(walk_path(curve, ts[1:-1], bn_loader=bn), start=1):
+        for split, pair in point_scores(model, splits).items():
+            values[split][i] = pair
     return {
-        "endpoints": endpoints,
-        "mcu_path": {**summary, "end": mcu_end, "relearn": along.to_dict()},
+        metric: {
+            split: BarrierResult(t=ts, values=values[split][:, k], metric=metric, split=split)
+            for split in splits
+        }
+        for k, metric in enumerate(("loss", "error"))
     }
+
+
+# --------------------------------------------------------------------------- study
+@dataclasses.dataclass
+class Scenario:
+    """One forget set: its data, retrained models and the scoring loaders."""
+
+    name: str
+    retain: Any
+    forget: Any
+    test: Any
+    splits: dict[str, DataLoader[Any]]
+    bn: DataLoader[Any]
+    curve_data: Any
+    retrained: dict[str, nn.Module]
+
+
+def make_split(cfg: Config, train: Any, test: Any, name: str) -> tuple[Any, Any, Any]:
+    kind, value = FORGET[name]
+    if kind == "ratio":
+        retain, forget = mcu.forget_retain_split(train, forget_ratio=value, seed=cfg.world_seed)
+        return retain, forget, test
+    retain, forget = mcu.forget_retain_split(train, forget_class=int(value))
+    keep = torch.nonzero(labels_of(test) != value).flatten().tolist()
+    return retain, forget, Subset(test, keep)
+
+
+def pairs_of(names: dict[str, str], seeds: tuple[int, ...]) -> Iterator[tuple[str, str, str]]:
+    """``(kind, a, b)`` for the pairs of one condition (``names``: model name -> method)."""
+    methods = sorted({m for m in names.values() if m not in ("original", "retrain")})
+    first, second = seeds[0], seeds[-1]
+    for method in methods:
+        if second != first:
+            yield "same", f"{method}/s{first}", f"{method}/s{second}"
+    for a, b in itertools.combinations(methods, 2):
+        yield "cross", f"{a}/s{first}", f"{b}/s{first}"
+    for method in methods:
+        yield "retrain", f"{method}/s{first}", f"retrain/s{first}"
+    for method in methods:
+        yield "original", "original", f"{method}/s{first}"
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two models have bit-identical states (parameters and buffers)."""
+    state_a, state_b = a.state_dict(), b.state_dict()
+    return state_a.keys() == state_b.keys() and all(
+        torch.equal(state_a[k], state_b[k]) for k in state_a
+    )
+
+
+def measure_pairs(
+    cfg: Config,
+    pairs: list[tuple[str, str, str]],
+    models: dict[str, nn.Module],
+    ends: dict[str, dict[str, list[float]]],
+    sc: Scenario,
+    label: str,
+) -> list[dict[str, Any]]:
+    """Linear and curve barriers of every pair; one record per pair."""
+    ts = np.linspace(0.0, 1.0, cfg.ts)
+    records = []
+    for kind, a, b in pairs:
+        began = time.perf_counter()
+        record: dict[str, Any] = {"kind": kind, "a": a, "b": b}
+        if same_weights(models[a], models[b]):
+            # e.g. GA on a forget set that fits in one batch, or under a curriculum: the
+            # seed changes nothing, and the barrier is 0 by construction (left out of means)
+            record["identical"] = True
+            records.append(record)
+            log.info("%s %s %s-%s: identical models", label, kind, a, b)
+            continue
+        line = linear_curve(models[a], models[a], models[b])
+        curve = connect(
+            models[a],
+            models[b],
+            sc.curve_data,
+            epochs=cfg.curve_epochs,
+            lr=cfg.curve_lr,
+            seed=0,
+            progress=False,
+        )
+        for path, along in (("linear", line), ("curve", curve)):
+            found = path_barriers(along, (ends[a], ends[b]), sc.splits, sc.bn, ts)
+            record[path] = {
+                metric: {split: r.to_dict() for split, r in per_split.items()}
+                for metric, per_split in found.items()
+            }
+        record["seconds"] = round(time.perf_counter() - began, 2)
+        log.info(
+            "%s %s %s-%s: linear retain %.3f forget %.3f | curve retain %.3f forget %.3f (%.1fs)",
+            label,
+            kind,
+            a,
+            b,
+            record["linear"]["loss"]["retain"]["height"],
+            record["linear"]["loss"]["forget"]["height"],
+            record["curve"]["loss"]["retain"]["height"],
+            record["curve"]["loss"]["forget"]["height"],
+            record["seconds"],
+        )
+        records.append(record)
+    return records
+
+
+def pick_sophia_lr(
+    cfg: Config, original: nn.Module, train: Any, test: Any, masks: dict[str, Any]
+) -> dict[str, Any]:
+    """Per method: the SophiaH lr whose forget accuracy is closest to the default run's."""
+    retain, forget, _ = make_split(cfg, train, test, cfg.sophia_tune_scenario)
+    bn = loader(random_subset(retain, cfg.eval_size, seed=1))
+    forget_loader = loader(forget)
+
+    def forget_acc(model: nn.Module) -> float:
+        copy = clone_module(model)
+        mcu.update_bn(copy, bn)
+        return float(evaluate(copy.eval(), forget_loader).accuracy)
+
+    seed = cfg.sophia_tune_seed
+    mask = masks.get(cfg.sophia_tune_scenario)
+    if mask is None:
+        mask = mcu.saliency_mask(original, forget, sparsity=cfg.salun_sparsity)
+    chosen: dict[str, float] = {}
+    records: list[dict[str, Any]] = []
+    for method in cfg.extra_methods:
+        args = (cfg, cfg.sophia_tune_scenario, method, original, retain, forget)
+        target = forget_acc(unlearn_one(*args, seed=seed, options={}, mask=mask))
+        scores = {}
+        for lr in cfg.sophia_grid:
+            options = {"optimizer": "sophiah", "create_graph": True, "lr": lr}
+            scores[lr] = forget_acc(unlearn_one(*args, seed=seed, options=options, mask=mask))
+            records.append({"method": method, "lr": lr, "forget_acc": scores[lr]})
+        chosen[method] = min(scores, key=lambda lr: (abs(scores[lr] - target), lr))
+        records.append({"method": method, "lr": None, "default_forget_acc": target})
+        log.info(
+            "SophiaH lr for %s: %g (forget acc %.2f vs default %.2f)",
+            method,
+            chosen[method],
+            scores[chosen[method]],
+            target,
+        )
+    return {
+        "rule": "forget accuracy closest to the default (SGD) run's, ties to the smaller lr",
+        "scenario": cfg.sophia_tune_scenario,
+        "seed": seed,
+        "grid": list(cfg.sophia_grid),
+        "chosen": chosen,
+        "records": records,
+    }
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{path: {metric: {split: {kind: {"mean", "n", "min", "max"}}}}`` over the records."""
+    out: dict[str, Any] = {}
+    for path in PATHS:
+        out[path] = {}
+        for metric in ("loss", "error"):
+            out[path][metric] = {}
+            for split in SPLITS:
+                per_kind: dict[str, Any] = {}
+                for kind in KINDS:
+                    heights = [
+                        r[path][metric][split]["height"]
+                        for r in records
+                        if r["kind"] == kind and not r.get("identical")
+                    ]
+                    if heights:
+                        per_kind[kind] = {
+                            "mean": float(np.mean(heights)),
+                            "n": len(heights),
+                            "min": float(np.min(heights)),
+                            "max": float(np.max(heights)),
+                        }
+                out[path][metric][split] = per_kind
+    return out
 
 
 def run(cfg: Config, quick: bool) -> dict[str, Any]:
+    started = time.perf_counter()
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -345,215 +427,266 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
         now = time.perf_counter()
         timings[name] = round(now - clock, 1)
         clock = now
-        log.info("%s done in %.1fs", name, timings[name])
+        log.info("%s done in %.1fs (%.0fs in all)", name, timings[name], now - started)
 
-    train = load_fashion_mnist(limit=cfg.train_size)
-    test = load_fashion_mnist(train=False, limit=cfg.test_size)
-    retain, forget = forget_retain_split(train, forget_ratio=cfg.forget_ratio, seed=0)
-    retain_eval = subset(retain, cfg.eval_size, seed=1)
-    splits = {"retain": retain_eval, "forget": forget, "test": test}
+    pool = load_fashion_mnist(train=True, limit=cfg.pool_size)
+    test_full = load_fashion_mnist(train=False, limit=cfg.test_size)
+    train, holdout = carve_holdout(pool, fraction=cfg.holdout_fraction, seed=cfg.world_seed)
+    original = train_model(cfg, train, cfg.world_seed)
+    regime: dict[str, Any] = {
+        "original": {
+            "train_acc": float(evaluate(original, train).accuracy),
+            "holdout_acc": float(evaluate(original, holdout).accuracy),
+            "test_acc": float(evaluate(original, test_full).accuracy),
+        }
+    }
+    lap("original")
+    log.info("original: %s", regime["original"])
 
-    original = train_original(cfg, train)
-    models, groups = unlearn_models(cfg, original, retain, forget, seeds=cfg.seeds)
-    lap("train_models")
-    model_acc = {"original": accuracies(original, splits)}
-    model_acc.update({name: accuracies(model, splits) for name, model in models.items()})
-    lap("evaluate_models")
+    scenarios: dict[str, Scenario] = {}
+    masks: dict[str, Any] = {}
+    for name in cfg.scenarios:
+        retain, forget, test = make_split(cfg, train, test_full, name)
+        eval_retain = random_subset(retain, cfg.eval_size, seed=1)
+        bn = loader(eval_retain)
+        splits = {
+            "retain": bn,
+            "forget": loader(forget),
+            "test": loader(random_subset(test, cfg.path_test_size, seed=2)),
+        }
+        retrained = {f"retrain/s{s}": train_model(cfg, retain, s) for s in cfg.retrain_seeds}
+        sc = Scenario(
+            name,
+            retain,
+            forget,
+            test,
+            splits,
+            bn,
+            random_subset(retain, cfg.curve_train_size, seed=3),
+            retrained,
+        )
+        scenarios[name] = sc
+        masks[name] = mcu.saliency_mask(original, forget, sparsity=cfg.salun_sparsity)
+        full = {"retain": loader(retain), "forget": loader(forget), "test": loader(test)}
+        regime[name] = {}
+        for label, model in {"original": original, **retrained}.items():
+            scores = end_scores(model, full, bn)
+            regime[name][label] = {
+                "UA": scores["forget"][1],
+                "RA": 100.0 - scores["retain"][1],
+                "TA": 100.0 - scores["test"][1],
+            }
+            log.info("regime %s %s: %s", name, label, regime[name][label])
+        lap(f"retrain_{name}")
 
-    linear = connectivity_matrix(
-        models, splits, ts=cfg.ts, bn_loader=retain_eval, progress=not quick
-    )
-    lap("linear_matrix")
-    curve = connectivity_matrix(
-        models,
-        splits,
-        path="curve",
-        ts=cfg.ts,
-        bn_loader=retain_eval,
-        retain_data=subset(retain, cfg.curve_train_size, seed=2),
-        epochs=cfg.curve_epochs,
-        lr=cfg.curve_lr,
-        progress=not quick,
-    )
-    lap("curve_matrix")
+    sophia = pick_sophia_lr(cfg, original, train, test_full, masks)
+    lap("sophia_lr")
 
-    relearn_random = relearning_study(
-        cfg, original, models, retain, forget, splits, mcu_end=f"SalUn/s{cfg.seeds[0]}"
-    )
-    lap("relearn_random")
-
-    # Class-wise forgetting, where a relearning attack has something to bring back.
-    retain_c, forget_c = forget_retain_split(train, forget_class=cfg.forget_class, seed=0)
-    splits_c = {"retain": subset(retain_c, cfg.eval_size, seed=1), "forget": forget_c, "test": test}
-    models_c, _ = unlearn_models(
-        cfg, original, retain_c, forget_c, methods=("RL", "SalUn", "retrain")
-    )
-    model_acc_c = {"original": accuracies(original, splits_c)}
-    model_acc_c.update({name: accuracies(model, splits_c) for name, model in models_c.items()})
-    lap("train_models_classwise")
-    relearn_class = relearning_study(
-        cfg, original, models_c, retain_c, forget_c, splits_c, mcu_end="SalUn/s0"
-    )
-    lap("relearn_classwise")
+    results: dict[str, Any] = {}
+    retrain_seed_records: dict[str, list[dict[str, Any]]] = {}
+    for name, sc in scenarios.items():
+        ends = {label: end_scores(m, sc.splits, sc.bn) for label, m in sc.retrained.items()}
+        ends["original"] = end_scores(original, sc.splits, sc.bn)
+        if len(cfg.retrain_seeds) > 1:
+            a, b = (f"retrain/s{s}" for s in (cfg.retrain_seeds[0], cfg.retrain_seeds[-1]))
+            retrain_seed_records[name] = measure_pairs(
+                cfg, [("retrain_seeds", a, b)], sc.retrained, ends, sc, name
+            )
+        results[name] = {}
+        for condition in cfg.conditions:
+            methods = cfg.methods if condition == "default" else cfg.extra_methods
+            models: dict[str, nn.Module] = {"original": original, **sc.retrained}
+            groups: dict[str, str] = {"original": "original"}
+            groups.update({label: "retrain" for label in sc.retrained})
+            seconds: dict[str, float] = {}
+            for method, seed in itertools.product(methods, cfg.seeds):
+                label = f"{method}/s{seed}"
+                began = time.perf_counter()
+                models[label] = unlearn_one(
+                    cfg,
+                    name,
+                    method,
+                    original,
+                    sc.retain,
+                    sc.forget,
+                    seed=seed,
+                    options=condition_options(condition, method, sophia["chosen"]),
+                    mask=masks[name],
+                )
+                seconds[label] = round(time.perf_counter() - began, 2)
+                groups[label] = method
+                ends[label] = end_scores(models[label], sc.splits, sc.bn)
+            accuracy = {
+                label: {
+                    "UA": ends[label]["forget"][1],
+                    "RA": 100.0 - ends[label]["retain"][1],
+                    "TA": 100.0 - ends[label]["test"][1],
+                }
+                for label in models
+            }
+            lap(f"unlearn_{name}_{condition}")
+            records = measure_pairs(
+                cfg, list(pairs_of(groups, cfg.seeds)), models, ends, sc, f"{name}/{condition}"
+            )
+            records += retrain_seed_records.get(name, [])
+            results[name][condition] = {
+                "unlearn_seconds": seconds,
+                "accuracy": accuracy,
+                "pairs": records,
+                "summary": summarise(records),
+                "sophia_lr": sophia["chosen"] if condition == "sophia" else None,
+            }
+            lap(f"barriers_{name}_{condition}")
+            for label in list(ends):
+                if label in groups and groups[label] not in ("original", "retrain"):
+                    del ends[label]
 
     return {
-        "config": asdict(cfg),
+        "command": "python benchmarks/connectivity.py" + (" --quick" if quick else ""),
+        "config": dataclasses.asdict(cfg),
         "quick": quick,
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "machine": platform.machine(),
-        },
-        "timings_s": {**timings, "total": round(sum(timings.values()), 1)},
-        "accuracy": model_acc,
-        "linear": linear.to_dict(),
-        "curve": curve.to_dict(),
-        "group_means": {
-            "linear": group_means(linear, groups),
-            "curve": group_means(curve, groups),
-        },
-        "relearn": {
-            "random": relearn_random,
-            "classwise": {
-                "forget_class": cfg.forget_class,
-                "accuracy": model_acc_c,
-                **relearn_class,
-            },
-        },
-        "matrices_markdown": {"linear": linear.to_markdown(), "curve": curve.to_markdown()},
+        "tuned_lr": TUNED_LR,
+        "environment": environment(),
+        "regime": regime,
+        "sophia_lr_selection": sophia,
+        "results": results,
+        "timings_s": {**timings, "total": round(time.perf_counter() - started, 1)},
     }
 
 
+# --------------------------------------------------------------------------- report
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _relearn_row(label: str, accuracy: list[float]) -> str:
-    mid = (len(accuracy) - 1) // 2
-    return (
-        f"| {label} | {accuracy[0]:.2f} | {accuracy[1]:.2f} | {accuracy[mid]:.2f} | "
-        f"{accuracy[-1]:.2f} |"
-    )
-
-
-def _relearn_section(
-    cfg: dict[str, Any], title: str, study: dict[str, Any], accuracy: dict[str, Any] | None
-) -> list[str]:
-    steps = cfg["relearn_steps"]
-    header = [
-        f"| model | before | 1 step | {steps // 2} steps | {steps} steps |",
-        "|---|---|---|---|---|",
-    ]
-    lines = [
-        "",
-        f"## {title}",
-        "",
-        f"Fine-tuning a copy on {cfg['relearn_samples']} forget samples (SGD, lr "
-        f"{cfg['relearn_lr']}); accuracy (%) on the other forget samples.",
-        "",
-        *header,
-    ]
-    lines += [_relearn_row(name, r["accuracy"]) for name, r in study["endpoints"].items()]
-    mcu = study["mcu_path"]
-    targets = mcu["targets"]
-    lines += [
-        "",
-        f"MCU path: original → {mcu['end']} (masked Bezier, adaptive β; targets from "
-        f"retraining: retain {targets['retain']:.2f}, forget {targets['forget']:.2f}); "
-        f"optimal t = {mcu['optimal_t']:.3f} (avg gap {mcu['optimal_avg_gap']:.2f}).",
-        "",
-        "| t | retain | forget | test |",
-        "|---|---|---|---|",
-    ]
-    for i, t in enumerate(mcu["t"]):
-        cells = " | ".join(f"{mcu['accuracy'][s][i]:.2f}" for s in ("retain", "forget", "test"))
-        lines.append(f"| {t:.2f} | {cells} |")
-    lines += ["", "Relearning along the MCU path:", "", *header]
-    along = mcu["relearn"]
-    lines += [
-        _relearn_row(f"t = {t:.3f}", acc)
-        for t, acc in zip(along["t"], along["accuracy"], strict=True)
-    ]
-    if accuracy is not None:
-        lines += ["", "Model accuracies (%):", "", "| model | retain | forget | test |"]
-        lines.append("|---|---|---|---|")
-        for name, acc in accuracy.items():
-            cells = " | ".join(f"{acc[s]:.2f}" for s in ("retain", "forget", "test"))
-            lines.append(f"| {name} | {cells} |")
+def barrier_table(result: dict[str, Any], path: str, metric: str) -> list[str]:
+    """Mean barrier per pair kind: one row per forget set and condition, retain/forget/test."""
+    kinds = [k for k in KINDS]
+    head = " | ".join(f"{kind} R / F / T" for kind in kinds)
+    lines = [f"| forget set | condition | {head} |", "|---|---|" + "---:|" * len(kinds)]
+    digits = 3 if metric == "loss" else 1
+    for name, per_condition in result["results"].items():
+        for condition, res in per_condition.items():
+            summary = res["summary"][path][metric]
+            cells = []
+            for kind in kinds:
+                parts = [summary[split].get(kind, {}).get("mean") for split in SPLITS]
+                cells.append(" / ".join(_fmt(p, digits) for p in parts))
+            lines.append(f"| {name} | {condition} | {' | '.join(cells)} |")
     return lines
 
 
 def to_markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
+    env = result["environment"]
+    regime = result["regime"]
+    sophia = result["sophia_lr_selection"]
+    total_min = result["timings_s"]["total"] / 60.0
     lines = [
-        "# Connectivity of unlearned models (Fashion-MNIST, SmallCNN with BatchNorm)",
+        "# Connectivity of unlearned models in the memorising regime",
         "",
-        f"{cfg['train_size']} training images, {int(cfg['forget_ratio'] * 100)}% random forget "
-        f"set, SmallCNN width {cfg['width']}, {cfg['epochs']} epochs for the original and "
-        f"retrained models; barriers in mean cross-entropy over {cfg['ts']} points per path, "
-        f"BatchNorm re-estimated at each point on {cfg['eval_size']} retain images. "
-        f"Total time {result['timings_s']['total']} s "
-        f"({result['environment']['threads']} threads, torch {result['environment']['torch']}).",
+        f"Command: `{result['command']}` ({total_min:.1f} min wall time, one process, "
+        f"{env['threads']} torch thread(s), torch {env['torch']}, {env['cpus']} shared CPUs, "
+        f"git {env['git_commit'][:7]}).",
         "",
-        "## Models (accuracy %)",
+        f"World (as `benchmarks/mcu_table.py`): Fashion-MNIST, first {cfg['pool_size']} "
+        f"training images, {int(cfg['holdout_fraction'] * 100)} % held out before training, "
+        f"DenseHeadCNN width {cfg['width']}, {cfg['epochs']} epochs SGD lr {cfg['lr']} "
+        f"momentum 0.9, weight decay {cfg['weight_decay']}, cosine, batch {cfg['batch_size']}; "
+        f"world seed {cfg['world_seed']}. Unlearning: {cfg['unlearn_epochs']} epoch, batch "
+        f"{cfg['unlearn_batch_size']}, the learning rates `mcu_table.py` tuned "
+        "(SGD momentum 0.9, weight decay 5e-4); seeds "
+        f"{list(cfg['seeds'])}; retraining seeds {list(cfg['retrain_seeds'])}.",
         "",
-        "| model | retain | forget | test |",
-        "|---|---|---|---|",
+        "## Regime",
+        "",
+        f"Original: train accuracy {regime['original']['train_acc']:.2f} %, held-out "
+        f"{regime['original']['holdout_acc']:.2f} %, test {regime['original']['test_acc']:.2f} %.",
+        "",
+        "| forget set | model | UA | RA | TA |",
+        "|---|---|---:|---:|---:|",
     ]
-    for name, acc in result["accuracy"].items():
-        lines.append(f"| {name} | {acc['retain']:.2f} | {acc['forget']:.2f} | {acc['test']:.2f} |")
+    for name in cfg["scenarios"]:
+        for label, s in regime[name].items():
+            lines.append(f"| {name} | {label} | {s['UA']:.2f} | {s['RA']:.2f} | {s['TA']:.2f} |")
     lines += [
         "",
-        "## Mean barrier by pair kind",
+        "UA = 100 - forget accuracy, RA = retain accuracy, TA = test accuracy (class 0: the "
+        "other classes), all with BatchNorm statistics re-estimated on "
+        f"{cfg['eval_size']} retain images.",
         "",
-        "same method = the two seeds of one method; cross method = two different methods, "
-        "neither retraining; retrain = retrained vs approximately unlearned.",
+        "## Optimisation conditions",
         "",
-        "| path | split | same method | same method (no retrain) | cross method | retrain |",
-        "|---|---|---|---|---|---|",
+        "- default: shuffled mini-batch SGD;",
+        '- curriculum: `curriculum="easy_first"` (forget samples in ascending order of the '
+        "original's per-sample loss, spread evenly over the epoch; retain samples shuffled);",
+        '- sophia: `optimizer="sophiah", create_graph=True` (pytorch-optimizer\'s SophiaH); '
+        f"lr per method from {sophia['grid']} on {sophia['scenario']}, seed {sophia['seed']} "
+        f"(forget accuracy closest to the default run's): "
+        + ", ".join(f"{m} {lr:g}" for m, lr in sophia["chosen"].items())
+        + ".",
+        "",
+        "## Mean barrier per pair kind",
+        "",
+        "Pair kinds: same = the two seeds of one method; cross = two methods (seed 0); "
+        "retrain = a method vs retraining (seed 0); original = a method vs the original; "
+        "retrain_seeds = the two retrained models (the same pair in every condition of a "
+        f"forget set). R / F / T = retain ({cfg['eval_size']} images) / forget (all) / test "
+        f"({cfg['path_test_size']} images); {cfg['ts']} points per path. Curve: a quadratic "
+        f"Bezier curve whose middle bend is trained for {cfg['curve_epochs']} epoch on "
+        f"{cfg['curve_train_size']} retain images (lr {cfg['curve_lr']}), both ends fixed.",
     ]
-    for path, per_split in result["group_means"].items():
-        for split, means in per_split.items():
-            lines.append(
-                f"| {path} | {split} | {_fmt(means['same_method'])} | "
-                f"{_fmt(means['same_method_without_retrain'])} | {_fmt(means['cross_method'])} | "
-                f"{_fmt(means['retrain'])} |"
-            )
-    for path in ("linear", "curve"):
-        lines += [
-            "",
-            f"## {path.capitalize()} barrier matrices",
-            "",
-            result["matrices_markdown"][path],
-        ]
-    random_study = result["relearn"]["random"]
-    lines += _relearn_section(cfg, "Relearning, 10% random forget set", random_study, None)
-    class_study = result["relearn"]["classwise"]
-    lines += _relearn_section(
-        cfg,
-        f"Relearning, class-wise forgetting (class {class_study['forget_class']})",
-        class_study,
-        class_study["accuracy"],
-    )
+    for path in PATHS:
+        for metric, unit in (("loss", "mean cross-entropy"), ("error", "error, %")):
+            lines += ["", f"### {path.capitalize()} path, {unit}", ""]
+            lines += barrier_table(result, path, metric)
+    identical = [
+        f"{name}/{condition}: {r['a']} = {r['b']}"
+        for name, per_condition in result["results"].items()
+        for condition, res in per_condition.items()
+        for r in res["pairs"]
+        if r.get("identical")
+    ]
+    lines += [
+        "",
+        "Pairs of bit-identical models (the seed changed nothing: GA sees only forget "
+        "samples, in one batch or in the curriculum's fixed order) are left out of the means: "
+        + ("; ".join(identical) if identical else "none")
+        + ".",
+    ]
+    lines += ["", "## Models (UA / RA / TA, %, on the path splits)", ""]
+    for name, per_condition in result["results"].items():
+        for condition, res in per_condition.items():
+            cells = [
+                f"{label} {s['UA']:.1f}/{s['RA']:.1f}/{s['TA']:.1f}"
+                for label, s in res["accuracy"].items()
+            ]
+            lines.append(f"- {name}, {condition}: " + "; ".join(cells))
+    lines += [
+        "",
+        "Per-pair barriers (every split, both metrics, the values along each path) are in "
+        "the JSON file next to this one.",
+        "",
+        "Timings (s): " + ", ".join(f"{k} {v}" for k, v in result["timings_s"].items()) + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings (under a minute)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     cfg = QUICK if args.quick else FULL
+    if args.threads:
+        cfg = dataclasses.replace(cfg, threads=args.threads)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(0)
     result = run(cfg, args.quick)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "connectivity_quick" if args.quick else "connectivity"
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.out / f"{stem}.json", result)
     markdown = to_markdown(result)
     (args.out / f"{stem}.md").write_text(markdown)
     print(markdown)
