@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 
 import pytest
 import torch
@@ -130,6 +131,10 @@ def test_targets_are_percentages(retain: float, forget: float) -> None:
         ({"t_range": (0.9, 0.1)}, "t_range"),
         ({"train_t_range": (0.0, 2.0)}, "train_t_range"),
         ({"probe_size": 0}, "probe_size"),
+        ({"bn_samples": 0}, "bn_samples"),
+        ({"max_points": 4}, "max_points >= coarse_points"),
+        ({"coarse_points": 1}, "coarse_points must be >= 2"),
+        ({"forget_samples": 2.5}, "forget_samples"),
     ],
 )
 def test_recipe_config_refuses_bad_values(kwargs: dict, match: str) -> None:
@@ -271,3 +276,41 @@ def test_mcu_unlearn_refuses_raw_numbers_as_targets(setting: dict) -> None:
             setting["forget"],
             targets=(99.0, 90.0),  # type: ignore[arg-type]
         )
+
+
+def test_bn_and_forget_samples_take_fixed_subsets_of_the_probe_and_forget_set() -> None:
+    # BatchNorm directly on the inputs: its re-estimated running mean is the mean of the
+    # inputs it saw, so it tells which probe rows the statistics came from.
+    torch.manual_seed(0)
+    probe_x = torch.randn(12, 4)
+    probe = TensorDataset(probe_x, torch.randint(0, 3, (12,)))
+    forget = TensorDataset(torch.randn(20, 4), torch.randint(0, 3, (20,)))
+    original = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3))
+    theta_u = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 3))
+    targets = Targets(retain=90.0, forget=50.0, scenario="random")
+
+    def run(**fields: int | None) -> mcu.recipe.RecipeResult:
+        config = RecipeConfig(mask="all", coarse_points=3, max_points=4, **fields)
+        return mcu_unlearn(
+            original, theta_u, probe, forget, targets=targets, config=config, probe=probe
+        )
+
+    full = run()
+    bn = full.model[0]
+    torch.testing.assert_close(bn.running_mean, probe_x.mean(0))
+    assert full.search.report.meta["counts"]["forget"] == 20
+
+    small = run(bn_samples=3, forget_samples=7)
+    means = {
+        tuple(rows): probe_x[list(rows)].mean(0) for rows in itertools.combinations(range(12), 3)
+    }
+    used = [
+        rows
+        for rows, mean in means.items()
+        if torch.allclose(mean, small.model[0].running_mean, atol=1e-6)
+    ]
+    assert len(used) == 1  # exactly three probe rows
+    assert small.search.report.meta["counts"]["forget"] == 7
+    # The subsets are fixed: the same rows again on a second run.
+    again = run(bn_samples=3, forget_samples=7)
+    torch.testing.assert_close(again.model[0].running_mean, small.model[0].running_mean)

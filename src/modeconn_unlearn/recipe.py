@@ -224,6 +224,12 @@ class RecipeConfig:
         probe_size: Size of the fixed random retain subset that the mask is
             scored on, the path is evaluated on and BatchNorm statistics come
             from (``None``: the whole retain set).
+        bn_samples: BatchNorm statistics of every evaluated point and of the
+            exported model come from a fixed random subset of the probe this
+            large (``None``: the whole probe).
+        forget_samples: The path search scores forget accuracy on a fixed
+            random subset of the forget set this large (``None``: all of it).
+            The mask and curve training always use the whole forget set.
     """
 
     curve: str = "bezier"
@@ -244,6 +250,8 @@ class RecipeConfig:
     tol: float = 0.01
     interpolation: Interpolation = "pchip"
     probe_size: int | None = 2000
+    bn_samples: int | None = None
+    forget_samples: int | None = None
 
     def __post_init__(self) -> None:
         if self.mask not in ("layer", "saliency", "all"):
@@ -252,6 +260,11 @@ class RecipeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ModeConnError(f"{name} must be a positive int, got {value!r}.")
+        if self.coarse_points < 2 or self.max_points < self.coarse_points:
+            raise ModeConnError(
+                f"coarse_points must be >= 2 and max_points >= coarse_points, got "
+                f"coarse_points={self.coarse_points}, max_points={self.max_points}."
+            )
         for name in ("lr", "tol"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -279,14 +292,12 @@ class RecipeConfig:
                 raise ModeConnError(f"{name} must be (low, high) with 0 <= low < high <= 1.")
             # A list (e.g. read back from JSON) becomes the tuple the training loop expects.
             object.__setattr__(self, name, (low, high))
-        if self.probe_size is not None and (
-            isinstance(self.probe_size, bool)
-            or not isinstance(self.probe_size, int)
-            or self.probe_size < 1
-        ):
-            raise ModeConnError(
-                f"probe_size must be a positive int or None, got {self.probe_size}."
-            )
+        for name in ("probe_size", "bn_samples", "forget_samples"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ModeConnError(f"{name} must be a positive int or None, got {value!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict."""
@@ -369,12 +380,15 @@ class RecipeResult:
         return self.search.report
 
 
-def _probe(retain: DataLike, size: int | None, seed: int) -> Dataset[Any]:
-    dataset: Dataset[Any] = retain.dataset if isinstance(retain, DataLoader) else retain
-    count = _length(dataset, "retain")
+def _probe(
+    data: DataLike, size: int | None, seed: int, *, name: str = "retain", salt: int = 10_000
+) -> Dataset[Any]:
+    """A fixed random subset of ``size`` samples of ``data`` (all of it when ``None``)."""
+    dataset: Dataset[Any] = data.dataset if isinstance(data, DataLoader) else data
+    count = _length(dataset, name)
     if size is None or size >= count:
         return dataset
-    generator = torch.Generator().manual_seed(10_000 + seed)
+    generator = torch.Generator().manual_seed(salt + seed)
     picked = torch.randperm(count, generator=generator)[:size]
     return Subset(dataset, sorted(picked.tolist()))
 
@@ -412,8 +426,10 @@ def mcu_unlearn(
        and β from :class:`~modeconn_unlearn.AdaptiveBeta` on ``targets``, ``t``
        drawn from ``config.train_t_range``;
     4. :func:`~modeconn_unlearn.path_search.search_path` on a fixed retain
-       subset (``probe``; BatchNorm statistics from it too) and the forget set;
-    5. the exported model at the chosen ``t``, BatchNorm statistics from the probe.
+       subset (``probe``; BatchNorm statistics from ``config.bn_samples`` of it)
+       and the forget set (or ``config.forget_samples`` of it);
+    5. the exported model at the chosen ``t``, BatchNorm statistics from the
+       same samples.
 
     Selection reads only the curve's retain and forget accuracies and
     ``targets`` (see :func:`user_targets`); there is no parameter for a
@@ -466,6 +482,10 @@ def mcu_unlearn(
     seconds: dict[str, float] = {}
     probe_data = probe if probe is not None else _probe(retain, config.probe_size, seed)
     probe_loader = as_loader(probe_data, name="probe")
+    bn_loader = as_loader(
+        _probe(probe_data, config.bn_samples, seed, name="probe", salt=20_000), name="probe"
+    )
+    forget_scored = _probe(forget, config.forget_samples, seed, name="forget", salt=30_000)
     began = time.perf_counter()
     chosen_mask = (
         dict(mask) if mask is not None else _make_mask(config, original, probe_loader, forget)
@@ -503,7 +523,7 @@ def mcu_unlearn(
     began = time.perf_counter()
     search = search_path(
         curve,
-        {"retain": probe_loader, "forget": forget},
+        {"retain": probe_loader, "forget": forget_scored},
         retain_target=targets.retain,
         forget_target=targets.forget,
         t_range=config.t_range,
@@ -511,13 +531,13 @@ def mcu_unlearn(
         max_points=config.max_points,
         tol=config.tol,
         kind=config.interpolation,
-        bn_loader=probe_loader,
+        bn_loader=bn_loader,
         device=device,
     )
     seconds["search"] = time.perf_counter() - began
 
     began = time.perf_counter()
-    model = curve.export(search.best.t, bn_loader=probe_loader)
+    model = curve.export(search.best.t, bn_loader=bn_loader)
     seconds["export"] = time.perf_counter() - began
     seconds["total"] = sum(seconds.values())
     return RecipeResult(
