@@ -18,14 +18,17 @@ Study (the conditions of the mode-connectivity-in-unlearning analysis):
   Hutchinson estimate of the Hessian diagonal);
 * methods: FT, GA, NegGrad+, RL, SalUn under the default condition (the settings
   ``mcu_table.py`` tuned), GA, NegGrad+, RL, SalUn under the other two (FT uses no forget
-  sample, so a curriculum of forget samples does not apply to it), two seeds each, plus
-  retraining (two seeds per forget set).
+  sample, so a curriculum of forget samples does not apply to it), two seeds (data
+  order; SophiaH's Hessian probes) each, plus retraining with two seeds per forget set: seed
+  0 draws the original's initialisation (as ``mcu_table.py``'s retraining does), seed 1 a
+  new one.
 
 For every forget set and condition the barrier (mean cross-entropy, and error in %) is
 measured on the retain, forget and test data along the straight line and along a trained
 quadratic Bezier curve (middle bend trained on retain data with both ends fixed) between
 these pairs: ``same`` (the two seeds of one method), ``cross`` (two methods, seed 0),
-``retrain`` (a method vs retraining, seed 0), ``original`` (a method vs the original), and,
+``retrain_same_init`` / ``retrain_new_init`` (a method, seed 0, vs retraining from the
+original's initialisation / from a new one), ``original`` (a method vs the original), and,
 once per forget set, ``retrain_seeds`` (the two retrained models). Every point, the ends
 included, is scored with BatchNorm statistics re-estimated on a retain subset.
 
@@ -37,7 +40,7 @@ difference in barriers comes from the optimiser rather than from the step size.
 Results go to ``benchmarks/results/connectivity[_quick].{json,md}``.
 
 Usage:
-    python benchmarks/connectivity.py            # full: about 30 minutes, one thread
+    python benchmarks/connectivity.py            # full: about 25 minutes, one thread
     python benchmarks/connectivity.py --quick    # smoke run, under a minute
 """
 
@@ -84,7 +87,7 @@ log = logging.getLogger("benchmarks.connectivity")
 FORGET = {"random1": ("ratio", 0.01), "random10": ("ratio", 0.1), "class": ("class", 0)}
 SPLITS = ("retain", "forget", "test")
 PATHS = ("linear", "curve")
-KINDS = ("same", "cross", "retrain", "original", "retrain_seeds")
+KINDS = ("same", "cross", "retrain_same_init", "retrain_new_init", "original", "retrain_seeds")
 # Base settings chosen by benchmarks/mcu_table.py's tuning (mcu_table_tuning.json,
 # "chosen_base"): one epoch each, batch 128, SGD momentum 0.9, weight decay 5e-4.
 TUNED_LR = {
@@ -185,7 +188,9 @@ def unlearn_one(
     options: dict[str, Any],
     mask: dict[str, torch.Tensor] | None,
 ) -> nn.Module:
-    base = Base(method, cfg.unlearn_epochs, TUNED_LR[scenario][method], cfg.salun_sparsity)
+    base = Base(
+        method, cfg.unlearn_epochs, TUNED_LR[scenario][method], salun_sparsity=cfg.salun_sparsity
+    )
     settings: dict[str, Any] = {"lr": base.lr, **options}
     return mcu.unlearn(
         original,
@@ -268,7 +273,9 @@ def make_split(cfg: Config, train: Any, test: Any, name: str) -> tuple[Any, Any,
     return retain, forget, Subset(test, keep)
 
 
-def pairs_of(names: dict[str, str], seeds: tuple[int, ...]) -> Iterator[tuple[str, str, str]]:
+def pairs_of(
+    names: dict[str, str], seeds: tuple[int, ...], retrain_seeds: tuple[int, ...]
+) -> Iterator[tuple[str, str, str]]:
     """``(kind, a, b)`` for the pairs of one condition (``names``: model name -> method)."""
     methods = sorted({m for m in names.values() if m not in ("original", "retrain")})
     first, second = seeds[0], seeds[-1]
@@ -278,7 +285,10 @@ def pairs_of(names: dict[str, str], seeds: tuple[int, ...]) -> Iterator[tuple[st
     for a, b in itertools.combinations(methods, 2):
         yield "cross", f"{a}/s{first}", f"{b}/s{first}"
     for method in methods:
-        yield "retrain", f"{method}/s{first}", f"retrain/s{first}"
+        yield "retrain_same_init", f"{method}/s{first}", f"retrain/s{retrain_seeds[0]}"
+    if len(retrain_seeds) > 1:
+        for method in methods:
+            yield "retrain_new_init", f"{method}/s{first}", f"retrain/s{retrain_seeds[1]}"
     for method in methods:
         yield "original", "original", f"{method}/s{first}"
 
@@ -526,7 +536,12 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
             }
             lap(f"unlearn_{name}_{condition}")
             records = measure_pairs(
-                cfg, list(pairs_of(groups, cfg.seeds)), models, ends, sc, f"{name}/{condition}"
+                cfg,
+                list(pairs_of(groups, cfg.seeds, cfg.retrain_seeds)),
+                models,
+                ends,
+                sc,
+                f"{name}/{condition}",
             )
             records += retrain_seed_records.get(name, [])
             results[name][condition] = {
@@ -629,7 +644,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         "## Mean barrier per pair kind",
         "",
         "Pair kinds: same = the two seeds of one method; cross = two methods (seed 0); "
-        "retrain = a method vs retraining (seed 0); original = a method vs the original; "
+        "retrain same / new init = a method (seed 0) vs retraining from the original's "
+        "initialisation (retrain/s0) / from a new one (retrain/s1); original = a method vs "
+        "the original; "
         "retrain_seeds = the two retrained models (the same pair in every condition of a "
         f"forget set). R / F / T = retain ({cfg['eval_size']} images) / forget (all) / test "
         f"({cfg['path_test_size']} images); {cfg['ts']} points per path. Curve: a quadratic "
