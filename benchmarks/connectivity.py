@@ -32,10 +32,11 @@ original's initialisation / from a new one), ``original`` (a method vs the origi
 once per forget set, ``retrain_seeds`` (the two retrained models). Every point, the ends
 included, is scored with BatchNorm statistics re-estimated on a retain subset.
 
-SophiaH's learning rate is chosen per method before the study, on the random 10 % forget
-set and an unreported seed (100), as the value of a small grid whose forget accuracy is
-closest to that of the default run: the conditions then forget about as much, and a
-difference in barriers comes from the optimiser rather than from the step size.
+SophiaH's learning rate is chosen per forget set and method before the study, on an
+unreported seed (100), as the value of a small grid whose forget accuracy is closest to that
+of the default run: the two optimisers then forget about as much, and a difference in
+barriers comes from the optimiser rather than from the step size. The curriculum keeps the
+default's learning rate (how much it forgets is part of its effect).
 
 Results go to ``benchmarks/results/connectivity[_quick].{json,md}``.
 
@@ -119,8 +120,7 @@ class Config:
     unlearn_epochs: int = 1
     unlearn_batch_size: int = 128
     salun_sparsity: float = 0.5
-    sophia_grid: tuple[float, ...] = (0.02, 0.06, 0.2)
-    sophia_tune_scenario: str = "random10"
+    sophia_grid: tuple[float, ...] = (0.02, 0.06, 0.2, 0.6)
     sophia_tune_seed: int = 100
     eval_size: int = 500  # retain images: BatchNorm re-estimation and the retain split
     path_test_size: int = 500  # test images scored along the paths
@@ -356,26 +356,24 @@ def measure_pairs(
 
 
 def pick_sophia_lr(
-    cfg: Config, original: nn.Module, train: Any, test: Any, masks: dict[str, Any]
+    cfg: Config, original: nn.Module, sc: Scenario, mask: dict[str, torch.Tensor]
 ) -> dict[str, Any]:
-    """Per method: the SophiaH lr whose forget accuracy is closest to the default run's."""
-    retain, forget, _ = make_split(cfg, train, test, cfg.sophia_tune_scenario)
-    bn = loader(random_subset(retain, cfg.eval_size, seed=1))
-    forget_loader = loader(forget)
+    """Per method: the SophiaH lr whose forget accuracy is closest to the default run's.
+
+    Runs on ``sc``'s forget set with the unreported seed ``cfg.sophia_tune_seed``.
+    """
+    forget_loader = loader(sc.forget)
 
     def forget_acc(model: nn.Module) -> float:
         copy = clone_module(model)
-        mcu.update_bn(copy, bn)
+        mcu.update_bn(copy, sc.bn)
         return float(evaluate(copy.eval(), forget_loader).accuracy)
 
     seed = cfg.sophia_tune_seed
-    mask = masks.get(cfg.sophia_tune_scenario)
-    if mask is None:
-        mask = mcu.saliency_mask(original, forget, sparsity=cfg.salun_sparsity)
     chosen: dict[str, float] = {}
     records: list[dict[str, Any]] = []
     for method in cfg.extra_methods:
-        args = (cfg, cfg.sophia_tune_scenario, method, original, retain, forget)
+        args = (cfg, sc.name, method, original, sc.retain, sc.forget)
         target = forget_acc(unlearn_one(*args, seed=seed, options={}, mask=mask))
         scores = {}
         for lr in cfg.sophia_grid:
@@ -385,20 +383,14 @@ def pick_sophia_lr(
         chosen[method] = min(scores, key=lambda lr: (abs(scores[lr] - target), lr))
         records.append({"method": method, "lr": None, "default_forget_acc": target})
         log.info(
-            "SophiaH lr for %s: %g (forget acc %.2f vs default %.2f)",
+            "%s: SophiaH lr for %s: %g (forget acc %.2f vs default %.2f)",
+            sc.name,
             method,
             chosen[method],
             scores[chosen[method]],
             target,
         )
-    return {
-        "rule": "forget accuracy closest to the default (SGD) run's, ties to the smaller lr",
-        "scenario": cfg.sophia_tune_scenario,
-        "seed": seed,
-        "grid": list(cfg.sophia_grid),
-        "chosen": chosen,
-        "records": records,
-    }
+    return {"chosen": chosen, "records": records}
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -429,6 +421,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(cfg: Config, quick: bool) -> dict[str, Any]:
     started = time.perf_counter()
+    env = environment()  # the commit the run starts from
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -489,7 +482,15 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
             log.info("regime %s %s: %s", name, label, regime[name][label])
         lap(f"retrain_{name}")
 
-    sophia = pick_sophia_lr(cfg, original, train, test_full, masks)
+    sophia: dict[str, Any] = {
+        "rule": "per forget set and method: the lr of the grid whose forget accuracy is "
+        "closest to the default (SGD) run's, ties to the smaller lr",
+        "seed": cfg.sophia_tune_seed,
+        "grid": list(cfg.sophia_grid),
+        "per_forget_set": {},
+    }
+    for name, sc in scenarios.items():
+        sophia["per_forget_set"][name] = pick_sophia_lr(cfg, original, sc, masks[name])
     lap("sophia_lr")
 
     results: dict[str, Any] = {}
@@ -520,7 +521,9 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
                     sc.retain,
                     sc.forget,
                     seed=seed,
-                    options=condition_options(condition, method, sophia["chosen"]),
+                    options=condition_options(
+                        condition, method, sophia["per_forget_set"][name]["chosen"]
+                    ),
                     mask=masks[name],
                 )
                 seconds[label] = round(time.perf_counter() - began, 2)
@@ -549,7 +552,9 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
                 "accuracy": accuracy,
                 "pairs": records,
                 "summary": summarise(records),
-                "sophia_lr": sophia["chosen"] if condition == "sophia" else None,
+                "sophia_lr": (
+                    sophia["per_forget_set"][name]["chosen"] if condition == "sophia" else None
+                ),
             }
             lap(f"barriers_{name}_{condition}")
             for label in list(ends):
@@ -561,7 +566,7 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
         "config": dataclasses.asdict(cfg),
         "quick": quick,
         "tuned_lr": TUNED_LR,
-        "environment": environment(),
+        "environment": env,
         "regime": regime,
         "sophia_lr_selection": sophia,
         "results": results,
@@ -636,9 +641,12 @@ def to_markdown(result: dict[str, Any]) -> str:
         '- curriculum: `curriculum="easy_first"` (forget samples in ascending order of the '
         "original's per-sample loss, spread evenly over the epoch; retain samples shuffled);",
         '- sophia: `optimizer="sophiah", create_graph=True` (pytorch-optimizer\'s SophiaH); '
-        f"lr per method from {sophia['grid']} on {sophia['scenario']}, seed {sophia['seed']} "
-        f"(forget accuracy closest to the default run's): "
-        + ", ".join(f"{m} {lr:g}" for m, lr in sophia["chosen"].items())
+        f"lr per forget set and method from {sophia['grid']}, on the unreported seed "
+        f"{sophia['seed']} (forget accuracy closest to the default run's): "
+        + "; ".join(
+            f"{name}: " + ", ".join(f"{m} {lr:g}" for m, lr in pick["chosen"].items())
+            for name, pick in sophia["per_forget_set"].items()
+        )
         + ".",
         "",
         "## Mean barrier per pair kind",
