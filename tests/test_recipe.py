@@ -132,7 +132,7 @@ def test_targets_are_percentages(retain: float, forget: float) -> None:
         ({"train_t_range": (0.0, 2.0)}, "train_t_range"),
         ({"probe_size": 0}, "probe_size"),
         ({"bn_samples": 0}, "bn_samples"),
-        ({"max_points": 4}, "max_points >= coarse_points"),
+        ({"max_points": 3}, "max_points >= coarse_points"),
         ({"coarse_points": 1}, "coarse_points must be >= 2"),
         ({"forget_samples": 2.5}, "forget_samples"),
     ],

@@ -245,12 +245,12 @@ class RecipeConfig:
     beta_high: float = 0.5
     t_range: tuple[float, float] = (0.5, 1.0)
     train_t_range: tuple[float, float] | None = None
-    coarse_points: int = 5
-    max_points: int = 10
+    coarse_points: int = 4
+    max_points: int = 6
     tol: float = 0.01
     interpolation: Interpolation = "pchip"
     probe_size: int | None = 2000
-    bn_samples: int | None = None
+    bn_samples: int | None = 256
     forget_samples: int | None = None
 
     def __post_init__(self) -> None:
