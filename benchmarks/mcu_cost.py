@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 from _common import Base, environment, write_json
-from mcu_table import QUICK, Config, load_data, make_scenario, make_world, run_base, score
+from mcu_table import QUICK, Config, load_data, make_scenario, make_world, run_base, run_mcu
 
-from modeconn_unlearn.recipe import RecipeConfig, mcu_unlearn
+from modeconn_unlearn.recipe import RecipeConfig
 
 RESULTS = Path(__file__).parent / "results"
 logger = logging.getLogger("benchmarks.mcu_cost")
@@ -66,24 +66,6 @@ BUDGETS: tuple[dict[str, Any], ...] = (
 POOLS = (5000, 20000)
 
 
-def _cpu(fn: Any, *args: Any) -> tuple[Any, float]:
-    began = time.process_time()
-    return fn(*args), time.process_time() - began
-
-
-def _run(world: Any, sc: Any, theta_u: Any, config: RecipeConfig, probe: Any) -> Any:
-    return mcu_unlearn(
-        world.originals[sc.arch],
-        theta_u,
-        sc.retain,
-        sc.forget,
-        targets=sc.targets,
-        config=config,
-        probe=probe,
-        seed=world.seed,
-    )
-
-
 def frontier(
     cfg: Config, tuning: dict[str, Any], seed: int, budgets: tuple[dict[str, Any], ...]
 ) -> list[dict[str, Any]]:
@@ -106,25 +88,17 @@ def frontier(
             probe = sc.probe
             if "probe" in budget:
                 probe = torch.utils.data.Subset(sc.probe, range(min(budget["probe"], len(probe))))
-            result, cpu = _cpu(_run, world, sc, theta_u, config, probe)
-            gap = score(
-                result.model,
-                retain=sc.retain,
-                forget=sc.forget,
-                test=sc.test,
-                probe=sc.probe,
-                reference=sc.reference,
-                seed=seed,
-            )["avg_gap"]
+            row, _ = run_mcu(world, sc, theta_u, config, probe)
+            gap = row["avg_gap"]
             gaps.setdefault(name, []).append(gap)
-            fractions.append(cpu / sc.retrain_time.cpu)
+            fractions.append(row["cpu_fraction_of_retrain"])
             per_cell[f"{name}/{method}"] = {
                 "base_gap": base_gap,
                 "mcu_gap": gap,
-                "t": result.t,
-                "evaluations": result.search.evaluations,
-                "cpu_fraction": cpu / sc.retrain_time.cpu,
-                "parts_wall_s": result.seconds,
+                "t": row["t"],
+                "evaluations": row["evaluations"],
+                "cpu_fraction": row["cpu_fraction_of_retrain"],
+                "parts_wall_s": row["parts"],
             }
         rows.append(
             {
@@ -160,8 +134,7 @@ def scale(cfg: Config, tuning: dict[str, Any], seed: int, pools: tuple[int, ...]
         theta_u, _ = run_base(world, sc, Base("GA", int(epochs), float(lr)))
         config = dataclasses.replace(RecipeConfig(), **tuning["chosen_mcu"]["random10"])
         fractions = [
-            _cpu(_run, world, sc, theta_u, config, sc.probe)[1] / sc.retrain_time.cpu
-            for _ in range(3)
+            run_mcu(world, sc, theta_u, config)[0]["cpu_fraction_of_retrain"] for _ in range(3)
         ]
         rows.append(
             {

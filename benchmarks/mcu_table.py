@@ -315,8 +315,9 @@ def run_base(world: World, sc: Scenario, base: Base) -> tuple[nn.Module, dict[st
 
 
 def run_mcu(
-    world: World, sc: Scenario, theta_u: nn.Module, config: RecipeConfig
+    world: World, sc: Scenario, theta_u: nn.Module, config: RecipeConfig, probe: Any = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """MCU on ``theta_u`` (its path evaluated on ``probe``, default the scenario's), scored."""
     original = world.originals[sc.arch]
     result, seconds = timed(
         lambda: mcu_unlearn(
@@ -326,7 +327,7 @@ def run_mcu(
             sc.forget,
             targets=sc.targets,
             config=config,
-            probe=sc.probe,
+            probe=sc.probe if probe is None else probe,
             seed=world.seed,
         )
     )
