@@ -27,17 +27,28 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from _common import Base, environment, write_json
-from mcu_table import QUICK, Config, load_data, make_scenario, make_world, run_base, run_mcu
+from mcu_table import (
+    QUICK,
+    Config,
+    load_data,
+    make_scenario,
+    make_world,
+    run_base,
+    run_mcu,
+    wait_for_tuning,
+)
 
 from modeconn_unlearn.recipe import RecipeConfig
 
 RESULTS = Path(__file__).parent / "results"
+Tuning = Callable[[], dict[str, Any]]  # the tuning results (may wait for a tuning run)
 logger = logging.getLogger("benchmarks.mcu_cost")
 
 # Budgets of the frontier: overrides on top of the tuned MCU settings. "probe" is the size
@@ -67,13 +78,14 @@ POOLS = (5000, 20000)
 
 
 def frontier(
-    cfg: Config, tuning: dict[str, Any], seed: int, budgets: tuple[dict[str, Any], ...]
+    cfg: Config, get_tuning: Tuning, seed: int, budgets: tuple[dict[str, Any], ...]
 ) -> list[dict[str, Any]]:
     pool, test = load_data(cfg)
     world = make_world(cfg, seed, pool, test)
+    scenarios = [make_scenario(cfg, world, name, cfg.arch) for name in cfg.scenarios]
+    tuning = get_tuning()
     cells = []
-    for name in cfg.scenarios:
-        sc = make_scenario(cfg, world, name, cfg.arch)
+    for name, sc in zip(cfg.scenarios, scenarios, strict=True):
         for method, (epochs, lr) in tuning["chosen_base"][name].items():
             theta_u, row = run_base(world, sc, Base(method, int(epochs), float(lr)))
             cells.append((name, method, sc, theta_u, row["avg_gap"]))
@@ -123,13 +135,14 @@ def frontier(
     return rows
 
 
-def scale(cfg: Config, tuning: dict[str, Any], seed: int, pools: tuple[int, ...]) -> list[Any]:
+def scale(cfg: Config, get_tuning: Tuning, seed: int, pools: tuple[int, ...]) -> list[Any]:
     rows = []
     for size in pools:
         sized = dataclasses.replace(cfg, pool_size=size, scenarios=("random10",))
         pool, test = load_data(sized)
         world = make_world(sized, seed, pool, test)
         sc = make_scenario(sized, world, "random10", sized.arch)
+        tuning = get_tuning()
         epochs, lr = tuning["chosen_base"]["random10"]["GA"]
         theta_u, _ = run_base(world, sc, Base("GA", int(epochs), float(lr)))
         config = dataclasses.replace(RecipeConfig(), **tuning["chosen_mcu"]["random10"])
@@ -198,25 +211,30 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         cfg, pools, budgets = QUICK, (600,), BUDGETS[:2]
         cfg = dataclasses.replace(cfg, scenarios=("random10", "random1", "class"))
-        tuning = {
-            "tune_seeds": [100],
+        quick_tuning = {
             "chosen_base": {
                 name: {m: [1, 0.01] for m in ("FT", "GA", "NegGrad+", "RL", "SalUn")}
                 for name in cfg.scenarios
             },
             "chosen_mcu": {name: {"mask_kr": 0.0} for name in cfg.scenarios},
         }
+
+        def get_tuning() -> dict[str, Any]:
+            return quick_tuning
     else:
         cfg, pools, budgets = Config(second_scenarios=()), POOLS, BUDGETS
-        tuning = json.loads((args.out / "mcu_table_tuning.json").read_text())
-    seed = int(tuning["tune_seeds"][0])
+
+        def get_tuning() -> dict[str, Any]:  # written by `mcu_table.py --phase tune`
+            return wait_for_tuning(args.out / "mcu_table_tuning.json")
+
+    seed = cfg.tune_seeds[0]
     result = {
         "command": "python benchmarks/mcu_cost.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "environment": environment(args.out),
         "seed": seed,
-        "frontier": frontier(cfg, tuning, seed, budgets),
-        "scale": scale(cfg, tuning, seed, pools),
+        "scale": scale(cfg, get_tuning, seed, pools),
+        "frontier": frontier(cfg, get_tuning, seed, budgets),
     }
     result["wall_time_s"] = time.perf_counter() - began
     print(markdown(result))
