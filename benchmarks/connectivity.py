@@ -43,6 +43,7 @@ Results go to ``benchmarks/results/connectivity[_quick].{json,md}``.
 Usage:
     python benchmarks/connectivity.py            # full: about 25 minutes, one thread
     python benchmarks/connectivity.py --quick    # smoke run, under a minute
+    python benchmarks/connectivity.py --aggregate  # tables again from the saved JSON
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
 import logging
 import sys
 import time
@@ -393,8 +395,22 @@ def pick_sophia_lr(
     return {"chosen": chosen, "records": records}
 
 
-def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """``{path: {metric: {split: {kind: {"mean", "n", "min", "max"}}}}`` over the records."""
+def method_of(label: str) -> str:
+    """``"GA/s0"`` -> ``"GA"``; ``"original"`` -> ``"original"``."""
+    return label.split("/")[0]
+
+
+def summarise(
+    records: list[dict[str, Any]], methods: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """``{path: {metric: {split: {kind: {"mean", "n", "min", "max"}}}}`` over the records.
+
+    With ``methods``, only pairs whose unlearned ends are all of those methods count, so
+    that conditions run with different method sets are compared on the same pairs.
+    """
+    if methods is not None:
+        allowed = {*methods, "original", "retrain"}
+        records = [r for r in records if {method_of(r["a"]), method_of(r["b"])} <= allowed]
     out: dict[str, Any] = {}
     for path in PATHS:
         out[path] = {}
@@ -552,6 +568,7 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
                 "accuracy": accuracy,
                 "pairs": records,
                 "summary": summarise(records),
+                "summary_shared": summarise(records, cfg.extra_methods),
                 "sophia_lr": (
                     sophia["per_forget_set"][name]["chosen"] if condition == "sophia" else None
                 ),
@@ -587,13 +604,28 @@ def barrier_table(result: dict[str, Any], path: str, metric: str) -> list[str]:
     digits = 3 if metric == "loss" else 1
     for name, per_condition in result["results"].items():
         for condition, res in per_condition.items():
-            summary = res["summary"][path][metric]
-            cells = []
-            for kind in kinds:
-                parts = [summary[split].get(kind, {}).get("mean") for split in SPLITS]
-                cells.append(" / ".join(_fmt(p, digits) for p in parts))
-            lines.append(f"| {name} | {condition} | {' | '.join(cells)} |")
+            rows = [(condition, res["summary_shared"])]
+            if condition == "default":
+                rows.append((f"{condition}, with FT", res["summary"]))
+            for label, summary in rows:
+                cells = []
+                for kind in kinds:
+                    parts = [
+                        summary[path][metric][split].get(kind, {}).get("mean") for split in SPLITS
+                    ]
+                    cells.append(" / ".join(_fmt(p, digits) for p in parts))
+                lines.append(f"| {name} | {label} | {' | '.join(cells)} |")
     return lines
+
+
+def aggregate(result: dict[str, Any]) -> dict[str, Any]:
+    """Recompute the per-kind summaries of a saved result from its per-pair records."""
+    methods = tuple(result["config"]["extra_methods"])
+    for per_condition in result["results"].values():
+        for res in per_condition.values():
+            res["summary"] = summarise(res["pairs"])
+            res["summary_shared"] = summarise(res["pairs"], methods)
+    return result
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -607,7 +639,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         "",
         f"Command: `{result['command']}` ({total_min:.1f} min wall time, one process, "
         f"{env['threads']} torch thread(s), torch {env['torch']}, {env['cpus']} shared CPUs, "
-        f"git {env['git_commit'][:7]}).",
+        f"git {env['git_commit'][:7]}); `--aggregate` recomputes the summaries and tables "
+        "from the per-pair records of the JSON file, without training.",
         "",
         f"World (as `benchmarks/mcu_table.py`): Fashion-MNIST, first {cfg['pool_size']} "
         f"training images, {int(cfg['holdout_fraction'] * 100)} % held out before training, "
@@ -660,6 +693,17 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"({cfg['path_test_size']} images); {cfg['ts']} points per path. Curve: a quadratic "
         f"Bezier curve whose middle bend is trained for {cfg['curve_epochs']} epoch on "
         f"{cfg['curve_train_size']} retain images (lr {cfg['curve_lr']}), both ends fixed.",
+        "",
+        "Every row compares the same pairs: those among "
+        + ", ".join(cfg["extra_methods"])
+        + ", the original and retraining (the methods of every condition); the row "
+        "'default, with FT' adds the pairs with FT. A barrier is the largest excess of the "
+        "metric over the straight line between its end values; on the forget data a "
+        "positive one means the path forgets more in between than its ends.",
+        "",
+        "Means over few pairs (per kind: 4-6, retrain_seeds: 1), one world seed and two "
+        "seeds per method: no intervals; a mean can come from one pair (the per-pair "
+        "heights are in the JSON file).",
     ]
     for path in PATHS:
         for metric, unit in (("loss", "mean cross-entropy"), ("error", "error, %")):
@@ -702,6 +746,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny settings (under a minute)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument(
+        "--aggregate",
+        action="store_true",
+        help="no training: recompute the summaries and the tables from the saved JSON",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     cfg = QUICK if args.quick else FULL
@@ -709,8 +758,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, threads=args.threads)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(0)
-    result = run(cfg, args.quick)
     stem = "connectivity_quick" if args.quick else "connectivity"
+    if args.aggregate:
+        result = aggregate(json.loads((args.out / f"{stem}.json").read_text()))
+    else:
+        result = run(cfg, args.quick)
     write_json(args.out / f"{stem}.json", result)
     markdown = to_markdown(result)
     (args.out / f"{stem}.md").write_text(markdown)
