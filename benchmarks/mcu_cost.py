@@ -229,8 +229,9 @@ def main(argv: list[str] | None = None) -> None:
 
     seed = cfg.tune_seeds[0]
     result = {
-        "command": "python benchmarks/mcu_cost.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(
+            ["python benchmarks/mcu_cost.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "environment": environment(args.out),
         "seed": seed,
         "scale": scale(cfg, get_tuning, seed, pools),
