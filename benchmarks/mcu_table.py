@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 from torch import nn
 from torch.utils.data import Subset
 
@@ -593,6 +594,60 @@ def aggregate(runs: list[dict[str, Any]], tuning: dict[str, Any]) -> dict[str, A
     return summary
 
 
+def target_error(runs: list[dict[str, Any]], threshold: float = -2.0) -> dict[str, Any]:
+    """How MCU's Δ Avg. Gap follows the error of the user's forget target (random forgetting).
+
+    The error is the forget target (the original's held-out accuracy) minus the retrained
+    model's forget accuracy, which MCU never sees: this is an analysis after the fact.
+    """
+    errors: list[float] = []
+    deltas: dict[str, list[float]] = {method: [] for method in METHODS}
+    for run in runs:
+        for sc in run["scenarios"].values():
+            if sc["targets"]["scenario"] != "random":
+                continue
+            errors.append(sc["targets"]["forget"] - sc["retrained_accuracies_never_used"]["forget"])
+            for method in METHODS:
+                rows = sc["rows"]
+                deltas[method].append(rows[f"MCU({method})"]["avg_gap"] - rows[method]["avg_gap"])
+    err = np.asarray(errors)
+    result: dict[str, Any] = {"errors": errors, "threshold": threshold, "methods": {}}
+    for method, values in deltas.items():
+        delta = np.asarray(values)
+        r, p = (float("nan"), float("nan"))
+        if len(err) > 2 and err.std() > 0 and delta.std() > 0:
+            r, p = (float(v) for v in stats.pearsonr(err, delta))
+        low = err < threshold
+        result["methods"][method] = {
+            "deltas": values,
+            "pearson_r": r,
+            "p": p,
+            "mean_delta_below": float(delta[low].mean()) if low.any() else float("nan"),
+            "mean_delta_rest": float(delta[~low].mean()) if (~low).any() else float("nan"),
+            "n_below": int(low.sum()),
+        }
+    return result
+
+
+def target_error_markdown(result: dict[str, Any]) -> str:
+    n, below = len(result["errors"]), result["methods"][METHODS[0]]["n_below"]
+    lines = [
+        f"**MCU's Δ Avg. Gap against the error of the user's forget target** ({n} random "
+        "(scenario, seed) pairs; error = the original's held-out accuracy minus the retrained "
+        "model's forget accuracy, read after the fact, never by MCU; "
+        f"{below} pairs have an error below {result['threshold']:g} points)",
+        "",
+        "| method | Pearson r | p | mean Δ where error < threshold | mean Δ elsewhere |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for method, m in result["methods"].items():
+        lines.append(
+            f"| {method} | {m['pearson_r']:.2f} | {m['p']:.4f} | {m['mean_delta_below']:.2f} | "
+            f"{m['mean_delta_rest']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def fmt(cell: dict[str, float], digits: int = 2) -> str:
     if cell.get("ci") is None or (isinstance(cell["ci"], float) and math.isnan(cell["ci"])):
         return f"{cell['mean']:.{digits}f}"
@@ -825,7 +880,8 @@ def finish(
     quick: bool,
 ) -> None:
     summary = aggregate(runs, tuning)
-    table = markdown(summary, runs, cfg, tuning, total)
+    errors = target_error(runs)
+    table = markdown(summary, runs, cfg, tuning, total) + "\n" + target_error_markdown(errors)
     print(table)
     if quick:
         return
@@ -844,6 +900,7 @@ def finish(
                     k: tuning[k] for k in ("rule", "tune_seeds", "chosen_base", "chosen_mcu")
                 },
                 "summary": summary,
+                "target_error": errors,
                 "figures": figures,
             }
         ),
