@@ -967,6 +967,12 @@ def full_batch_loss(model: nn.Module, dataset) -> torch.Tensor:
     return F.cross_entropy(model(x), y)
 
 
+def one_epoch(model: nn.Module, retain, forget, **overrides) -> nn.Module:
+    """``unlearn`` for one fine-tuning epoch at lr 0.1, with ``overrides``."""
+    settings = dict(loss=finetune(), lr=0.1, epochs=1, progress=False)
+    return unlearn(model, retain, forget, **{**settings, **overrides})
+
+
 def test_create_graph_gives_the_first_order_run_bit_for_bit_and_clears_the_gradients(tiny):
     retain, forget = tiny
     args = dict(loss=random_label(10), lr=0.05, epochs=2, batch_size=8, progress=False)
@@ -1018,16 +1024,7 @@ def test_an_optimizer_that_needs_the_graph_without_create_graph_says_so(tiny):
     model = make_mlp(0)
     before = snapshot(model)
     with pytest.raises(ModeConnError, match=r"HessianProbe\.step\(\).*pass create_graph=True"):
-        unlearn(
-            model,
-            retain,
-            forget,
-            loss=finetune(),
-            lr=0.1,
-            epochs=1,
-            optimizer=HessianProbe,
-            progress=False,
-        )
+        one_epoch(model, retain, forget, optimizer=HessianProbe)
     assert same_state(snapshot(model), before)
 
 
@@ -1049,16 +1046,7 @@ def test_create_graph_is_refused_where_it_cannot_work(tiny, monkeypatch):
 
     monkeypatch.setattr(loop, "is_distributed", lambda: True)
     with pytest.raises(ModeConnError, match="torchrun"):
-        unlearn(
-            make_mlp(0),
-            retain,
-            forget,
-            loss=finetune(),
-            lr=0.1,
-            epochs=1,
-            create_graph=True,
-            progress=False,
-        )
+        one_epoch(make_mlp(0), retain, forget, create_graph=True)
 
 
 def test_sophiah_is_pytorch_optimizers_sophiah_under_the_loop(tiny):
@@ -1093,17 +1081,7 @@ def test_sophiah_without_the_package_gives_an_install_hint(tiny, monkeypatch):
     retain, forget = tiny
     monkeypatch.setitem(sys.modules, "pytorch_optimizer", None)  # import fails
     with pytest.raises(ModeConnError, match=r"pip install 'modeconn_unlearn\[second-order\]'"):
-        unlearn(
-            make_mlp(0),
-            retain,
-            forget,
-            loss=finetune(),
-            lr=0.1,
-            epochs=1,
-            optimizer="sophiah",
-            create_graph=True,
-            progress=False,
-        )
+        one_epoch(make_mlp(0), retain, forget, optimizer="sophiah", create_graph=True)
 
 
 # --------------------------------------------------------------------------- language models
