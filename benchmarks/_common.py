@@ -90,6 +90,21 @@ def random_subset(data: Dataset[Any], size: int, seed: int) -> Subset[Any]:
     return Subset(data, sorted(picked.tolist()))
 
 
+# Forget scenarios: a random fraction of the training data, or a whole class.
+FORGET = {"random10": ("ratio", 0.1), "random1": ("ratio", 0.01), "class": ("class", 0)}
+
+
+def forget_split(train: Any, test: Any, name: str, seed: int) -> tuple[Any, Any, Any]:
+    """``(retain, forget, test)`` of scenario ``name``; for a class, test without that class."""
+    kind, value = FORGET[name]
+    if kind == "ratio":
+        retain, forget = mcu.forget_retain_split(train, forget_ratio=value, seed=seed)
+        return retain, forget, test
+    retain, forget = mcu.forget_retain_split(train, forget_class=int(value))
+    keep = torch.nonzero(labels_of(test) != value).flatten().tolist()
+    return retain, forget, Subset(test, keep)
+
+
 def loader(data: Any, batch_size: int = 256) -> DataLoader[Any]:
     return DataLoader(data, batch_size=batch_size, shuffle=False)
 

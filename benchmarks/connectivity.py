@@ -62,10 +62,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 import modeconn_unlearn as mcu
-from modeconn_unlearn.cloning import clone_module
 from modeconn_unlearn.connectivity import BarrierResult, connect
 from modeconn_unlearn.connectivity.barriers import linear_curve
 from modeconn_unlearn.curve_model import CurveModel
@@ -79,15 +78,15 @@ from _common import (
     Base,
     cosine,
     environment,
-    labels_of,
+    forget_split,
     loader,
     model_factory,
     random_subset,
+    with_bn_from,
     write_json,
 )
 
 log = logging.getLogger("benchmarks.connectivity")
-FORGET = {"random1": ("ratio", 0.01), "random10": ("ratio", 0.1), "class": ("class", 0)}
 SPLITS = ("retain", "forget", "test")
 PATHS = ("linear", "curve")
 KINDS = ("same", "cross", "retrain_same_init", "retrain_new_init", "original", "retrain_seeds")
@@ -222,9 +221,7 @@ def end_scores(
     model: nn.Module, splits: dict[str, DataLoader[Any]], bn: DataLoader[Any]
 ) -> dict[str, list[float]]:
     """Scores of a model exactly as at a path end: a copy, BatchNorm re-estimated on ``bn``."""
-    copy = clone_module(model)
-    mcu.update_bn(copy, bn)
-    return point_scores(copy.eval(), splits)
+    return point_scores(with_bn_from(model, bn).eval(), splits)
 
 
 def path_barriers(
@@ -263,16 +260,6 @@ class Scenario:
     bn: DataLoader[Any]
     curve_data: Any
     retrained: dict[str, nn.Module]
-
-
-def make_split(cfg: Config, train: Any, test: Any, name: str) -> tuple[Any, Any, Any]:
-    kind, value = FORGET[name]
-    if kind == "ratio":
-        retain, forget = mcu.forget_retain_split(train, forget_ratio=value, seed=cfg.world_seed)
-        return retain, forget, test
-    retain, forget = mcu.forget_retain_split(train, forget_class=int(value))
-    keep = torch.nonzero(labels_of(test) != value).flatten().tolist()
-    return retain, forget, Subset(test, keep)
 
 
 def pairs_of(
@@ -367,9 +354,7 @@ def pick_sophia_lr(
     forget_loader = loader(sc.forget)
 
     def forget_acc(model: nn.Module) -> float:
-        copy = clone_module(model)
-        mcu.update_bn(copy, sc.bn)
-        return float(evaluate(copy.eval(), forget_loader).accuracy)
+        return float(evaluate(with_bn_from(model, sc.bn).eval(), forget_loader).accuracy)
 
     seed = cfg.sophia_tune_seed
     chosen: dict[str, float] = {}
@@ -465,7 +450,7 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
     scenarios: dict[str, Scenario] = {}
     masks: dict[str, Any] = {}
     for name in cfg.scenarios:
-        retain, forget, test = make_split(cfg, train, test_full, name)
+        retain, forget, test = forget_split(train, test_full, name, cfg.world_seed)
         eval_retain = random_subset(retain, cfg.eval_size, seed=1)
         bn = loader(eval_retain)
         splits = {

@@ -60,7 +60,7 @@ from _common import (
     Seconds,
     cosine,
     environment,
-    labels_of,
+    forget_split,
     loader,
     mean_ci,
     model_factory,
@@ -73,7 +73,6 @@ from _common import (
 
 logger = logging.getLogger("mcu_table")
 SCORES = ("ua", "ra", "ta", "mia", "tpr1", "avg_gap")
-FORGET = {"random10": ("ratio", 0.1), "random1": ("ratio", 0.01), "class": ("class", 0)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,18 +239,8 @@ class Scenario:
     rows: dict[str, dict[str, Any]]
 
 
-def split(world: World, name: str) -> tuple[Any, Any, Any]:
-    kind, value = FORGET[name]
-    if kind == "ratio":
-        retain, forget = mcu.forget_retain_split(world.train, forget_ratio=value, seed=world.seed)
-        return retain, forget, world.test
-    retain, forget = mcu.forget_retain_split(world.train, forget_class=value)
-    keep = torch.nonzero(labels_of(world.test) != value).flatten().tolist()
-    return retain, forget, Subset(world.test, keep)
-
-
 def make_scenario(cfg: Config, world: World, name: str, arch: str) -> Scenario:
-    retain, forget, test = split(world, name)
+    retain, forget, test = forget_split(world.train, world.test, name, world.seed)
     probe = random_subset(retain, cfg.probe_size, world.seed)
     original = world.originals[arch]
     targets = user_targets(
