@@ -3,13 +3,8 @@
 Unlearning needs two sets: the *forget set* D_f whose influence is removed and
 the *retain set* D_r whose knowledge is kept. This module builds them from any
 map-style dataset returning ``(x, y)`` and mixes them into one stream of
-:class:`UnlearnBatch` batches, where ``is_forget`` tells each objective which
-samples to learn and which to unlearn.
-
-Functions elsewhere in the library that take "data" accept either a
-:class:`~torch.utils.data.DataLoader` or a map-style
-:class:`~torch.utils.data.Dataset`; :func:`as_loader` and :func:`as_dataset`
-implement that convention.
+:class:`~modeconn_unlearn.data.UnlearnBatch` batches, where ``is_forget`` tells
+each objective which samples to learn and which to unlearn.
 """
 
 from __future__ import annotations
@@ -18,226 +13,26 @@ import logging
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torch.utils.data.dataloader import default_collate
-from typing_extensions import deprecated
 
-from .errors import ModeConnError
+from ..errors import ModeConnError
+from .samples import UnlearnBatch, as_dataset, read_sample
 
 __all__ = [
-    "UnlearnBatch",
     "UnlearnCollate",
     "UnlearnDataset",
-    "as_dataset",
-    "as_loader",
     "collate_of",
     "collate_unlearn",
     "forget_retain_split",
-    "move_to_device",
-    "read_sample",
     "unlearn_loader",
-    "unpack_batch",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Batch size used when a bare ``Dataset`` is given where a loader is expected.
-DEFAULT_EVAL_BATCH_SIZE = 256
-
-
-class UnlearnBatch(NamedTuple):
-    """A batch mixing retain and forget samples.
-
-    Attributes:
-        inputs: The model inputs (a tensor, or whatever the dataset's collate gives).
-        targets: Integer class labels, shape ``(N,)``.
-        is_forget: Boolean tensor, shape ``(N,)``; ``True`` marks forget samples.
-
-    Example:
-        >>> import torch
-        >>> b = UnlearnBatch(torch.zeros(2, 3), torch.tensor([0, 1]), torch.tensor([True, False]))
-        >>> int(b.is_forget.sum())
-        1
-    """
-
-    inputs: Any
-    targets: Tensor
-    is_forget: Tensor
-
-
-class MapDataset(Protocol):
-    """Anything indexable with a length: a map-style dataset."""
-
-    def __getitem__(self, index: int) -> Any: ...
-
-    def __len__(self) -> int: ...
-
-
-class _EmptyDataset(Dataset[Any]):
-    """A dataset with no samples (stands for a part an objective does not use)."""
-
-    def __len__(self) -> int:
-        return 0
-
-    def __getitem__(self, index: int) -> Any:
-        raise IndexError(f"index {index} out of range for an empty dataset")
-
-
-def as_dataset(data: Any, name: str = "data") -> MapDataset:
-    """Return the map-style dataset behind ``data``.
-
-    Args:
-        data: A map-style ``Dataset``, a ``DataLoader`` over one (its dataset is
-            used; its batching is not), any sequence of ``(x, y)`` pairs, or
-            ``None`` (an empty dataset).
-        name: How to call ``data`` in error messages.
-
-    Returns:
-        A map-style dataset.
-
-    Raises:
-        ModeConnError: If ``data`` is an iterable-style dataset or not a dataset at all.
-
-    Example:
-        >>> import torch
-        >>> from torch.utils.data import DataLoader, TensorDataset
-        >>> ds = TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
-        >>> as_dataset(DataLoader(ds, batch_size=2)) is ds
-        True
-    """
-    if data is None:
-        return _EmptyDataset()
-    if isinstance(data, DataLoader):
-        data = data.dataset
-    if isinstance(data, IterableDataset):
-        raise ModeConnError(
-            f"{name} is an IterableDataset; a map-style dataset (with __getitem__ and "
-            "__len__) is needed to mix retain and forget samples. Materialise it, e.g. "
-            "as a TensorDataset."
-        )
-    if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
-        return data  # type: ignore[no-any-return]
-    raise ModeConnError(
-        f"{name} must be a map-style Dataset or a DataLoader over one, got {type(data).__name__}."
-    )
-
-
-def as_loader(
-    data: Any, *, name: str = "data", batch_size: int = DEFAULT_EVAL_BATCH_SIZE
-) -> DataLoader[Any]:
-    """Return ``data`` as a loader: a ``DataLoader`` as is, a ``Dataset`` wrapped.
-
-    Args:
-        data: A ``DataLoader`` (returned unchanged) or a map-style ``Dataset``
-            (wrapped with ``shuffle=False``).
-        name: How error messages call ``data``.
-        batch_size: Batch size of the wrapping loader.
-
-    Returns:
-        A ``DataLoader``.
-
-    Raises:
-        TypeError: If ``data`` is neither.
-        ModeConnError: If it holds no samples.
-
-    Example:
-        >>> import torch
-        >>> from torch.utils.data import TensorDataset
-        >>> ds = TensorDataset(torch.zeros(300, 2), torch.zeros(300, dtype=torch.long))
-        >>> len(as_loader(ds))
-        2
-    """
-    if isinstance(data, DataLoader):
-        loader = data
-    elif isinstance(data, (Dataset, Sequence)) and not isinstance(data, (str, bytes)):
-        loader = DataLoader(data, batch_size=batch_size, shuffle=False)  # type: ignore[arg-type]
-    else:
-        raise TypeError(
-            f"{name} must be a DataLoader or a map-style Dataset yielding (inputs, targets), got "
-            f"{type(data).__name__}; wrap tensors as torch.utils.data.TensorDataset(x, y)."
-        )
-    if hasattr(loader.dataset, "__len__") and len(loader.dataset) == 0:
-        raise ModeConnError(f"{name} is empty (0 samples): pass a loader with some data.")
-    return loader
-
-
-def read_sample(item: Any) -> tuple[Any, Any]:
-    """Return ``(inputs, target)`` of ONE dataset item (not a batch).
-
-    Batches are read by a task's ``split`` (see :mod:`modeconn_unlearn.tasks`);
-    this reads the items of the map-style datasets that :class:`UnlearnDataset`
-    mixes: ``(x, y, ...)`` tuples, or dicts of keyword inputs with a
-    ``"labels"`` entry (language-model examples), whose other entries are the
-    inputs.
-
-    Args:
-        item: One item of a dataset.
-
-    Returns:
-        The pair ``(inputs, target)``.
-
-    Raises:
-        ModeConnError: If the item is neither.
-
-    Example:
-        >>> import torch
-        >>> read_sample((torch.zeros(3), 1))[1]
-        1
-        >>> sorted(read_sample({"input_ids": torch.zeros(4), "labels": torch.zeros(4)})[0])
-        ['input_ids']
-    """
-    if isinstance(item, (tuple, list)) and len(item) >= 2:
-        return item[0], item[1]
-    if isinstance(item, Mapping) and "labels" in item:
-        inputs = {k: v for k, v in item.items() if k != "labels"}
-        if inputs:
-            return inputs, item["labels"]
-    raise ModeConnError(
-        f"a dataset item must be (inputs, target, ...) or a dict with a 'labels' entry and model "
-        f"inputs, got {type(item).__name__}; use a dataset whose items are (x, y) pairs."
-    )
-
-
-@deprecated(
-    "unpack_batch is deprecated: read batches with task.split(batch) (modeconn_unlearn.tasks)"
-)
-def unpack_batch(batch: Any) -> tuple[Any, Tensor]:
-    """Deprecated: ``(inputs, targets)`` of a batch; use ``resolve_task(None).split(batch)``.
-
-    Kept as an alias of :func:`read_sample` for code written against earlier versions.
-    """
-    inputs, targets = read_sample(batch)
-    return inputs, targets
-
-
-def move_to_device(obj: Any, device: torch.device | str) -> Any:
-    """Move tensors inside ``obj`` (tensor, mapping, tuple or list) to ``device``.
-
-    Args:
-        obj: A tensor or a (nested) container of tensors; other values pass through.
-        device: The target device.
-
-    Returns:
-        The same structure with tensors on ``device``.
-
-    Example:
-        >>> import torch
-        >>> move_to_device({"x": torch.zeros(1)}, "cpu")["x"].device.type
-        'cpu'
-    """
-    if isinstance(obj, Tensor):
-        return obj.to(device)
-    if isinstance(obj, UnlearnBatch):
-        return UnlearnBatch(*(move_to_device(item, device) for item in obj))
-    if isinstance(obj, Mapping):
-        return type(obj)({k: move_to_device(v, device) for k, v in obj.items()})  # type: ignore[call-arg]
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(move_to_device(item, device) for item in obj)
-    return obj
 
 
 def _targets_of(dataset: Any) -> Tensor:

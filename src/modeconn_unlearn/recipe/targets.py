@@ -1,0 +1,173 @@
+"""MCU's targets from data the user holds, never from a retrained model.
+
+A user who needs unlearning has the original model θ_o and its training data but
+**no retrained model**. :func:`user_targets` gives MCU's targets from what the
+user holds: the original's accuracy on retain data, and for the forget set its
+accuracy on a held-out split carved from the training data before training
+(:func:`carve_holdout`; random forgetting) or 0 (a forgotten class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..errors import ModeConnError
+from ..evaluation import DataLike, evaluate
+
+__all__ = ["Scenario", "Targets", "carve_holdout", "user_targets"]
+
+Scenario = Literal["random", "class"]
+
+
+@dataclass(frozen=True)
+class Targets:
+    """MCU's targets, in percent, and where they came from.
+
+    Attributes:
+        retain: Target retain accuracy.
+        forget: Target forget accuracy.
+        scenario: ``"random"`` or ``"class"``.
+        source: How each target was obtained (for reports).
+    """
+
+    retain: float
+    forget: float
+    scenario: str
+    source: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("retain", "forget"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 100.0):
+                raise ModeConnError(f"Targets.{name} is a percentage in [0, 100], got {value!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict."""
+        return asdict(self)
+
+
+def _length(data: Any, name: str) -> int:
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except TypeError as error:
+        raise ModeConnError(f"{name} must be a map-style dataset with a length.") from error
+
+
+def carve_holdout(
+    train: Dataset[Any], *, fraction: float = 0.1, seed: int = 0
+) -> tuple[Subset[Any], Subset[Any]]:
+    """Split a training set into the data to train on and a held-out validation split.
+
+    Do this **before** training the original model: the holdout is data the
+    original never saw, drawn from the training distribution, so the
+    original's accuracy on it estimates what a model retrained without a random
+    forget set scores on that forget set (:func:`user_targets`). The test split
+    stays untouched for reporting.
+
+    Args:
+        train: The training set (map-style dataset).
+        fraction: Fraction in (0, 1) held out (``round(fraction * len(train))`` samples).
+        seed: Seed of the draw.
+
+    Returns:
+        ``(train_rest, holdout)``, both :class:`~torch.utils.data.Subset` with ascending indices.
+
+    Raises:
+        ModeConnError: A fraction outside (0, 1) or a split that leaves a side empty.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.arange(20.0).view(20, 1), torch.zeros(20, dtype=torch.long))
+        >>> rest, holdout = carve_holdout(data, fraction=0.25)
+        >>> len(rest), len(holdout), set(rest.indices) & set(holdout.indices)
+        (15, 5, set())
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise ModeConnError(f"fraction must be a number in (0, 1), got {fraction!r}.")
+    if not 0.0 < fraction < 1.0:
+        raise ModeConnError(
+            f"fraction must be in (0, 1), got {fraction}; pass a fraction (0.1), not a percentage."
+        )
+    size = _length(train, "train")
+    count = round(fraction * size)
+    if count == 0 or count == size:
+        raise ModeConnError(
+            f"Holding out {fraction} of {size} samples leaves one side empty; choose a fraction "
+            "that keeps samples on both sides."
+        )
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(train, sorted(order[count:])), Subset(train, sorted(order[:count]))
+
+
+def user_targets(
+    original: nn.Module,
+    retain: DataLike,
+    holdout: DataLike | None = None,
+    *,
+    scenario: Scenario = "random",
+    device: torch.device | str | None = None,
+) -> Targets:
+    """MCU's targets from the original model and data the user holds.
+
+    * retain target: the original's accuracy on ``retain`` (retraining keeps
+      what the retain set teaches);
+    * forget target, ``scenario="random"``: the original's accuracy on
+      ``holdout``, a validation split carved from the training data before
+      training (:func:`carve_holdout`); a model retrained without a random
+      forget set treats it like unseen data from the same distribution;
+    * forget target, ``scenario="class"``: 0 (a model that never saw a class
+      never predicts it).
+
+    Never pass the test split as ``holdout`` (it is for reporting), and never
+    a retrained model's numbers: a user does not have them.
+
+    Args:
+        original: The original model θ_o (evaluated as it is, in eval mode).
+        retain: Retain data (or a fixed subset of it, e.g. the one the path is
+            evaluated on).
+        holdout: The held-out validation split (needed for ``"random"``;
+            ignored for ``"class"``).
+        scenario: ``"random"`` or ``"class"`` forgetting.
+        device: Where to evaluate.
+
+    Returns:
+        :class:`Targets`.
+
+    Raises:
+        ModeConnError: An unknown scenario, or ``"random"`` without a holdout.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.randn(30, 4), torch.randint(0, 3, (30,)))
+        >>> targets = user_targets(nn.Linear(4, 3), data, scenario="class")
+        >>> targets.forget, 0.0 <= targets.retain <= 100.0
+        (0.0, True)
+    """
+    if scenario not in ("random", "class"):
+        raise ModeConnError(f'scenario must be "random" or "class", got {scenario!r}.')
+    retain_acc = evaluate(original, retain, device=device).accuracy
+    if scenario == "class":
+        return Targets(
+            retain=retain_acc,
+            forget=0.0,
+            scenario=scenario,
+            source={"retain": "original on retain data", "forget": "0 (forgotten class)"},
+        )
+    if holdout is None:
+        raise ModeConnError(
+            "Random forgetting needs holdout=...: a validation split carved from the training "
+            "data before training (carve_holdout); the original's accuracy on it is the forget "
+            "target. Do not use the test split."
+        )
+    return Targets(
+        retain=retain_acc,
+        forget=evaluate(original, holdout, device=device).accuracy,
+        scenario=scenario,
+        source={"retain": "original on retain data", "forget": "original on held-out split"},
+    )
