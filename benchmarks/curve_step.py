@@ -19,22 +19,34 @@ spread (min-max). The machine may be shared with other jobs: compare ratios, not
 With one thread, ``--clock cpu`` (the default there) times the process's CPU time
 (``time.process_time``), which leaves out the time it waits for a core on a busy machine.
 
+By default every variant runs in a process of its own (``--processes per-variant``) and the
+parent asks each in turn for its steps. In one shared process (``--processes shared``) the
+variants' allocations share one heap: how often a step gets fresh pages from the kernel
+(minor page faults, also reported) then depends on what the other variants allocated
+before it, and on ResNet-20 that swings a step's time by tens of percent either way.
+
 Usage:
     python benchmarks/curve_step.py                  # full run, compiles the MLP cases
     python benchmarks/curve_step.py --compile all    # also compile ResNet-20 (slow to compile)
     python benchmarks/curve_step.py --quick          # smoke run for CI (< 1 minute)
+    python benchmarks/curve_step.py --processes shared   # all variants in one process
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import multiprocessing
 import os
+import resource
 import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,6 +61,13 @@ NOTES = """Notes:
 
 - Ratios compare variants timed in the same round; on a machine shared with other jobs
   (see the load average) the min-max spread is wide, so read the medians with it.
+- Each variant runs in a process of its own unless the command says `--processes shared`.
+  The page-fault column counts the fresh pages a step got from the kernel (median per step).
+  On ResNet-20 the plain step and the curve step both fault on tens of thousands of pages
+  per step: the activations' buffers, freed and allocated again by the C allocator every
+  step. The curve's own buffers (its combined weights and the bends' gradient, 1 MiB each)
+  are a few hundred pages of those. In one shared process the counts of the two differ
+  (the variants' allocations interleave on one heap) and so do their times.
 - `layer_mask` (MCU's per-tensor mask) on ResNet-20 selects `conv1` and the affine parameters
   of every BatchNorm (small tensors score high per entry), so the backward pass still runs
   through every layer and only part of the weight gradients is skipped. The late-tensor mask
@@ -59,10 +78,18 @@ NOTES = """Notes:
   the wide MLP, whose weights are large next to its compute.
 """
 Step = Callable[[], None]
+PROCESSES = {
+    "per-variant": "each variant in a process of its own",
+    "shared": "all variants in one process",
+}
 
 
 def wide_mlp() -> nn.Module:
     return MLP(3072, (1024, 1024), num_classes=10)
+
+
+#: The model builders by name, for worker processes.
+BUILDERS: dict[str, Callable[[], nn.Module]] = {"resnet20": resnet20, "wide_mlp": wide_mlp}
 
 
 @dataclass
@@ -110,9 +137,8 @@ def covered(mask: dict[str, torch.Tensor]) -> float:
     return sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
 
 
-def measure(
-    case: Case, repeats: int, rounds: int, compile_it: bool, clock: Callable[[], float]
-) -> dict[str, object]:
+def variants(case: Case, compile_it: bool) -> tuple[dict[str, Step], dict[str, object]]:
+    """Every variant's step on the same models and inputs (deterministic from seed 0)."""
     torch.manual_seed(0)
     start, end, plain = case.build(), case.build(), case.build()
     x, y = torch.randn(case.batch, *case.shape), torch.randint(0, 10, (case.batch,))
@@ -134,26 +160,116 @@ def measure(
     optimizers = {}
     for key, module in modules.items():
         steps[key], optimizers[key] = make_step(module, module.parameters(), x, y)
-    compile_seconds = {}
     if compile_it:
         compiled_curve = CurveModel(start, start=start, end=end)
         for key, module in (("compiled", compiled_curve), ("compiled_plain", case.build())):
             steps[key], _ = make_step(torch.compile(module), module.parameters(), x, y)
-            begin = time.perf_counter()
-            steps[key]()  # compiles
-            compile_seconds[key] = time.perf_counter() - begin
-    for step in steps.values():
+    facts = {
+        "tensor_mask_fraction": covered(tensor_mask),
+        "late_mask_fraction": covered(late_mask),
+        "element_mask_fraction": covered(element_mask),
+        "elements_state/curve_state": state_numel(modules["elements"], optimizers["elements"])
+        / state_numel(modules["curve"], optimizers["curve"]),
+    }
+    return steps, facts
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (fresh pages the kernel had to map)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+class Runner:
+    """Runs one variant's steps on request: here, or in a process of its own."""
+
+    def __init__(self, step: Step, clock: Callable[[], float]) -> None:
+        self.step, self.clock = step, clock
+        begin = time.perf_counter()
+        step()  # compiles, for a compiled variant
+        self.first_seconds = time.perf_counter() - begin
         for _ in range(2):
             step()
-    order = list(steps)
-    times: dict[str, list[float]] = {k: [] for k in steps}
+
+    def run(self, repeats: int) -> tuple[float, float]:
+        """Seconds and minor page faults per step over ``repeats`` steps."""
+        faults, begin = minor_faults(), self.clock()
+        for _ in range(repeats):
+            self.step()
+        return (self.clock() - begin) / repeats, (minor_faults() - faults) / repeats
+
+
+def serve(spec: dict[str, Any], key: str, connection: Connection) -> None:
+    """Worker process: build the variants, keep ``key``'s, time it whenever asked."""
+    torch.set_num_threads(spec["threads"])
+    case = Case(spec["name"], BUILDERS[spec["build"]], spec["batch"], 0.0, spec["compile"])
+    steps, _ = variants(case, spec["compile"])
+    step = steps.pop(key)
+    del steps
+    gc.collect()
+    runner = Runner(step, time.process_time if spec["clock"] == "cpu" else time.perf_counter)
+    connection.send(runner.first_seconds)
+    while (repeats := connection.recv()) is not None:
+        connection.send(runner.run(repeats))
+
+
+class Remote:
+    """A :class:`Runner` in a process of its own, so variants share no heap."""
+
+    def __init__(self, spec: dict[str, Any], key: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=serve, args=(spec, key, child), daemon=True)
+        self.process.start()
+        self.first_seconds = self.connection.recv()
+
+    def run(self, repeats: int) -> tuple[float, float]:
+        self.connection.send(repeats)
+        return self.connection.recv()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.connection.send(None)
+        self.process.join()
+
+
+def measure(
+    case: Case,
+    repeats: int,
+    rounds: int,
+    compile_it: bool,
+    clock_name: str,
+    threads: int,
+    processes: str,
+) -> dict[str, object]:
+    steps, facts = variants(case, compile_it)
+    if processes == "per-variant":
+        spec = {
+            "name": case.name,
+            "build": case.build.__name__,
+            "batch": case.batch,
+            "compile": compile_it,
+            "threads": threads,
+            "clock": clock_name,
+        }
+        keys = list(steps)
+        del steps
+        gc.collect()
+        runners: dict[str, Runner | Remote] = {key: Remote(spec, key) for key in keys}
+    else:
+        clock = time.process_time if clock_name == "cpu" else time.perf_counter
+        runners = {key: Runner(step, clock) for key, step in steps.items()}
+    compile_seconds = {k: r.first_seconds for k, r in runners.items() if k.startswith("compiled")}
+    order = list(runners)
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    faults: dict[str, list[float]] = {k: [] for k in runners}
     for index in range(rounds):
         shift = index % len(order)
         for key in order[shift:] + order[:shift]:
-            begin = clock()
-            for _ in range(repeats):
-                steps[key]()
-            times[key].append((clock() - begin) / repeats)
+            seconds, fault_count = runners[key].run(repeats)
+            times[key].append(seconds)
+            faults[key].append(fault_count)
+    for runner in runners.values():
+        if isinstance(runner, Remote):
+            runner.close()
     pairs = {
         "curve/plain": ("curve", "plain"),
         "tensors/plain": ("tensors", "plain"),
@@ -173,16 +289,14 @@ def measure(
         "batch": case.batch,
         "rounds": rounds,
         "repeats": repeats,
+        "processes": processes,
         "ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
+        "faults_per_step": {k: statistics.median(v) for k, v in faults.items()},
         "ratio_median": {k: statistics.median(v) for k, v in ratios.items()},
         "ratio_min": {k: min(v) for k, v in ratios.items()},
         "ratio_max": {k: max(v) for k, v in ratios.items()},
         "ratios": ratios,
-        "tensor_mask_fraction": covered(tensor_mask),
-        "late_mask_fraction": covered(late_mask),
-        "element_mask_fraction": covered(element_mask),
-        "elements_state/curve_state": state_numel(modules["elements"], optimizers["elements"])
-        / state_numel(modules["curve"], optimizers["curve"]),
+        **facts,
         "compile_seconds": compile_seconds,
         "curve_target": case.curve_target,
     }
@@ -203,8 +317,8 @@ def table(rows: list[dict]) -> str:
         "(target <= 0.85): layer_mask | late tensors | element mask/curve (target <= 1) | "
         "element mask state/curve "
         "(target <= 0.12) | compiled curve/eager curve | compiled curve/plain | "
-        "compiled plain/plain |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "compiled plain/plain | page faults per step: plain, curve |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
@@ -214,7 +328,8 @@ def table(rows: list[dict]) -> str:
             f"{cell(r, 'late/plain')} [{100 * r['late_mask_fraction']:.0f} %] | "
             f"{cell(r, 'elements/curve')} | {r['elements_state/curve_state']:.3f} | "
             f"{cell(r, 'compiled/curve')} | {cell(r, 'compiled/plain')} | "
-            f"{cell(r, 'compiled_plain/plain')} |"
+            f"{cell(r, 'compiled_plain/plain')} | "
+            f"{r['faults_per_step']['plain']:.0f}, {r['faults_per_step']['curve']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -225,6 +340,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--cases", choices=["all", "resnet", "mlp"], default="all")
+    parser.add_argument(
+        "--processes",
+        choices=["per-variant", "shared"],
+        default="per-variant",
+        help="time each variant in a process of its own (default), or all in this one",
+    )
     parser.add_argument(
         "--clock",
         choices=["wall", "cpu"],
@@ -237,10 +358,10 @@ def main() -> None:
         default="mlp",
         help="which cases also time torch.compile (ResNet-20 takes minutes to compile)",
     )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clock_name = args.clock or ("cpu" if args.threads == 1 else "wall")
-    clock = time.process_time if clock_name == "cpu" else time.perf_counter
     cases = [
         Case("ResNet-20", resnet20, 128, 1.03, args.compile == "all"),
         Case("MLP 3072-1024-1024-10", wide_mlp, 128, 1.25, args.compile != "none"),
@@ -254,20 +375,29 @@ def main() -> None:
         cases = [Case("MLP 3072-1024-1024-10", wide_mlp, 8, 1.5, False)]
         rounds = 3
     rows = [
-        measure(c, 1 if args.quick else repeats.get(c.name, 3), rounds, c.compile, clock)
+        measure(
+            c,
+            1 if args.quick else repeats.get(c.name, 3),
+            rounds,
+            c.compile,
+            clock_name,
+            args.threads,
+            args.processes,
+        )
         for c in cases
     ]
     load = os.getloadavg()
     header = (
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU only (no GPU), "
-        f"{clock_name} clock, median of {rounds} interleaved rounds (min-max in parentheses); "
+        f"{clock_name} clock, median of {rounds} interleaved rounds (min-max in parentheses), "
+        f"{PROCESSES[args.processes]}; "
         f"load average at the end {load[0]:.1f} on {os.cpu_count()} cores"
     )
     text = table(rows)
     print(f"{header}\n{text}")
     if not args.quick:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "curve_step.json").write_text(json.dumps(rows, indent=2))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "curve_step.json").write_text(json.dumps(rows, indent=2))
         command = "python benchmarks/curve_step.py" + "".join(
             f" --{name} {value}"
             for name, value, default in (
@@ -275,11 +405,12 @@ def main() -> None:
                 ("rounds", args.rounds, 9),
                 ("compile", args.compile, "mlp"),
                 ("cases", args.cases, "all"),
+                ("processes", args.processes, "per-variant"),
                 ("clock", args.clock, None),
             )
             if value != default
         )
-        (RESULTS / "curve_step.md").write_text(
+        (args.out / "curve_step.md").write_text(
             f"Command: `{command}`\n\n{header}\n\n{text}\n\n{NOTES}"
         )
 
