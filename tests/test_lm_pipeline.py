@@ -336,3 +336,36 @@ def test_relearning_attack_on_forgotten_facts(world) -> None:  # type: ignore[no
     assert result.train_loss[-2] < result.train_loss[0]  # the attack fits its own samples
     for key, value in theta_u.state_dict().items():  # the attacked model is a copy
         assert torch.equal(value, before[key]), key
+
+
+def test_rmu_trains_a_lora_curve_at_a_decoder_block(world) -> None:  # type: ignore[no-untyped-def]
+    peft = pytest.importorskip("peft")
+    model, retain, forget = world["model"], world["retain"], world["forget"]
+    config = peft.LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]
+    )
+    lora_o = peft.get_peft_model(copy.deepcopy(model), config)
+    lora_u = copy.deepcopy(lora_o)
+    curve = mcu.CurveModel(lora_o, start=lora_o, end=lora_u)
+    block = "base_model.model.model.layers.0"  # a decoder block returns a tuple
+    loss = mcu.losses.rmu(block, steering_coef=4.0, alpha=1.0, task=TASK)
+    batch = next(iter(lm.lm_unlearn_loader(retain, forget, batch_size=16, seed=0)))
+    curve.t_sampler = (0.5, 0.5)
+    loss(curve, batch)  # the ends are equal, so every point is the original: no retain term
+    before = dict(loss.last_stats)
+    assert before["rmu_retain"] == pytest.approx(0.0, abs=1e-10) and before["rmu_forget"] > 0
+    curve.t_sampler = (0.0, 1.0)
+    mcu.fit_curve(
+        curve,
+        retain,
+        forget,
+        loss=loss,
+        epochs=10,
+        lr=5e-2,
+        optimizer="adam",
+        batch_size=16,
+        progress=False,
+    )
+    curve.t_sampler = (0.5, 0.5)
+    loss(curve, batch)
+    assert loss.last_stats["rmu_forget"] < 0.8 * before["rmu_forget"]

@@ -22,6 +22,7 @@ from modeconn_unlearn.losses import (
     neggrad_plus,
     npo,
     random_label,
+    rmu,
     simnpo,
 )
 from modeconn_unlearn.tasks import CausalLMTask
@@ -483,3 +484,127 @@ def test_npo_is_bounded_below_by_zero_where_gradient_ascent_diverges():
     value = npo(1.0, reference=reference)(model, batch).item()
     assert 0.0 <= value < 1e-12
     assert gradient_ascent()(model, batch).item() < -99.0
+
+
+# --- RMU -------------------------------------------------------------------------------------
+
+
+def rmu_direction(features: int, seed: int = 0) -> torch.Tensor:
+    u = torch.rand(features, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return u / u.norm()
+
+
+def test_rmu_matches_hand_computation_for_a_classifier():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    reference = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    is_forget = torch.tensor([True, False, True, False, False])
+    batch = UnlearnBatch(x, torch.tensor([0, 1, 0, 1, 1]), is_forget)
+    coef, alpha = 2.0, 3.0
+    with torch.no_grad():
+        h, h_ref = model[0](x), reference[0](x)
+    target = coef * rmu_direction(4)
+    forget_term = ((h[is_forget] - target) ** 2).mean(dim=1).mean()
+    retain_term = ((h[~is_forget] - h_ref[~is_forget]) ** 2).mean(dim=1).mean()
+    loss = rmu("0", steering_coef=coef, alpha=alpha, reference=reference)
+    value = loss(model, batch)
+    torch.testing.assert_close(value, forget_term + alpha * retain_term)
+    assert loss.last_stats["rmu_forget"] == pytest.approx(float(forget_term))
+    assert loss.last_stats["rmu_retain"] == pytest.approx(float(retain_term))
+    assert "retain_acc" in loss.last_stats  # the task's accuracies still come from the pass
+    value.backward()
+    assert model[0].weight.grad is not None and model[2].weight.grad is None  # only up to "0"
+
+
+def test_rmu_on_token_activations_averages_over_the_attention_mask():
+    model, reference, batch = TinyLM(), TinyLM(), lm_batch()
+    mask = batch.inputs["attention_mask"].clone()
+    mask[:, 4:] = 0  # the last two positions are padding
+    batch = UnlearnBatch({**batch.inputs, "attention_mask": mask}, batch.targets, batch.is_forget)
+    with torch.no_grad():
+        h, h_ref = (
+            model.embed(batch.inputs["input_ids"]),
+            reference.embed(batch.inputs["input_ids"]),
+        )
+    target = (6.5 * rmu_direction(5)).float()
+    keep = mask.float()
+
+    forget, retain = batch.is_forget, ~batch.is_forget
+    forget_rows = ((h[forget] - target) ** 2).mean(-1)
+    forget_term = ((forget_rows * keep[forget]).sum(1) / keep[forget].sum(1)).mean()
+    retain_rows = ((h[retain] - h_ref[retain]) ** 2).mean(-1)
+    retain_term = ((retain_rows * keep[retain]).sum(1) / keep[retain].sum(1)).mean()
+    loss = rmu("embed", alpha=2.0, reference=reference, task=CausalLMTask())
+    torch.testing.assert_close(loss(model, batch), forget_term + 2.0 * retain_term)
+    unmasked = ((h[forget] - target) ** 2).mean()
+    assert not torch.isclose(forget_term, unmasked)  # the mask matters in this batch
+
+
+def test_rmu_on_a_curve_uses_the_curve_start_as_reference():
+    start, end = TinyLM(), TinyLM()
+    curve = CurveModel(start, start=start, end=end)
+    curve.t_sampler = (0.4, 0.4)
+    batch = lm_batch()
+    task = CausalLMTask()
+    value = rmu("embed", task=task)(curve, batch)
+    explicit = rmu("embed", reference=start, task=task)(curve, batch)
+    torch.testing.assert_close(value, explicit)
+    assert curve.training
+    with pytest.raises(ModeConnError, match="reference="):
+        rmu("embed", task=task)(TinyLM(), batch)
+
+
+def test_rmu_training_steers_forget_activations_and_alpha_holds_retain_ones():
+    from modeconn_unlearn.training import unlearn
+
+    torch.manual_seed(0)
+    original = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(48, 4), torch.randint(0, 3, (48,))
+    retain = torch.utils.data.TensorDataset(x[:32], y[:32])
+    forget = torch.utils.data.TensorDataset(x[32:], y[32:])
+    batch = UnlearnBatch(x, y, torch.arange(48) >= 32)
+    probe = rmu("0", steering_coef=5.0, alpha=1.0, reference=original)
+    probe(original, batch)
+    start = probe.last_stats["rmu_forget"]
+    after = {}
+    for alpha in (0.0, 10.0):
+        loss = rmu("0", steering_coef=5.0, alpha=alpha, reference=original)
+        model = unlearn(original, retain, forget, loss=loss, epochs=20, lr=0.05, progress=False)
+        probe(model, batch)
+        after[alpha] = dict(probe.last_stats)
+    # Without the retain term the forget activations reach the control vector, and the retain
+    # ones drift; a large alpha holds the retain activations at the reference's and still
+    # moves the forget ones (a tiny layer cannot do both fully: the trade-off alpha sets).
+    assert after[0.0]["rmu_forget"] < 0.1 * start
+    assert after[10.0]["rmu_retain"] < 0.05 * after[0.0]["rmu_retain"]
+    assert after[10.0]["rmu_forget"] < 0.9 * start
+
+
+def test_rmu_refuses_what_it_cannot_use():
+    model, batch = fixed_batch()
+    with pytest.raises(ModeConnError, match="no submodule 'nope'"):
+        rmu("nope", reference=model)(model, batch)
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.block(self.block(x))
+
+    twice = Twice()
+    with pytest.raises(ModeConnError, match="ran 2 times"):
+        rmu("block", reference=twice)(
+            twice,
+            UnlearnBatch(torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([True, False])),
+        )
+    for make in (
+        lambda: rmu(""),
+        lambda: rmu("0", steering_coef=0.0),
+        lambda: rmu("0", alpha=-1.0),
+        lambda: rmu("0", reference="original"),
+    ):
+        with pytest.raises(ModeConnError):
+            make()

@@ -13,7 +13,9 @@ the task and run one forward pass through it:
   objective :func:`mcu_objective` with :class:`AdaptiveBeta`;
 * preference-style objectives for language models and classifiers alike
   (:mod:`.preference`): :func:`gradient_difference`, :func:`npo`,
-  :func:`simnpo` and :func:`idk`.
+  :func:`simnpo` and :func:`idk`;
+* representation misdirection (:mod:`.representation`): :func:`rmu`, which
+  steers one hidden layer's activations on forget samples.
 """
 
 from .base import UnlearnLoss
@@ -26,6 +28,7 @@ from .classic import (
     random_label,
 )
 from .preference import gradient_difference, idk, npo, simnpo
+from .representation import rmu
 
 __all__ = [
     "AdaptiveBeta",
@@ -38,5 +41,6 @@ __all__ = [
     "neggrad_plus",
     "npo",
     "random_label",
+    "rmu",
     "simnpo",
 ]

@@ -12,8 +12,7 @@
 tokens (whatever the task's own ``reduction``), for classification the
 per-sample cross-entropy, and for a user's task minus its per-sample loss.
 Retain terms use the task's own per-sample loss (its ``reduction``).
-RMU (representation misdirection) is not provided: it needs a chosen hidden
-layer's activations, which the task interface does not expose.
+RMU, which reads a hidden layer's activations instead, is in :mod:`.representation`.
 """
 
 from __future__ import annotations
