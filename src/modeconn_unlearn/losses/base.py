@@ -13,10 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data import UnlearnBatch
+from ..batchnorm import module_device
+from ..curve_model import CurveModel
+from ..data import UnlearnBatch, move_to_device
 from ..errors import ModeConnError
 from ..tasks import Batch, SampleOutputs, Task, resolve_task
 
@@ -26,6 +29,7 @@ __all__ = [
     "UnlearnLoss",
     "as_float",
     "check_percentages",
+    "reference_outputs",
     "select_rows",
     "unwrap_model",
 ]
@@ -112,6 +116,63 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = inner
         else:
             return model
+
+
+def reference_outputs(
+    model: nn.Module,
+    reference: nn.Module | None,
+    task: Task,
+    inputs: Any,
+    targets: Tensor,
+    *,
+    name: str,
+) -> SampleOutputs:
+    """The task's results of the reference model, in eval mode and without gradients.
+
+    The reference is ``reference`` (the original, held fixed; the batch moves to
+    its device) or, when ``None`` and ``model`` is a
+    :class:`~modeconn_unlearn.curve_model.CurveModel`, the curve's own start
+    ``curve(x, t=0.0)``, so no second copy of the original is held. The
+    module's train/eval mode is restored afterwards.
+
+    Raises:
+        ModeConnError: ``reference`` is ``None`` and ``model`` is not a curve;
+            the message names the objective ``name``.
+
+    Example:
+        >>> import torch
+        >>> from modeconn_unlearn.tasks import resolve_task
+        >>> original = nn.Linear(2, 3)
+        >>> out = reference_outputs(original, original, resolve_task(None), torch.zeros(1, 2),
+        ...                         torch.tensor([0]), name="npo")
+        >>> out.loss.requires_grad, original.training
+        (False, True)
+    """
+    curve = unwrap_model(model)
+    runner: Any
+    owner: nn.Module
+    if reference is not None:
+        owner = runner = reference
+        device = module_device(reference)
+        inputs, targets = move_to_device(inputs, device), targets.to(device)
+    elif isinstance(curve, CurveModel):
+        owner = curve
+
+        def runner(*args: Any, **kwargs: Any) -> Any:
+            return curve(*args, t=0.0, **kwargs)
+    else:
+        raise ModeConnError(
+            f"{name} needs reference= (the original model, held fixed) unless it trains a "
+            f"CurveModel, whose start is the reference; got a {type(curve).__name__} and "
+            f"reference=None. Pass {name}(..., reference=original_model)."
+        )
+    was_training = owner.training
+    owner.eval()
+    try:
+        with torch.no_grad():
+            return task(runner, inputs, targets)
+    finally:
+        owner.train(was_training)
 
 
 def select_rows(inputs: Any, select: Tensor) -> Any:

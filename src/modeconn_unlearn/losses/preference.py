@@ -19,16 +19,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..batchnorm import module_device
-from ..curve_model import CurveModel
-from ..data import move_to_device
 from ..errors import ModeConnError
 from ..tasks import IGNORE_INDEX, Batch, CausalLMTask, SampleOutputs, Task
-from .base import Objective, Parts, UnlearnLoss, as_float, select_rows, unwrap_model
+from .base import Objective, Parts, UnlearnLoss, as_float, reference_outputs, select_rows
 
 __all__ = ["gradient_difference", "idk", "npo", "simnpo"]
 
@@ -90,30 +86,7 @@ class _NPO(Objective):
         return self.summed(model, batch.inputs, batch.targets)
 
     def _reference_logp(self, model: nn.Module, inputs: Any, targets: Tensor) -> Tensor:
-        curve = unwrap_model(model)
-        reference: Any
-        owner: nn.Module
-        if self.reference is not None:
-            owner = reference = self.reference
-            inputs = move_to_device(inputs, module_device(self.reference))
-        elif isinstance(curve, CurveModel):
-            owner = curve
-
-            def reference(*args: Any, **kwargs: Any) -> Any:
-                return curve(*args, t=0.0, **kwargs)
-        else:
-            raise ModeConnError(
-                "npo needs reference= (the original model, held fixed) unless it trains a "
-                f"CurveModel, whose start is the reference; got a {type(curve).__name__} and "
-                "reference=None. Pass npo(beta, reference=original_model)."
-            )
-        was_training = owner.training
-        owner.eval()
-        try:
-            with torch.no_grad():
-                out = self.summed(reference, inputs, targets)
-        finally:
-            owner.train(was_training)
+        out = reference_outputs(model, self.reference, self.summed, inputs, targets, name="npo")
         return -out.loss
 
     def combine(self, model: nn.Module, p: Parts) -> Tensor:

@@ -24,12 +24,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..batchnorm import module_device
 from ..curve_model import CurveModel
-from ..data import move_to_device
 from ..errors import ModeConnError
 from ..tasks import Batch, SampleOutputs, Task
-from .base import Objective, Parts, UnlearnLoss, as_float, select_rows, unwrap_model
+from .base import (
+    Objective,
+    Parts,
+    UnlearnLoss,
+    as_float,
+    reference_outputs,
+    select_rows,
+    unwrap_model,
+)
 
 __all__ = ["rmu"]
 
@@ -122,31 +128,9 @@ class _RMU(Objective):
         return out
 
     def _reference_activations(self, model: nn.Module, inputs: Any, targets: Tensor) -> Tensor:
-        curve = unwrap_model(model)
-        reference: Any
-        owner: nn.Module
-        if self.reference is not None:
-            owner = reference = self.reference
-            device = module_device(self.reference)
-            inputs, targets = move_to_device(inputs, device), targets.to(device)
-        elif isinstance(curve, CurveModel):
-            owner = curve
-
-            def reference(*args: Any, **kwargs: Any) -> Any:
-                return curve(*args, t=0.0, **kwargs)
-        else:
-            raise ModeConnError(
-                "rmu needs reference= (the original model, held fixed) unless it trains a "
-                f"CurveModel, whose start is the reference; got a {type(curve).__name__} and "
-                "reference=None. Pass rmu(layer, reference=original_model)."
-            )
-        was_training = owner.training
-        owner.eval()
-        try:
-            with torch.no_grad(), _captured(_layer_of(owner, self.layer)) as seen:
-                self.task(reference, inputs, targets)
-        finally:
-            owner.train(was_training)
+        owner = model if self.reference is None else self.reference
+        with _captured(_layer_of(owner, self.layer)) as seen:
+            reference_outputs(model, self.reference, self.task, inputs, targets, name="rmu")
         return _only(seen, self.layer)
 
     def combine(self, model: nn.Module, p: Parts) -> Tensor:
