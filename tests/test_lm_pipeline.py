@@ -24,6 +24,15 @@ MAX_LENGTH = 24
 CELL_TIMEOUT = 900
 
 
+def with_lora(model):  # type: ignore[no-untyped-def]
+    """A PEFT copy of ``model`` with rank-4 LoRA adapters on the attention's q and v."""
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]
+    )
+    return peft.get_peft_model(copy.deepcopy(model), config)
+
+
 @pytest.fixture(scope="module")
 def world():  # type: ignore[no-untyped-def]
     """8 entities x 2 facts; 2 entities forgotten, 2 held out; an original that memorised."""
@@ -246,12 +255,8 @@ def test_full_pipeline_on_a_causal_lm(world) -> None:  # type: ignore[no-untyped
 
 
 def test_lora_pipeline_curves_only_the_adapters(world) -> None:  # type: ignore[no-untyped-def]
-    peft = pytest.importorskip("peft")
     model, retain, forget = world["model"], world["retain"], world["forget"]
-    config = peft.LoraConfig(
-        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]
-    )
-    lora_o = peft.get_peft_model(copy.deepcopy(model), config)
+    lora_o = with_lora(model)
     adapters = sum(p.numel() for p in lora_o.parameters() if p.requires_grad)
     lora_u = mcu.unlearn(
         lora_o,
@@ -339,12 +344,8 @@ def test_relearning_attack_on_forgotten_facts(world) -> None:  # type: ignore[no
 
 
 def test_rmu_trains_a_lora_curve_at_a_decoder_block(world) -> None:  # type: ignore[no-untyped-def]
-    peft = pytest.importorskip("peft")
     model, retain, forget = world["model"], world["retain"], world["forget"]
-    config = peft.LoraConfig(
-        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]
-    )
-    lora_o = peft.get_peft_model(copy.deepcopy(model), config)
+    lora_o = with_lora(model)
     lora_u = copy.deepcopy(lora_o)
     curve = mcu.CurveModel(lora_o, start=lora_o, end=lora_u)
     block = "base_model.model.model.layers.0"  # a decoder block returns a tuple

@@ -1,13 +1,7 @@
-"""The MCU recipe in one call: mask, curve, curve training, path search, export.
+"""The MCU recipe in one call: :class:`RecipeConfig`, :func:`mcu_unlearn`, :class:`RecipeResult`.
 
-:func:`mcu_unlearn` takes the original θ_o, a pre-unlearned θ_u and the user's
-:class:`~modeconn_unlearn.recipe.Targets` and runs layer mask → curve θ_o → θ_u →
-curve training with the MCU objective → adaptive path search
-(:func:`~modeconn_unlearn.path_search.search_path`) → the chosen ``t`` → export.
-Selection reads the retain and forget accuracies of points of the curve only;
-no test split and no retrained model take part. Every step is also public on its
-own (``layer_mask``, ``CurveModel``, ``fit_curve``, ``search_path``,
-``find_optimal_t``, ``CurveModel.export``).
+The steps and what selection may read are described in the package docstring
+(:mod:`modeconn_unlearn.recipe`); every step is also public on its own.
 """
 
 from __future__ import annotations
