@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "zoo": 2,
     "curve_points": 3,
     "curve_bends": 3,
+    "curve_endpoints": 3,
     "curve_model": 3,
     "losses": 3,
     "masks": 3,

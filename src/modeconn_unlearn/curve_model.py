@@ -39,6 +39,7 @@ from .batchnorm import update_bn as _update_module_bn
 from .checkpoint import StateSource, load_checkpoint
 from .cloning import clone_module
 from .curve_bends import BendGroup, BufferPair
+from .curve_endpoints import check_endpoint, endpoint_source, unwrap_compiled
 from .curve_points import TSampler, check_t, path_points, uniform_sampler
 from .curves import CoefficientFn, get_curve
 from .errors import NAMES_SHOWN, IncompatibleModelsError, ModeConnError, listed
@@ -47,43 +48,6 @@ __all__ = ["CurveModel", "MaskSpec", "check_t", "path_points"]
 
 MaskSpec = Mapping[str, "Tensor | bool"]
 _LM_HINT = 'pip install "modeconn-unlearn[lm]"'
-
-
-def _check_endpoint(expected: Mapping[str, Tensor], given: Mapping[str, Tensor], role: str) -> None:
-    missing = expected.keys() - given.keys()
-    unexpected = given.keys() - expected.keys()
-    problems = []
-    if missing:
-        problems.append(f"missing keys {listed(sorted(missing))}")
-    if unexpected:
-        problems.append(f"unexpected keys {listed(sorted(unexpected))}")
-    common = expected.keys() & given.keys()
-    shapes = [k for k in common if expected[k].shape != given[k].shape]
-    if shapes:
-        detail = ", ".join(
-            f"{k!r}: {tuple(given[k].shape)} vs {tuple(expected[k].shape)}" for k in sorted(shapes)
-        )
-        problems.append(f"shape mismatches ({role} vs model) {detail}")
-    dtypes = [k for k in common if expected[k].dtype != given[k].dtype]
-    if dtypes:
-        detail = ", ".join(
-            f"{k!r}: {given[k].dtype} vs {expected[k].dtype}" for k in sorted(dtypes)
-        )
-        problems.append(f"dtype mismatches ({role} vs model) {detail}")
-    if problems:
-        raise IncompatibleModelsError(
-            f"The {role} weights do not match the model's architecture: "
-            + "; ".join(problems)
-            + f". Pass a module or state_dict of the same architecture as {role}=."
-        )
-
-
-def _unwrap_compiled(model: nn.Module) -> nn.Module:
-    """The module inside a ``torch.compile`` wrapper (``OptimizedModule._orig_mod``)."""
-    inner = getattr(model, "_orig_mod", None)
-    while isinstance(inner, nn.Module):
-        model, inner = inner, getattr(inner, "_orig_mod", None)
-    return model
 
 
 def _require_peft() -> Any:
@@ -205,7 +169,7 @@ class CurveModel(nn.Module):
         self.curve_name = curve if isinstance(curve, str) else getattr(curve, "__name__", "custom")
         self.coefficients = get_curve(curve)
         self.fix_start, self.fix_end = fix_start, fix_end
-        model = _unwrap_compiled(model)
+        model = unwrap_compiled(model)
         self.__dict__["_template"] = clone_module(model)
         self._pinned: tuple[float, dict[str, Tensor], tuple[int, ...]] | None = None
         self._last_t: float | Tensor | None = None
@@ -213,10 +177,10 @@ class CurveModel(nn.Module):
 
         template = self.template
         expected = template.state_dict()
-        start_state = load_checkpoint(_endpoint(model if start is None else start))
-        end_state = load_checkpoint(_endpoint(end))
-        _check_endpoint(expected, start_state, "start")
-        _check_endpoint(expected, end_state, "end")
+        start_state = load_checkpoint(endpoint_source(model if start is None else start))
+        end_state = load_checkpoint(endpoint_source(end))
+        check_endpoint(expected, start_state, "start")
+        check_endpoint(expected, end_state, "end")
 
         all_parameters = dict(template.named_parameters())
         parameters = {n: p for n, p in all_parameters.items() if p.requires_grad}
@@ -535,7 +499,3 @@ class CurveModel(nn.Module):
             f"num_bends={self.num_bends}, fix_start={self.fix_start}, fix_end={self.fix_end}, "
             f"trainable={trainable}"
         )
-
-
-def _endpoint(source: StateSource) -> StateSource:
-    return _unwrap_compiled(source) if isinstance(source, nn.Module) else source
