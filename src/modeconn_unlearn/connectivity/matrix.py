@@ -7,11 +7,11 @@ from typing import Any, Literal
 
 import numpy as np
 from torch import nn
-from tqdm import tqdm
 
 from ..curve_model import path_points
 from ..errors import ModeConnError
 from ..evaluation.outputs import DataLike, DeviceLike
+from ..progress import progress_bar
 from ..tasks import Task
 from .barriers import (
     Metric,
@@ -112,7 +112,7 @@ def connectivity_matrix(
     heights = {split: np.zeros((len(names), len(names))) for split in splits}
     barriers: dict[tuple[str, str], dict[str, BarrierResult]] = {}
     pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
-    for i, j in tqdm(pairs, desc=f"{path} barriers", disable=not progress):
+    for i, j in progress_bar(progress, pairs, desc=f"{path} barriers"):
         a, b = modules[names[i]], modules[names[j]]
         if train_data is not None:  # path == "curve"
             curve = connect(a, b, train_data, forget_data, task=task, **connect_kwargs)

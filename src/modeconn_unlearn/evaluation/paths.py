@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from ..batchnorm import module_device, update_bn
 from ..curve_model import CurveModel, path_points
 from ..data import as_loader
 from ..errors import ModeConnError
+from ..progress import progress_bar
 from ..tasks import Task, resolve_task
 from .bn import bn_data
 from .efficacy import mia_efficacy
@@ -71,7 +71,7 @@ def walk_path(
         [(0.0, 'Linear'), (1.0, 'Linear')]
     """
     target = torch.device(device) if device is not None else module_device(curve)
-    for t in tqdm(list(ts), desc=desc, unit="t", disable=not progress, leave=False):
+    for t in progress_bar(progress, list(ts), desc=desc, unit="t", leave=False):
         model = curve.export(float(t)).to(target)
         if bn_loader is not None:
             update_bn(model, bn_loader)

@@ -18,11 +18,11 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.stats import norm
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
-from tqdm import tqdm
 
 from ..errors import ModeConnError
 from ..evaluation.features import class_probs, logit_confidence
 from ..evaluation.outputs import DataLike, DeviceLike, Outputs, collect_outputs
+from ..progress import progress_bar
 from ..tasks import Task
 from ..training import retrain
 
@@ -271,7 +271,7 @@ def train_reference_models(
     # Per example, a random ranking of the models; the first k // 2 train on it.
     in_mask = rng.random((k, n)).argsort(axis=0).argsort(axis=0) < k // 2
     models: list[nn.Module] = []
-    for j in tqdm(range(k), desc="reference models", disable=not progress):
+    for j in progress_bar(progress, range(k), desc="reference models"):
         subset = Subset(dataset, np.flatnonzero(in_mask[j]).tolist())
         if train_fn is None:
             # retrain seeds the RNGs with seed + j before calling the factory.

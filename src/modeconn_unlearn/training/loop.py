@@ -26,12 +26,12 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
-from tqdm import tqdm
 
 from ..curve_model import CurveModel
 from ..data import move_to_device
 from ..errors import ModeConnError, NonFiniteLossError
 from ..losses import UnlearnLoss
+from ..progress import progress_bar
 from .config import TrainConfig
 from .distributed import all_reduce_sum, barrier, is_distributed, rank
 from .history import EpochMeter, History
@@ -246,12 +246,12 @@ def train(run: Run) -> History:
         history, start, step = _resume(run, path, epochs)
         forward = _forward_module(run)
         total = epochs * steps if max_steps is None else min(epochs * steps, max_steps)
-        bar = tqdm(
+        bar = progress_bar(
+            config.progress and rank() == 0,
             total=total,
             initial=min(start * steps, total) if max_steps is None else min(step, total),
             desc=run.kind,
             unit="step",
-            disable=not config.progress or rank() != 0,
             dynamic_ncols=True,
         )
         try:
