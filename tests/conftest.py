@@ -1,12 +1,24 @@
-"""Shared fixtures: tiny models and sklearn digits data, all seeded."""
+"""Shared fixtures: tiny models and sklearn digits data, all seeded.
+
+The test process runs torch on one thread, and the subprocesses it starts (notebooks,
+multi-process and kill-and-resume tests) inherit ``OMP_NUM_THREADS=1``: torch's default of
+one thread per core oversubscribes a busy machine, where the suite then takes ten times as
+long. An ``OMP_NUM_THREADS`` set by the caller is kept for the subprocesses.
+"""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import TensorDataset
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

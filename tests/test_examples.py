@@ -17,12 +17,9 @@ ROW = re.compile(
     re.MULTILINE,
 )
 
-pytestmark = pytest.mark.slow
-
-
 #: A hang guard, not a speed limit: generous, so that a busy machine does not fail a run.
 CELL_TIMEOUT = 900
-pytestmark = pytest.mark.timeout(2 * CELL_TIMEOUT)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2 * CELL_TIMEOUT)]
 
 
 def test_quickstart_script_prints_the_table_and_saves_the_figure(tmp_path: Path) -> None:
