@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import DEFAULT_EVAL_BATCH_SIZE
 from .errors import ModeConnError
+from .modes import keeping_modes
 from .tasks import Task, resolve_task
 
 __all__ = ["batch_inputs", "has_batchnorm", "module_device", "update_bn"]
@@ -110,20 +111,20 @@ def update_bn(
     if not layers:
         return
     momenta = {layer: layer.momentum for layer in layers}
-    was_training = model.training
     for layer in layers:
         layer.reset_running_stats()
         layer.momentum = None
-    model.train()
     device = module_device(model)
-    try:
-        for batch in loader:
-            inputs = reader.split(batch, device=device).inputs
-            if isinstance(inputs, Mapping):
-                model(**inputs)
-            else:
-                model(inputs)
-    finally:
-        for layer, momentum in momenta.items():
-            layer.momentum = momentum
-        model.train(was_training)
+    # Statistics are collected in train mode; each submodule's own mode comes back after.
+    with keeping_modes(model):
+        model.train()
+        try:
+            for batch in loader:
+                inputs = reader.split(batch, device=device).inputs
+                if isinstance(inputs, Mapping):
+                    model(**inputs)
+                else:
+                    model(inputs)
+        finally:
+            for layer, momentum in momenta.items():
+                layer.momentum = momentum

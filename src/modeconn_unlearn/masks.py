@@ -30,6 +30,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .curve_model import CurveModel
 from .data import as_loader
 from .errors import ModeConnError, listed
+from .modes import evaluating
 from .tasks import Task, resolve_task
 
 __all__ = [
@@ -82,10 +83,8 @@ def _summed_gradients(model: nn.Module, data: Any, name: str, task: Task) -> dic
     if data is None:
         raise ModeConnError(f"{name} is None; masks need at least one sample of it.")
     device = next(iter(params.values())).device
-    was_training = model.training
-    model.eval()
     seen = 0
-    try:
+    with evaluating(model):
         for batch in as_loader(data, name=name):
             read = task.split(batch, device=device)
             if read.targets is None:
@@ -100,8 +99,6 @@ def _summed_gradients(model: nn.Module, data: Any, name: str, task: Task) -> dic
                 if g is not None:
                     grads[n] += g
             seen += len(out)
-    finally:
-        model.train(was_training)
     if seen == 0:
         raise ModeConnError(f"{name} is empty; masks need at least one sample.")
     return grads

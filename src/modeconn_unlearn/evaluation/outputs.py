@@ -11,8 +11,7 @@ mode as it was.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..batchnorm import module_device
 from ..data import as_loader
 from ..errors import ModeConnError
+from ..modes import evaluating
 from ..tasks import Task, resolve_task
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "Outputs",
     "collect_outputs",
     "concat_signals",
-    "evaluating",
     "resolve_device",
     "run_pass",
 ]
@@ -101,29 +100,6 @@ class Outputs:
         )
 
 
-@contextmanager
-def evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no_grad for the block; every submodule's previous mode is restored.
-
-    Example:
-        >>> net = nn.Sequential(nn.Dropout(0.5)).train()
-        >>> with evaluating(net):
-        ...     net.training
-        False
-        >>> net.training
-        True
-    """
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        # Pre-order: a parent's train() resets its children, which are restored right after.
-        for module, mode in modes:
-            module.train(mode)
-
-
 def resolve_device(model: nn.Module, device: DeviceLike) -> torch.device:
     """``device`` (the model is moved there), or the model's own device for ``None``."""
     if device is None:
@@ -161,7 +137,10 @@ def run_pass(
     signals: bool = False,
     name: str = "data",
 ) -> Outputs:
-    """One pass of ``model`` (already on ``device``) over ``loader``, inside :func:`evaluating`.
+    """One pass of ``model`` (already on ``device``) over ``loader``.
+
+    The caller runs it under :func:`~modeconn_unlearn.modes.evaluating` and
+    :func:`torch.no_grad`.
 
     Per-sample results stay on the device until the end, so there is no
     synchronisation per batch; signals are moved to the CPU batch by batch.
@@ -229,7 +208,7 @@ def collect_outputs(
     """
     chosen = resolve_task(task)
     target = resolve_device(model, device)
-    with evaluating(model):
+    with evaluating(model), torch.no_grad():
         return run_pass(
             model,
             as_loader(data, name=name),

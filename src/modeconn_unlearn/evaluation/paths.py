@@ -14,12 +14,13 @@ from ..batchnorm import module_device, update_bn
 from ..curve_model import CurveModel, path_points
 from ..data import as_loader
 from ..errors import ModeConnError
+from ..modes import evaluating
 from ..progress import progress_bar
 from ..tasks import Task, resolve_task
 from .bn import bn_data
 from .efficacy import mia_efficacy
 from .features import check_features
-from .outputs import DataLike, DeviceLike, Metrics, Outputs, evaluating, run_pass
+from .outputs import DataLike, DeviceLike, Metrics, Outputs, run_pass
 from .report import PathReport
 from .sharding import gather_outputs, global_metrics, shard_loader
 
@@ -210,7 +211,7 @@ def _measure(
 ) -> dict[str, tuple[Metrics, dict[str, float]]]:
     """Metrics per split of one model, and ``mia_<feature>`` on the forget split."""
     target = module_device(model)
-    with evaluating(model):
+    with evaluating(model), torch.no_grad():
         passes = {
             name: run_pass(
                 model,

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 from typing_extensions import deprecated
 
@@ -13,6 +14,7 @@ from ..batchnorm import has_batchnorm, update_bn
 from ..cloning import clone_module
 from ..data import as_loader
 from ..errors import ModeConnError
+from ..modes import evaluating
 from ..tasks import Task, resolve_task
 from .efficacy import mia_efficacy
 from .outputs import (
@@ -20,7 +22,6 @@ from .outputs import (
     DeviceLike,
     Metrics,
     collect_outputs,
-    evaluating,
     resolve_device,
     run_pass,
 )
@@ -185,7 +186,7 @@ def unlearning_scores(
     }
     if mia_shadow is not None:
         loaders["mia_shadow"] = as_loader(mia_shadow, name="mia_shadow")
-    with evaluating(model):
+    with evaluating(model), torch.no_grad():
         passes = {
             name: run_pass(
                 model,

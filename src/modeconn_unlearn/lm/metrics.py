@@ -23,8 +23,8 @@ Formulas (``a`` an answer of ``|a|`` scored tokens, ``q`` its prompt):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..batchnorm import module_device
 from ..errors import ModeConnError
+from ..modes import evaluating
 from ..tasks import CausalLMTask, Task, resolve_task
 from .batches import as_lm_loader
 from .data import qa_source
@@ -101,17 +102,6 @@ class LMOutputs:
         }
 
 
-@contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def lm_outputs(
     model: nn.Module,
     data: Any,
@@ -150,8 +140,8 @@ def lm_outputs(
         device = module_device(model)
     loader = as_lm_loader(data, batch_size=batch_size)
     parts: dict[str, list[Any]] = {k: [] for k in ("nll_sum", "num", "acc", "lp", "pp", "ids")}
-    context = _evaluating(model) if isinstance(model, nn.Module) else torch.no_grad()
-    with context:
+    modes = evaluating(model) if isinstance(model, nn.Module) else nullcontext()
+    with modes, torch.no_grad():
         for batch in loader:
             split = task.split(batch, device=device)
             if split.targets is None:
@@ -246,8 +236,8 @@ def greedy_generate(
     by_length: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
         by_length.setdefault(len(p), []).append(i)
-    context = _evaluating(model) if isinstance(model, nn.Module) else torch.no_grad()
-    with context:
+    modes = evaluating(model) if isinstance(model, nn.Module) else nullcontext()
+    with modes, torch.no_grad():
         for members in by_length.values():
             for start in range(0, len(members), int(batch_size)):
                 chunk = members[start : start + int(batch_size)]

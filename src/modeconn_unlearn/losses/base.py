@@ -21,6 +21,7 @@ from ..batchnorm import module_device
 from ..curve_model import CurveModel
 from ..data import UnlearnBatch, move_to_device
 from ..errors import ModeConnError
+from ..modes import evaluating
 from ..tasks import Batch, SampleOutputs, Task, resolve_task
 
 __all__ = [
@@ -132,8 +133,8 @@ def reference_outputs(
     The reference is ``reference`` (the original, held fixed; the batch moves to
     its device) or, when ``None`` and ``model`` is a
     :class:`~modeconn_unlearn.curve_model.CurveModel`, the curve's own start
-    ``curve(x, t=0.0)``, so no second copy of the original is held. The
-    module's train/eval mode is restored afterwards.
+    ``curve(x, t=0.0)``, so no second copy of the original is held. Each
+    submodule's own train/eval mode is restored afterwards.
 
     Raises:
         ModeConnError: ``reference`` is ``None`` and ``model`` is not a curve;
@@ -166,13 +167,8 @@ def reference_outputs(
             f"CurveModel, whose start is the reference; got a {type(curve).__name__} and "
             f"reference=None. Pass {name}(..., reference=original_model)."
         )
-    was_training = owner.training
-    owner.eval()
-    try:
-        with torch.no_grad():
-            return task(runner, inputs, targets)
-    finally:
-        owner.train(was_training)
+    with evaluating(owner), torch.no_grad():
+        return task(runner, inputs, targets)
 
 
 def select_rows(inputs: Any, select: Tensor) -> Any:

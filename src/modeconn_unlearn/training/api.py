@@ -15,6 +15,7 @@ from ..curve_model import CurveModel
 from ..errors import ModeConnError, listed
 from ..losses import UnlearnLoss, finetune
 from ..masks import validate_mask
+from ..modes import keeping_modes
 from ..tasks import Task, resolve_task
 from .config import TrainConfig, make_optimizer, resolve_config
 from .distributed import is_distributed, world_size
@@ -446,22 +447,21 @@ def fit_curve(
     device = _device(curve, cfg)
     curve.to(device)
     previous_sampler = curve.t_sampler
-    was_training = curve.training
     if cfg.t_sampler is not None:
         curve.t_sampler = cfg.t_sampler
     try:
-        return _optimize(
-            "fit_curve",
-            curve,
-            params,
-            (retain_data, forget_data),
-            loss=loss,
-            config=cfg,
-            task=_task_of(loss, task),
-            weight_decay=cfg.decay(_CURVE_DECAY),
-            after_step=lambda: None,
-            device=device,
-        )
+        with keeping_modes(curve):
+            return _optimize(
+                "fit_curve",
+                curve,
+                params,
+                (retain_data, forget_data),
+                loss=loss,
+                config=cfg,
+                task=_task_of(loss, task),
+                weight_decay=cfg.decay(_CURVE_DECAY),
+                after_step=lambda: None,
+                device=device,
+            )
     finally:
         curve.t_sampler = previous_sampler
-        curve.train(was_training)

@@ -20,6 +20,7 @@ from ..data import (
     unlearn_loader,
 )
 from ..errors import ModeConnError
+from ..modes import evaluating
 from ..tasks import Task
 from .config import TrainConfig
 from .distributed import is_distributed, rank, world_size
@@ -116,8 +117,6 @@ def curriculum_order(
         shuffle=False,
         collate_fn=UnlearnCollate(collate_of(forget)),
     )
-    was_training = model.training
-    model.eval()
     scorer: Any = model
     if isinstance(model, CurveModel):
         curve = model
@@ -126,14 +125,11 @@ def curriculum_order(
             return curve(*args, t=0.0, **kwargs)
 
     losses = []
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                read = task.split(move_to_device(batch, device))
-                assert read.targets is not None
-                losses.append(task(scorer, read.inputs, read.targets).loss.float().cpu())
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad():
+        for batch in loader:
+            read = task.split(move_to_device(batch, device))
+            assert read.targets is not None
+            losses.append(task(scorer, read.inputs, read.targets).loss.float().cpu())
     values = torch.cat(losses)
     return torch.argsort(-values if hard_first else values, stable=True)
 

@@ -1,0 +1,156 @@
+"""Train/eval modes: the helpers, and that no public function changes the user's model.
+
+A user fine-tuning a model freezes a BatchNorm (eval mode, no gradients) and disables a
+dropout inside a model that is in training mode. Every public function that runs such a
+model must hand it back exactly so: each submodule's mode, every parameter, buffer,
+``requires_grad`` flag and gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import modeconn_unlearn as mcu
+from modeconn_unlearn.lm import lm_outputs
+from modeconn_unlearn.mia import svc_mia, threshold_attack
+from modeconn_unlearn.modes import evaluating, keeping_modes
+from modeconn_unlearn.recipe import user_targets
+
+
+def frozen_bn_model() -> nn.Module:
+    """A training model whose BatchNorm is frozen (eval, no grad) and dropout disabled."""
+    model = nn.Sequential(
+        nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3)
+    ).train()
+    model[1].eval().requires_grad_(False)
+    model[3].eval()
+    with torch.no_grad():  # statistics that are not the defaults, so a reset would show
+        model[1].running_mean.fill_(0.5)
+        model[1].running_var.fill_(2.0)
+    return model
+
+
+class TinyLM(nn.Module):
+    """Plain next-token logits; its dropout is disabled while the model trains."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(6, 8)
+        self.drop = nn.Dropout(0.5).eval()
+        self.head = nn.Linear(8, 6)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.head(self.drop(self.embed(input_ids)))
+
+
+def state(model: nn.Module) -> dict[str, Any]:
+    return {
+        "modes": {name: m.training for name, m in model.named_modules()},
+        "parameters": {n: p.detach().clone() for n, p in model.named_parameters()},
+        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "grads": {n: p.grad for n, p in model.named_parameters()},
+        "buffers": {n: b.clone() for n, b in model.named_buffers()},
+    }
+
+
+def assert_same_state(before: dict[str, Any], after: dict[str, Any], *, buffers: bool) -> None:
+    assert after["modes"] == before["modes"]
+    assert after["requires_grad"] == before["requires_grad"]
+    assert after["grads"] == before["grads"]
+    for kind in ("parameters", "buffers") if buffers else ("parameters",):
+        assert before[kind].keys() == after[kind].keys()
+        for name, value in before[kind].items():
+            assert torch.equal(after[kind][name], value), f"{kind} {name} changed"
+
+
+torch.manual_seed(0)
+DATA = TensorDataset(torch.randn(24, 4), torch.randint(0, 3, (24,)))
+LM_DATA = [(torch.tensor([0, 1, 2, 3]), torch.tensor([-100, 1, 2, 3])) for _ in range(4)]
+TRAIN = {"epochs": 1, "batch_size": 8, "lr": 0.01, "progress": False}
+
+#: (name, model factory, call, whether the call keeps the buffers)
+CASES: list[tuple[str, Callable[[], nn.Module], Callable[[nn.Module], object], bool]] = [
+    ("saliency_mask", frozen_bn_model, lambda m: mcu.saliency_mask(m, DATA), True),
+    ("layer_mask", frozen_bn_model, lambda m: mcu.layer_mask(m, DATA, DATA), True),
+    # Re-estimating the statistics is update_bn's job: only its buffers may change.
+    ("update_bn", frozen_bn_model, lambda m: mcu.update_bn(m, DataLoader(DATA, 8)), False),
+    ("evaluate", frozen_bn_model, lambda m: mcu.evaluate(m, DATA), True),
+    (
+        "unlearn",
+        frozen_bn_model,
+        lambda m: mcu.unlearn(m, DATA, DATA, loss=mcu.losses.random_label(3), **TRAIN),
+        True,
+    ),
+    (
+        "unlearn_with_the_model_as_reference",
+        frozen_bn_model,
+        lambda m: mcu.unlearn(m, DATA, DATA, loss=mcu.losses.npo(reference=m), **TRAIN),
+        True,
+    ),
+    (
+        "unlearning_scores",
+        frozen_bn_model,
+        lambda m: mcu.unlearning_scores(m, retain=DATA, forget=DATA, test=DATA),
+        True,
+    ),
+    (
+        "svc_mia",
+        frozen_bn_model,
+        lambda m: svc_mia(m, shadow_train=DATA, shadow_test=DATA, target_train=DATA),
+        True,
+    ),
+    (
+        "threshold_attack",
+        frozen_bn_model,
+        lambda m: threshold_attack(m, member=DATA, nonmember=DATA),
+        True,
+    ),
+    ("user_targets", frozen_bn_model, lambda m: user_targets(m, DATA, DATA), True),
+    (
+        "CurveModel_export",
+        frozen_bn_model,
+        lambda m: mcu.CurveModel(m, end=m).export(0.5, bn_loader=DataLoader(DATA, 8)),
+        True,
+    ),
+    ("lm_outputs", TinyLM, lambda m: lm_outputs(m, LM_DATA), True),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "call", "keeps_buffers"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_public_functions_leave_the_users_model_as_it_was(
+    make: Callable[[], nn.Module], call: Callable[[nn.Module], object], keeps_buffers: bool
+) -> None:
+    model = make()
+    before = state(model)
+    call(model)
+    assert_same_state(before, state(model), buffers=keeps_buffers)
+
+
+def test_evaluating_restores_each_submodule_after_an_error() -> None:
+    model = frozen_bn_model()
+    before = state(model)
+    with pytest.raises(RuntimeError, match="inside"), evaluating(model):
+        assert not any(m.training for m in model.modules())
+        raise RuntimeError("inside")
+    assert_same_state(before, state(model), buffers=True)
+
+
+def test_keeping_modes_restores_what_the_block_switched() -> None:
+    model = frozen_bn_model().eval()
+    model[4].train()  # a child in train mode under a parent in eval mode
+    modes = {name: m.training for name, m in model.named_modules()}
+    with keeping_modes(model) as kept:
+        assert kept is model
+        model.train()
+        model[4].eval()
+    assert {name: m.training for name, m in model.named_modules()} == modes
