@@ -98,6 +98,8 @@ def test_class_split_on_dataset_without_targets_and_on_subsets():
         ({"forget_ratio": 0.1, "forget_class": 1}, "exactly one"),
         ({"forget_ratio": 0.0}, r"\(0, 1\)"),
         ({"forget_ratio": 1.0}, r"\(0, 1\)"),
+        ({"forget_ratio": 10}, r"not a percentage; got 10: did you mean 0\.1\?"),
+        ({"forget_ratio": 2.5}, r"did you mean 0\.025\?"),
         ({"forget_ratio": float("nan")}, r"\(0, 1\)"),
         ({"forget_ratio": 0.01}, "forget set empty"),
         ({"forget_ratio": 0.99}, "retain set empty"),
@@ -221,6 +223,17 @@ def test_as_dataset_and_as_loader():
         as_loader(3.0)
     with pytest.raises(ModeConnError, match="'retain' is empty"):
         as_loader(small(0), name="'retain'")
+
+
+def test_tensors_of_whole_columns_are_refused_with_the_fix():
+    x, y = torch.randn(20, 3), torch.randint(0, 2, (20,))
+    for columns in ((x, y), [x, y]):
+        with pytest.raises(ModeConnError, match=r"TensorDataset\(X, Y\)"):
+            forget_retain_split(columns, forget_ratio=0.1)
+        with pytest.raises(ModeConnError, match=r"'test' is a .* shapes \(20, 3\), \(20,\)"):
+            as_loader(columns, name="'test'")
+    # A list of samples that share shape and dtype is a dataset, as before.
+    assert len(as_loader([torch.zeros(3), torch.ones(3)]).dataset) == 2
 
 
 def test_iterable_dataset_is_refused():

@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import TensorDataset
 
+import modeconn_unlearn as mcu
 from modeconn_unlearn.errors import ModeConnError
 from modeconn_unlearn.tasks import (
     Batch,
@@ -174,3 +176,21 @@ def test_resolve_task_and_user_tasks():
     assert isinstance(task, Task) and resolve_task(task) is task
     with pytest.raises(TypeError, match="task must have split"):
         resolve_task(object())  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- input dtypes
+def test_a_float64_model_reads_float32_data_in_evaluate_and_unlearn():
+    data = TensorDataset(torch.randn(32, 4), torch.randint(0, 3, (32,)))
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    model.double().eval()
+    x, y = data.tensors
+    with torch.no_grad():
+        by_hand = F.cross_entropy(model(x.double()), y).item()
+    assert mcu.evaluate(model, data).loss == pytest.approx(by_hand, rel=1e-12)
+    # random_label runs the model through a wrapper; npo also runs the reference.
+    for loss in (mcu.losses.random_label(3), mcu.losses.npo(reference=model)):
+        unlearned = mcu.unlearn(
+            model, data, data, loss=loss, epochs=1, lr=0.1, batch_size=8, progress=False
+        )
+        assert {p.dtype for p in unlearned.parameters()} == {torch.float64}
+        assert not torch.equal(unlearned[0].weight, model[0].weight)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from .data import DEFAULT_EVAL_BATCH_SIZE
 from .errors import ModeConnError
 from .modes import keeping_modes
-from .tasks import Task, resolve_task
+from .tasks import Task, call_model, resolve_task
 
 __all__ = ["batch_inputs", "has_batchnorm", "module_device", "update_bn"]
 
@@ -120,11 +120,7 @@ def update_bn(
         model.train()
         try:
             for batch in loader:
-                inputs = reader.split(batch, device=device).inputs
-                if isinstance(inputs, Mapping):
-                    model(**inputs)
-                else:
-                    model(inputs)
+                call_model(model, reader.split(batch, device=device).inputs)
         finally:
             for layer, momentum in momenta.items():
                 layer.momentum = momentum

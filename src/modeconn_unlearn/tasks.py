@@ -14,12 +14,14 @@ Two tasks are built in:
   ``-100`` ignored; per-sample NLL over the answer tokens (mean or sum) and
   token accuracy.
 
-A user's own task is any object with the two methods of :class:`Task`.
+Both run the model through :func:`call_model`, which casts floating-point inputs to
+the model's dtype (a float64 or float16 model reads float32 data). A user's own task is
+any object with the two methods of :class:`Task`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -36,6 +38,8 @@ __all__ = [
     "ClassificationTask",
     "SampleOutputs",
     "Task",
+    "call_model",
+    "cast_inputs",
     "resolve_task",
 ]
 
@@ -136,10 +140,65 @@ def _moved(batch: Batch, device: torch.device | str | None) -> Batch:
     return Batch(*(move_to_device(item, device) for item in batch))
 
 
-def _call(model: nn.Module, inputs: Any) -> Any:
+def cast_inputs(model: Callable[..., Any], inputs: Any) -> Any:
+    """``inputs`` with floating-point tensors cast to the dtype of ``model``'s parameters.
+
+    The dtype is that of the model's first floating-point parameter, so a float64
+    or float16 model reads the float32 tensors a dataset usually holds. A tensor
+    input, or the tensor values of a dict input, are cast; integer inputs (token
+    ids, attention masks) and anything else are left alone, as are the inputs of a
+    model that is not an ``nn.Module`` (a plain function) or has no floating-point
+    parameter.
+
+    Args:
+        model: The module the inputs are for.
+        inputs: A tensor, a dict of keyword inputs, or anything the model takes.
+
+    Returns:
+        The inputs, cast (a dict input comes back as a new dict).
+
+    Example:
+        >>> model = nn.Linear(2, 1).double()
+        >>> cast_inputs(model, torch.ones(3, 2)).dtype
+        torch.float64
+        >>> cast_inputs(model, {"x": torch.ones(1), "ids": torch.tensor([1])})["ids"].dtype
+        torch.int64
+    """
+    dtype = _floating_dtype(model)
+    if dtype is None:
+        return inputs
+    if isinstance(inputs, Mapping):
+        return {key: _cast(value, dtype) for key, value in inputs.items()}
+    return _cast(inputs, dtype)
+
+
+def call_model(model: Callable[..., Any], inputs: Any) -> Any:
+    """Run ``model`` on a batch's inputs: a dict as keyword arguments, anything else as is.
+
+    Floating-point inputs are cast to the model's dtype first (:func:`cast_inputs`).
+
+    Example:
+        >>> call_model(nn.Linear(2, 1).double(), torch.ones(3, 2)).dtype
+        torch.float64
+    """
+    inputs = cast_inputs(model, inputs)
     if isinstance(inputs, Mapping):
         return model(**inputs)
     return model(inputs)
+
+
+def _floating_dtype(model: Callable[..., Any]) -> torch.dtype | None:
+    if isinstance(model, nn.Module):
+        for parameter in model.parameters():
+            if parameter.is_floating_point():
+                return parameter.dtype
+    return None
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    if isinstance(value, Tensor) and value.is_floating_point():
+        return value.to(dtype)
+    return value
 
 
 def _shape_of(value: Any) -> str:
@@ -183,7 +242,7 @@ class ClassificationTask:
         self, model: nn.Module, inputs: Any, targets: Tensor, *, signals: bool = False
     ) -> SampleOutputs:
         """Per-sample cross-entropy and top-1 correctness of ``model`` on ``inputs``."""
-        logits = _logits_of(_call(model, inputs))
+        logits = _logits_of(call_model(model, inputs))
         self._check(logits, targets)
         targets = targets.to(logits.device)
         loss = F.cross_entropy(logits, targets, reduction="none")
@@ -258,7 +317,7 @@ class CausalLMTask:
         self, model: nn.Module, inputs: Any, targets: Tensor, *, signals: bool = False
     ) -> SampleOutputs:
         """Per-sample answer NLL and token accuracy of ``model`` on ``inputs``."""
-        logits = _logits_of(_call(model, inputs))
+        logits = _logits_of(call_model(model, inputs))
         self._check(logits, targets)
         targets = targets.to(logits.device)
         shifted = logits[:, :-1]

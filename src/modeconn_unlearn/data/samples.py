@@ -73,6 +73,23 @@ class _EmptyDataset(Dataset[Any]):
         raise IndexError(f"index {index} out of range for an empty dataset")
 
 
+def _refuse_tensor_columns(data: Any, name: str) -> None:
+    """Refuse ``(X, Y)``: a sequence of whole columns reads as a dataset of one sample each."""
+    parts = data if isinstance(data, (tuple, list)) else ()
+    if (
+        len(parts) >= 2
+        and all(isinstance(part, Tensor) and part.ndim >= 1 for part in parts)
+        # Samples of one dataset share shape and dtype; columns such as (X, Y) do not.
+        and len({(part.shape, part.dtype) for part in parts}) > 1
+    ):
+        shapes = ", ".join(str(tuple(part.shape)) for part in parts)
+        raise ModeConnError(
+            f"{name} is a {type(data).__name__} of {len(parts)} tensors of shapes {shapes}, "
+            f"which would be read as {len(parts)} samples; wrap the tensors in a dataset: "
+            "torch.utils.data.TensorDataset(X, Y)."
+        )
+
+
 def as_dataset(data: Any, name: str = "data") -> MapDataset:
     """Return the map-style dataset behind ``data``.
 
@@ -86,7 +103,9 @@ def as_dataset(data: Any, name: str = "data") -> MapDataset:
         A map-style dataset.
 
     Raises:
-        ModeConnError: If ``data`` is an iterable-style dataset or not a dataset at all.
+        ModeConnError: If ``data`` is an iterable-style dataset, tensors of whole
+            columns such as ``(X, Y)`` (wrap them in a ``TensorDataset``), or not a
+            dataset at all.
 
     Example:
         >>> import torch
@@ -105,6 +124,7 @@ def as_dataset(data: Any, name: str = "data") -> MapDataset:
             "__len__) is needed to mix retain and forget samples. Materialise it, e.g. "
             "as a TensorDataset."
         )
+    _refuse_tensor_columns(data, name)
     if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
         return data  # type: ignore[no-any-return]
     raise ModeConnError(
@@ -128,7 +148,8 @@ def as_loader(
 
     Raises:
         TypeError: If ``data`` is neither.
-        ModeConnError: If it holds no samples.
+        ModeConnError: If it holds no samples, or is tensors of whole columns
+            such as ``(X, Y)`` (wrap them in a ``TensorDataset``).
 
     Example:
         >>> import torch
@@ -140,6 +161,7 @@ def as_loader(
     if isinstance(data, DataLoader):
         loader = data
     elif isinstance(data, (Dataset, Sequence)) and not isinstance(data, (str, bytes)):
+        _refuse_tensor_columns(data, name)
         loader = DataLoader(data, batch_size=batch_size, shuffle=False)  # type: ignore[arg-type]
     else:
         raise TypeError(

@@ -78,7 +78,9 @@ def forget_retain_split(
 
     Raises:
         ModeConnError: If both or neither option is given, the ratio is outside
-            (0, 1), or the split would leave the forget or retain set empty.
+            (0, 1) (a percentage such as ``10`` gets "did you mean 0.1?"), ``dataset``
+            is ``(X, Y)`` tensors rather than a dataset, or the split would leave the
+            forget or retain set empty.
 
     Example:
         >>> import torch
@@ -103,6 +105,11 @@ def forget_retain_split(
     if forget_ratio is not None:
         ratio = float(forget_ratio)
         if not (math.isfinite(ratio) and 0.0 < ratio < 1.0):
+            if 1.0 < ratio < 100.0:
+                raise ModeConnError(
+                    f"forget_ratio is a fraction in (0, 1), not a percentage; got "
+                    f"{forget_ratio!r}: did you mean {ratio / 100:g}?"
+                )
             raise ModeConnError(f"forget_ratio must lie in (0, 1), got {forget_ratio!r}.")
         n_forget = round(ratio * n)
         if n_forget == 0 or n_forget == n:

@@ -22,7 +22,7 @@ from ..curve_model import CurveModel
 from ..data import UnlearnBatch, move_to_device
 from ..errors import ModeConnError
 from ..modes import evaluating
-from ..tasks import Batch, SampleOutputs, Task, resolve_task
+from ..tasks import Batch, SampleOutputs, Task, cast_inputs, resolve_task
 
 __all__ = [
     "Objective",
@@ -249,6 +249,8 @@ class Objective:
                 f"{type(batch).__name__} without is_forget flags. Build the loader with "
                 "modeconn_unlearn.data.unlearn_loader."
             )
+        # Cast here, not only in the task: an objective may run the model through a wrapper.
+        read = read._replace(inputs=cast_inputs(model, read.inputs))
         out = self.forward(model, read)
         is_forget = read.is_forget.to(out.loss.device)
         retain = ~is_forget

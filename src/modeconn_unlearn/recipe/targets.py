@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..data import as_dataset
 from ..errors import ModeConnError
 from ..evaluation import DataLike, evaluate
 
@@ -51,14 +52,6 @@ class Targets:
         return asdict(self)
 
 
-def _length(data: Any, name: str) -> int:
-    dataset = data.dataset if isinstance(data, DataLoader) else data
-    try:
-        return len(dataset)  # type: ignore[arg-type]
-    except TypeError as error:
-        raise ModeConnError(f"{name} must be a map-style dataset with a length.") from error
-
-
 def carve_holdout(
     train: Dataset[Any], *, fraction: float = 0.1, seed: int = 0
 ) -> tuple[Subset[Any], Subset[Any]]:
@@ -79,7 +72,9 @@ def carve_holdout(
         ``(train_rest, holdout)``, both :class:`~torch.utils.data.Subset` with ascending indices.
 
     Raises:
-        ModeConnError: A fraction outside (0, 1) or a split that leaves a side empty.
+        ModeConnError: A fraction outside (0, 1), a split that leaves a side empty,
+            or ``train`` that is not a map-style dataset: a ``DataLoader`` (pass
+            ``loader.dataset``) or ``(X, Y)`` tensors (wrap them in a ``TensorDataset``).
 
     Example:
         >>> from torch.utils.data import TensorDataset
@@ -94,7 +89,12 @@ def carve_holdout(
         raise ModeConnError(
             f"fraction must be in (0, 1), got {fraction}; pass a fraction (0.1), not a percentage."
         )
-    size = _length(train, "train")
+    if isinstance(train, DataLoader):
+        raise ModeConnError(
+            "carve_holdout splits a dataset, got a DataLoader; pass its dataset "
+            "(carve_holdout(loader.dataset)) and build loaders over the two splits it returns."
+        )
+    size = len(as_dataset(train, "train"))
     count = round(fraction * size)
     if count == 0 or count == size:
         raise ModeConnError(

@@ -21,7 +21,7 @@ from ..data import (
 )
 from ..errors import ModeConnError
 from ..modes import evaluating
-from ..tasks import Task
+from ..tasks import Task, cast_inputs
 from .config import TrainConfig
 from .distributed import is_distributed, rank, world_size
 
@@ -129,7 +129,8 @@ def curriculum_order(
         for batch in loader:
             read = task.split(move_to_device(batch, device))
             assert read.targets is not None
-            losses.append(task(scorer, read.inputs, read.targets).loss.float().cpu())
+            inputs = cast_inputs(model, read.inputs)  # the curve's scorer is no module
+            losses.append(task(scorer, inputs, read.targets).loss.float().cpu())
     values = torch.cat(losses)
     return torch.argsort(-values if hard_first else values, stable=True)
 
