@@ -62,6 +62,12 @@ def hand_ce(rows: list[int], labels: list[int] | None = None) -> float:
     return float(np.mean(values))
 
 
+def hand_ce_of(logits: np.ndarray, rows: list[int]) -> float:
+    """Mean cross-entropy of ``rows`` under other logits (labels from TARGETS)."""
+    values = [-(logits[i][TARGETS[i]] - np.log(np.exp(logits[i]).sum())) for i in rows]
+    return float(np.mean(values))
+
+
 def fixed_batch(rows=range(5)) -> tuple[Table, UnlearnBatch]:
     rows = list(rows)
     batch = UnlearnBatch(
@@ -138,6 +144,33 @@ def test_mcu_objective_accepts_any_beta_rule():
     value = mcu_objective(rule)(model, batch).item()
     assert seen == [(50.0, pytest.approx(200 / 3))]
     assert value == pytest.approx(hand_ce(RETAIN) - 2.0 * hand_ce(FORGET), rel=1e-12)
+
+
+def test_mcu_objective_matching_form_pulls_the_forget_loss_to_its_target():
+    forget_ce = hand_ce(FORGET)
+    for target in (forget_ce - 0.4, forget_ce + 0.4):  # from above and from below
+        model, batch = fixed_batch()
+        loss = mcu_objective(0.7, forget_loss=target)
+        value = loss(model, batch)
+        assert value.item() == pytest.approx(hand_ce(RETAIN) + 0.7 * 0.4, rel=1e-12)
+        # The gradient on the forget rows points the forget loss toward the target.
+        value.backward()
+        step = -1e-3 * model.logits.grad
+        moved = hand_ce_of(LOGITS + step.detach().numpy(), FORGET)
+        assert abs(moved - target) < abs(forget_ce - target)
+    assert "forget_loss=" in repr(mcu_objective(0.7, forget_loss=1.0))
+
+
+def test_mcu_objective_matching_form_without_forget_samples_is_the_retain_term():
+    model, batch = fixed_batch(RETAIN)
+    value = mcu_objective(2.0, forget_loss=5.0)(model, batch)
+    assert value.item() == pytest.approx(hand_ce(RETAIN), rel=1e-12)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), "x"])
+def test_mcu_objective_refuses_a_bad_forget_loss(bad) -> None:
+    with pytest.raises(ModeConnError, match="forget_loss"):
+        mcu_objective(1.0, forget_loss=bad)
 
 
 def test_random_label_two_classes_flips_forget_labels():

@@ -135,6 +135,9 @@ def test_targets_are_percentages(retain: float, forget: float) -> None:
         ({"max_points": 3}, "max_points >= coarse_points"),
         ({"coarse_points": 1}, "coarse_points must be >= 2"),
         ({"forget_samples": 2.5}, "forget_samples"),
+        ({"objective": "bounded"}, "objective"),
+        ({"keep_base": 1}, "keep_base"),
+        ({"beta_match": -1.0}, "beta_match"),
     ],
 )
 def test_recipe_config_refuses_bad_values(kwargs: dict, match: str) -> None:
@@ -191,16 +194,12 @@ def test_mcu_unlearn_runs_the_recipe(setting: dict) -> None:
     assert result.targets is targets
 
 
-def test_mcu_unlearn_selection_never_reads_a_retrained_model_or_test(
-    setting: dict, monkeypatch: pytest.MonkeyPatch, digits: tuple
+def test_mcu_unlearn_reads_only_the_retain_and_forget_data_it_is_given(
+    setting: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # No parameter could carry one.
+    # No parameter could carry a retrained model or a test split.
     names = set(inspect.signature(mcu_unlearn).parameters)
     assert not any("retrain" in n or "test" in n or "reference" in n for n in names)
-    retrained = mcu.retrain(
-        lambda: make_mlp(1), setting["retain"], epochs=1, lr=0.1, progress=False
-    )
-    test = digits[1]
     # Spy: every module forward and every split handed to the path evaluation.
     called: list[nn.Module] = []
     handle = nn.modules.module.register_module_forward_hook(
@@ -225,13 +224,13 @@ def test_mcu_unlearn_selection_never_reads_a_retrained_model_or_test(
         )
     finally:
         handle.remove()
-    forbidden = {id(m) for m in retrained.modules()} | {id(m) for m in setting["theta_u"].modules()}
+    # θ_u enters as weights of the curve's end only; it never runs a forward pass itself.
     assert called, "the spy saw no forward pass at all"
-    assert not any(id(m) in forbidden for m in called)
+    assert not any(id(m) in {id(x) for x in setting["theta_u"].modules()} for m in called)
+    # Selection sees the retain probe (here the whole retain set) and the forget set only.
     assert seen_splits and all(set(s) == {"retain", "forget"} for s in seen_splits)
     assert all(s["forget"] is setting["forget"] for s in seen_splits)
-    test_ids = {id(test)}
-    assert not any(id(v) in test_ids for s in seen_splits for v in s.values())
+    assert all(s["retain"].dataset is setting["retain"] for s in seen_splits)
 
 
 def test_mcu_unlearn_honours_a_custom_mask_and_mask_kinds(setting: dict) -> None:
@@ -314,3 +313,160 @@ def test_bn_and_forget_samples_take_fixed_subsets_of_the_probe_and_forget_set() 
     # The subsets are fixed: the same rows again on a second run.
     again = run(bn_samples=3, forget_samples=7)
     torch.testing.assert_close(again.model[0].running_mean, small.model[0].running_mean)
+
+
+# --------------------------------------------------------------------------- targets+
+def test_user_targets_carry_the_holdout_loss_and_the_counts(setting: dict) -> None:
+    targets = user_targets(setting["original"], setting["retain"], setting["holdout"])
+    holdout = setting["holdout"]
+    x = torch.stack([holdout[i][0] for i in range(len(holdout))])
+    y = torch.tensor([int(holdout[i][1]) for i in range(len(holdout))])
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(setting["original"](x), y).item()
+    assert targets.forget_loss == pytest.approx(expected, rel=1e-5)
+    assert targets.counts == {"retain": len(setting["retain"]), "holdout": len(holdout)}
+    by_class = user_targets(setting["original"], setting["retain"], scenario="class")
+    assert by_class.forget_loss is None and set(by_class.counts) == {"retain"}
+    with pytest.raises(ModeConnError, match="forget_loss"):
+        Targets(retain=90.0, forget=80.0, scenario="random", forget_loss=-1.0)
+
+
+# --------------------------------------------------------------------------- keep θ_u
+def _measured_at_end(setting: dict, result: mcu.recipe.RecipeResult) -> tuple[float, float]:
+    report = result.search.report
+    assert report.t[-1] == 1.0
+    return float(report.acc("retain")[-1]), float(report.acc("forget")[-1])
+
+
+def test_keep_base_returns_theta_u_when_no_point_beats_it_beyond_the_margin(
+    setting: dict,
+) -> None:
+    # θ_u a hair away from θ_o: every point of the curve scores alike, within sampling error.
+    torch.manual_seed(3)
+    theta_u = make_mlp(0)
+    theta_u.load_state_dict(
+        {k: v + 1e-4 * torch.randn_like(v) for k, v in setting["original"].state_dict().items()}
+    )
+    targets = user_targets(setting["original"], setting["retain"], setting["holdout"])
+    args = (setting["original"], theta_u, setting["retain"], setting["forget"])
+    kept = mcu_unlearn(*args, targets=targets)
+    assert kept.kept_base and kept.t == 1.0
+    assert kept.base_gap - kept.best.avg_gap <= kept.margin
+    for name, value in kept.model.state_dict().items():
+        torch.testing.assert_close(value, theta_u.state_dict()[name])
+    assert any("θ_u is returned" in note for note in kept.notes)
+    assert "returned: θ_u (kept)" in kept.summary()
+
+
+def test_keep_base_takes_the_curve_when_it_clearly_beats_theta_u(setting: dict) -> None:
+    # θ_u a fresh, untrained network: far from the targets, so the curve's point wins.
+    theta_u = make_mlp(7)
+    targets = user_targets(setting["original"], setting["retain"], setting["holdout"])
+    args = (setting["original"], theta_u, setting["retain"], setting["forget"])
+    result = mcu_unlearn(*args, targets=targets)
+    assert not result.kept_base and result.t == result.best.t < 1.0
+    assert result.base_gap - result.best.avg_gap > result.margin
+    free = mcu_unlearn(*args, targets=targets, config=RecipeConfig(keep_base=False))
+    assert free.t == result.t and not free.kept_base
+
+
+def test_keep_base_margin_is_one_standard_error_of_the_gap_difference(setting: dict) -> None:
+    targets = user_targets(setting["original"], setting["retain"], setting["holdout"])
+    result = mcu_unlearn(
+        setting["original"],
+        setting["theta_u"],
+        setting["retain"],
+        setting["forget"],
+        targets=targets,
+        config=RecipeConfig(keep_base=False),
+    )
+    counts = result.search.report.meta["counts"]
+    base_retain, base_forget = _measured_at_end(setting, result)
+    best = result.best
+
+    def se(acc: float, n: int) -> float:
+        return 100.0 * ((acc / 100) * (1 - acc / 100) / n) ** 0.5
+
+    variance = (
+        se(best.retain_acc, counts["retain"]) ** 2
+        + se(base_retain, counts["retain"]) ** 2
+        + se(best.forget_acc, counts["forget"]) ** 2
+        + se(base_forget, counts["forget"]) ** 2
+    )
+    if min(best.forget_acc, base_forget) < targets.forget < max(best.forget_acc, base_forget):
+        variance += (2 * se(targets.forget, targets.counts["holdout"])) ** 2
+    if min(best.retain_acc, base_retain) < targets.retain < max(best.retain_acc, base_retain):
+        variance += (2 * se(targets.retain, targets.counts["retain"])) ** 2
+    assert result.margin == pytest.approx(0.5 * variance**0.5, rel=1e-9)
+    gap = (abs(base_retain - targets.retain) + abs(base_forget - targets.forget)) / 2
+    assert result.base_gap == pytest.approx(gap, rel=1e-12)
+    assert result.margin > 0
+
+
+def test_t_range_below_one_still_measures_theta_u(setting: dict) -> None:
+    targets = Targets(retain=99.0, forget=90.0, scenario="random")
+    result = mcu_unlearn(
+        setting["original"],
+        setting["theta_u"],
+        setting["retain"],
+        setting["forget"],
+        targets=targets,
+        config=RecipeConfig(t_range=(0.2, 0.8)),
+    )
+    assert result.search.report.t[-1] == 1.0
+    assert 0.2 <= result.best.t <= 0.8
+
+
+# --------------------------------------------------------------------------- objectives
+def test_match_objective_trains_the_curve_toward_the_held_out_loss(setting: dict) -> None:
+    targets = user_targets(setting["original"], setting["retain"], setting["holdout"])
+    args = (setting["original"], setting["theta_u"], setting["retain"], setting["forget"])
+    match = mcu_unlearn(*args, targets=targets, config=RecipeConfig(objective="match"))
+    ascent = mcu_unlearn(*args, targets=targets, config=RecipeConfig(objective="ascent"))
+    auto = mcu_unlearn(*args, targets=targets, config=RecipeConfig(objective="auto"))
+    assert match.history[-1].beta == RecipeConfig().beta_match  # constant weight
+    assert ascent.history[-1].beta != match.history[-1].beta
+    for name, value in auto.curve.state_dict().items():
+        torch.testing.assert_close(value, match.curve.state_dict()[name])
+    # The middle of the matching curve sits nearer the held-out loss than the ascent curve's.
+    middle = {name: r.curve.export(0.5) for name, r in (("match", match), ("ascent", ascent))}
+    losses = {name: mcu.evaluate(m, setting["forget"]).loss for name, m in middle.items()}
+    assert targets.forget_loss is not None
+    assert abs(losses["match"] - targets.forget_loss) < abs(losses["ascent"] - targets.forget_loss)
+
+
+def test_match_objective_needs_a_forget_loss_target(setting: dict) -> None:
+    targets = user_targets(setting["original"], setting["retain"], scenario="class")
+    args = (setting["original"], setting["theta_u"], setting["retain"], setting["forget"])
+    with pytest.raises(ModeConnError, match="forget_loss"):
+        mcu_unlearn(*args, targets=targets, config=RecipeConfig(objective="match"))
+    auto = mcu_unlearn(*args, targets=targets, config=RecipeConfig(objective="auto"))
+    assert auto.history[-1].beta in (0.0, RecipeConfig().beta_low, RecipeConfig().beta_high)
+
+
+def test_two_bends_are_the_straight_line_with_the_same_selection(setting: dict) -> None:
+    targets = Targets(retain=99.0, forget=90.0, scenario="random")
+    args = (setting["original"], setting["theta_u"], setting["retain"], setting["forget"])
+    line = mcu_unlearn(*args, targets=targets, config=RecipeConfig(num_bends=2))
+    assert len(line.history) == 0 and line.mask == {} and not list(line.curve.parameters())
+    start, end = setting["original"].state_dict(), setting["theta_u"].state_dict()
+    for name, value in line.curve.weights_at(0.3).items():
+        torch.testing.assert_close(value.detach(), 0.7 * start[name] + 0.3 * end[name])
+    with pytest.raises(ModeConnError, match="straight line"):
+        mcu_unlearn(*args, targets=targets, config=RecipeConfig(num_bends=2), mask={})
+
+
+def test_result_repr_is_short_and_summary_lists_the_choice(setting: dict) -> None:
+    targets = user_targets(setting["original"], setting["retain"], setting["holdout"])
+    result = mcu_unlearn(
+        setting["original"],
+        setting["theta_u"],
+        setting["retain"],
+        setting["forget"],
+        targets=targets,
+    )
+    text = repr(result)
+    assert "Linear(" not in text and "t=" in text and "kept_base=" in text
+    summary = result.summary()
+    for word in ("targets", "θ_u (t = 1)", "optimum", "returned:"):
+        assert word in summary

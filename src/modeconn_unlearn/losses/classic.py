@@ -130,18 +130,27 @@ class _RandomLabel(Objective):
 
 
 class _MCUObjective(Objective):
-    def __init__(self, beta: float | BetaRule, task: Task | None) -> None:
+    def __init__(
+        self, beta: float | BetaRule, forget_loss: float | None, task: Task | None
+    ) -> None:
         super().__init__(task)
         self.beta = beta
+        self.forget_loss = forget_loss
 
     def combine(self, model: nn.Module, p: Parts) -> Tensor:
         rule = self.beta
         beta = float(rule(p.retain_acc, p.forget_acc)) if callable(rule) else rule
         p.stats["beta"] = beta
-        return p.retain_mean() - beta * p.forget_mean()
+        if self.forget_loss is None:
+            return p.retain_mean() - beta * p.forget_mean()
+        if p.forget_acc is None:  # no forget sample: the matching term is absent, not a constant
+            return p.retain_mean()
+        return p.retain_mean() + beta * (p.forget_mean() - self.forget_loss).abs()
 
     def __repr__(self) -> str:
-        return f"mcu_objective({self.beta!r})"
+        if self.forget_loss is None:
+            return f"mcu_objective({self.beta!r})"
+        return f"mcu_objective({self.beta!r}, forget_loss={self.forget_loss!r})"
 
 
 def gradient_ascent(*, task: Task | None = None) -> UnlearnLoss:
@@ -341,20 +350,36 @@ class AdaptiveBeta:
         return float(self.low if forget_excess < retain_excess else self.high)
 
 
-def mcu_objective(beta: float | BetaRule, *, task: Task | None = None) -> UnlearnLoss:
-    """The MCU objective ``CE(retain part) - beta * CE(forget part)``.
+def mcu_objective(
+    beta: float | BetaRule, *, forget_loss: float | None = None, task: Task | None = None
+) -> UnlearnLoss:
+    """The MCU objective ``CE(retain part) - beta * CE(forget part)``, or its matching form.
+
+    The first form rewards forgetting without bound: the forget loss it pushes
+    up has no ceiling, so a curve trained with a large ``beta`` becomes
+    confidently wrong on the forget set, which a membership-inference attack
+    sees. With ``forget_loss=τ`` (the mean loss a model has on data it never
+    saw, e.g. the original's on a held-out split, :attr:`Targets.forget_loss
+    <modeconn_unlearn.recipe.Targets.forget_loss>`) the objective is
+    ``CE(retain part) + beta * |CE(forget part) - τ|``: the forget loss is
+    pulled *to* the held-out level, from below and from above, which is how a
+    retrained model treats the forget set. A batch without forget samples
+    then contributes its retain term only.
 
     Args:
         beta: A constant ``beta >= 0``, or a per-batch rule
             ``beta(retain_acc, forget_acc) -> float`` such as :class:`AdaptiveBeta`
             (accuracies of the current batch in percent, ``None`` for an absent part).
+        forget_loss: The target mean forget loss ``τ >= 0`` (same unit as the
+            task's per-sample loss; nats for cross-entropy), or ``None`` for
+            the unbounded form.
         task: Reads batches and gives per-sample losses (default: classification).
 
     Returns:
         The objective; ``last_stats["beta"]`` records the ``beta`` used on the last batch.
 
     Raises:
-        ModeConnError: If a constant ``beta`` is negative or not finite.
+        ModeConnError: If a constant ``beta`` or ``forget_loss`` is negative or not finite.
 
     Example:
         >>> import torch
@@ -367,9 +392,14 @@ def mcu_objective(beta: float | BetaRule, *, task: Task | None = None) -> Unlear
         >>> loss.last_stats["beta"] in (0.0, 0.5)
         True
     """
+    if forget_loss is not None and as_float(forget_loss, "forget_loss") < 0.0:
+        raise ModeConnError(
+            f"forget_loss is a target mean loss and must be >= 0, got {forget_loss!r}."
+        )
+    target = None if forget_loss is None else float(forget_loss)
     if callable(beta):
-        return _MCUObjective(beta, task)
+        return _MCUObjective(beta, target, task)
     value = as_float(beta, "beta")
     if value < 0.0:
         raise ModeConnError(f"beta must be >= 0 (it weighs the forget term), got {beta!r}.")
-    return _MCUObjective(value, task)
+    return _MCUObjective(value, target, task)

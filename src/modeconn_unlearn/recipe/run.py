@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -19,17 +20,18 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..curve_model import CurveModel
 from ..data import as_dataset, as_loader
 from ..errors import ModeConnError
-from ..evaluation import DataLike, PathReport
-from ..losses import AdaptiveBeta, mcu_objective
+from ..evaluation import DataLike, PathReport, evaluate_path
+from ..losses import AdaptiveBeta, UnlearnLoss, mcu_objective
 from ..masks import layer_mask, saliency_mask
-from ..path_search import PathSearch, search_path
-from ..selection import Interpolation, OptimalT
+from ..path_search import PathSearch, merge_reports, search_path
+from ..selection import Interpolation, OptimalT, avg_gap
 from ..training import History, fit_curve
 from .targets import Scenario, Targets
 
 __all__ = ["RecipeConfig", "RecipeResult", "mcu_unlearn"]
 
 MaskKind = Literal["layer", "saliency", "all"]
+Objective = Literal["ascent", "match", "auto"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,9 @@ class RecipeConfig:
 
     Attributes:
         curve: Curve family (``"bezier"`` or ``"polychain"``).
-        num_bends: Bends of the curve (3: one trained control point).
+        num_bends: Bends of the curve (3: one trained control point; 2: the
+            straight line θ_o → θ_u, nothing trained, the ablation that asks
+            whether the trained curve is needed at all).
         mask: ``"layer"`` (MCU's per-tensor :func:`~modeconn_unlearn.layer_mask`),
             ``"saliency"`` (element-wise SalUn mask) or ``"all"`` (every entry).
         mask_k: Fraction of entries made trainable (``"layer"``, ``"saliency"``).
@@ -47,8 +51,10 @@ class RecipeConfig:
         lr: Learning rate of curve training (SGD, momentum 0.9).
         retain_ratio: Fraction of the retain set used per epoch of curve training.
         batch_size: Batch size of curve training.
-        beta_low: ``AdaptiveBeta.low``.
-        beta_high: ``AdaptiveBeta.high``.
+        beta_low: ``AdaptiveBeta.low`` (``objective="ascent"``).
+        beta_high: ``AdaptiveBeta.high`` (``objective="ascent"``).
+        beta_match: Constant weight of the matching term (``objective="match"``);
+            the term limits itself, so no per-batch rule is needed.
         t_range: Range of ``t`` searched when choosing the model.
         train_t_range: Range ``t`` is drawn from in training (default: ``t_range``).
         coarse_points: First grid of the path search.
@@ -64,6 +70,16 @@ class RecipeConfig:
         forget_samples: The path search scores forget accuracy on a fixed
             random subset of the forget set this large (``None``: all of it).
             The mask and curve training always use the whole forget set.
+        objective: ``"ascent"``: ``CE(retain) - β·CE(forget)``, forgetting
+            rewarded without bound; ``"match"``: ``CE(retain) + β·|CE(forget) - τ|``
+            with τ the original's mean held-out loss (:attr:`Targets.forget_loss`),
+            so the curve is pulled to how a model treats data it never saw;
+            ``"auto"``: ``"match"`` when the targets carry ``forget_loss``
+            (random forgetting), else ``"ascent"`` (a forgotten class).
+        keep_base: Return θ_u (``t = 1``) unless the chosen point's gap to the
+            targets is smaller than θ_u's by more than one standard error of
+            the difference (sampling error of the measured accuracies and of the
+            targets); the result says so in ``kept_base`` and ``notes``.
     """
 
     curve: str = "bezier"
@@ -77,6 +93,7 @@ class RecipeConfig:
     batch_size: int = 64
     beta_low: float = 0.01
     beta_high: float = 0.5
+    beta_match: float = 1.0
     t_range: tuple[float, float] = (0.5, 1.0)
     train_t_range: tuple[float, float] | None = None
     coarse_points: int = 4
@@ -86,10 +103,18 @@ class RecipeConfig:
     probe_size: int | None = 2000
     bn_samples: int | None = 256
     forget_samples: int | None = None
+    objective: Objective = "ascent"
+    keep_base: bool = True
 
     def __post_init__(self) -> None:
         if self.mask not in ("layer", "saliency", "all"):
             raise ModeConnError(f'mask must be "layer", "saliency" or "all", got {self.mask!r}.')
+        if self.objective not in ("ascent", "match", "auto"):
+            raise ModeConnError(
+                f'objective must be "ascent", "match" or "auto", got {self.objective!r}.'
+            )
+        if not isinstance(self.keep_base, bool):
+            raise ModeConnError(f"keep_base must be True or False, got {self.keep_base!r}.")
         for name in ("num_bends", "epochs", "batch_size", "coarse_points", "max_points"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -103,7 +128,7 @@ class RecipeConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ModeConnError(f"{name} must be a positive number, got {value!r}.")
-        for name in ("beta_low", "beta_high"):
+        for name in ("beta_low", "beta_high", "beta_match"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ModeConnError(f"{name} must be a number >= 0, got {value!r}.")
@@ -181,6 +206,11 @@ class RecipeResult:
 
     Attributes:
         model: The exported unlearned model (the user's own class) at ``t``.
+        t: The ``t`` of ``model``: the search's optimum, or 1.0 when θ_u was kept.
+        kept_base: ``True`` when no point of the curve beat θ_u on the targets
+            by more than their sampling error, so ``model`` is θ_u (``t = 1``).
+        notes: What a user should know about the choice (θ_u kept, ``t`` on
+            the edge of the searched range).
         curve: The trained :class:`~modeconn_unlearn.CurveModel`.
         search: The path search (merged report, rounds).
         targets: The targets used.
@@ -188,30 +218,58 @@ class RecipeResult:
         history: Curve-training history.
         seconds: Wall time of each part (``mask``, ``fit``, ``search``,
             ``export``) and their ``total``.
+        base_gap: The measured gap of θ_u (``t = 1``) to the targets.
+        margin: One standard error of the difference between θ_u's gap and the optimum's.
     """
 
-    model: nn.Module
-    curve: CurveModel
-    search: PathSearch
-    targets: Targets
-    mask: dict[str, Tensor]
-    history: History
-    seconds: dict[str, float]
+    model: nn.Module = field(repr=False)
+    t: float
+    kept_base: bool
+    notes: tuple[str, ...]
+    curve: CurveModel = field(repr=False)
+    search: PathSearch = field(repr=False)
+    targets: Targets = field(repr=False)
+    mask: dict[str, Tensor] = field(repr=False)
+    history: History = field(repr=False)
+    seconds: dict[str, float] = field(repr=False)
+    base_gap: float = math.nan
+    margin: float = math.nan
 
     @property
     def best(self) -> OptimalT:
-        """The chosen point (:class:`~modeconn_unlearn.OptimalT`)."""
+        """The search's optimum (:class:`~modeconn_unlearn.OptimalT`), kept or not."""
         return self.search.best
-
-    @property
-    def t(self) -> float:
-        """The chosen ``t``."""
-        return self.search.best.t
 
     @property
     def report(self) -> PathReport:
         """Accuracies at every evaluated point of the curve."""
         return self.search.report
+
+    def summary(self) -> str:
+        """The targets, θ_u and the optimum of the search, as a small table with the notes.
+
+        Returns:
+            A multi-line string.
+        """
+        best = self.search.best
+        rows = [
+            ("targets", math.nan, self.targets.retain, self.targets.forget, 0.0),
+            ("θ_u (t = 1)", 1.0, *self._base_accuracies(), self.base_gap),
+            ("optimum", best.t, best.retain_acc, best.forget_acc, best.avg_gap),
+        ]
+        lines = [f"{'':<13} {'t':>6} {'retain':>7} {'forget':>7} {'gap':>6}"]
+        for name, t, retain, forget, gap in rows:
+            t_text = "" if math.isnan(t) else f"{t:.3f}"
+            lines.append(f"{name:<13} {t_text:>6} {retain:7.2f} {forget:7.2f} {gap:6.2f}")
+        chosen = "θ_u (kept)" if self.kept_base else f"t = {self.t:.3f}"
+        lines.append(f"returned: {chosen}; margin {self.margin:.2f} (one standard error)")
+        lines.extend(f"note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+    def _base_accuracies(self) -> tuple[float, float]:
+        report = self.search.report
+        at = int(np.argmin(np.abs(report.t - 1.0)))
+        return float(report.acc("retain")[at]), float(report.acc("forget")[at])
 
 
 def _probe(
@@ -321,9 +379,17 @@ def mcu_unlearn(
         _probe(probe_data, config.bn_samples, seed, name="probe", salt=20_000), name="probe"
     )
     forget_scored = _probe(forget, config.forget_samples, seed, name="forget", salt=30_000)
+    line = config.num_bends == 2
+    if line and mask is not None:
+        raise ModeConnError(
+            "num_bends=2 is the straight line θ_o → θ_u, which has no control point to mask; "
+            "drop mask= or use num_bends >= 3."
+        )
     began = time.perf_counter()
     chosen_mask = (
-        dict(mask) if mask is not None else _make_mask(config, original, probe_loader, forget)
+        dict(mask)
+        if mask is not None
+        else {} if line else _make_mask(config, original, probe_loader, forget)
     )
     seconds["mask"] = time.perf_counter() - began
 
@@ -334,24 +400,27 @@ def mcu_unlearn(
         end=theta_u,
         curve=config.curve,
         num_bends=config.num_bends,
-        mask=chosen_mask,
+        mask=chosen_mask or None,
     )
     if device is not None:
         curve.to(device)
-    beta = AdaptiveBeta(targets.retain, targets.forget, low=config.beta_low, high=config.beta_high)
-    history = fit_curve(
-        curve,
-        retain,
-        forget,
-        loss=mcu_objective(beta),
-        epochs=config.epochs,
-        lr=config.lr,
-        retain_ratio=config.retain_ratio,
-        t_sampler=config.train_t_range or config.t_range,
-        batch_size=config.batch_size,
-        seed=seed,
-        progress=progress,
-        device=device,
+    history = (
+        History()
+        if line
+        else fit_curve(
+            curve,
+            retain,
+            forget,
+            loss=_objective(config, targets),
+            epochs=config.epochs,
+            lr=config.lr,
+            retain_ratio=config.retain_ratio,
+            t_sampler=config.train_t_range or config.t_range,
+            batch_size=config.batch_size,
+            seed=seed,
+            progress=progress,
+            device=device,
+        )
     )
     seconds["fit"] = time.perf_counter() - began
 
@@ -369,18 +438,117 @@ def mcu_unlearn(
         bn_loader=bn_loader,
         device=device,
     )
+    if not np.any(search.report.t == 1.0):
+        end = evaluate_path(
+            curve,
+            {"retain": probe_loader, "forget": forget_scored},
+            ts=[1.0],
+            bn_loader=bn_loader,
+            progress=False,
+            device=device,
+        )
+        search = replace(search, report=merge_reports(curve, [search.report, end]))
     seconds["search"] = time.perf_counter() - began
 
+    base_gap, margin = _compare_with_base(search, targets)
+    kept = config.keep_base and not base_gap - search.best.avg_gap > margin
+    t = 1.0 if kept else search.best.t
     began = time.perf_counter()
-    model = curve.export(search.best.t, bn_loader=bn_loader)
+    model = curve.export(t, bn_loader=bn_loader)
     seconds["export"] = time.perf_counter() - began
     seconds["total"] = sum(seconds.values())
     return RecipeResult(
         model=model,
+        t=t,
+        kept_base=kept,
+        notes=_notes(search, config, kept=kept, base_gap=base_gap, margin=margin),
         curve=curve,
         search=search,
         targets=targets,
         mask=chosen_mask,
         history=history,
         seconds=seconds,
+        base_gap=base_gap,
+        margin=margin,
     )
+
+
+def _objective(config: RecipeConfig, targets: Targets) -> UnlearnLoss:
+    """The curve objective: the ascent form with the alignment rule, or the matching form."""
+    if config.objective != "ascent" and targets.forget_loss is not None:
+        return mcu_objective(config.beta_match, forget_loss=targets.forget_loss)
+    if config.objective == "match":
+        raise ModeConnError(
+            'objective="match" pulls the forget loss to Targets.forget_loss, which these '
+            "targets lack; get them from user_targets(original, retain, holdout) (random "
+            'forgetting), or use objective="ascent" or "auto" (a forgotten class).'
+        )
+    beta = AdaptiveBeta(targets.retain, targets.forget, low=config.beta_low, high=config.beta_high)
+    return mcu_objective(beta)
+
+
+def _standard_error(accuracy: float, count: int | None) -> float:
+    """The binomial standard error of an accuracy in percent (0 when the count is unknown)."""
+    if not count:
+        return 0.0
+    p = min(max(accuracy / 100.0, 0.0), 1.0)
+    return 100.0 * math.sqrt(p * (1.0 - p) / count)
+
+
+def _compare_with_base(search: PathSearch, targets: Targets) -> tuple[float, float]:
+    """θ_u's measured gap to the targets, and one standard error of ``gap(θ_u) - gap(optimum)``.
+
+    The four accuracies (retain and forget at the optimum and at ``t = 1``) are
+    treated as independent binomial estimates, which overstates the error of
+    a difference measured on the same samples (a conservative margin). A
+    target's own error shifts both gaps alike unless it lies between the two
+    points' accuracies, where it moves the difference twice as fast
+    (a first-order, delta-method account).
+    """
+    report, best = search.report, search.best
+    at = int(np.argmin(np.abs(report.t - 1.0)))
+    base_retain = float(report.acc("retain")[at])
+    base_forget = float(report.acc("forget")[at])
+    base_gap = float(
+        avg_gap(
+            base_retain, base_forget, retain_target=targets.retain, forget_target=targets.forget
+        )
+    )
+    n_retain = report.meta.get("counts", {}).get("retain")
+    n_forget = report.meta.get("counts", {}).get("forget")
+    variance = sum(
+        _standard_error(acc, n) ** 2
+        for acc, n in (
+            (best.retain_acc, n_retain),
+            (base_retain, n_retain),
+            (best.forget_acc, n_forget),
+            (base_forget, n_forget),
+        )
+    )
+    for target, count, optimum, base in (
+        (targets.retain, targets.counts.get("retain"), best.retain_acc, base_retain),
+        (targets.forget, targets.counts.get("holdout"), best.forget_acc, base_forget),
+    ):
+        if min(optimum, base) < target < max(optimum, base):
+            variance += (2.0 * _standard_error(target, count)) ** 2
+    return base_gap, 0.5 * math.sqrt(variance)
+
+
+def _notes(
+    search: PathSearch, config: RecipeConfig, *, kept: bool, base_gap: float, margin: float
+) -> tuple[str, ...]:
+    best = search.best
+    notes: list[str] = []
+    if kept:
+        notes.append(
+            f"No point of the curve beats θ_u on the targets by more than their sampling error "
+            f"(gap {best.avg_gap:.2f} at t = {best.t:.3f} against θ_u's {base_gap:.2f}, "
+            f"margin {margin:.2f}); θ_u is returned (t = 1)."
+        )
+    low = config.t_range[0]
+    if not kept and best.t <= low + config.tol:
+        notes.append(
+            f"t = {best.t:.3f} sits on the low edge of t_range {config.t_range}: the optimum may "
+            "lie closer to θ_o; widen t_range to search there."
+        )
+    return tuple(notes)

@@ -9,6 +9,7 @@ accuracy on a held-out split carved from the training data before training
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -34,18 +35,32 @@ class Targets:
         forget: Target forget accuracy.
         scenario: ``"random"`` or ``"class"``.
         source: How each target was obtained (for reports).
+        forget_loss: Target mean forget loss: the original's mean loss on the
+            held-out split (random forgetting; ``None`` for a class, whose
+            retrained loss the user cannot estimate). MCU's matching objective
+            pulls the forget loss to it (:func:`~modeconn_unlearn.losses.mcu_objective`).
+        counts: Samples each target was measured on (``"retain"``,
+            ``"holdout"``); the recipe's keep-θ_u rule reads the targets'
+            sampling error from them.
     """
 
     retain: float
     forget: float
     scenario: str
     source: dict[str, str] = field(default_factory=dict)
+    forget_loss: float | None = None
+    counts: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("retain", "forget"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 100.0):
                 raise ModeConnError(f"Targets.{name} is a percentage in [0, 100], got {value!r}.")
+        loss = self.forget_loss
+        if loss is not None and not (
+            isinstance(loss, (int, float)) and math.isfinite(loss) and loss >= 0.0
+        ):
+            raise ModeConnError(f"Targets.forget_loss must be a mean loss >= 0, got {loss!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict."""
@@ -122,7 +137,9 @@ def user_targets(
       training (:func:`carve_holdout`); a model retrained without a random
       forget set treats it like unseen data from the same distribution;
     * forget target, ``scenario="class"``: 0 (a model that never saw a class
-      never predicts it).
+      never predicts it);
+    * forget loss target (random forgetting): the original's mean loss on
+      ``holdout``, with the sample counts behind each target.
 
     Never pass the test split as ``holdout`` (it is for reporting), and never
     a retrained model's numbers: a user does not have them.
@@ -151,13 +168,14 @@ def user_targets(
     """
     if scenario not in ("random", "class"):
         raise ModeConnError(f'scenario must be "random" or "class", got {scenario!r}.')
-    retain_acc = evaluate(original, retain, device=device).accuracy
+    on_retain = evaluate(original, retain, device=device)
     if scenario == "class":
         return Targets(
-            retain=retain_acc,
+            retain=on_retain.accuracy,
             forget=0.0,
             scenario=scenario,
             source={"retain": "original on retain data", "forget": "0 (forgotten class)"},
+            counts={"retain": on_retain.count},
         )
     if holdout is None:
         raise ModeConnError(
@@ -165,9 +183,12 @@ def user_targets(
             "data before training (carve_holdout); the original's accuracy on it is the forget "
             "target. Do not use the test split."
         )
+    on_holdout = evaluate(original, holdout, device=device)
     return Targets(
-        retain=retain_acc,
-        forget=evaluate(original, holdout, device=device).accuracy,
+        retain=on_retain.accuracy,
+        forget=on_holdout.accuracy,
         scenario=scenario,
         source={"retain": "original on retain data", "forget": "original on held-out split"},
+        forget_loss=on_holdout.loss,
+        counts={"retain": on_retain.count, "holdout": on_holdout.count},
     )
