@@ -251,7 +251,30 @@ def test_full_pipeline_on_a_causal_lm(world) -> None:  # type: ignore[no-untyped
     assert barrier["forget"].end == pytest.approx(
         lm.lm_outputs(theta_u, forget).nll.mean(), rel=1e-4
     )
-    assert barrier["retain"].height >= 0.0
+    # Permuting the MLP's hidden units gives a twin that computes the same function; the
+    # straight path to it rises above both ends, so its barrier is positive. Checked
+    # against a hand computation from the interpolated weights' mean retain NLL.
+    twin = copy.deepcopy(model)
+    mlp = twin.model.layers[0].mlp
+    perm = torch.randperm(mlp.up_proj.out_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for layer in (mlp.gate_proj, mlp.up_proj):
+            layer.weight.copy_(layer.weight[perm])
+        mlp.down_proj.weight.copy_(mlp.down_proj.weight[:, perm])
+    ts = np.linspace(0.0, 1.0, 5)
+    ends = model.state_dict(), twin.state_dict()
+    nll = []
+    for t in ts:
+        between = copy.deepcopy(model)
+        between.load_state_dict({k: (1 - t) * a + t * ends[1][k] for k, a in ends[0].items()})
+        nll.append(float(lm.lm_outputs(between, retain).nll.mean()))
+    excess = np.array(nll) - ((1 - ts) * nll[0] + ts * nll[-1])
+    barrier = mcu.loss_barrier(model, twin, retain, task=TASK, ts=5)
+    np.testing.assert_allclose(barrier.values, nll, rtol=1e-4)
+    assert barrier.start == pytest.approx(barrier.end, rel=1e-4)  # the same function
+    assert barrier.height == pytest.approx(excess.max(), rel=1e-3, abs=1e-6)
+    assert barrier.height > barrier.start  # the loss more than doubles on the way
+    assert barrier.t_peak == ts[int(np.argmax(excess))]
 
 
 def test_lora_pipeline_curves_only_the_adapters(world) -> None:  # type: ignore[no-untyped-def]

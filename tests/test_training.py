@@ -887,23 +887,40 @@ def test_a_callable_optimizer_is_plugged_in(tiny):
     assert made == [0.05] and same_state(snapshot(by_factory), snapshot(by_name))
 
 
-def test_compile_gives_the_same_model(tiny):
+@pytest.fixture
+def compiled_modules(monkeypatch):
+    """The (module class, backend) of every ``torch.compile`` call; the real compile runs."""
+    calls: list[tuple[str, str]] = []
+    real = torch.compile
+
+    def spy(module, *, backend="inductor", **kwargs):
+        calls.append((type(module).__name__, backend))
+        return real(module, backend=backend, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    return calls
+
+
+def test_compile_gives_the_same_model(tiny, compiled_modules):
     retain, forget = tiny
     args = dict(loss=finetune(), lr=0.05, epochs=1, batch_size=20, progress=False)
     plain = unlearn(make_mlp(0), retain, forget, **args)
+    assert compiled_modules == []
     compiled = unlearn(make_mlp(0), retain, forget, compile="eager", **args)
+    assert compiled_modules == [("Sequential", "eager")]  # compile= was not ignored
     assert type(compiled).__name__ == "Sequential"
     assert set(compiled.state_dict()) == set(plain.state_dict())  # no _orig_mod. prefix
     for key, value in plain.state_dict().items():
         torch.testing.assert_close(compiled.state_dict()[key], value)
 
 
-def test_fit_curve_compiles_the_curve(tiny):
+def test_fit_curve_compiles_the_curve(tiny, compiled_modules):
     retain, forget = tiny
     args = dict(loss=mcu_objective(0.1), lr=0.05, epochs=1, batch_size=20, progress=False)
     plain, compiled = (CurveModel(make_mlp(0), end=make_mlp(1)) for _ in range(2))
     fit_curve(plain, retain, forget, **args)
     fit_curve(compiled, retain, forget, compile="eager", **args)
+    assert compiled_modules == [("CurveModel", "eager")]
     for key, value in plain.state_dict().items():
         torch.testing.assert_close(compiled.state_dict()[key], value)
 
