@@ -389,7 +389,9 @@ def mcu_unlearn(
     chosen_mask = (
         dict(mask)
         if mask is not None
-        else {} if line else _make_mask(config, original, probe_loader, forget)
+        else {}
+        if line
+        else _make_mask(config, original, probe_loader, forget)
     )
     seconds["mask"] = time.perf_counter() - began
 

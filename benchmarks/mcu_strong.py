@@ -1,0 +1,373 @@
+"""MCU on every base method, the strong ones included, where held-out targets are precise.
+
+Regime: the first 20k Fashion-MNIST training images, 10 % held out before training
+(2k: the user's only source of the forget target and of the forget-loss target), an
+MLP trained until it memorises the other 18k; random 10 % forgetting; retraining from
+the original's initialisation with the same budget is the reference (never seen by
+MCU). Every row is scored against it: UA, RA, TA, MIA-efficacy (SVC), their Avg. Gap,
+the loss attack's TPR at 1 % FPR (forget against test, per example) and a relearning
+attack (forget accuracy after a few fine-tuning steps on 10 % of the forget set).
+
+Variants of MCU, each run through ``mcu.recipe.mcu_unlearn`` on the same θ_u:
+
+* ``ascent``: the curve objective ``CE(retain) - β·CE(forget)`` with the tuned
+  adaptive β (``RecipeConfig.for_scenario("random")``);
+* ``match``: ``CE(retain) + β·|CE(forget) - τ|``, τ the original's mean held-out loss;
+* ``line``: the straight line θ_o → θ_u, nothing trained, the same selection;
+
+each without and with the recipe's keep-θ_u rule (``+keep``: θ_u is returned unless
+the chosen point beats it on the user's targets by more than their sampling error).
+
+Protocol: ``--phase tune`` picks each base method's learning rate and the matching
+β on seed 100 (never reported) by the mean Avg. Gap to retraining; ``--phase report``
+runs the choice on fresh seeds (one JSON per seed, so a partial run still counts);
+``--phase aggregate`` writes ``mcu_strong.json``/``.md``: mean ± 95 % t-interval per
+cell and the paired per-seed difference of each variant against the base method.
+
+Usage:
+    python benchmarks/mcu_strong.py --phase tune
+    python benchmarks/mcu_strong.py --phase report --seeds 0 1 2 3 4
+    python benchmarks/mcu_strong.py --phase aggregate
+    python benchmarks/mcu_strong.py --quick     # smoke run on digits, writes nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import modeconn_unlearn as mcu
+from modeconn_unlearn.recipe import RecipeConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+import mcu_table
+from _common import METHODS, RESULTS, Base, environment, mean_ci, timed, write_json
+
+logger = logging.getLogger("mcu_strong")
+SCORES = ("avg_gap", "ua", "ra", "ta", "mia", "tpr1", "relearn")
+TRAINED = ("ascent", "match", "line")
+VARIANTS = (*TRAINED, *(f"{name}+keep" for name in TRAINED))
+
+WORLD = mcu_table.Config(
+    dataset="fashion",
+    pool_size=20000,
+    test_size=5000,
+    arch="mlp",
+    epochs=30,
+    lr=0.05,
+    weight_decay=0.0,
+    scenarios=("random10",),
+    second_scenarios=(),
+    probe_size=2000,
+)
+QUICK_WORLD = dataclasses.replace(mcu_table.QUICK, scenarios=("random10",), arch="mlp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """The world, the tuning grids and the relearning attack.
+
+    ``match_grid`` holds the candidate settings of the matching objective (overrides
+    of ``RecipeConfig.for_scenario("random")``): the weight β, and the curve's training
+    budget (epochs, share of the retain set per epoch), whose cost is measured with it.
+    """
+
+    world: mcu_table.Config = WORLD
+    base_lrs: tuple[float, ...] = (0.01, 0.04)
+    match_grid: tuple[tuple[tuple[str, Any], ...], ...] = (
+        (("beta_match", 1.0),),
+        (("beta_match", 1.0), ("epochs", 2), ("retain_ratio", 1.0)),
+        (("beta_match", 2.0), ("epochs", 2), ("retain_ratio", 1.0)),
+        (("beta_match", 1.0), ("epochs", 3), ("retain_ratio", 1.0)),
+    )
+    relearn_steps: int = 10
+    relearn_lr: float = 0.05
+    relearn_fraction: float = 0.1
+
+
+QUICK = Study(
+    world=QUICK_WORLD, base_lrs=(0.01,), match_grid=((("beta_match", 1.0),),), relearn_steps=2
+)
+
+
+def variant_config(name: str, match: int, study: Study) -> RecipeConfig:
+    """The recipe settings of a trained variant (the keep rule is applied afterwards)."""
+    extra: dict[str, Any] = {"keep_base": False}
+    if name == "match":
+        extra.update(objective="match", **dict(study.match_grid[match]))
+    elif name == "line":
+        extra.update(num_bends=2)
+    return RecipeConfig.for_scenario("random", **extra)
+
+
+def relearned(study: Study, model: torch.nn.Module, forget: Any, seed: int) -> float:
+    samples = max(1, round(study.relearn_fraction * len(forget)))
+    result = mcu.relearn_attack(
+        model, forget, steps=study.relearn_steps, lr=study.relearn_lr, samples=samples, seed=seed
+    )
+    return float(result.accuracy[-1])
+
+
+def run_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]) -> dict[str, Any]:
+    """Base methods and every MCU variant on one seed; ``plan`` holds the tuned choices."""
+    cfg = study.world
+    world = mcu_table.make_world(cfg, seed, pool, test)
+    sc = mcu_table.make_scenario(cfg, world, "random10", cfg.arch)
+    rows: dict[str, dict[str, Any]] = {
+        name: dict(sc.rows[name], relearn=relearned(study, model, sc.forget, seed))
+        for name, model in (("Retrain", sc.retrained), ("Original", world.originals[cfg.arch]))
+    }
+    for method in METHODS:
+        # Tuning tries every lr and continues with the best one; a report runs the tuned lr.
+        candidates = {}
+        for lr in plan["base_lr"].get(method, study.base_lrs):
+            theta_u, base_row = mcu_table.run_base(world, sc, Base(method, 1, float(lr)))
+            base_row["relearn"] = relearned(study, theta_u, sc.forget, seed)
+            rows[f"{method}@{lr}"] = base_row
+            candidates[lr] = (theta_u, base_row)
+        lr = min(candidates, key=lambda c: candidates[c][1]["avg_gap"])
+        theta_u, base_row = candidates[lr]
+        for match in plan["match"]:
+            for name in TRAINED:
+                if name != "match" and match != plan["match"][0]:
+                    continue
+                key = f"{method}@{lr}/{name}" + (f"@{match}" if name == "match" else "")
+                result, seconds = timed(
+                    lambda name=name, match=match, theta_u=theta_u: mcu.recipe.mcu_unlearn(
+                        world.originals[cfg.arch],
+                        theta_u,
+                        sc.retain,
+                        sc.forget,
+                        targets=sc.targets,
+                        config=variant_config(name, match, study),
+                        probe=sc.probe,
+                        seed=seed,
+                    )
+                )
+                row = mcu_table.score(
+                    result.model,
+                    retain=sc.retain,
+                    forget=sc.forget,
+                    test=sc.test,
+                    probe=sc.probe,
+                    reference=sc.reference,
+                    seed=seed,
+                )
+                keep = not result.base_gap - result.best.avg_gap > result.margin
+                row.update(
+                    relearn=relearned(study, result.model, sc.forget, seed),
+                    t=result.t,
+                    keep=keep,
+                    base_gap_user=result.base_gap,
+                    gap_user=result.best.avg_gap,
+                    margin=result.margin,
+                    time=seconds.wall,
+                    cpu_fraction_of_retrain=seconds.cpu / sc.retrain_time.cpu,
+                    parts=result.seconds,
+                )
+                rows[key] = row
+                rows[f"{key}+keep"] = dict(base_row, t=1.0) if keep else row
+                logger.info(
+                    "seed %d %s lr %g %s: gap %.2f -> %.2f (t=%.3f, keep=%s, MIA %.1f, %.1fs)",
+                    seed,
+                    method,
+                    lr,
+                    key.split("/")[1],
+                    base_row["avg_gap"],
+                    row["avg_gap"],
+                    result.t,
+                    keep,
+                    row["mia"],
+                    seconds.wall,
+                )
+    return {
+        "seed": seed,
+        "targets": sc.targets.to_dict(),
+        "retrained_never_used": {
+            "probe_acc": sc.rows["Retrain"]["probe_acc"],
+            "forget_acc": sc.rows["Retrain"]["forget_acc"],
+        },
+        "original": {
+            "train_acc": world.original_train_acc[cfg.arch],
+            "test_acc": world.original_test_acc[cfg.arch],
+        },
+        "sizes": {"retain": len(sc.retain), "forget": len(sc.forget), "test": len(sc.test)},
+        "rows": rows,
+    }
+
+
+def tune(study: Study, record: dict[str, Any]) -> dict[str, Any]:
+    """Each method's lr by its own gap; one matching setting by MCU's mean gap over methods."""
+    rows = record["rows"]
+    base_lr = {
+        method: [min(study.base_lrs, key=lambda lr: rows[f"{method}@{lr}"]["avg_gap"])]
+        for method in METHODS
+    }
+    gaps = [
+        float(np.mean([rows[f"{m}@{base_lr[m][0]}/match@{i}+keep"]["avg_gap"] for m in METHODS]))
+        for i in range(len(study.match_grid))
+    ]
+    return {
+        "rule": "base lr: the lowest Avg. Gap of each method on the tuning seed; matching "
+        "objective: the setting with the lowest mean Avg. Gap of MCU(match)+keep over the five "
+        "methods",
+        "base_lr": base_lr,
+        "match": [int(np.argmin(gaps))],
+        "match_settings": [dict(c) for c in study.match_grid],
+        "match_gaps": gaps,
+    }
+
+
+def rename(record: dict[str, Any], plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Rows keyed ``method`` and ``method/variant`` under the tuned choices."""
+    out = {name: record["rows"][name] for name in ("Retrain", "Original")}
+    match = plan["match"][0]
+    for method in METHODS:
+        lr = plan["base_lr"][method][0]
+        out[method] = record["rows"][f"{method}@{lr}"]
+        for variant in VARIANTS:
+            source = variant.replace("match", f"match@{match}")
+            out[f"{method}/{variant}"] = record["rows"][f"{method}@{lr}/{source}"]
+    return out
+
+
+def aggregate(records: list[dict[str, Any]], plan: dict[str, Any]) -> dict[str, Any]:
+    named = [rename(r, plan) for r in records]
+    cells = {row: {s: mean_ci([n[row][s] for n in named]) for s in SCORES} for row in named[0]}
+    paired = {
+        f"{method}/{variant}": {
+            s: mean_ci([n[f"{method}/{variant}"][s] - n[method][s] for n in named])
+            for s in ("avg_gap", "mia", "tpr1", "relearn")
+        }
+        for method in METHODS
+        for variant in VARIANTS
+    }
+    extras = {
+        "keep_rate": {
+            f"{m}/{v}": float(np.mean([n[f"{m}/{v}"]["keep"] for n in named]))
+            for m in METHODS
+            for v in TRAINED
+        },
+        "cpu_fraction_of_retrain": {
+            f"{m}/{v}": mean_ci([n[f"{m}/{v}"]["cpu_fraction_of_retrain"] for n in named])
+            for m in METHODS
+            for v in TRAINED
+        },
+        "target_error": {
+            "forget": mean_ci(
+                [r["targets"]["forget"] - r["retrained_never_used"]["forget_acc"] for r in records]
+            )
+        },
+    }
+    return {"seeds": [r["seed"] for r in records], "cells": cells, "paired": paired, **extras}
+
+
+def fmt(cell: dict[str, float], digits: int = 2) -> str:
+    return f"{cell['mean']:+.{digits}f} ± {cell['ci']:.{digits}f}"
+
+
+def markdown(summary: dict[str, Any], command: str) -> str:
+    lines = [
+        "# MCU on every base method (MLP, 18k Fashion-MNIST images, random 10 %)",
+        "",
+        f"Seeds {summary['seeds']}; `{command}`. Paired difference variant - base, "
+        "mean ± 95 % t-interval; **bold**: the interval lies below 0 (a win), "
+        "_italic_: above 0 (a loss).",
+        "",
+        "## Δ Avg. Gap to retraining",
+        "",
+        "| base | base gap | " + " | ".join(VARIANTS) + " |",
+        "|---|---:|" + "---:|" * len(VARIANTS),
+    ]
+    for method in METHODS:
+        cells = []
+        for variant in VARIANTS:
+            cell = summary["paired"][f"{method}/{variant}"]["avg_gap"]
+            text = fmt(cell)
+            if cell["mean"] + cell["ci"] < 0:
+                text = f"**{text}**"
+            elif cell["mean"] - cell["ci"] > 0:
+                text = f"_{text}_"
+            cells.append(text)
+        base = summary["cells"][method]["avg_gap"]
+        lines.append(f"| {method} | {base['mean']:.2f} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Scores (mean over seeds)",
+        "",
+        "| model | " + " | ".join(SCORES) + " |",
+        "|---|" + "---:|" * len(SCORES),
+    ]
+    for row, cells in summary["cells"].items():
+        lines.append(f"| {row} | " + " | ".join(f"{cells[s]['mean']:.2f}" for s in SCORES) + " |")
+    lines += ["", "## Share of seeds where the keep rule returned θ_u", ""]
+    lines += [f"- {k}: {v:.2f}" for k, v in summary["keep_rate"].items()]
+    lines += ["", "## MCU's CPU time as a fraction of retraining's", ""]
+    lines += [f"- {k}: {fmt(v, 3)}" for k, v in summary["cpu_fraction_of_retrain"].items()]
+    error = summary["target_error"]["forget"]
+    lines += ["", f"Forget target - retrained forget accuracy: {fmt(error)} points."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phase", choices=("tune", "report", "aggregate"), default="report")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(1)
+    study = QUICK if args.quick else Study()
+    runs = args.out / "mcu_strong_runs"
+    if args.quick:
+        pool, test = mcu_table.load_data(study.world)
+        plan = {"base_lr": {}, "match": list(range(len(study.match_grid)))}
+        record = run_seed(study, 100, pool, test, plan)
+        plan = tune(study, record)
+        print(markdown(aggregate([record, record], plan), "--quick"))
+        return
+    if args.phase == "tune":
+        pool, test = mcu_table.load_data(study.world)
+        began = time.perf_counter()
+        plan = {"base_lr": {}, "match": list(range(len(study.match_grid)))}
+        record = run_seed(study, 100, pool, test, plan)
+        plan = tune(study, record)
+        plan.update(
+            record=record,
+            minutes=(time.perf_counter() - began) / 60,
+            environment=environment(args.out),
+            study=dataclasses.asdict(study),
+        )
+        write_json(args.out / "mcu_strong_tuning.json", plan)
+        logger.info("tuned: %s", {k: plan[k] for k in ("base_lr", "match", "match_gaps")})
+        return
+    plan = json.loads((args.out / "mcu_strong_tuning.json").read_text())
+    if args.phase == "report":
+        pool, test = mcu_table.load_data(study.world)
+        for seed in args.seeds:
+            began = time.perf_counter()
+            record = run_seed(study, seed, pool, test, plan)
+            record["minutes"] = (time.perf_counter() - began) / 60
+            record["environment"] = environment(args.out)
+            write_json(runs / f"seed_{seed}.json", record)
+            logger.info("seed %d done in %.1f min", seed, record["minutes"])
+    records = [json.loads(p.read_text()) for p in sorted(runs.glob("seed_*.json"))]
+    summary = aggregate(records, plan)
+    write_json(args.out / "mcu_strong.json", summary)
+    text = markdown(summary, "python benchmarks/mcu_strong.py --phase report")
+    (args.out / "mcu_strong.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
