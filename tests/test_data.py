@@ -5,6 +5,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from modeconn_unlearn.data import (
+    PadCollator,
     UnlearnBatch,
     UnlearnDataset,
     as_dataset,
@@ -12,6 +13,7 @@ from modeconn_unlearn.data import (
     collate_unlearn,
     forget_retain_split,
     move_to_device,
+    stack_collate,
     unlearn_loader,
     unpack_batch,
 )
@@ -285,3 +287,36 @@ def test_dict_items_and_a_custom_collate_fn():
     assert collate_of(DataLoader(Items())) is None
     with pytest.raises(ModeConnError, match="'labels' entry"):
         read_sample({"ids": torch.zeros(1)})
+
+
+# --------------------------------------------------------------------------- padding
+class Ragged(Dataset):
+    """Token-sequence items of different lengths, as a QADataset gives them."""
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, i: int):
+        ids = torch.arange(1, i + 3)
+        labels = ids.clone()
+        labels[0] = -100
+        return {"input_ids": ids}, labels
+
+
+def test_stacking_samples_of_different_sizes_says_how_to_pad_in_one_line():
+    with pytest.raises(ModeConnError, match=r"task=CausalLMTask\(\).*PadCollator") as error:
+        next(iter(as_loader(Ragged())))
+    assert "\n" not in str(error.value)
+    with pytest.raises(ModeConnError, match=r"task=CausalLMTask\(\)"):
+        next(iter(unlearn_loader(Ragged(), None, batch_size=3)))
+    assert stack_collate([torch.zeros(2), torch.ones(2)]).tolist() == [[0, 0], [1, 1]]
+
+
+def test_as_loader_batches_a_dataset_with_a_given_collate_and_pad_collator_pads():
+    loader = as_loader(Ragged(), collate_fn=PadCollator(pad_token_id=0))
+    batch = next(iter(loader))
+    assert batch["input_ids"].tolist() == [[1, 2, 0, 0], [1, 2, 3, 0], [1, 2, 3, 4]]
+    assert batch["attention_mask"].sum(1).tolist() == [2, 3, 4]
+    assert batch["labels"][0].tolist() == [-100, 2, -100, -100]
+    given = DataLoader(Ragged(), batch_size=1)
+    assert as_loader(given, collate_fn=PadCollator()) is given  # a loader keeps its own

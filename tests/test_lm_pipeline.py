@@ -141,6 +141,42 @@ def test_unlearn_trains_on_variable_length_examples_through_a_padding_loader(wor
     assert lm.lm_outputs(theta_u, forget).nll.mean() > before + 0.5
 
 
+def _variable_length(world, part: str):  # type: ignore[no-untyped-def]
+    """``world[part]`` as examples of their own lengths (no padding to ``MAX_LENGTH``)."""
+    base, indices = lm.qa_source(world[part])
+    return lm.QADataset(base.pairs, world["tok"]).subset(indices)
+
+
+def test_variable_length_datasets_are_padded_by_the_task_everywhere(world) -> None:  # type: ignore[no-untyped-def]
+    """No collator given: unlearn, evaluate, evaluate_path, masks and barriers pad via the task."""
+    retain, forget = _variable_length(world, "retain"), _variable_length(world, "forget")
+    assert len({len(forget[i][1]) for i in range(len(forget))}) > 1  # lengths differ
+    model = world["model"]
+    with pytest.raises(mcu.ModeConnError, match=r"task=CausalLMTask\(\)"):
+        mcu.evaluate(model, forget)  # the classification default cannot stack them
+    metrics = mcu.evaluate(model, forget, task=TASK)
+    assert metrics.loss == pytest.approx(float(lm.lm_outputs(model, forget).nll.mean()), rel=1e-5)
+    assert metrics.accuracy == pytest.approx(_accuracy(model, forget))
+    theta_u = mcu.unlearn(
+        model,
+        retain,
+        forget,
+        loss=mcu.losses.gradient_difference(task=TASK),
+        epochs=1,
+        lr=3e-3,
+        optimizer="adam",
+        batch_size=8,
+        progress=False,
+    )
+    mask = mcu.layer_mask(model, retain, forget, k=0.3, task=TASK)
+    assert any(bool(m.any()) for m in mask.values())
+    curve = mcu.CurveModel(model, start=model, end=theta_u)
+    report = mcu.evaluate_path(curve, {"forget": forget}, task=TASK, ts=[1.0], progress=False)
+    assert report.acc("forget")[0] == pytest.approx(_accuracy(theta_u, forget))
+    barrier = mcu.loss_barrier(model, theta_u, forget, task=TASK, ts=3)
+    assert barrier.end == pytest.approx(float(lm.lm_outputs(theta_u, forget).nll.mean()), rel=1e-4)
+
+
 def test_idk_on_a_refusal_dataset_teaches_the_model_to_refuse() -> None:
     refusal = "I can not say ."
     pairs = lm.fictitious_qa(num_entities=6, facts_per_entity=2, seed=3)

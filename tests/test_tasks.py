@@ -17,6 +17,7 @@ from modeconn_unlearn.tasks import (
     SampleOutputs,
     Task,
     resolve_task,
+    task_collate,
 )
 
 
@@ -194,3 +195,22 @@ def test_a_float64_model_reads_float32_data_in_evaluate_and_unlearn():
         )
         assert {p.dtype for p in unlearned.parameters()} == {torch.float64}
         assert not torch.equal(unlearned[0].weight, model[0].weight)
+
+
+# --------------------------------------------------------------------------- collate
+def test_causal_lm_collate_stacks_one_length_and_pads_different_lengths():
+    def item(n: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return {"input_ids": torch.arange(n)}, torch.arange(n)
+
+    task = CausalLMTask(pad_token_id=9)
+    same = task.collate([item(3), item(3)])
+    assert sorted(same[0]) == ["input_ids"]  # stacked as default_collate does: form kept
+    assert same[1].shape == (2, 3)
+    padded = task.collate([item(2), item(3)])
+    assert padded["input_ids"].tolist() == [[0, 1, 9], [0, 1, 2]]
+    assert padded["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert padded["labels"].tolist() == [[0, 1, -100], [0, 1, 2]]
+    assert repr(task) == "CausalLMTask(reduction='mean', pad_token_id=9)"
+    assert task_collate(task) == task.collate
+    assert task_collate(ClassificationTask()) is None and task_collate(None) is None
+    assert mcu.lm.PadCollator is mcu.data.PadCollator

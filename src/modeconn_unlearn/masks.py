@@ -31,7 +31,7 @@ from .curve_model import CurveModel
 from .data import as_loader
 from .errors import ModeConnError, listed
 from .modes import evaluating
-from .tasks import Task, resolve_task
+from .tasks import Task, resolve_task, task_collate
 
 __all__ = [
     "layer_mask",
@@ -85,7 +85,7 @@ def _summed_gradients(model: nn.Module, data: Any, name: str, task: Task) -> dic
     device = next(iter(params.values())).device
     seen = 0
     with evaluating(model):
-        for batch in as_loader(data, name=name):
+        for batch in as_loader(data, name=name, collate_fn=task_collate(task)):
             read = task.split(batch, device=device)
             if read.targets is None:
                 raise ModeConnError(

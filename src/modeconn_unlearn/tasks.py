@@ -16,7 +16,9 @@ Two tasks are built in:
 
 Both run the model through :func:`call_model`, which casts floating-point inputs to
 the model's dtype (a float64 or float16 model reads float32 data). A user's own task is
-any object with the two methods of :class:`Task`.
+any object with the two methods of :class:`Task`, and optionally a ``collate(items)``
+that batches its samples when the library builds a loader from a dataset
+(:func:`task_collate`; :class:`CausalLMTask` pads token sequences).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import move_to_device
+from .data import IGNORE_INDEX, PadCollator, move_to_device, stack_collate
 from .errors import ModeConnError
 
 __all__ = [
@@ -41,10 +43,8 @@ __all__ = [
     "call_model",
     "cast_inputs",
     "resolve_task",
+    "task_collate",
 ]
-
-#: Label value of tokens that are not scored (prompt, padding), as in Hugging Face.
-IGNORE_INDEX = -100
 
 
 class Batch(NamedTuple):
@@ -284,6 +284,12 @@ class CausalLMTask:
     Args:
         reduction: ``"mean"`` (per-sample loss = mean NLL over its answer
             tokens) or ``"sum"`` (summed NLL).
+        pad_token_id: The id :meth:`collate` writes into padded positions
+            (never attended to or scored, so any id in the vocabulary works).
+
+    :meth:`collate` pads variable-length examples (e.g. of
+    :class:`~modeconn_unlearn.lm.QADataset`) into one batch; the library uses
+    it wherever it batches a dataset for this task (:func:`task_collate`).
 
     ``correct`` is the share of answer tokens predicted exactly (greedy). With
     ``signals=True`` it adds ``"token_logprobs"`` ``(N, L-1)`` (log-probability
@@ -304,10 +310,32 @@ class CausalLMTask:
 
     name = "causal_lm"
 
-    def __init__(self, reduction: Literal["mean", "sum"] = "mean") -> None:
+    def __init__(
+        self, reduction: Literal["mean", "sum"] = "mean", *, pad_token_id: int = 0
+    ) -> None:
         if reduction not in ("mean", "sum"):
             raise ModeConnError(f"reduction must be 'mean' or 'sum', got {reduction!r}.")
         self.reduction = reduction
+        self._pad = PadCollator(pad_token_id)
+
+    def collate(self, items: list[Any]) -> Any:
+        """Batch samples: stacked when they have one length, else padded.
+
+        Samples of one length are stacked as PyTorch's ``default_collate`` does
+        (the inputs keep their form); token sequences of different lengths are
+        padded on the right by :class:`~modeconn_unlearn.data.PadCollator`
+        (dict inputs ``{"input_ids", "attention_mask"}``, labels ``-100``).
+
+        Example:
+            >>> item = lambda n: ({"input_ids": torch.ones(n, dtype=torch.long)},
+            ...                   torch.ones(n, dtype=torch.long))
+            >>> CausalLMTask().collate([item(2), item(3)])["labels"].tolist()
+            [[1, 1, -100], [1, 1, 1]]
+        """
+        try:
+            return stack_collate(items)
+        except ModeConnError:  # samples of different sizes
+            return self._pad(items)
 
     def split(self, batch: Any, *, device: torch.device | str | None = None) -> Batch:
         """Read a dict batch (``labels`` inside), ``(inputs, labels)`` or ``UnlearnBatch``."""
@@ -374,7 +402,10 @@ class CausalLMTask:
             )
 
     def __repr__(self) -> str:
-        return f"CausalLMTask(reduction={self.reduction!r})"
+        pad = self._pad.pad_token_id
+        return f"CausalLMTask(reduction={self.reduction!r}" + (
+            f", pad_token_id={pad})" if pad else ")"
+        )
 
 
 _DEFAULT = ClassificationTask()
@@ -398,3 +429,17 @@ def resolve_task(task: Task | None) -> Task:
             f"{type(task).__name__}; use ClassificationTask(), CausalLMTask() or your own."
         )
     return task
+
+
+def task_collate(task: Task | None) -> Callable[[list[Any]], Any] | None:
+    """The task's ``collate(items)`` for batching a dataset of its samples, or ``None``.
+
+    ``collate`` is optional in the :class:`Task` protocol; without one the
+    library stacks samples (:func:`~modeconn_unlearn.data.stack_collate`).
+
+    Example:
+        >>> task_collate(ClassificationTask()) is None, callable(task_collate(CausalLMTask()))
+        (True, True)
+    """
+    collate = getattr(task, "collate", None)
+    return collate if callable(collate) else None

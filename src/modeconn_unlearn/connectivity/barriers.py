@@ -30,7 +30,7 @@ from ..evaluation.outputs import DataLike, DeviceLike, Metrics
 from ..evaluation.paths import walk_path
 from ..evaluation.scores import evaluate
 from ..losses import finetune
-from ..tasks import Task
+from ..tasks import Task, task_collate
 from ..training import fit_curve
 from .results import BarrierResult
 
@@ -65,16 +65,24 @@ _METRICS = ("loss", "error")
 SINGLE_SPLIT = "data"
 
 
-def as_splits(data: Any, name: str = "data") -> dict[str, DataLoader[Any]]:
-    """``{split: loader}``; a single loader or dataset becomes ``{SINGLE_SPLIT: loader}``."""
+def as_splits(
+    data: Any, name: str = "data", *, task: Task | None = None
+) -> dict[str, DataLoader[Any]]:
+    """``{split: loader}``; a single loader or dataset becomes ``{SINGLE_SPLIT: loader}``.
+
+    Datasets are batched with the task's ``collate`` when it has one (token sequences are padded).
+    """
+    collate = task_collate(task)
     if isinstance(data, Mapping):
         if not data:
             raise ModeConnError(
                 f"{name} is an empty dict: pass a loader or a dict such as "
                 "{'retain': ..., 'forget': ..., 'test': ...}."
             )
-        return {str(k): as_loader(v, name=f"{name}[{k!r}]") for k, v in data.items()}
-    return {SINGLE_SPLIT: as_loader(data, name=name)}
+        return {
+            str(k): as_loader(v, name=f"{name}[{k!r}]", collate_fn=collate) for k, v in data.items()
+        }
+    return {SINGLE_SPLIT: as_loader(data, name=name, collate_fn=collate)}
 
 
 def bn_for(
@@ -351,7 +359,7 @@ def loss_barrier(
         True
     """
     check_metric(metric)
-    splits = as_splits(data)
+    splits = as_splits(data, task=task)
     named = isinstance(data, Mapping)
     t_values = with_ends(path_points(ts))
     if isinstance(path, CurveModel):

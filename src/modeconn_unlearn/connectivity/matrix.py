@@ -96,7 +96,7 @@ def connectivity_matrix(
     )
     names = tuple(str(name) for name in models)
     check_compatible({"template": template, **{str(k): v for k, v in models.items()}})
-    splits = as_splits(data)
+    splits = as_splits(data, task=task)
     named = isinstance(data, Mapping)
     t_values = with_ends(path_points(ts))
     bn = bn_for(template, splits if named else None, bn_loader)

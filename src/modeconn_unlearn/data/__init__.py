@@ -9,9 +9,11 @@ tells each objective which samples to learn and which to unlearn.
 Functions elsewhere in the library that take "data" accept either a
 :class:`~torch.utils.data.DataLoader` or a map-style
 :class:`~torch.utils.data.Dataset`; :func:`as_loader` and :func:`as_dataset`
-implement that convention.
+implement that convention; token sequences of different lengths are padded by
+:class:`PadCollator`.
 """
 
+from .padding import IGNORE_INDEX, PadCollator
 from .samples import (
     DEFAULT_EVAL_BATCH_SIZE,
     MapDataset,
@@ -20,6 +22,7 @@ from .samples import (
     as_loader,
     move_to_device,
     read_sample,
+    stack_collate,
     unpack_batch,
 )
 from .splits import (
@@ -33,7 +36,9 @@ from .splits import (
 
 __all__ = [
     "DEFAULT_EVAL_BATCH_SIZE",
+    "IGNORE_INDEX",
     "MapDataset",
+    "PadCollator",
     "UnlearnBatch",
     "UnlearnCollate",
     "UnlearnDataset",
@@ -44,6 +49,7 @@ __all__ = [
     "forget_retain_split",
     "move_to_device",
     "read_sample",
+    "stack_collate",
     "unlearn_loader",
     "unpack_batch",
 ]

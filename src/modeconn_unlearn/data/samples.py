@@ -10,12 +10,12 @@ loaders and :func:`move_to_device` moves nested inputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from typing_extensions import deprecated
 
 from ..errors import ModeConnError
@@ -28,6 +28,7 @@ __all__ = [
     "as_loader",
     "move_to_device",
     "read_sample",
+    "stack_collate",
     "unpack_batch",
 ]
 
@@ -132,8 +133,43 @@ def as_dataset(data: Any, name: str = "data") -> MapDataset:
     )
 
 
+def stack_collate(items: list[Any]) -> Any:
+    """PyTorch's ``default_collate``, with a one-line fix when samples differ in size.
+
+    Token sequences of different lengths cannot be stacked; the error then says
+    to pad them (``task=CausalLMTask()``, whose ``collate`` pads, or a
+    ``DataLoader`` with ``collate_fn=PadCollator(...)``) instead of torch's
+    "stack expects each tensor to be equal size" deep inside the loader.
+
+    Raises:
+        ModeConnError: Samples of different sizes.
+
+    Example:
+        >>> stack_collate([torch.zeros(2), torch.ones(2)]).shape
+        torch.Size([2, 2])
+        >>> stack_collate([torch.zeros(2), torch.ones(3)])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        modeconn_unlearn.errors.ModeConnError: samples of different sizes cannot be batched ...
+    """
+    try:
+        return default_collate(items)
+    except RuntimeError as error:
+        if "equal size" not in str(error):
+            raise
+        raise ModeConnError(
+            f"samples of different sizes cannot be batched ({error}); for token sequences "
+            "pass task=CausalLMTask() (its collate pads them), or a DataLoader with "
+            "collate_fn=modeconn_unlearn.data.PadCollator(pad_token_id)."
+        ) from None
+
+
 def as_loader(
-    data: Any, *, name: str = "data", batch_size: int = DEFAULT_EVAL_BATCH_SIZE
+    data: Any,
+    *,
+    name: str = "data",
+    batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader[Any]:
     """Return ``data`` as a loader: a ``DataLoader`` as is, a ``Dataset`` wrapped.
 
@@ -142,6 +178,9 @@ def as_loader(
             (wrapped with ``shuffle=False``).
         name: How error messages call ``data``.
         batch_size: Batch size of the wrapping loader.
+        collate_fn: Batches a wrapped dataset's samples, e.g. a task's
+            ``collate`` (:func:`~modeconn_unlearn.tasks.task_collate`); default
+            :func:`stack_collate`. A ``DataLoader`` keeps its own.
 
     Returns:
         A ``DataLoader``.
@@ -162,7 +201,12 @@ def as_loader(
         loader = data
     elif isinstance(data, (Dataset, Sequence)) and not isinstance(data, (str, bytes)):
         _refuse_tensor_columns(data, name)
-        loader = DataLoader(data, batch_size=batch_size, shuffle=False)  # type: ignore[arg-type]
+        loader = DataLoader(
+            data,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            shuffle=False,
+            collate_fn=collate_fn or stack_collate,
+        )
     else:
         raise TypeError(
             f"{name} must be a DataLoader or a map-style Dataset yielding (inputs, targets), got "

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
 from ..errors import ModeConnError
-from .samples import UnlearnBatch, as_dataset, read_sample
+from .samples import UnlearnBatch, as_dataset, read_sample, stack_collate
 
 __all__ = [
     "UnlearnCollate",
@@ -236,7 +236,8 @@ def collate_unlearn(
     """Collate ``(x, y, is_forget)`` items into an :class:`UnlearnBatch`.
 
     Without ``collate_fn``, inputs and targets go through PyTorch's
-    ``default_collate`` (so inputs may be tensors, dicts of tensors, ...). With
+    ``default_collate`` (so inputs may be tensors, dicts of tensors, ...; samples
+    of different sizes raise :func:`~modeconn_unlearn.data.stack_collate`'s error). With
     one (e.g. a padding collator of language-model examples), it receives the
     samples as the dataset gave them, ``{**inputs, "labels": y}`` for dict
     items and ``(x, y)`` otherwise, and its batch is read back with
@@ -258,7 +259,7 @@ def collate_unlearn(
     xs, ys, flags = zip(*samples, strict=True)
     is_forget = torch.tensor([bool(f) for f in flags], dtype=torch.bool)
     if collate_fn is None:
-        return UnlearnBatch(default_collate(list(xs)), default_collate(list(ys)), is_forget)
+        return UnlearnBatch(stack_collate(list(xs)), stack_collate(list(ys)), is_forget)
     items = [
         {**x, "labels": y} if isinstance(x, Mapping) else (x, y)
         for x, y in zip(xs, ys, strict=True)
@@ -286,7 +287,7 @@ class UnlearnCollate:
 
 
 def collate_of(data: Any) -> Callable[[list[Any]], Any] | None:
-    """The custom ``collate_fn`` of a ``DataLoader`` (``None`` for the default or a dataset).
+    """The custom ``collate_fn`` of a ``DataLoader`` (``None`` for the defaults or a dataset).
 
     Example:
         >>> import torch
@@ -298,7 +299,7 @@ def collate_of(data: Any) -> Callable[[list[Any]], Any] | None:
     if not isinstance(data, DataLoader):
         return None
     collate = data.collate_fn
-    return None if collate is default_collate else collate
+    return None if collate in (default_collate, stack_collate) else collate
 
 
 def unlearn_loader(

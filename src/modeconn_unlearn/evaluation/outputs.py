@@ -24,7 +24,7 @@ from ..batchnorm import module_device
 from ..data import as_loader
 from ..errors import ModeConnError
 from ..modes import evaluating
-from ..tasks import Task, resolve_task
+from ..tasks import Task, resolve_task, task_collate
 
 __all__ = [
     "DataLike",
@@ -211,7 +211,7 @@ def collect_outputs(
     with evaluating(model), torch.no_grad():
         return run_pass(
             model,
-            as_loader(data, name=name),
+            as_loader(data, name=name, collate_fn=task_collate(chosen)),
             task=chosen,
             device=target,
             signals=signals,

@@ -16,7 +16,7 @@ from ..data import as_loader
 from ..errors import ModeConnError
 from ..modes import evaluating
 from ..progress import progress_bar
-from ..tasks import Task, resolve_task
+from ..tasks import Task, resolve_task, task_collate
 from .bn import bn_data
 from .efficacy import mia_efficacy
 from .features import check_features
@@ -154,8 +154,10 @@ def evaluate_path(
         )
     chosen = resolve_task(task)
     points = path_points(ts)
+    collate = task_collate(chosen)
     loaders = {
-        str(name): as_loader(data, name=f"splits[{name!r}]") for name, data in splits.items()
+        str(name): as_loader(data, name=f"splits[{name!r}]", collate_fn=collate)
+        for name, data in splits.items()
     }
     shards = {
         name: shard_loader(loader, name=f"splits[{name!r}]") for name, loader in loaders.items()

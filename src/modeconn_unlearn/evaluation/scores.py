@@ -15,7 +15,7 @@ from ..cloning import clone_module
 from ..data import as_loader
 from ..errors import ModeConnError
 from ..modes import evaluating
-from ..tasks import Task, resolve_task
+from ..tasks import Task, resolve_task, task_collate
 from .efficacy import mia_efficacy
 from .outputs import (
     DataLike,
@@ -179,13 +179,14 @@ def unlearning_scores(
         model = clone_module(model)
         update_bn(model, as_loader(bn_loader, name="bn_loader"))
     target = resolve_device(model, device)
+    collate = task_collate(chosen)
     loaders = {
-        "retain": as_loader(retain, name="retain"),
-        "forget": as_loader(forget, name="forget"),
-        "test": as_loader(test, name="test"),
+        "retain": as_loader(retain, name="retain", collate_fn=collate),
+        "forget": as_loader(forget, name="forget", collate_fn=collate),
+        "test": as_loader(test, name="test", collate_fn=collate),
     }
     if mia_shadow is not None:
-        loaders["mia_shadow"] = as_loader(mia_shadow, name="mia_shadow")
+        loaders["mia_shadow"] = as_loader(mia_shadow, name="mia_shadow", collate_fn=collate)
     with evaluating(model), torch.no_grad():
         passes = {
             name: run_pass(

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..data import as_dataset
+from ..data import IGNORE_INDEX, as_dataset
 from ..errors import ModeConnError
 
 __all__ = [
@@ -39,9 +39,6 @@ __all__ = [
     "refusal_dataset",
     "tokenize_qa",
 ]
-
-#: Label of tokens that are not scored (prompt, padding), as in Hugging Face.
-IGNORE_INDEX = -100
 
 #: The prompt format used when no chat template is asked for.
 DEFAULT_PROMPT = "Question: {question}\nAnswer: "

@@ -21,7 +21,7 @@ from ..data import (
 )
 from ..errors import ModeConnError
 from ..modes import evaluating
-from ..tasks import Task, cast_inputs
+from ..tasks import Task, cast_inputs, task_collate
 from .config import TrainConfig
 from .distributed import is_distributed, rank, world_size
 
@@ -115,7 +115,7 @@ def curriculum_order(
         UnlearnDataset(None, dataset),
         batch_size=256,
         shuffle=False,
-        collate_fn=UnlearnCollate(collate_of(forget)),
+        collate_fn=UnlearnCollate(collate_of(forget) or task_collate(task)),
     )
     scorer: Any = model
     if isinstance(model, CurveModel):
@@ -149,13 +149,16 @@ def build_loader(
     """The run's loader over the parts of the data the objective ``needs``.
 
     In one process without a curriculum this is :func:`~modeconn_unlearn.data.unlearn_loader`
-    (the order of earlier releases, bit for bit). Under ``torchrun`` a
+    (the order of earlier releases, bit for bit). Samples are batched with the
+    collate of a given ``DataLoader``, else the task's ``collate`` (token sequences are
+    padded), else stacked. Under ``torchrun`` a
     ``DistributedSampler`` (seeded with ``config.seed``) gives each rank
     ``batch_size / world_size`` samples of every global batch.
     """
     retain, forget = _check_parts(loss, retain, forget, kind)
     seed = int(config.seed)
-    collate = UnlearnCollate(collate_of(retain) or collate_of(forget))
+    collate_fn = collate_of(retain) or collate_of(forget) or task_collate(task)
+    collate = UnlearnCollate(collate_fn)
     if is_distributed():
         world = world_size()
         if config.curriculum is not None:
@@ -186,6 +189,7 @@ def build_loader(
             retain_ratio=config.retain_ratio,
             shuffle=True,
             seed=seed,
+            collate_fn=collate_fn,
         )
         if plain.generator is None:  # unlearn_loader always sets one
             raise ModeConnError("internal: the training loader has no generator.")
