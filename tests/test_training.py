@@ -576,6 +576,70 @@ def test_scheduler_is_stepped_per_epoch_and_resumed(tiny, tmp_path):
     assert same_state(snapshot(full), snapshot(resumed))
 
 
+def test_grad_accumulation_of_two_half_batches_equals_one_full_batch(tiny):
+    retain, _ = tiny  # 40 samples: two steps of 20 per epoch
+    common = dict(loss=finetune(), lr=0.1, epochs=2, progress=False, seed=3)
+    full = unlearn(make_mlp(0), retain, None, batch_size=20, **common)
+    halves = unlearn(make_mlp(0), retain, None, batch_size=10, grad_accumulation=2, **common)
+    for name, value in snapshot(full).items():
+        torch.testing.assert_close(snapshot(halves)[name], value)
+    plain = unlearn(make_mlp(0), retain, None, batch_size=10, **common)  # twice the steps
+    assert not same_state(snapshot(plain), snapshot(full))
+    curve_runs = []
+    for batch_size, accumulation in ((20, 1), (10, 2)):
+        a, b = make_mlp(0), make_mlp(1)
+        curve = CurveModel(a, start=a, end=b, t_sampler=lambda: 0.5)
+        fit_curve(
+            curve,
+            retain,
+            None,
+            loss=finetune(),
+            lr=0.1,
+            epochs=1,
+            batch_size=batch_size,
+            grad_accumulation=accumulation,
+            progress=False,
+        )
+        curve_runs.append(curve.weights_at(0.5))
+    for name, value in curve_runs[0].items():
+        torch.testing.assert_close(curve_runs[1][name], value)
+
+
+def test_grad_accumulation_counts_optimizer_steps_and_steps_on_the_leftover_batches(tiny):
+    retain, _ = tiny  # 40 samples in batches of 16: 16, 16, 8
+    steps: list[int] = []
+    records: list[EpochRecord] = []
+    unlearn(
+        make_mlp(0),
+        retain,
+        None,
+        loss=finetune(),
+        lr=0.1,
+        epochs=2,
+        batch_size=16,
+        grad_accumulation=2,  # steps on batches (1, 2) and (3)
+        progress=False,
+        step_callback=lambda step, _: steps.append(step),
+        callbacks=[lambda record, _: records.append(record)],
+    )
+    assert steps == [1, 2, 3, 4]
+    assert len(records) == 2
+    capped: list[int] = []
+    unlearn(
+        make_mlp(0),
+        retain,
+        None,
+        loss=finetune(),
+        lr=0.1,
+        max_steps=3,
+        batch_size=16,
+        grad_accumulation=2,
+        progress=False,
+        step_callback=lambda step, _: capped.append(step),
+    )
+    assert capped == [1, 2, 3]  # max_steps counts optimizer steps: two epochs' worth
+
+
 def test_history_to_dict():
     history = History(
         [
@@ -752,6 +816,8 @@ def test_a_nan_loss_in_unlearn_puts_back_the_batchnorm_statistics_of_the_failed_
         ({"lr": 0.1, "epochs": 1, "create_graph": 1}, "create_graph must be True or False"),
         ({"lr": 0.1, "epochs": 1, "create_graph": True, "compile": True}, "double backward"),
         ({"lr": 0.1, "epochs": 1, "optimizer": "sophiah"}, "pass create_graph=True"),
+        ({"lr": 0.1, "epochs": 1, "grad_accumulation": 0}, "grad_accumulation"),
+        ({"lr": 0.1, "epochs": 1, "grad_accumulation": 2.0}, "grad_accumulation"),
     ],
 )
 def test_train_config_validates_every_field(kwargs, message):

@@ -78,6 +78,8 @@ def _settings(config: TrainConfig, num_samples: int, weight_decay: float) -> dic
         settings["curriculum"] = config.curriculum
     if config.create_graph:
         settings["create_graph"] = True
+    if config.grad_accumulation > 1:
+        settings["grad_accumulation"] = int(config.grad_accumulation)
     if world_size() > 1:
         settings["world_size"] = world_size()
     return settings
@@ -265,7 +267,7 @@ def unlearn(
             ``progress``, ``checkpoint_dir`` (``unlearn.pt`` there), ``resume``,
             ``callbacks``, ``max_steps``, ``step_callback``, ``compile``,
             ``curriculum``, ``create_graph`` (for second-order optimizers such
-            as ``optimizer="sophiah"``)). Without ``config``, ``lr`` and
+            as ``optimizer="sophiah"``), ``grad_accumulation``). Without ``config``, ``lr`` and
             ``epochs`` (or ``max_steps``) are required.
 
     Returns:

@@ -85,7 +85,8 @@ class TrainConfig:
         weight_decay: Weight decay (>= 0); ``None`` means the function's default
             (5e-4 for ``unlearn``/``retrain``, 0 for ``fit_curve``, since decaying a
             bend pulls it towards zero weights rather than towards the ends).
-        batch_size: Samples per optimizer step (the global batch under ``torchrun``).
+        batch_size: Samples per batch (the global batch under ``torchrun``); an
+            optimizer step sees ``batch_size * grad_accumulation`` samples.
         retain_ratio: Fraction in (0, 1] of the retain set used (a fixed random subset).
         scheduler: Optional factory ``optimizer -> LRScheduler``, stepped once per epoch.
         seed: Seed of the data order, the retain subsample and the global RNGs
@@ -118,6 +119,12 @@ class TrainConfig:
             (compiled graphs are differentiated once), under ``torchrun`` (DDP
             does not support double backward) or in ``fit_curve`` (the curve's
             fused weight combination is differentiable once).
+        grad_accumulation: Batches whose gradients are averaged before each
+            optimizer step (>= 1): a step on ``k`` batches of ``b`` samples equals
+            one step on a batch of ``k * b`` (for objectives that average over
+            the batch). An epoch's last step averages the batches left over.
+            ``max_steps``, ``step_callback`` and the progress bar count
+            optimizer steps.
 
     Example:
         >>> config = TrainConfig(lr=0.01, epochs=5)
@@ -151,6 +158,7 @@ class TrainConfig:
     curriculum: Literal["easy_first", "hard_first"] | None = None
     t_sampler: TSamplerSpec | None = None
     create_graph: bool = False
+    grad_accumulation: int = 1
 
     def __post_init__(self) -> None:
         _number(self.lr, "lr", positive=True)
@@ -175,6 +183,7 @@ class TrainConfig:
         if self.weight_decay is not None:
             _number(self.weight_decay, "weight_decay")
         _positive_int(self.batch_size, "batch_size")
+        _positive_int(self.grad_accumulation, "grad_accumulation")
         ratio = self.retain_ratio
         if isinstance(ratio, bool) or not (
             isinstance(ratio, (int, float)) and math.isfinite(ratio) and 0.0 < ratio <= 1.0

@@ -158,26 +158,52 @@ def _optimizer_step(run: Run, where: str) -> None:
         ) from error
 
 
-def _step(run: Run, forward: nn.Module, batch: Any, params: list[Tensor], where: str) -> float:
-    """One optimizer step; on any failure the module's buffers are restored and nothing moves."""
+@dataclass(frozen=True)
+class _Part:
+    """Where a batch sits in its accumulation group of ``size`` batches."""
+
+    first: bool
+    last: bool
+    size: int
+
+
+def _part(index: int, steps: int, accumulation: int) -> _Part:
+    """The group of batch ``index`` (from 1) of an epoch of ``steps`` batches."""
+    start = (index - 1) // accumulation * accumulation
+    size = min(accumulation, steps - start)
+    return _Part(first=index - 1 == start, last=index == start + size, size=size)
+
+
+def _step(
+    run: Run, forward: nn.Module, batch: Any, params: list[Tensor], where: str, part: _Part
+) -> float:
+    """One batch's backward, and the optimizer step on the last batch of its group.
+
+    The gradients of a group's batches are averaged (each loss is divided by the
+    group's size). On any failure the module's buffers are restored, the
+    accumulated gradients dropped, and nothing moves.
+    """
     buffers = [(b, b.detach().clone()) for b in run.module.buffers()]
     create_graph = run.config.create_graph
     try:
         value = run.loss(forward, move_to_device(batch, run.device))
         scalar = _checked_scalar(value, where, run.module)
-        run.optimizer.zero_grad(set_to_none=True)
-        _backward(value, create_graph)
-        _check_gradients(params, where, run.module)
-        _optimizer_step(run, where)
+        if part.first:
+            run.optimizer.zero_grad(set_to_none=True)
+        _backward(value / part.size if part.size > 1 else value, create_graph)
+        if part.last:
+            _check_gradients(params, where, run.module)
+            _optimizer_step(run, where)
     except BaseException:
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)
         run.optimizer.zero_grad(set_to_none=True)
         raise
-    if create_graph:
-        run.optimizer.zero_grad(set_to_none=True)  # the gradients hold the graph
-    run.after_step()
+    if part.last:
+        if create_graph:
+            run.optimizer.zero_grad(set_to_none=True)  # the gradients hold the graph
+        run.after_step()
     return scalar
 
 
@@ -233,8 +259,10 @@ def train(run: Run) -> History:
     steps = len(run.data.loader)
     if steps == 0:
         raise ModeConnError(f"{run.kind}: the training data gives no batch.")
+    accumulation = int(config.grad_accumulation)
+    updates = -(-steps // accumulation)  # optimizer steps per epoch
     max_steps = config.max_steps
-    epochs = config.epochs if config.epochs is not None else -(-int(max_steps or 0) // steps)
+    epochs = config.epochs if config.epochs is not None else -(-int(max_steps or 0) // updates)
     path = None if config.checkpoint_dir is None else Path(config.checkpoint_dir) / f"{run.kind}.pt"
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
     if config.create_graph and is_distributed():
@@ -245,11 +273,11 @@ def train(run: Run) -> History:
     with seeded(int(config.seed), run.device):
         history, start, step = _resume(run, path, epochs)
         forward = _forward_module(run)
-        total = epochs * steps if max_steps is None else min(epochs * steps, max_steps)
+        total = epochs * updates if max_steps is None else min(epochs * updates, max_steps)
         bar = progress_bar(
             config.progress and rank() == 0,
             total=total,
-            initial=min(start * steps, total) if max_steps is None else min(step, total),
+            initial=min(start * updates, total) if max_steps is None else min(step, total),
             desc=run.kind,
             unit="step",
             dynamic_ncols=True,
@@ -265,10 +293,13 @@ def train(run: Run) -> History:
                 lr = float(run.optimizer.param_groups[0]["lr"])
                 for index, batch in enumerate(run.data.loader, start=1):
                     where = f"{run.kind} epoch {epoch}/{epochs}, step {index}/{steps}"
-                    scalar = _step(run, forward, batch, params, where)
-                    step += 1
+                    part = _part(index, steps, accumulation)
+                    scalar = _step(run, forward, batch, params, where, part)
                     stats = getattr(run.loss, "last_stats", None)
                     meter.update(scalar, stats if isinstance(stats, Mapping) else {})
+                    if not part.last:
+                        continue
+                    step += 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{scalar:.4f}", refresh=False)
                     if config.step_callback is not None:
