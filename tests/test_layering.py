@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "curve_bends": 3,
     "curve_endpoints": 3,
     "curve_model": 3,
+    "ensemble": 3,
     "losses": 3,
     "masks": 3,
     "task_vector": 3,

@@ -22,6 +22,7 @@ from .connectivity import (
 )
 from .curve_model import CurveModel
 from .data import UnlearnBatch, UnlearnDataset, forget_retain_split, unlearn_loader
+from .ensemble import PathEnsemble, path_ensemble
 from .errors import IncompatibleModelsError, ModeConnError, NonFiniteLossError
 from .evaluation import (
     Metrics,
@@ -57,6 +58,7 @@ __all__ = [
     "ModeConnError",
     "NonFiniteLossError",
     "OptimalT",
+    "PathEnsemble",
     "PathReport",
     "PathSearch",
     "RecipeConfig",
@@ -89,6 +91,7 @@ __all__ = [
     "losses",
     "mcu_unlearn",
     "negate_task_vector",
+    "path_ensemble",
     "random_mask",
     "relearn_attack",
     "relearn_path",
