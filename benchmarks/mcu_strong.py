@@ -16,7 +16,9 @@ Variants of MCU, each run through ``mcu.recipe.mcu_unlearn`` on the same θ_u:
 * ``line``: the straight line θ_o → θ_u, nothing trained, the same selection;
 
 each without and with the recipe's keep-θ_u rule (``+keep``: θ_u is returned unless
-the chosen point beats it on the user's targets by more than their sampling error).
+the chosen point beats it on the user's targets by more than their sampling error);
+and ``match+ens``, the average of the matching curve's models at five points around
+the optimum (``mcu.path_ensemble``).
 
 Protocol: ``--phase tune`` picks each base method's learning rate and the matching
 β on seed 100 (never reported) by the mean Avg. Gap to retraining; ``--phase report``
@@ -55,7 +57,9 @@ from _common import METHODS, RESULTS, Base, environment, mean_ci, timed, write_j
 logger = logging.getLogger("mcu_strong")
 SCORES = ("avg_gap", "ua", "ra", "ta", "mia", "tpr1", "relearn")
 TRAINED = ("ascent", "match", "line")
-VARIANTS = (*TRAINED, *(f"{name}+keep" for name in TRAINED))
+VARIANTS = (*TRAINED, *(f"{name}+keep" for name in TRAINED), "match+ens")
+# The ensemble averages the matching curve's models at the optimum and 0.05, 0.1 either side.
+ENSEMBLE_OFFSETS = (-0.1, -0.05, 0.0, 0.05, 0.1)
 
 WORLD = mcu_table.Config(
     dataset="fashion",
@@ -176,6 +180,22 @@ def run_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]
                 )
                 rows[key] = row
                 rows[f"{key}+keep"] = dict(base_row, t=1.0) if keep else row
+                if name == "match":
+                    ts = sorted({min(max(result.best.t + d, 0.0), 1.0) for d in ENSEMBLE_OFFSETS})
+                    ensemble = mcu.path_ensemble(result.curve, ts)
+                    rows[f"{key}+ens"] = dict(
+                        mcu_table.score(
+                            ensemble,
+                            retain=sc.retain,
+                            forget=sc.forget,
+                            test=sc.test,
+                            probe=sc.probe,
+                            reference=sc.reference,
+                            seed=seed,
+                        ),
+                        relearn=relearned(study, ensemble, sc.forget, seed),
+                        t=result.best.t,
+                    )
                 logger.info(
                     "seed %d %s lr %g %s: gap %.2f -> %.2f (t=%.3f, keep=%s, MIA %.1f, %.1fs)",
                     seed,
