@@ -30,6 +30,7 @@ Usage:
     python benchmarks/mcu_strong.py --phase tune
     python benchmarks/mcu_strong.py --phase report --seeds 0 1 2 3 4
     python benchmarks/mcu_strong.py --phase aggregate
+    python benchmarks/mcu_strong.py --phase report --world cnn   # transfer to mcu_table's CNN
     python benchmarks/mcu_strong.py --quick     # smoke run on digits, writes nothing
 """
 
@@ -74,6 +75,13 @@ WORLD = mcu_table.Config(
     probe_size=2000,
 )
 QUICK_WORLD = dataclasses.replace(mcu_table.QUICK, scenarios=("random10",), arch="mlp")
+# The transfer check: mcu_table's memorising BatchNorm CNN (4.5k training images, 500 held
+# out), run with the MLP's tuned MCU setting and mcu_table's tuned base learning rates.
+CNN_WORLD = mcu_table.Config(scenarios=("random10",), second_scenarios=())
+TITLES = {
+    "mlp": "MLP, 18k Fashion-MNIST images, random 10 %",
+    "cnn": "BatchNorm CNN, 4.5k Fashion-MNIST images, random 10 %; the MLP's tuning",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,9 +303,9 @@ def fmt(cell: dict[str, float], digits: int = 2) -> str:
     return f"{cell['mean']:+.{digits}f} ± {cell['ci']:.{digits}f}"
 
 
-def markdown(summary: dict[str, Any], command: str) -> str:
+def markdown(summary: dict[str, Any], command: str, world: str = "mlp") -> str:
     lines = [
-        "# MCU on every base method (MLP, 18k Fashion-MNIST images, random 10 %)",
+        f"# MCU on every base method ({TITLES[world]})",
         "",
         f"Seeds {summary['seeds']}; `{command}`. Paired difference variant - base, "
         "mean ± 95 % t-interval; **bold**: the interval lies below 0 (a win), "
@@ -344,11 +352,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--world",
+        choices=("mlp", "cnn"),
+        default="mlp",
+        help="mlp: the tuned study; cnn: the transfer check on mcu_table's CNN (report only)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
-    study = QUICK if args.quick else Study()
-    runs = args.out / "mcu_strong_runs"
+    study = QUICK if args.quick else Study(world=CNN_WORLD if args.world == "cnn" else WORLD)
+    name = "mcu_strong" if args.world == "mlp" else "mcu_strong_cnn"
+    runs = args.out / f"{name}_runs"
     if args.quick:
         pool, test = mcu_table.load_data(study.world)
         plan = {"base_lr": {}, "match": list(range(len(study.match_grid)))}
@@ -357,6 +372,8 @@ def main(argv: list[str] | None = None) -> None:
         print(markdown(aggregate([record, record], plan), "--quick"))
         return
     if args.phase == "tune":
+        if args.world == "cnn":
+            parser.error("the CNN world reuses the MLP's tuning; tune with --world mlp")
         pool, test = mcu_table.load_data(study.world)
         began = time.perf_counter()
         plan = {"base_lr": {}, "match": list(range(len(study.match_grid)))}
@@ -371,7 +388,10 @@ def main(argv: list[str] | None = None) -> None:
         write_json(args.out / "mcu_strong_tuning.json", plan)
         logger.info("tuned: %s", {k: plan[k] for k in ("base_lr", "match", "match_gaps")})
         return
-    plan = json.loads((args.out / "mcu_strong_tuning.json").read_text())
+    plan = json.loads((RESULTS / "mcu_strong_tuning.json").read_text())
+    if args.world == "cnn":
+        chosen = json.loads((RESULTS / "mcu_table_tuning.json").read_text())["chosen_base"]
+        plan["base_lr"] = {m: [lr] for m, (_, lr) in chosen["random10"].items()}
     if args.phase == "report":
         pool, test = mcu_table.load_data(study.world)
         for seed in args.seeds:
@@ -383,9 +403,10 @@ def main(argv: list[str] | None = None) -> None:
             logger.info("seed %d done in %.1f min", seed, record["minutes"])
     records = [json.loads(p.read_text()) for p in sorted(runs.glob("seed_*.json"))]
     summary = aggregate(records, plan)
-    write_json(args.out / "mcu_strong.json", summary)
-    text = markdown(summary, "python benchmarks/mcu_strong.py --phase report")
-    (args.out / "mcu_strong.md").write_text(text)
+    write_json(args.out / f"{name}.json", summary)
+    command = f"python benchmarks/mcu_strong.py --phase report --world {args.world}"
+    text = markdown(summary, command, args.world)
+    (args.out / f"{name}.md").write_text(text)
     print(text)
 
 
