@@ -1,4 +1,4 @@
-"""Every fenced ``python`` block of ``docs/*.md`` runs.
+"""Every fenced ``python`` block of ``docs/*.md`` and of the README runs.
 
 A page's blocks run in order in one namespace, in a temporary working directory
 (files a snippet writes land there). A block preceded by ``<!-- no-run -->`` is
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+README = DOCS.parent / "README.md"
 
 #: A fenced python block, and whether a ``<!-- no-run -->`` comment comes right before it.
 _BLOCK = re.compile(
@@ -56,6 +57,12 @@ def test_python_blocks_of_the_page_run(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     assert run_page(page) > 0
+
+
+def test_python_blocks_of_the_readme_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("transformers")  # the language-model block
+    monkeypatch.chdir(tmp_path)
+    assert run_page(README) > 0
 
 
 # --------------------------------------------------------------------------- the runner itself

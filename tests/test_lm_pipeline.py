@@ -207,41 +207,34 @@ def _accuracy(model, data) -> float:  # type: ignore[no-untyped-def]
     return 100.0 * float(lm.lm_outputs(model, data).token_accuracy.mean())
 
 
-def _targets(world) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """MCU's targets from what a user holds: the original on retain and on held-out people."""
-    return _accuracy(world["model"], world["retain"]), _accuracy(world["model"], world["holdout"])
+def test_user_targets_of_a_language_model_come_from_the_original_and_held_out_qa(world) -> None:  # type: ignore[no-untyped-def]
+    model, retain, holdout = world["model"], world["retain"], world["holdout"]
+    targets = mcu.user_targets(model, retain, holdout, task=TASK)
+    assert targets.retain == pytest.approx(_accuracy(model, retain))  # answer token accuracy
+    assert targets.forget == pytest.approx(_accuracy(model, holdout))
+    nll = float(lm.lm_outputs(model, holdout).nll.mean())  # mean answer NLL
+    assert targets.forget_loss == pytest.approx(nll, rel=1e-5)
+    assert targets.counts == {"retain": len(retain), "holdout": len(holdout)}
+    assert targets.forget < targets.retain  # the original never saw the held-out entities
 
 
-def _fit_and_pick(world, curve, theta_u):  # type: ignore[no-untyped-def]
-    retain_target, forget_target = _targets(world)
-    objective = mcu.losses.mcu_objective(mcu.AdaptiveBeta(retain_target, forget_target), task=TASK)
-    history = mcu.fit_curve(
-        curve,
-        world["retain"],
-        world["forget"],
-        loss=objective,
-        epochs=3,
-        lr=1e-2,
-        optimizer="adam",
-        batch_size=8,
-        progress=False,
+def _recipe(original, theta_u, retain, forget, holdout, **fields):  # type: ignore[no-untyped-def]
+    """MCU in one call, with targets from the original and held-out entities only."""
+    targets = mcu.user_targets(original, retain, holdout, task=TASK)
+    config = mcu.RecipeConfig.for_task(
+        TASK, epochs=3, lr=1e-2, retain_ratio=1.0, batch_size=8, **fields
     )
-    assert len(history) == 3
-    splits = {"retain": world["retain"], "forget": world["forget"], "holdout": world["holdout"]}
-    report = mcu.evaluate_path(curve, splits, task=TASK, ts=5, progress=False)
-    # The path's ends are the original and the unlearned model, scored as lm scores them.
-    assert report.acc("forget")[0] == pytest.approx(_accuracy(world["model"], world["forget"]))
-    assert report.acc("forget")[-1] == pytest.approx(_accuracy(theta_u, world["forget"]))
-    best = mcu.find_optimal_t(
-        report.t,
-        report.acc("retain"),
-        report.acc("forget"),
-        retain_target=retain_target,
-        forget_target=forget_target,
-        t_range=(0.5, 1.0),
+    result = mcu.mcu_unlearn(
+        original, theta_u, retain, forget, targets=targets, task=TASK, config=config
     )
-    assert 0.5 <= best.t <= 1.0
-    return report, best
+    assert len(result.history) == 3
+    assert 0.5 <= result.t <= 1.0
+    # θ_u is measured at t = 1 and scored as lm scores it.
+    report = result.report
+    assert report.t[-1] == 1.0
+    assert report.acc("forget")[-1] == pytest.approx(_accuracy(theta_u, forget))
+    assert report.acc("retain")[-1] == pytest.approx(_accuracy(theta_u, retain))
+    return result
 
 
 def test_full_pipeline_on_a_causal_lm(world) -> None:  # type: ignore[no-untyped-def]
@@ -260,13 +253,16 @@ def test_full_pipeline_on_a_causal_lm(world) -> None:  # type: ignore[no-untyped
     before = lm.lm_outputs(model, forget).nll.mean()
     assert lm.lm_outputs(theta_u, forget).nll.mean() > before + 1.0  # NPO forgot
 
-    curve = mcu.CurveModel(model, start=model, end=theta_u)
-    _, best = _fit_and_pick(world, curve, theta_u)
-    exported = curve.export(best.t)
+    result = _recipe(model, theta_u, retain, forget, holdout)
+    assert all(bool(m.all()) for m in result.mask.values())  # mask="all": every entry
+    exported, curve = result.model, result.curve.eval()
     assert type(exported) is type(model)
-    curve.eval()
-    at_t = lm.lm_outputs(lambda **x: curve(**x, t=best.t), forget)
+    at_t = lm.lm_outputs(lambda **x: curve(**x, t=result.t), forget)
     np.testing.assert_allclose(lm.lm_outputs(exported, forget).nll, at_t.nll, rtol=1e-5)
+    ids = next(iter(lm.as_lm_loader(retain, batch_size=4)))["input_ids"]
+    with torch.no_grad():  # the curve's ends stay the original and θ_u
+        torch.testing.assert_close(curve(ids, t=0.0).logits, model(ids).logits)
+        torch.testing.assert_close(curve(ids, t=1.0).logits, theta_u(ids).logits)
 
     # The library's threshold attack and lm's LOSS attack are two implementations of one AUC.
     attack = mcu.threshold_attack(
@@ -314,7 +310,9 @@ def test_full_pipeline_on_a_causal_lm(world) -> None:  # type: ignore[no-untyped
 
 
 def test_lora_pipeline_curves_only_the_adapters(world) -> None:  # type: ignore[no-untyped-def]
-    model, retain, forget = world["model"], world["retain"], world["forget"]
+    """The recipe on two PEFT adapters over one frozen base, on variable-length examples."""
+    model = world["model"]
+    retain, forget, holdout = (_variable_length(world, k) for k in ("retain", "forget", "holdout"))
     lora_o = with_lora(model)
     adapters = sum(p.numel() for p in lora_o.parameters() if p.requires_grad)
     lora_u = mcu.unlearn(
@@ -329,16 +327,20 @@ def test_lora_pipeline_curves_only_the_adapters(world) -> None:  # type: ignore[
         progress=False,
     )
     assert lm.lm_outputs(lora_u, forget).nll.mean() > lm.lm_outputs(model, forget).nll.mean()
-    curve = mcu.CurveModel(lora_o, start=lora_o, end=lora_u)
+    result = _recipe(lora_o, lora_u, retain, forget, holdout, merged=True)
+    curve = result.curve.eval()
     assert sum(p.numel() for p in curve.parameters()) == adapters  # one middle bend of adapters
-    _, best = _fit_and_pick(world, curve, lora_u)
-    merged = curve.export(best.t, merged=True)
+    trainable = {n: p.requires_grad for n, p in lora_o.named_parameters()}
+    assert {n: bool(m.all()) for n, m in result.mask.items()} == trainable  # base left out
+    assert not any(bool(m.any()) for n, m in result.mask.items() if not trainable[n])
+    merged = result.model
     assert type(merged) is type(model)
-    curve.eval()
-    at_t = lm.lm_outputs(lambda **x: curve(**x, t=best.t), forget)
+    at_t = lm.lm_outputs(lambda **x: curve(**x, t=result.t), forget)
     np.testing.assert_allclose(lm.lm_outputs(merged, forget).nll, at_t.nll, rtol=1e-4, atol=1e-5)
-    barrier = mcu.loss_barrier(lora_o, lora_u, retain, task=TASK, ts=3)
-    assert barrier.start == pytest.approx(lm.lm_outputs(model, retain).nll.mean(), rel=1e-4)
+    barrier = mcu.loss_barrier(lora_o, lora_u, world["retain"], task=TASK, ts=3)
+    assert barrier.start == pytest.approx(
+        lm.lm_outputs(model, world["retain"]).nll.mean(), rel=1e-4
+    )
 
 
 @pytest.mark.slow

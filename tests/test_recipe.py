@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import collections
 import inspect
 import itertools
+import sys
 
 import pytest
 import torch
 from conftest import make_mlp
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Subset, TensorDataset
 
 import modeconn_unlearn as mcu
 from modeconn_unlearn import path_search
@@ -21,6 +23,7 @@ from modeconn_unlearn.recipe import (
     mcu_unlearn,
     user_targets,
 )
+from modeconn_unlearn.training import api as training_api
 
 
 def _accuracy_by_hand(model: nn.Module, data) -> float:  # type: ignore[no-untyped-def]
@@ -138,6 +141,13 @@ def test_targets_are_percentages(retain: float, forget: float) -> None:
         ({"objective": "bounded"}, "objective"),
         ({"keep_base": 1}, "keep_base"),
         ({"beta_match": -1.0}, "beta_match"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"optimizer": "SGD"}, "optimizer"),
+        ({"weight_decay": -1e-4}, "weight_decay"),
+        ({"weight_decay": float("nan")}, "weight_decay"),
+        ({"grad_accumulation": 0}, "grad_accumulation"),
+        ({"grad_accumulation": 2.0}, "grad_accumulation"),
+        ({"merged": "yes"}, "merged"),
     ],
 )
 def test_recipe_config_refuses_bad_values(kwargs: dict, match: str) -> None:
@@ -164,7 +174,137 @@ def test_recipe_config_for_scenario_gives_the_tuned_settings() -> None:
         RecipeConfig.for_scenario("random", betta=1.0)
 
 
+def test_recipe_config_for_task_gives_the_language_model_settings() -> None:
+    lm = RecipeConfig.for_task("causal_lm")
+    assert (lm.optimizer, lm.weight_decay, lm.lr, lm.mask) == ("adamw", 0.0, 1e-3, "all")
+    assert (lm.epochs, lm.retain_ratio, lm.batch_size, lm.probe_size) == (5, 0.1, 32, 200)
+    assert RecipeConfig.for_task(mcu.CausalLMTask(), lr=1e-2) == RecipeConfig.for_task(
+        "causal_lm", lr=1e-2
+    )
+    assert RecipeConfig.for_task(mcu.ClassificationTask()) == RecipeConfig()
+    with pytest.raises(ModeConnError, match="no settings for task 'regression'"):
+        RecipeConfig.for_task("regression")
+    with pytest.raises(ModeConnError, match="Unknown"):
+        RecipeConfig.for_task("causal_lm", optimiser="adam")
+
+
 # --------------------------------------------------------------------------- recipe
+@pytest.mark.parametrize(
+    ("name", "kind", "decay"),
+    [
+        ("sgd", torch.optim.SGD, 0.0),
+        ("adam", torch.optim.Adam, 1e-3),
+        ("adamw", torch.optim.AdamW, 0.0),
+    ],
+)
+def test_recipe_optimizer_settings_reach_the_curve_training(
+    setting: dict, monkeypatch: pytest.MonkeyPatch, name: str, kind: type, decay: float
+) -> None:
+    made: list[tuple[torch.optim.Optimizer, mcu.TrainConfig]] = []
+    real = training_api.make_optimizer
+
+    def spy(config, params, *, weight_decay):  # type: ignore[no-untyped-def]
+        made.append((real(config, params, weight_decay=weight_decay), config))
+        return made[-1][0]
+
+    monkeypatch.setattr(training_api, "make_optimizer", spy)
+    config = RecipeConfig(
+        optimizer=name,
+        weight_decay=decay,
+        grad_accumulation=2,
+        max_points=4,  # type: ignore[arg-type]
+    )
+    mcu_unlearn(
+        setting["original"],
+        setting["theta_u"],
+        setting["retain"],
+        setting["forget"],
+        targets=Targets(retain=99.0, forget=90.0, scenario="random"),
+        config=config,
+    )
+    ((optimizer, train_config),) = made
+    assert type(optimizer) is kind
+    assert optimizer.param_groups[0]["weight_decay"] == decay
+    assert train_config.grad_accumulation == 2
+
+
+class SpyTask(mcu.ClassificationTask):
+    """Classification that records which recipe step each of its calls came from."""
+
+    #: A call's step: the first of these functions found on its call stack.
+    STEPS = (
+        ("user_targets", "targets"),
+        ("layer_mask", "mask"),
+        ("fit_curve", "fit"),
+        ("search_path", "search"),
+        ("evaluate_path", "end"),
+        ("update_bn", "export"),
+    )
+
+    def __init__(self) -> None:
+        self.steps: collections.Counter[str] = collections.Counter()
+
+    def _record(self) -> None:
+        frame, names = sys._getframe(1), set()
+        while frame is not None:
+            names.add(frame.f_code.co_name)
+            frame = frame.f_back
+        self.steps[next((step for name, step in self.STEPS if name in names), "other")] += 1
+
+    def split(self, batch, *, device=None):  # type: ignore[no-untyped-def]
+        self._record()
+        return super().split(batch, device=device)
+
+    def __call__(self, model, inputs, targets, *, signals=False):  # type: ignore[no-untyped-def]
+        self._record()
+        return super().__call__(model, inputs, targets, signals=signals)
+
+
+def test_the_task_reaches_every_step_of_the_recipe(
+    digits: tuple[TensorDataset, TensorDataset],
+) -> None:
+    train, _ = digits
+    rest, holdout = carve_holdout(Subset(train, range(300)), fraction=0.1)
+    retain, forget = mcu.forget_retain_split(rest, forget_ratio=0.1, seed=0)
+    torch.manual_seed(0)
+    original = nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+    theta_u = mcu.unlearn(
+        original,
+        retain,
+        forget,
+        loss=mcu.losses.random_label(10),
+        epochs=1,
+        lr=0.05,
+        progress=False,
+    )
+    task = SpyTask()
+    targets = user_targets(original, retain, holdout, task=task)
+    mcu_unlearn(
+        original,
+        theta_u,
+        retain,
+        forget,
+        targets=targets,
+        task=task,
+        config=RecipeConfig(t_range=(0.5, 0.9), max_points=4),  # t = 1 is measured apart
+    )
+    assert set(task.steps) == {"targets", "mask", "fit", "search", "end", "export"}
+    with pytest.raises(TypeError, match="task must have split"):
+        mcu_unlearn(original, theta_u, retain, forget, targets=targets, task=object())  # type: ignore[arg-type]
+
+
+def test_merged_export_needs_a_peft_model(setting: dict) -> None:
+    with pytest.raises(ModeConnError, match="merged=True merges PEFT adapters"):
+        mcu_unlearn(
+            setting["original"],
+            setting["theta_u"],
+            setting["retain"],
+            setting["forget"],
+            targets=Targets(retain=99.0, forget=90.0, scenario="random"),
+            config=RecipeConfig(merged=True),
+        )
+
+
 def test_mcu_unlearn_runs_the_recipe(setting: dict) -> None:
     targets = user_targets(setting["original"], setting["retain"], setting["holdout"])
     config = RecipeConfig(max_points=8)

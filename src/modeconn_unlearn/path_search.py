@@ -30,6 +30,7 @@ from .curve_model import CurveModel
 from .errors import ModeConnError
 from .evaluation import DataLike, PathReport, evaluate_path
 from .selection import Interpolation, OptimalT, avg_gap, find_optimal_t
+from .tasks import Task
 
 __all__ = ["PathSearch", "TSearch", "merge_reports", "refine_optimal_t", "search_path"]
 
@@ -301,7 +302,7 @@ def search_path(
     tol: float = 0.01,
     kind: Interpolation = "pchip",
     bn_loader: DataLike | None = None,
-    mia: bool = False,
+    task: Task | None = None,
     device: torch.device | str | None = None,
 ) -> PathSearch:
     """:func:`refine_optimal_t` on a curve: evaluate it only where the optimum may be.
@@ -310,7 +311,8 @@ def search_path(
     only (BatchNorm statistics re-estimated at each ``t`` on ``bn_loader``, or
     the ``"retain"`` split); selection reads the ``"retain"`` and ``"forget"``
     accuracies only. Other splits (e.g. ``"test"`` for a figure) are measured
-    at the same points but never influence the choice.
+    at the same points but never influence the choice; for MIA-efficacy at the
+    searched points, call ``evaluate_path(curve, splits, ts=found.report.t, mia=True)``.
 
     Args:
         curve: A trained :class:`~modeconn_unlearn.CurveModel`.
@@ -323,7 +325,9 @@ def search_path(
         tol: Precision in ``t`` at which the search stops.
         kind: Interpolation of :func:`~modeconn_unlearn.find_optimal_t`.
         bn_loader: Retain data for BatchNorm statistics (see ``evaluate_path``).
-        mia: Also measure MIA-efficacy at each point (needs ``"test"``).
+        task: How batches are read and scored (default: classification; for
+            language models :class:`~modeconn_unlearn.tasks.CausalLMTask`, whose
+            accuracy is the answer token accuracy).
         device: Where to evaluate.
 
     Returns:
@@ -353,7 +357,7 @@ def search_path(
 
     def measure(ts: list[float]) -> tuple[Sequence[float], Sequence[float]]:
         report = evaluate_path(
-            curve, splits, ts=ts, bn_loader=bn_loader, mia=mia, progress=False, device=device
+            curve, splits, ts=ts, bn_loader=bn_loader, task=task, progress=False, device=device
         )
         reports.append(report)
         return report.acc("retain").tolist(), report.acc("forget").tolist()

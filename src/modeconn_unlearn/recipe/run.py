@@ -1,7 +1,8 @@
-"""The MCU recipe in one call: :class:`RecipeConfig`, :func:`mcu_unlearn`, :class:`RecipeResult`.
+"""The MCU recipe in one call: :func:`mcu_unlearn` and its :class:`RecipeResult`.
 
 The steps and what selection may read are described in the package docstring
-(:mod:`modeconn_unlearn.recipe`); every step is also public on its own.
+(:mod:`modeconn_unlearn.recipe`); every step is also public on its own. The
+settings are a :class:`~modeconn_unlearn.recipe.config.RecipeConfig`.
 """
 
 from __future__ import annotations
@@ -9,14 +10,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..batchnorm import update_bn
 from ..curve_model import CurveModel
 from ..data import as_dataset, as_loader
 from ..errors import ModeConnError
@@ -24,180 +26,13 @@ from ..evaluation import DataLike, PathReport, evaluate_path
 from ..losses import AdaptiveBeta, UnlearnLoss, mcu_objective
 from ..masks import layer_mask, saliency_mask
 from ..path_search import PathSearch, merge_reports, search_path
-from ..selection import Interpolation, OptimalT, avg_gap
+from ..selection import OptimalT, avg_gap
+from ..tasks import Task, resolve_task, task_collate
 from ..training import History, fit_curve
-from .targets import Scenario, Targets
+from .config import RecipeConfig
+from .targets import Targets
 
 __all__ = ["RecipeConfig", "RecipeResult", "mcu_unlearn"]
-
-MaskKind = Literal["layer", "saliency", "all"]
-Objective = Literal["ascent", "match", "auto"]
-
-
-@dataclass(frozen=True)
-class RecipeConfig:
-    """Settings of :func:`mcu_unlearn` (defaults picked on tuning seeds, see docs/benchmarks.md).
-
-    Attributes:
-        curve: Curve family (``"bezier"`` or ``"polychain"``).
-        num_bends: Bends of the curve (3: one trained control point; 2: the
-            straight line θ_o → θ_u, nothing trained, the ablation that asks
-            whether the trained curve is needed at all).
-        mask: ``"layer"`` (MCU's per-tensor :func:`~modeconn_unlearn.layer_mask`),
-            ``"saliency"`` (element-wise SalUn mask) or ``"all"`` (every entry).
-        mask_k: Fraction of entries made trainable (``"layer"``, ``"saliency"``).
-        mask_kr: Fraction of retain-critical entries never trained (``"layer"``).
-        epochs: Epochs of curve training.
-        lr: Learning rate of curve training (SGD, momentum 0.9).
-        retain_ratio: Fraction of the retain set used per epoch of curve training.
-        batch_size: Batch size of curve training.
-        beta_low: ``AdaptiveBeta.low`` (``objective="ascent"``).
-        beta_high: ``AdaptiveBeta.high`` (``objective="ascent"``).
-        beta_match: Constant weight of the matching term (``objective="match"``);
-            the term limits itself, so no per-batch rule is needed.
-        t_range: Range of ``t`` searched when choosing the model.
-        train_t_range: Range ``t`` is drawn from in training (default: ``t_range``).
-        coarse_points: First grid of the path search.
-        max_points: Most points of the curve evaluated.
-        tol: Precision in ``t`` of the search.
-        interpolation: Interpolation of :func:`~modeconn_unlearn.find_optimal_t`.
-        probe_size: Size of the fixed random retain subset that the mask is
-            scored on, the path is evaluated on and BatchNorm statistics come
-            from (``None``: the whole retain set).
-        bn_samples: BatchNorm statistics of every evaluated point and of the
-            exported model come from a fixed random subset of the probe this
-            large (``None``: the whole probe).
-        forget_samples: The path search scores forget accuracy on a fixed
-            random subset of the forget set this large (``None``: all of it).
-            The mask and curve training always use the whole forget set.
-        objective: ``"ascent"``: ``CE(retain) - β·CE(forget)``, forgetting
-            rewarded without bound; ``"match"``: ``CE(retain) + β·|CE(forget) - τ|``
-            with τ the original's mean held-out loss (:attr:`Targets.forget_loss`),
-            so the curve is pulled to how a model treats data it never saw;
-            ``"auto"``: ``"match"`` when the targets carry ``forget_loss``
-            (random forgetting), else ``"ascent"`` (a forgotten class).
-        keep_base: Return θ_u (``t = 1``) unless the chosen point's gap to the
-            targets is smaller than θ_u's by more than one standard error of
-            the difference (sampling error of the measured accuracies and of the
-            targets); the result says so in ``kept_base`` and ``notes``.
-    """
-
-    curve: str = "bezier"
-    num_bends: int = 3
-    mask: MaskKind = "layer"
-    mask_k: float = 0.5
-    mask_kr: float = 0.1
-    epochs: int = 1
-    lr: float = 0.01
-    retain_ratio: float = 0.5
-    batch_size: int = 64
-    beta_low: float = 0.01
-    beta_high: float = 0.5
-    beta_match: float = 1.0
-    t_range: tuple[float, float] = (0.5, 1.0)
-    train_t_range: tuple[float, float] | None = None
-    coarse_points: int = 4
-    max_points: int = 6
-    tol: float = 0.01
-    interpolation: Interpolation = "pchip"
-    probe_size: int | None = 2000
-    bn_samples: int | None = 256
-    forget_samples: int | None = None
-    objective: Objective = "ascent"
-    keep_base: bool = True
-
-    def __post_init__(self) -> None:
-        if self.mask not in ("layer", "saliency", "all"):
-            raise ModeConnError(f'mask must be "layer", "saliency" or "all", got {self.mask!r}.')
-        if self.objective not in ("ascent", "match", "auto"):
-            raise ModeConnError(
-                f'objective must be "ascent", "match" or "auto", got {self.objective!r}.'
-            )
-        if not isinstance(self.keep_base, bool):
-            raise ModeConnError(f"keep_base must be True or False, got {self.keep_base!r}.")
-        for name in ("num_bends", "epochs", "batch_size", "coarse_points", "max_points"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ModeConnError(f"{name} must be a positive int, got {value!r}.")
-        if self.coarse_points < 2 or self.max_points < self.coarse_points:
-            raise ModeConnError(
-                f"coarse_points must be >= 2 and max_points >= coarse_points, got "
-                f"coarse_points={self.coarse_points}, max_points={self.max_points}."
-            )
-        for name in ("lr", "tol"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ModeConnError(f"{name} must be a positive number, got {value!r}.")
-        for name in ("beta_low", "beta_high", "beta_match"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ModeConnError(f"{name} must be a number >= 0, got {value!r}.")
-        if not 0.0 < self.mask_k <= 1.0 or not 0.0 <= self.mask_kr < 1.0:
-            raise ModeConnError(
-                f"mask_k must be in (0, 1] and mask_kr in [0, 1), got {self.mask_k}, "
-                f"{self.mask_kr} (fractions, not percentages)."
-            )
-        if not 0.0 < self.retain_ratio <= 1.0:
-            raise ModeConnError(f"retain_ratio must be in (0, 1], got {self.retain_ratio}.")
-        for name in ("t_range", "train_t_range"):
-            value = getattr(self, name)
-            if value is None and name == "train_t_range":
-                continue
-            try:
-                low, high = (float(v) for v in value)
-            except (TypeError, ValueError) as error:
-                raise ModeConnError(f"{name} must be a pair (low, high), got {value!r}.") from error
-            if not 0.0 <= low < high <= 1.0:
-                raise ModeConnError(f"{name} must be (low, high) with 0 <= low < high <= 1.")
-            # A list (e.g. read back from JSON) becomes the tuple the training loop expects.
-            object.__setattr__(self, name, (low, high))
-        for name in ("probe_size", "bn_samples", "forget_samples"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ModeConnError(f"{name} must be a positive int or None, got {value!r}.")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly dict."""
-        return asdict(self)
-
-    @classmethod
-    def for_scenario(cls, scenario: Scenario, **overrides: Any) -> RecipeConfig:
-        """The settings the benchmark's tuning picked for a forgetting scenario.
-
-        On the tuning seed of ``benchmarks/mcu_table.py`` (memorising BatchNorm
-        CNN, Fashion-MNIST), random forgetting was best with a stronger β rule
-        (``beta_low=0.05, beta_high=2.0``) and a forgotten class with ``t``
-        trained and chosen over the whole path (``t_range=(0, 1)``); both with
-        ``mask_kr=0`` (that CNN's dense head holds most entries, so a positive
-        ``kr`` excludes every tensor). See docs/benchmarks.md for the evidence and
-        where it did not help (RL, SalUn).
-
-        Args:
-            scenario: ``"random"`` or ``"class"``.
-            **overrides: Fields to set on top.
-
-        Returns:
-            A :class:`RecipeConfig`.
-
-        Raises:
-            ModeConnError: An unknown scenario or field.
-
-        Example:
-            >>> RecipeConfig.for_scenario("class").t_range
-            (0.0, 1.0)
-        """
-        tuned: dict[str, dict[str, Any]] = {
-            "random": {"mask_kr": 0.0, "beta_low": 0.05, "beta_high": 2.0},
-            "class": {"mask_kr": 0.0, "t_range": (0.0, 1.0)},
-        }
-        if scenario not in tuned:
-            raise ModeConnError(f'scenario must be "random" or "class", got {scenario!r}.')
-        unknown = sorted(set(overrides) - {f for f in cls.__dataclass_fields__})
-        if unknown:
-            raise ModeConnError(f"Unknown RecipeConfig fields {unknown}.")
-        return cls(**{**tuned[scenario], **overrides})
 
 
 @dataclass(frozen=True)
@@ -205,7 +40,8 @@ class RecipeResult:
     """The outcome of :func:`mcu_unlearn`.
 
     Attributes:
-        model: The exported unlearned model (the user's own class) at ``t``.
+        model: The exported unlearned model at ``t``: the user's own class (the
+            base model's class for a PEFT curve exported with ``merged=True``).
         t: The ``t`` of ``model``: the search's optimum, or 1.0 when θ_u was kept.
         kept_base: ``True`` when no point of the curve beat θ_u on the targets
             by more than their sampling error, so ``model`` is θ_u (``t = 1``).
@@ -286,13 +122,19 @@ def _probe(
 
 
 def _make_mask(
-    config: RecipeConfig, original: nn.Module, retain: DataLike, forget: DataLike
+    config: RecipeConfig, original: nn.Module, retain: DataLike, forget: DataLike, task: Task
 ) -> dict[str, Tensor]:
     if config.mask == "layer":
-        return dict(layer_mask(original, retain, forget, k=config.mask_k, kr=config.mask_kr))
+        return dict(
+            layer_mask(original, retain, forget, k=config.mask_k, kr=config.mask_kr, task=task)
+        )
     if config.mask == "saliency":
-        return dict(saliency_mask(original, forget, sparsity=1.0 - config.mask_k))
-    return {name: torch.ones_like(p, dtype=torch.bool) for name, p in original.named_parameters()}
+        return dict(saliency_mask(original, forget, sparsity=1.0 - config.mask_k, task=task))
+    # Every trainable entry: a frozen parameter (a PEFT model's base) is no part of the curve.
+    return {
+        name: torch.full_like(p, p.requires_grad, dtype=torch.bool)
+        for name, p in original.named_parameters()
+    }
 
 
 def mcu_unlearn(
@@ -308,6 +150,7 @@ def mcu_unlearn(
     seed: int = 0,
     progress: bool = False,
     device: torch.device | str | None = None,
+    task: Task | None = None,
 ) -> RecipeResult:
     """Run MCU end to end on θ_o and a pre-unlearned θ_u; return the model at the chosen ``t``.
 
@@ -315,13 +158,20 @@ def mcu_unlearn(
        set (or the given ``mask``);
     2. a :class:`~modeconn_unlearn.CurveModel` θ_o → θ_u (ends fixed);
     3. :func:`~modeconn_unlearn.fit_curve` with ``CE(retain) - β·CE(forget)``
-       and β from :class:`~modeconn_unlearn.AdaptiveBeta` on ``targets``, ``t``
-       drawn from ``config.train_t_range``;
+       and β from :class:`~modeconn_unlearn.AdaptiveBeta` on ``targets`` (or the
+       matching form, ``config.objective``), ``t`` drawn from ``config.train_t_range``;
     4. :func:`~modeconn_unlearn.path_search.search_path` on a fixed retain
        subset (``probe``; BatchNorm statistics from ``config.bn_samples`` of it)
        and the forget set (or ``config.forget_samples`` of it);
-    5. the exported model at the chosen ``t``, BatchNorm statistics from the
-       same samples.
+    5. the exported model at the chosen ``t`` (adapters merged with
+       ``config.merged``), BatchNorm statistics from the same samples.
+
+    Every step reads and scores batches with ``task``: for a language model
+    pass :class:`~modeconn_unlearn.tasks.CausalLMTask` (accuracies are answer
+    token accuracies, losses answer NLLs; variable-length examples are padded),
+    targets from ``user_targets(..., task=task)`` and settings from
+    :meth:`RecipeConfig.for_task`. A PEFT model's curve holds its adapters
+    only (the frozen base is stored once).
 
     Selection reads only the curve's retain and forget accuracies and
     ``targets`` (see :func:`user_targets`); there is no parameter for a
@@ -340,12 +190,17 @@ def mcu_unlearn(
         seed: Seed of curve training and of the probe.
         progress: Show progress bars.
         device: Where to train and evaluate.
+        task: How every step reads batches and scores outputs (default:
+            classification; :class:`~modeconn_unlearn.tasks.CausalLMTask` for
+            language models).
 
     Returns:
         :class:`RecipeResult` (model, curve, search, chosen ``t``, wall times).
 
     Raises:
-        ModeConnError: Bad settings, data or models (from the steps).
+        ModeConnError: Bad settings, data or models (from the steps), or
+            ``config.merged`` for a model that is not a PEFT model.
+        TypeError: ``task`` is not a task.
 
     Example:
         >>> from torch.utils.data import TensorDataset
@@ -372,11 +227,20 @@ def mcu_unlearn(
             "targets must be Targets (from user_targets(original, retain, holdout)), got "
             f"{type(targets).__name__}."
         )
+    task = resolve_task(task)
+    if config.merged and not callable(getattr(original, "merge_and_unload", None)):
+        raise ModeConnError(
+            f"merged=True merges PEFT adapters into the base model, but the original is a "
+            f"{type(original).__name__}; leave merged=False for a model without adapters."
+        )
     seconds: dict[str, float] = {}
+    collate = task_collate(task)
     probe_data = probe if probe is not None else _probe(retain, config.probe_size, seed)
-    probe_loader = as_loader(probe_data, name="probe")
+    probe_loader = as_loader(probe_data, name="probe", collate_fn=collate)
     bn_loader = as_loader(
-        _probe(probe_data, config.bn_samples, seed, name="probe", salt=20_000), name="probe"
+        _probe(probe_data, config.bn_samples, seed, name="probe", salt=20_000),
+        name="probe",
+        collate_fn=collate,
     )
     forget_scored = _probe(forget, config.forget_samples, seed, name="forget", salt=30_000)
     line = config.num_bends == 2
@@ -391,7 +255,7 @@ def mcu_unlearn(
         if mask is not None
         else {}
         if line
-        else _make_mask(config, original, probe_loader, forget)
+        else _make_mask(config, original, probe_loader, forget, task)
     )
     seconds["mask"] = time.perf_counter() - began
 
@@ -413,9 +277,13 @@ def mcu_unlearn(
             curve,
             retain,
             forget,
-            loss=_objective(config, targets),
+            loss=_objective(config, targets, task),
+            task=task,
             epochs=config.epochs,
             lr=config.lr,
+            optimizer=config.optimizer,
+            weight_decay=config.weight_decay,
+            grad_accumulation=config.grad_accumulation,
             retain_ratio=config.retain_ratio,
             t_sampler=config.train_t_range or config.t_range,
             batch_size=config.batch_size,
@@ -438,6 +306,7 @@ def mcu_unlearn(
         tol=config.tol,
         kind=config.interpolation,
         bn_loader=bn_loader,
+        task=task,
         device=device,
     )
     if not np.any(search.report.t == 1.0):
@@ -446,6 +315,7 @@ def mcu_unlearn(
             {"retain": probe_loader, "forget": forget_scored},
             ts=[1.0],
             bn_loader=bn_loader,
+            task=task,
             progress=False,
             device=device,
         )
@@ -456,7 +326,8 @@ def mcu_unlearn(
     kept = config.keep_base and not base_gap - search.best.avg_gap > margin
     t = 1.0 if kept else search.best.t
     began = time.perf_counter()
-    model = curve.export(t, bn_loader=bn_loader)
+    model = curve.export(t, merged=config.merged)
+    update_bn(model, bn_loader, task=task)  # a no-op without BatchNorm
     seconds["export"] = time.perf_counter() - began
     seconds["total"] = sum(seconds.values())
     return RecipeResult(
@@ -475,10 +346,10 @@ def mcu_unlearn(
     )
 
 
-def _objective(config: RecipeConfig, targets: Targets) -> UnlearnLoss:
+def _objective(config: RecipeConfig, targets: Targets, task: Task) -> UnlearnLoss:
     """The curve objective: the ascent form with the alignment rule, or the matching form."""
     if config.objective != "ascent" and targets.forget_loss is not None:
-        return mcu_objective(config.beta_match, forget_loss=targets.forget_loss)
+        return mcu_objective(config.beta_match, forget_loss=targets.forget_loss, task=task)
     if config.objective == "match":
         raise ModeConnError(
             'objective="match" pulls the forget loss to Targets.forget_loss, which these '
@@ -486,7 +357,7 @@ def _objective(config: RecipeConfig, targets: Targets) -> UnlearnLoss:
             'forgetting), or use objective="ascent" or "auto" (a forgotten class).'
         )
     beta = AdaptiveBeta(targets.retain, targets.forget, low=config.beta_low, high=config.beta_high)
-    return mcu_objective(beta)
+    return mcu_objective(beta, task=task)
 
 
 def _standard_error(accuracy: float, count: int | None) -> float:

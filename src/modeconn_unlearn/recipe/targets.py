@@ -4,7 +4,9 @@ A user who needs unlearning has the original model θ_o and its training data bu
 **no retrained model**. :func:`user_targets` gives MCU's targets from what the
 user holds: the original's accuracy on retain data, and for the forget set its
 accuracy on a held-out split carved from the training data before training
-(:func:`carve_holdout`; random forgetting) or 0 (a forgotten class).
+(:func:`carve_holdout`; random forgetting) or 0 (a forgotten class). For
+language models the same comes from held-out question-answer data (entities the
+original never trained on), scored as answer token accuracy and answer NLL.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..data import as_dataset
 from ..errors import ModeConnError
 from ..evaluation import DataLike, evaluate
+from ..tasks import Task
 
 __all__ = ["Scenario", "Targets", "carve_holdout", "user_targets"]
 
@@ -127,6 +130,7 @@ def user_targets(
     *,
     scenario: Scenario = "random",
     device: torch.device | str | None = None,
+    task: Task | None = None,
 ) -> Targets:
     """MCU's targets from the original model and data the user holds.
 
@@ -141,6 +145,12 @@ def user_targets(
     * forget loss target (random forgetting): the original's mean loss on
       ``holdout``, with the sample counts behind each target.
 
+    "Accuracy" and "loss" are the task's: top-1 accuracy and cross-entropy by
+    default; with :class:`~modeconn_unlearn.tasks.CausalLMTask` the answer token
+    accuracy and the mean answer NLL, and ``holdout`` is question-answer data
+    about entities the original never trained on (variable-length examples are
+    padded).
+
     Never pass the test split as ``holdout`` (it is for reporting), and never
     a retrained model's numbers: a user does not have them.
 
@@ -152,6 +162,7 @@ def user_targets(
             ignored for ``"class"``).
         scenario: ``"random"`` or ``"class"`` forgetting.
         device: Where to evaluate.
+        task: How batches are read and scored (default: classification).
 
     Returns:
         :class:`Targets`.
@@ -168,7 +179,7 @@ def user_targets(
     """
     if scenario not in ("random", "class"):
         raise ModeConnError(f'scenario must be "random" or "class", got {scenario!r}.')
-    on_retain = evaluate(original, retain, device=device)
+    on_retain = evaluate(original, retain, task=task, device=device)
     if scenario == "class":
         return Targets(
             retain=on_retain.accuracy,
@@ -183,7 +194,7 @@ def user_targets(
             "data before training (carve_holdout); the original's accuracy on it is the forget "
             "target. Do not use the test split."
         )
-    on_holdout = evaluate(original, holdout, device=device)
+    on_holdout = evaluate(original, holdout, task=task, device=device)
     return Targets(
         retain=on_retain.accuracy,
         forget=on_holdout.accuracy,
