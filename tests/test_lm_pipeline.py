@@ -175,6 +175,8 @@ def test_variable_length_datasets_are_padded_by_the_task_everywhere(world) -> No
     assert report.acc("forget")[0] == pytest.approx(_accuracy(theta_u, forget))
     barrier = mcu.loss_barrier(model, theta_u, forget, task=TASK, ts=3)
     assert barrier.end == pytest.approx(float(lm.lm_outputs(theta_u, forget).nll.mean()), rel=1e-4)
+    relearned = mcu.relearn_attack(theta_u, forget, steps=2, lr=0.05, samples=2, task=TASK)
+    assert len(relearned.accuracy) == 3
 
 
 def test_idk_on_a_refusal_dataset_teaches_the_model_to_refuse() -> None:

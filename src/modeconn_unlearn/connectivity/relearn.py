@@ -9,18 +9,17 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
-from torch.utils.data import default_collate as _default_collate
 
 from ..cloning import clone_module
 from ..curve_model import CurveModel, path_points
-from ..data import as_loader
+from ..data import as_loader, stack_collate
 from ..errors import ModeConnError
 from ..evaluation.bn import bn_data
 from ..evaluation.outputs import DataLike, DeviceLike
 from ..evaluation.paths import check_curve, walk_path
 from ..evaluation.scores import evaluate
 from ..losses import finetune
-from ..tasks import Task, resolve_task
+from ..tasks import Task, resolve_task, task_collate
 from ..training import TrainConfig, unlearn
 from .results import RelearnPathResult, RelearnResult
 
@@ -28,7 +27,7 @@ __all__ = ["relearn_attack", "relearn_path"]
 
 
 def _forget_samples(
-    forget_data: DataLike, samples: int, seed: int, need_rest: bool
+    forget_data: DataLike, samples: int, seed: int, need_rest: bool, task: Task | None
 ) -> tuple[Any, np.ndarray, np.ndarray, Callable[[list[Any]], Any]]:
     loader = as_loader(forget_data, name="forget_data")
     dataset = loader.dataset
@@ -42,7 +41,8 @@ def _forget_samples(
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=generator).numpy()
     chosen, rest = np.sort(order[:samples]), np.sort(order[samples:])
-    collate = loader.collate_fn if isinstance(forget_data, DataLoader) else _default_collate
+    own = loader.collate_fn if isinstance(forget_data, DataLoader) else None
+    collate = own or task_collate(task) or stack_collate
     return dataset, chosen, rest, collate
 
 
@@ -118,22 +118,23 @@ def _prepare_relearn(
     samples: int,
     seed: int,
     eval_data: DataLike | None,
+    task: Task | None,
 ) -> tuple[_FinetuneData, DataLoader[Any], np.ndarray]:
     if steps < 0:
         raise ModeConnError(f"steps must be >= 0, got {steps}.")
     if not lr > 0:
         raise ModeConnError(f"lr must be positive, got {lr}.")
     dataset, chosen, rest, collate = _forget_samples(
-        forget_data, samples, seed, need_rest=eval_data is None
+        forget_data, samples, seed, need_rest=eval_data is None, task=task
     )
     chosen_set = Subset(dataset, chosen.tolist())
     batch = _FinetuneData(
         chosen_set, DataLoader(chosen_set, batch_size=len(chosen_set), collate_fn=collate)
     )
     if eval_data is None:
-        eval_loader = as_loader(Subset(dataset, rest.tolist()))
+        eval_loader = as_loader(Subset(dataset, rest.tolist()), collate_fn=task_collate(task))
     else:
-        eval_loader = as_loader(eval_data, name="eval_data")
+        eval_loader = as_loader(eval_data, name="eval_data", collate_fn=task_collate(task))
     return batch, eval_loader, chosen
 
 
@@ -193,7 +194,13 @@ def relearn_attack(
         ((6,), 8)
     """
     batch, eval_loader, chosen = _prepare_relearn(
-        forget_data, steps=steps, lr=lr, samples=samples, seed=seed, eval_data=eval_data
+        forget_data,
+        steps=steps,
+        lr=lr,
+        samples=samples,
+        seed=seed,
+        eval_data=eval_data,
+        task=task,
     )
     accuracy, loss, train_loss = _relearn(
         model,
@@ -272,7 +279,13 @@ def relearn_path(
     t_values = path_points(ts)
     bn = bn_data(curve.template, bn_loader=bn_loader).loader
     batch, eval_loader, chosen = _prepare_relearn(
-        forget_data, steps=steps, lr=lr, samples=samples, seed=seed, eval_data=eval_data
+        forget_data,
+        steps=steps,
+        lr=lr,
+        samples=samples,
+        seed=seed,
+        eval_data=eval_data,
+        task=task,
     )
     accuracy = np.empty((len(t_values), steps + 1))
     loss = np.empty((len(t_values), steps + 1))

@@ -11,10 +11,14 @@ curve training with the MCU objective → adaptive path search
 Selection reads the retain and forget accuracies of points of the curve only;
 no test split and no retrained model take part. Every step is also public on its
 own (``layer_mask``, ``CurveModel``, ``fit_curve``, ``search_path``,
-``find_optimal_t``, ``CurveModel.export``).
+``find_optimal_t``, ``CurveModel.export``), and every step takes the task: with
+``task=CausalLMTask()`` the same two calls serve a language model (token
+accuracies, answer NLLs, held-out entities as the holdout; settings from
+:meth:`RecipeConfig.for_task`).
 """
 
-from .run import RecipeConfig, RecipeResult, mcu_unlearn
+from .config import RecipeConfig
+from .run import RecipeResult, mcu_unlearn
 from .targets import Targets, carve_holdout, user_targets
 
 __all__ = [
