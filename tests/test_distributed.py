@@ -1,20 +1,12 @@
 """unlearn and fit_curve under torchrun: 2 CPU processes with the gloo backend.
 
 The workers run this file as a script (``python -m torch.distributed.run ...
-tests/test_distributed.py --worker DIR``). The launch is made robust on a busy
-machine: a free port from binding port 0, generous rendezvous and collective
-timeouts, one thread per worker, a hard wall-clock limit after which the
-whole process group is killed, and ``destroy_process_group`` in ``finally``.
+tests/test_distributed.py --worker DIR``), launched by :mod:`torchrun_launch`.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
+from torchrun_launch import launch
 
 N_SAMPLES, N_FEATURES, N_CLASSES = 64, 6, 3
 GLOBAL_BATCH, EPOCHS, LR, SEED = 16, 2, 0.1, 7
-LAUNCH_TIMEOUT_S = 420
 
 
 def make_data() -> TensorDataset:
@@ -143,37 +135,10 @@ def _fsdp_curve_gap(make_curve) -> float:
 
 
 # --------------------------------------------------------------------------- the launcher
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _launch(out: Path, nproc: int) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run",
-        f"--nproc_per_node={nproc}", "--nnodes=1", "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}", "--max_restarts=0",
-        __file__, "--worker", str(out),
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        output, _ = process.communicate(timeout=LAUNCH_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers
-        output, _ = process.communicate()
-        pytest.fail(f"torchrun did not finish in {LAUNCH_TIMEOUT_S}s:\n{output.decode()[-4000:]}")
-    if process.returncode != 0:
-        pytest.fail(f"torchrun failed ({process.returncode}):\n{output.decode()[-4000:]}")
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    _launch(out, 2)
+    launch(__file__, out, 2)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 

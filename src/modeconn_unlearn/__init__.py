@@ -40,7 +40,7 @@ from .recipe import RecipeConfig, RecipeResult, Targets, carve_holdout, mcu_unle
 from .selection import OptimalT, avg_gap, effective_region, find_optimal_t
 from .task_vector import negate_task_vector
 from .tasks import CausalLMTask, ClassificationTask, SampleOutputs, Task
-from .training import EpochRecord, History, TrainConfig, fit_curve, retrain, unlearn
+from .training import EpochRecord, History, TrainConfig, fit_curve, retrain, shard_curve, unlearn
 
 __version__ = "0.2.0"
 
@@ -100,6 +100,7 @@ __all__ = [
     "save_checkpoint",
     "save_mask",
     "search_path",
+    "shard_curve",
     "svc_mia",
     "threshold_attack",
     "train_reference_models",

@@ -438,7 +438,9 @@ class CurveModel(nn.Module):
 
         Returns:
             A new module of the template's class (the base model's class when
-            ``merged``), in the curve's train/eval mode.
+            ``merged``), in the curve's train/eval mode. For a curve sharded by
+            :func:`~modeconn_unlearn.training.shard_curve` every rank must call
+            this: the base is gathered into a plain, unsharded copy on every rank.
 
         Raises:
             ModeConnError: ``merged=True`` for a model that is not a PEFT model,
@@ -452,7 +454,9 @@ class CurveModel(nn.Module):
                     f"export(merged=True) merges PEFT adapters, but the curve's model is a "
                     f"{type(self.template).__name__}; call export(t) without merged."
                 )
-        model = clone_module(self.template)
+        # A curve sharded by training.shard_curve gathers its model back (on every rank).
+        unsharded_copy = self.__dict__.get("_unsharded_copy")
+        model = clone_module(self.template) if unsharded_copy is None else unsharded_copy()
         with torch.no_grad():
             for name, value in self.weights_at(t).items():
                 model.get_parameter(name).copy_(value)

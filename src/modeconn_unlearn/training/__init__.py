@@ -22,6 +22,7 @@ per-epoch ``logging`` at INFO level, and ``torchrun`` support
 
 from .api import fit_curve, retrain, unlearn
 from .config import Callback, OptimizerSpec, SchedulerFactory, StepCallback, TrainConfig
+from .fsdp import shard_curve
 from .history import EpochRecord, History
 
 __all__ = [
@@ -34,5 +35,6 @@ __all__ = [
     "TrainConfig",
     "fit_curve",
     "retrain",
+    "shard_curve",
     "unlearn",
 ]

@@ -179,6 +179,9 @@ def build_loader(
             batch_size=config.batch_size // world,
             sampler=sampler,
             collate_fn=collate,
+            # Without a generator each epoch's iterator draws its base seed from the global
+            # RNG, which would shift the curve's t draws away from a single-process run's.
+            generator=torch.Generator().manual_seed(seed),
         )
         return RunLoader(loader, None, sampler)
     if config.curriculum is None:

@@ -34,6 +34,7 @@ from ..losses import UnlearnLoss
 from ..progress import progress_bar
 from .config import TrainConfig
 from .distributed import all_reduce_sum, barrier, is_distributed, rank
+from .fsdp import is_sharded
 from .history import EpochMeter, History
 from .loaders import RunLoader
 from .state import check_resumable, load_state, rng_state, seeded, set_rng_state, write_state
@@ -79,7 +80,8 @@ class Run:
 def _forward_module(run: Run) -> nn.Module:
     """The module the objective is called with: DDP- and/or ``torch.compile``-wrapped."""
     module: nn.Module = run.module
-    if is_distributed():
+    # A sharded curve averages its bends' gradients itself (shard_curve), so no DDP on top.
+    if is_distributed() and not is_sharded(run.module):
         device_ids = [run.device] if run.device.type == "cuda" else None
         options: dict[str, Any] = {}
         if isinstance(run.module, CurveModel):

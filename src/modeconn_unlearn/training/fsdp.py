@@ -1,0 +1,215 @@
+"""LoRA curves past one GPU: the frozen base sharded with FSDP2, the bends replicated.
+
+A :class:`~modeconn_unlearn.curve_model.CurveModel` over a PEFT model curves only
+the adapters; the base weights are frozen and live once, in the curve's template.
+:func:`shard_curve` shards that base with PyTorch's FSDP2
+(:func:`torch.distributed.fsdp.fully_shard`), one unit per decoder block plus one
+for the rest (embeddings, head), so each rank holds ``1/world`` of it. The curved
+adapter parameters are left out of FSDP's management (``ignored_params``): the
+curve swaps them for the weights at ``t`` with
+:func:`torch.func.functional_call`, which FSDP2 cannot follow. The bends are
+small, so every rank keeps all of them and their gradients are averaged over
+the ranks right after they are accumulated; the optimizer step is then the same
+on every rank and the ranks stay identical.
+
+Full-parameter curves (every weight curved) are refused: their bends would have
+to be sharded along the entries, which is not implemented yet. DDP under
+``torchrun`` runs them today.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+
+from ..batchnorm import module_device
+from ..curve_model import CurveModel
+from ..errors import ModeConnError
+
+__all__ = ["is_sharded", "shard_curve"]
+
+#: Where a sharded curve keeps the callable that builds an unsharded copy of its model
+#: (read by ``CurveModel.export``).
+UNSHARDED_COPY = "_unsharded_copy"
+
+
+def is_sharded(curve: nn.Module) -> bool:
+    """Whether :func:`shard_curve` was called on ``curve``.
+
+    Example:
+        >>> a, b = nn.Linear(2, 1), nn.Linear(2, 1)
+        >>> is_sharded(CurveModel(a, start=a, end=b))
+        False
+    """
+    return UNSHARDED_COPY in curve.__dict__
+
+
+def shard_curve(
+    curve: CurveModel,
+    mesh: DeviceMesh | None = None,
+    *,
+    blocks: Callable[[nn.Module], Iterable[nn.Module]] | None = None,
+) -> CurveModel:
+    """Shard the frozen base of a LoRA curve over the ranks with FSDP2; in place.
+
+    Each block of the curve's model (by default the children of its largest
+    ``nn.ModuleList``, e.g. a Llama's decoder layers) and then the model itself
+    are ``fully_shard``-ed on ``mesh`` with the curved parameters in
+    ``ignored_params``. The bends stay whole on every rank: they are broadcast
+    from the mesh's first rank once, and their gradients are averaged over the
+    mesh during every backward pass, so any optimizer keeps the ranks
+    identical. :func:`~modeconn_unlearn.training.fit_curve` then runs the
+    curve without wrapping it in ``DistributedDataParallel``; in your own loop
+    do not wrap it either.
+
+    Every rank must call this (and later :meth:`CurveModel.export`, which
+    gathers the base back into a plain copy of the model on every rank) at the
+    same point. Move the curve to its device before sharding it.
+
+    Args:
+        curve: A curve whose model has frozen parameters, e.g. two adapters
+            over one base (``peft.get_peft_model``).
+        mesh: A 1-D device mesh; default ``init_device_mesh(<curve's device
+            type>, (world_size,))`` over the default process group.
+        blocks: ``model -> blocks`` to shard one by one; default the children
+            of the ``nn.ModuleList`` that holds most parameters.
+
+    Returns:
+        ``curve`` itself, sharded.
+
+    Raises:
+        TypeError: ``curve`` is not a :class:`CurveModel`.
+        ModeConnError: No process group, a mesh that is not 1-D or not on the
+            curve's device type, a curve already sharded, no blocks found, or a
+            full-parameter curve (no frozen parameter to shard).
+
+    Example:
+        >>> import torch.distributed as dist
+        >>> dist.init_process_group("gloo")  # doctest: +SKIP
+        >>> curve = shard_curve(CurveModel(lora_o, start=lora_o, end=lora_u))  # doctest: +SKIP
+        >>> fit_curve(curve, retain, forget, batch_size=32)  # doctest: +SKIP
+    """
+    if not isinstance(curve, CurveModel):
+        raise TypeError(f"shard_curve takes a CurveModel, got {type(curve).__name__}.")
+    if is_sharded(curve):
+        raise ModeConnError("shard_curve was already called on this curve; call it once.")
+    template = curve.template
+    curved = {p for p in template.parameters() if p.requires_grad}
+    if all(p.requires_grad for p in template.parameters()):
+        raise ModeConnError(
+            "shard_curve shards the frozen base of a curve over adapters (e.g. LoRA), but this "
+            f"curve curves every parameter of its {type(template).__name__}. Sharded bends for "
+            "full-parameter curves are not implemented yet; run the curve with DDP under "
+            "torchrun today (fit_curve does so by itself), or curve adapters with peft."
+        )
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ModeConnError(
+            "shard_curve needs a torch.distributed process group: run under torchrun and call "
+            "torch.distributed.init_process_group first."
+        )
+    mesh = _checked_mesh(curve, mesh)
+    units = list(blocks(template) if blocks is not None else _largest_module_list(template))
+    if not units:
+        raise ModeConnError(
+            f"no blocks to shard in {type(template).__name__}: it has no nn.ModuleList of "
+            "layers; pass blocks=lambda model: <its decoder layers>."
+        )
+    _replicate(curve, mesh)
+    skeleton = _meta_copy(template)
+    for unit in units:
+        fully_shard(unit, mesh=mesh, ignored_params=curved)
+    fully_shard(template, mesh=mesh, ignored_params=curved)
+    group, world = mesh.get_group(), mesh.size()
+    for param in curve.parameters():
+        param.register_post_accumulate_grad_hook(_averaging_hook(group, world))
+    curve.__dict__[UNSHARDED_COPY] = _UnshardedCopy(skeleton, template)
+    return curve
+
+
+def _checked_mesh(curve: CurveModel, mesh: DeviceMesh | None) -> DeviceMesh:
+    device = module_device(curve)
+    if mesh is None:
+        mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    if mesh.ndim != 1:
+        raise ModeConnError(
+            f"shard_curve takes a 1-D device mesh, got {mesh.ndim} dimensions "
+            f"{tuple(mesh.shape)}; hybrid sharding is not supported."
+        )
+    if mesh.device_type != device.type:
+        raise ModeConnError(
+            f"the mesh is on {mesh.device_type!r} but the curve is on {device.type!r}; move the "
+            f"curve with curve.to(...) first, or build the mesh with "
+            f"init_device_mesh({device.type!r}, (world_size,))."
+        )
+    if mesh.device_type != "cpu" and not torch.get_device_module(mesh.device_type).is_available():
+        raise ModeConnError(
+            f"the mesh is on {mesh.device_type!r} but this machine has no such device; use a "
+            "'cpu' mesh with the gloo backend."
+        )
+    return mesh
+
+
+def _largest_module_list(model: nn.Module) -> list[nn.Module]:
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        return []
+    return list(max(lists, key=lambda m: sum(p.numel() for p in m.parameters())))
+
+
+def _replicate(curve: CurveModel, mesh: DeviceMesh) -> None:
+    """Make every rank start from the mesh's first rank's bends (as DDP does)."""
+    group = mesh.get_group()
+    source = dist.get_global_rank(group, 0)
+    with torch.no_grad():
+        for tensor in [*curve.parameters(), *curve.buffers()]:
+            dist.broadcast(tensor, src=source, group=group)
+
+
+def _averaging_hook(group: dist.ProcessGroup, world: int) -> Callable[[Tensor], None]:
+    def average(param: Tensor) -> None:
+        if param.grad is not None:
+            dist.all_reduce(param.grad, group=group)
+            param.grad.div_(world)
+
+    return average
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters are on the meta device (no storage); buffers copied."""
+    memo: dict[int, object] = {
+        id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+        for p in model.parameters()
+    }
+    return copy.deepcopy(model, memo)
+
+
+@dataclass(frozen=True)
+class _UnshardedCopy:
+    """Builds a plain copy of a sharded model: the skeleton, filled with gathered weights."""
+
+    skeleton: nn.Module
+    sharded: nn.Module
+
+    def __call__(self) -> nn.Module:
+        # full_tensor() is a collective: every rank walks the parameters in the same order.
+        full = {
+            name: p.full_tensor() if isinstance(p, DTensor) else p.detach().clone()
+            for name, p in self.sharded.named_parameters()
+        }
+        model = copy.deepcopy(self.skeleton)
+        filled = {
+            id(p): nn.Parameter(full[name].detach(), requires_grad=p.requires_grad)
+            for name, p in model.named_parameters()
+        }
+        for module in model.modules():
+            for key, param in list(module.named_parameters(recurse=False)):
+                setattr(module, key, filled[id(param)])
+        return model

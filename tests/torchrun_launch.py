@@ -1,0 +1,48 @@
+"""Launch a test file's ``--worker`` under ``torchrun`` with 2 CPU processes (gloo).
+
+Robust on a busy machine: a free port from binding port 0, one thread per
+worker, a hard wall-clock limit after which the whole process group is killed.
+The worker itself sets generous collective timeouts and destroys its process
+group in ``finally``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LAUNCH_TIMEOUT_S = 420
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch(script: str, out: Path, nproc: int) -> None:
+    """Run ``python -m torch.distributed.run ... script --worker out``; fail the test on error."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nproc_per_node={nproc}", "--nnodes=1", "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}", "--max_restarts=0",
+        script, "--worker", str(out),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        output, _ = process.communicate(timeout=LAUNCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers
+        output, _ = process.communicate()
+        pytest.fail(f"torchrun did not finish in {LAUNCH_TIMEOUT_S}s:\n{output.decode()[-4000:]}")
+    if process.returncode != 0:
+        pytest.fail(f"torchrun failed ({process.returncode}):\n{output.decode()[-4000:]}")
