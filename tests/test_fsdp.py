@@ -111,10 +111,31 @@ def _worker(out: Path) -> None:
             p.to_local().numel() for p in curve.template.parameters() if not p.requires_grad
         )
         result = run_calls(curve)
-        result.update(refused=refused, sharded_base=sharded_base)
+        result.update(refused=refused, sharded_base=sharded_base, ddp_gap=_ddp_on_top_gap())
         torch.save(result, out / f"rank{dist.get_rank()}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _ddp_on_top_gap() -> float:
+    """Max |difference| of the bends' gradients with and without a DDP wrapper on top.
+
+    Trainer and accelerate wrap a model in DDP in multi-GPU mode; on a sharded curve it
+    averages gradients that are already averaged (equal on every rank).
+    """
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.nn.parallel import DistributedDataParallel
+
+    first = 4 * dist.get_rank()
+    tokens = make_data()[0].tensors[0][first : first + 4]
+    grads = []
+    for wrap in (False, True):
+        curve = shard_curve(make_curve(), init_device_mesh("cpu", (2,))).train()
+        model = DistributedDataParallel(curve, broadcast_buffers=False) if wrap else curve
+        model(input_ids=tokens, labels=tokens, t=0.3).loss.backward()
+        grads.append([p.grad for p in curve.parameters()])
+    return max(float((a - b).abs().max()) for a, b in zip(*grads, strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +180,11 @@ def test_fit_evaluate_and_export_match_a_single_process(ranks, single):
     assert ranks[0]["export"].keys() == single["export"].keys()
     for key, value in single["export"].items():
         torch.testing.assert_close(ranks[0]["export"][key], value, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow  # the 2-process launch takes about 15 s
+def test_a_ddp_wrapper_on_top_changes_no_gradient(ranks):
+    assert ranks[0]["ddp_gap"] == ranks[1]["ddp_gap"] == 0.0
 
 
 @pytest.mark.slow  # the 2-process launch takes about 15 s
