@@ -164,7 +164,8 @@ def test_recipe_config_turns_ranges_from_json_into_tuples() -> None:
 
 def test_recipe_config_for_scenario_gives_the_tuned_settings() -> None:
     random = RecipeConfig.for_scenario("random")
-    assert (random.beta_low, random.beta_high, random.mask_kr) == (0.05, 2.0, 0.0)
+    assert (random.objective, random.beta_match, random.mask_kr) == ("match", 1.0, 0.0)
+    assert (random.epochs, random.retain_ratio) == (3, 1.0)
     assert random.t_range == RecipeConfig().t_range
     assert RecipeConfig.for_scenario("class").t_range == (0.0, 1.0)
     assert RecipeConfig.for_scenario("class", epochs=3).epochs == 3
