@@ -9,12 +9,18 @@ recipe and budget as the reference. Forget sets: 5 % and 10 % of the trained
 entities (every fact of each, TOFU-style).
 
 Methods: GA, GradDiff, NPO, SimNPO, each run twice: on all parameters and on
-LoRA adapters (frozen base). MCU(base) curves θ_o -> θ_u (the LoRA variant curves
-the adapters only), trains the middle bend with the MCU objective and picks t
-with ``find_optimal_t``. MCU's targets come from the original and held-out data
-only: retain target = the original's answer token accuracy on a retain probe,
-forget target = its token accuracy on the held-out entities. The retrained model
-only scores the results.
+LoRA adapters (frozen base). Each base method's θ_u then goes through MCU twice,
+both times through the one-call recipe ``mcu.recipe.mcu_unlearn(task=CausalLMTask())``
+with ``RecipeConfig.for_task("causal_lm", objective=..., keep_base=True)`` (LoRA:
+the documented ``lr=1e-2`` override, adapters curved and merged on export):
+MCU-ascent, ``CE(retain) - β·CE(forget)`` with β from ``AdaptiveBeta``, and
+MCU-match, ``CE(retain) + β·|CE(forget) - τ|``. Targets come from
+``user_targets(original, retain probe, held-out entities, task=...)``: the
+original's answer token accuracy on a retain probe and on the held-out
+entities, and τ = its mean answer NLL on the held-out entities. The retrained
+model only scores the results. The originals and the retrained models are
+trained by this file's own AdamW loop: its one-cycle schedule steps per batch,
+which ``TrainConfig.scheduler`` (stepped once per epoch) cannot express.
 
 Measured per model: forget/retain answer NLL and token accuracy, forget ROUGE-L
 recall of greedy answers, Min-K% and Min-K%++ AUC (forget vs held-out entities),
@@ -25,7 +31,7 @@ model), wall
 time (MCU includes its base method) and peak extra resident memory. Seeds vary
 the model initialisation, the forget entities and the data order; the data are
 fixed. Base-method learning rates were tuned per method on seed 99, which is not
-reported; MCU's settings were fixed before the run. A connectivity matrix
+reported; MCU's settings are ``for_task``'s, not tuned here. A connectivity matrix
 (linear-path loss barriers) among the original, the retrained and the
 full-parameter unlearned models is measured on the first seed. Paired-evidence
 rule: MCU wins a cell only if the 95 % CI (t-distribution) of the paired
@@ -66,6 +72,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TASK = CausalLMTask()
 METHODS = ("GA", "GradDiff", "NPO", "SimNPO")
 VARIANTS = ("full", "lora")
+#: The recipe's curve objectives, run side by side on every base method.
+OBJECTIVES = ("ascent", "match")
 GAP_METRICS = ("forget_acc", "retain_acc", "forget_rouge", "minkpp_auc")
 
 
@@ -102,7 +110,9 @@ class Config:
     curve_lr: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"full": 1e-3, "lora": 1e-2}
     )
-    ts: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    #: Path search of the recipe (its defaults): t in [0.5, 1], 4 coarse points, at most 6.
+    coarse_points: int = 4
+    max_points: int = 6
     retain_probe: int = 200
     connectivity_ts: int = 5
 
@@ -144,7 +154,8 @@ QUICK = Config(
     lora_r=4,
     curve_epochs=3,
     curve_lr={"full": 3e-3, "lora": 1e-2},
-    ts=(0.5, 0.67, 0.83, 1.0),
+    coarse_points=4,
+    max_points=5,
     retain_probe=40,
     connectivity_ts=3,
 )
@@ -324,52 +335,73 @@ def run_base(
     ).eval()
 
 
+def mcu_config(cfg: Config, variant: str, objective: str) -> mcu.recipe.RecipeConfig:
+    """The recipe's LM settings (``RecipeConfig.for_task("causal_lm")``) with this run's sizes.
+
+    The full run's sizes are ``for_task``'s own (5 epochs, 10 % retain per epoch,
+    batches of 32); LoRA curves take the lr override ``for_task`` documents (1e-2).
+    """
+    return mcu.recipe.RecipeConfig.for_task(
+        TASK,
+        objective=objective,
+        keep_base=True,
+        epochs=cfg.curve_epochs,
+        lr=cfg.curve_lr[variant],
+        batch_size=cfg.batch_size,
+        retain_ratio=cfg.retain_ratio,
+        coarse_points=cfg.coarse_points,
+        max_points=cfg.max_points,
+        merged=variant == "lora",
+    )
+
+
+def mcu_summary(cfg: Config) -> str:
+    """MCU's settings in words, for the results' header."""
+    full = mcu_config(cfg, "full", "match")
+    return (
+        f"{full.curve} {full.num_bends} bends, mask {full.mask!r}, {full.epochs} epochs "
+        f"{full.optimizer} lr {cfg.curve_lr} weight decay {full.weight_decay}, retain ratio "
+        f"{full.retain_ratio}, batch {full.batch_size}, t drawn from and searched in "
+        f"{list(full.t_range)} with {full.coarse_points} coarse points, at most "
+        f"{full.max_points}"
+    )
+
+
 def run_mcu(
     cfg: Config,
     variant: str,
+    objective: str,
     start: nn.Module,
     theta_u: nn.Module,
     splits: dict[str, Any],
-    targets: tuple[float, float],
+    targets: mcu.recipe.Targets,
     seed: int,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    curve = mcu.CurveModel(start, start=start, end=theta_u, t_sampler=(min(cfg.ts), 1.0))
-    mcu.fit_curve(
-        curve,
+    result = mcu.recipe.mcu_unlearn(
+        start,
+        theta_u,
         splits["retain_train"],
         splits["forget"],
-        loss=mcu.losses.mcu_objective(mcu.AdaptiveBeta(*targets), task=TASK),
-        epochs=cfg.curve_epochs,
-        lr=cfg.curve_lr[variant],
-        optimizer="adam",
-        weight_decay=0.0,
-        batch_size=cfg.batch_size,
-        retain_ratio=cfg.retain_ratio,
+        targets=targets,
+        config=mcu_config(cfg, variant, objective),
+        probe=splits["retain"],
         seed=seed,
-        progress=False,
-    )
-    report = mcu.evaluate_path(
-        curve,
-        {"retain": splits["retain"], "forget": splits["forget"]},
         task=TASK,
-        ts=list(cfg.ts),
-        progress=False,
     )
-    best = mcu.find_optimal_t(
-        report.t,
-        report.acc("retain"),
-        report.acc("forget"),
-        retain_target=targets[0],
-        forget_target=targets[1],
-        t_range=(min(cfg.ts), 1.0),
-    )
-    model = curve.export(best.t, merged=variant == "lora").eval()
+    report = result.report
     path = {
         "t": report.t.tolist(),
         "retain_acc": report.acc("retain").tolist(),
         "forget_acc": report.acc("forget").tolist(),
     }
-    return model, {"t": float(best.t), "path": path}
+    info = {
+        "t": float(result.t),
+        "optimum_t": float(result.best.t),
+        "kept_base": bool(result.kept_base),
+        "notes": list(result.notes),
+        "path": path,
+    }
+    return result.model.eval(), info
 
 
 def run_seed(cfg: Config, world: World, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
@@ -396,11 +428,12 @@ def run_seed(cfg: Config, world: World, seed: int, log: Callable[[str], None]) -
         orig = finish_scores(score(original, splits, world), scored_ref)
         rows["Original"] = {**orig, "time_s": train_s, "peak_mb": train_mb}
         memorised = orig["forget_acc"] >= 95.0
-        targets = (orig["retain_acc"], orig["holdout_acc"])  # the user's targets: no retrain
+        # The user's targets: the original on the retain probe and the held-out entities only.
+        targets = mcu.recipe.user_targets(original, retain, world.holdout, task=TASK)
         log(
             f"  forget {ratio:.0%}: {len(forget)} examples; original forget acc "
             f"{orig['forget_acc']:.1f} (memorised: {memorised}); targets retain "
-            f"{targets[0]:.1f} forget {targets[1]:.1f}"
+            f"{targets.retain:.1f} forget {targets.forget:.1f} forget NLL {targets.forget_loss:.2f}"
         )
         connect_models: dict[str, nn.Module] = {"Original": original, "Retrain": retrained}
         for variant in VARIANTS:
@@ -415,26 +448,28 @@ def run_seed(cfg: Config, world: World, seed: int, log: Callable[[str], None]) -
                     "time_s": base_s,
                     "peak_mb": base_mb,
                 }
-                (mcu_model, info), mcu_s, mcu_mb = timed(
-                    partial(run_mcu, cfg, variant, start, theta_u, splits, targets, seed)
-                )
-                rows[f"MCU({name})"] = {
-                    **finish_scores(score(mcu_model, splits, world), scored_ref),
-                    "time_s": base_s + mcu_s,
-                    "peak_mb": max(base_mb, mcu_mb),
-                    **info,
-                }
+                message = f"    {name:14s} gap {rows[name]['gap']:6.2f}"
+                for kind in OBJECTIVES:
+                    (mcu_model, info), mcu_s, mcu_mb = timed(
+                        partial(run_mcu, cfg, variant, kind, start, theta_u, splits, targets, seed)
+                    )
+                    row = finish_scores(score(mcu_model, splits, world), scored_ref)
+                    rows[mcu_name(kind, name)] = {
+                        **row,
+                        "time_s": base_s + mcu_s,
+                        "peak_mb": max(base_mb, mcu_mb),
+                        **info,
+                    }
+                    kept = " kept" if info["kept_base"] else ""
+                    message += f" -> {kind} {row['gap']:6.2f} (t={info['t']:.2f}{kept})"
                 if variant == "full":
                     connect_models[method] = theta_u
-                log(
-                    f"    {name:14s} gap {rows[name]['gap']:6.2f} -> MCU "
-                    f"{rows[f'MCU({name})']['gap']:6.2f} (t={info['t']:.2f})"
-                )
+                log(message)
         scenario: dict[str, Any] = {
             "forget_examples": len(forget),
             "forget_entities": len(forget) // cfg.facts,
             "memorised": memorised,
-            "targets": {"retain": targets[0], "forget": targets[1]},
+            "targets": targets.to_dict(),
             "rows": rows,
         }
         if seed == cfg.seeds[0]:
@@ -452,6 +487,26 @@ def run_seed(cfg: Config, world: World, seed: int, log: Callable[[str], None]) -
 
 
 # --------------------------------------------------------------------------- aggregation
+def mcu_name(objective: str, base: str) -> str:
+    """The row of MCU with ``objective`` on ``base``: ``MCU-ascent(GA)``."""
+    return f"MCU-{objective}({base})"
+
+
+def parse_mcu_name(name: str) -> tuple[str, str] | None:
+    """``(objective, base)`` of an MCU row, ``None`` for any other row."""
+    for objective in OBJECTIVES:
+        prefix = f"MCU-{objective}("
+        if name.startswith(prefix) and name.endswith(")"):
+            return objective, name[len(prefix) : -1]
+    return None
+
+
+def kept_counts(runs: list[dict[str, Any]], key: str) -> dict[str, int]:
+    """Seeds on which the recipe returned θ_u (keep-θ_u rule), per MCU row."""
+    names = [n for n in runs[0]["scenarios"][key]["rows"] if parse_mcu_name(n) is not None]
+    return {n: sum(bool(r["scenarios"][key]["rows"][n]["kept_base"]) for r in runs) for n in names}
+
+
 def mean_ci(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, dtype=np.float64)
     if len(a) < 2:
@@ -489,8 +544,9 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         }
         paired = {}
         for name in names:
-            if name.startswith("MCU("):
-                base = name[4:-1]
+            parsed = parse_mcu_name(name)
+            if parsed is not None:
+                base = parsed[1]
                 diff = [
                     r["scenarios"][key]["rows"][name]["gap"]
                     - r["scenarios"][key]["rows"][base]["gap"]
@@ -498,8 +554,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 ]
                 stat = mean_ci(diff)
                 stat["win"] = bool(stat["n"] >= 2 and stat["mean"] + stat["ci"] < 0)
-                paired[base] = stat
-        out[key] = {"cells": cells, "paired_gap_diff": paired}
+                paired[name] = stat
+        out[key] = {"cells": cells, "paired_gap_diff": paired, "kept_base": kept_counts(runs, key)}
     return out
 
 
@@ -531,23 +587,29 @@ def markdown(cfg: Config, runs: list[dict[str, Any]], agg: dict[str, Any], heade
         lines += [
             f"**Forget {float(key):.0%} of the entities ({first['forget_entities']} entities, "
             f"{first['forget_examples']} examples)**; mean ± 95 % CI over seeds "
-            f"{[r['seed'] for r in runs]}",
+            f"{[r['seed'] for r in runs]}; targets (from the original only) on the first seed: "
+            f"retain acc {first['targets']['retain']:.1f}, forget acc "
+            f"{first['targets']['forget']:.1f}, forget NLL τ {first['targets']['forget_loss']:.2f}",
             "",
+        ]
+        lines += [*summary_table(block), ""]
+        lines += ["All columns:", ""]
+        lines += [
             "| model | " + " | ".join(titles[c] for c in COLUMNS) + " |",
             "|---|" + "---:|" * len(COLUMNS),
         ]
         for name, cells in block["cells"].items():
             mark = ""
-            if name.startswith("MCU(") and block["paired_gap_diff"][name[4:-1]]["win"]:
+            if name in block["paired_gap_diff"] and block["paired_gap_diff"][name]["win"]:
                 mark = " **(win)**"
             lines.append(f"| {name}{mark} | " + " | ".join(fmt(cells[c]) for c in COLUMNS) + " |")
         lines += [
             "",
             "Paired per-seed difference of Gap, MCU(base) - base (a win needs the 95 % CI "
-            "below 0):",
+            "below 0; kept: seeds on which the recipe returned θ_u):",
             "",
         ]
-        lines += ["| base | mean | 95 % CI | win |", "|---|---:|---:|---|"]
+        lines += ["| MCU row | mean | 95 % CI | win | kept θ_u |", "|---|---:|---:|---|---:|"]
         for base, stat in block["paired_gap_diff"].items():
             ci = (
                 "n/a"
@@ -555,7 +617,8 @@ def markdown(cfg: Config, runs: list[dict[str, Any]], agg: dict[str, Any], heade
                 else f"[{stat['mean'] - stat['ci']:.2f}, {stat['mean'] + stat['ci']:.2f}]"
             )
             lines.append(
-                f"| {base} | {stat['mean']:.2f} | {ci} | {'yes' if stat['win'] else 'no'} |"
+                f"| {base} | {stat['mean']:.2f} | {ci} | {'yes' if stat['win'] else 'no'} | "
+                f"{block['kept_base'][base]}/{stat['n']} |"
             )
         if "connectivity_md" in first:
             for split, table in first["connectivity_md"].items():
@@ -569,28 +632,53 @@ def markdown(cfg: Config, runs: list[dict[str, Any]], agg: dict[str, Any], heade
     return "\n".join(lines)
 
 
+def summary_table(block: dict[str, Any]) -> list[str]:
+    """Base -> MCU(ascent) -> MCU(match): Gap and Min-K%++ AUC (retraining's in the header)."""
+    cells, paired = block["cells"], block["paired_gap_diff"]
+    auc = cells["Retrain"]["minkpp_auc"]
+    lines = [
+        "| base | Gap: base → ascent → match | Min-K%++ AUC (retrain "
+        f"{fmt(auc)}): base → ascent → match | paired win ascent / match | kept θ_u "
+        "ascent / match |",
+        "|---|---|---|---|---|",
+    ]
+    for base in cells:
+        if base in ("Retrain", "Original") or parse_mcu_name(base) is not None:
+            continue
+        rows = [base] + [mcu_name(kind, base) for kind in OBJECTIVES]
+        gaps = " → ".join(f"{cells[n]['gap']['mean']:.2f}" for n in rows)
+        aucs = " → ".join(f"{cells[n]['minkpp_auc']['mean']:.2f}" for n in rows)
+        wins = " / ".join("yes" if paired[n]["win"] else "no" for n in rows[1:])
+        kept = " / ".join(f"{block['kept_base'][n]}/{paired[n]['n']}" for n in rows[1:])
+        lines.append(f"| {base} | {gaps} | {aucs} | {wins} | {kept} |")
+    return lines
+
+
 def figure(agg: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(agg), figsize=(6 * len(agg), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(agg), figsize=(7 * len(agg), 4), squeeze=False)
     for ax, (key, block) in zip(axes[0], agg.items(), strict=True):
-        bases = [n for n in block["cells"] if not n.startswith("MCU(") and n not in ("Retrain",)]
+        bases = [
+            n
+            for n in block["cells"]
+            if parse_mcu_name(n) is None and n not in ("Retrain", "Original")
+        ]
         x = np.arange(len(bases))
         for offset, label, names in (
-            (-0.2, "base", bases),
-            (
-                0.2,
-                "MCU(base)",
-                [f"MCU({n})" if f"MCU({n})" in block["cells"] else None for n in bases],
+            (-0.27, "base", bases),
+            *(
+                (0.27 * (i + 1) - 0.27, f"MCU-{kind}(base)", [mcu_name(kind, n) for n in bases])
+                for i, kind in enumerate(OBJECTIVES)
             ),
         ):
             means = [block["cells"][n]["gap"]["mean"] if n else np.nan for n in names]
             errs = [block["cells"][n]["gap"]["ci"] if n else np.nan for n in names]
             errs = [0.0 if (e is None or math.isnan(e)) else e for e in errs]
-            ax.bar(x + offset, means, width=0.4, yerr=errs, label=label, capsize=3)
+            ax.bar(x + offset, means, width=0.27, yerr=errs, label=label, capsize=3)
         ax.set_xticks(x, bases, rotation=45, ha="right")
         ax.set_ylabel("Gap to retraining (points) ↓")
         ax.set_title(f"forget {float(key):.0%} of the entities")
@@ -655,12 +743,18 @@ def main(argv: list[str] | None = None) -> None:
             f"one-cycle. Base methods: {cfg.unlearn_epochs} epochs Adam, lr {cfg.unlearn_lr}, "
             f"retain ratio {cfg.retain_ratio}; NPO β {cfg.npo_beta}, SimNPO β {cfg.simnpo_beta} "
             f"gamma 0; GradDiff weights 1/1; LoRA r {cfg.lora_r} on attention and MLP "
-            "projections. MCU: "
-            f"Bezier 3 bends, no mask, {cfg.curve_epochs} epochs Adam lr {cfg.curve_lr}, t drawn "
-            f"from and chosen in [{min(cfg.ts)}, 1] on {len(cfg.ts)} points, AdaptiveBeta targets "
-            f"from the original (retain probe of {cfg.retain_probe}) and the held-out entities. "
+            "projections. MCU: the one-call recipe, `mcu.recipe.mcu_unlearn(task=CausalLMTask())` "
+            f"with `RecipeConfig.for_task('causal_lm', objective=..., keep_base=True, "
+            f"lr={cfg.curve_lr['lora']} for LoRA, merged=True for LoRA)` ({mcu_summary(cfg)}); "
+            "targets from `user_targets(original, retain probe, held-out entities, task=...)`: "
+            "the original's answer token accuracy on the retain probe "
+            f"({cfg.retain_probe} examples) and on the held-out entities, and τ = its mean "
+            "answer NLL on the held-out entities; never the retrained model. MCU-ascent: "
+            "CE(retain) - β·CE(forget), β from AdaptiveBeta; MCU-match: CE(retain) + "
+            "β·|CE(forget) - τ|, β 1. Keep-θ_u rule on: θ_u is returned when no point beats it "
+            "on the targets beyond their sampling error. "
             f"Base-method learning rates tuned per method on seed 99 (not reported; grid and "
-            f"Gaps in the JSON's 'tuning'); MCU's settings fixed before the run. "
+            f"Gaps in the JSON's 'tuning'); MCU's settings are for_task's, not tuned here. "
             f"Gap = mean |x - retrain| over "
             f"forget acc, retain acc, forget ROUGE-L x 100, Min-K%++ AUC x 100. privleak = "
             f"100 (AUC - AUC_retrain) / AUC_retrain on Min-K%++. Truth ratio (forget): TOFU's "
