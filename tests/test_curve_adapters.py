@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
 
-from modeconn_unlearn import curve_model
 from modeconn_unlearn.curve_model import CurveModel
 from modeconn_unlearn.errors import IncompatibleModelsError, ModeConnError
 
@@ -137,10 +137,7 @@ def test_merged_needs_a_peft_model_and_peft() -> None:
 
 
 def test_missing_peft_gives_an_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(name: str) -> object:
-        raise ImportError(f"No module named {name!r}")
-
-    monkeypatch.setattr(curve_model.importlib, "import_module", refuse)
+    monkeypatch.setitem(sys.modules, "peft", None)  # import fails
     plain = torch.nn.Linear(3, 2)
     curve = CurveModel(plain, start=plain, end=torch.nn.Linear(3, 2))
     with pytest.raises(ModeConnError, match=r"modeconn-unlearn\[lm\]"):

@@ -20,6 +20,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 #: Layer of each top-level module or subpackage (its submodules share its layer).
 LAYERS: dict[str, int] = {
     "errors": 0,
+    "optional": 0,
     "curves": 1,
     "checkpoint": 1,
     "cloning": 1,

@@ -1163,7 +1163,7 @@ def test_sophiah_without_the_package_gives_an_install_hint(tiny, monkeypatch):
 
     retain, forget = tiny
     monkeypatch.setitem(sys.modules, "pytorch_optimizer", None)  # import fails
-    with pytest.raises(ModeConnError, match=r"pip install 'modeconn_unlearn\[second-order\]'"):
+    with pytest.raises(ModeConnError, match=r'pip install "modeconn-unlearn\[second-order\]"'):
         one_epoch(make_mlp(0), retain, forget, optimizer="sophiah", create_graph=True)
 
 

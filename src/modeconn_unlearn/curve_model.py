@@ -27,7 +27,6 @@ mask the backward pass costs only what the masked tensors need.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
@@ -43,20 +42,11 @@ from .curve_endpoints import check_endpoint, endpoint_source, unwrap_compiled
 from .curve_points import TSampler, check_t, path_points, uniform_sampler
 from .curves import CoefficientFn, get_curve
 from .errors import NAMES_SHOWN, IncompatibleModelsError, ModeConnError, listed
+from .optional import require
 
 __all__ = ["CurveModel", "MaskSpec", "check_t", "path_points"]
 
 MaskSpec = Mapping[str, "Tensor | bool"]
-_LM_HINT = 'pip install "modeconn-unlearn[lm]"'
-
-
-def _require_peft() -> Any:
-    try:
-        return importlib.import_module("peft")
-    except ImportError as error:
-        raise ModeConnError(
-            f"This needs the optional dependency peft; install it with {_LM_HINT}."
-        ) from error
 
 
 class CurveModel(nn.Module):
@@ -448,7 +438,7 @@ class CurveModel(nn.Module):
         """
         t = check_t(t)
         if merged:
-            peft = _require_peft()
+            peft = require("peft", "lm", feature="export(merged=True)")
             if not isinstance(self.template, peft.PeftModel):
                 raise ModeConnError(
                     f"export(merged=True) merges PEFT adapters, but the curve's model is a "

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["IncompatibleModelsError", "ModeConnError", "NonFiniteLossError", "listed"]
+__all__ = [
+    "IncompatibleModelsError",
+    "MissingDependencyError",
+    "ModeConnError",
+    "NonFiniteLossError",
+    "listed",
+]
 
 #: How many names an error message shows before "and N more".
 NAMES_SHOWN = 8
@@ -36,6 +42,10 @@ class ModeConnError(ValueError):
 
 class IncompatibleModelsError(ModeConnError):
     """Two models or state dicts do not share keys, shapes or dtypes."""
+
+
+class MissingDependencyError(ModeConnError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
 
 
 class NonFiniteLossError(ModeConnError):

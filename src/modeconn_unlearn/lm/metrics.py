@@ -37,10 +37,10 @@ from torch import Tensor, nn
 from ..batchnorm import module_device
 from ..errors import ModeConnError
 from ..modes import evaluating
+from ..optional import require
 from ..tasks import CausalLMTask, Task, resolve_task
 from .batches import as_lm_loader
 from .data import qa_source
-from .optional import require
 
 __all__ = [
     "ForgetQuality",
@@ -318,7 +318,7 @@ def rouge_l_recall(
         >>> 0.0 <= result.mean <= 1.0
         True
     """
-    scorer_module = require("rouge_score.rouge_scorer", feature="rouge_l_recall")
+    scorer_module = require("rouge_score.rouge_scorer", "lm", feature="rouge_l_recall")
     base, indices = qa_source(data)
     tokenizer = base.tokenizer if tokenizer is None else tokenizer
     if max_new_tokens is None:

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import ModeConnError
+from ..optional import require
 from .data import DEFAULT_PROMPT, QAPair
-from .optional import require
 
 __all__ = ["ATTRIBUTES", "fictitious_qa", "qa_texts", "tiny_causal_lm", "train_tokenizer"]
 
@@ -220,8 +220,8 @@ def train_tokenizer(
         >>> tok.convert_ids_to_tokens(tok("Ana born")["input_ids"])
         ['<s>', 'Ana', 'born']
     """
-    tokenizers = require("tokenizers", feature="train_tokenizer")
-    transformers = require("transformers", feature="train_tokenizer")
+    tokenizers = require("tokenizers", "lm", feature="train_tokenizer")
+    transformers = require("transformers", "lm", feature="train_tokenizer")
     corpus = [str(t) for t in texts]
     if not corpus:
         raise ModeConnError("train_tokenizer got no texts.")
@@ -293,7 +293,7 @@ def tiny_causal_lm(
         >>> model(torch.zeros(1, 4, dtype=torch.long)).logits.shape
         torch.Size([1, 4, 50])
     """
-    transformers = require("transformers", feature="tiny_causal_lm")
+    transformers = require("transformers", "lm", feature="tiny_causal_lm")
     sizes = {"vocab_size": vocab_size, "hidden_size": hidden_size, "num_layers": num_layers}
     sizes |= {"num_heads": num_heads, "max_positions": max_positions}
     bad = {k: v for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}

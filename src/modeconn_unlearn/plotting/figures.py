@@ -16,39 +16,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModeConnError
+from ..optional import require
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = [
-    "INSTALL_HINT",
     "check_save_path",
     "figure_of",
     "new_figure",
-    "require_matplotlib",
     "resolve_save",
     "save_figure",
 ]
 
-INSTALL_HINT = 'Plotting needs matplotlib: pip install "modeconn-unlearn[plot]".'
 _DPI = 150
-
-
-def require_matplotlib() -> Any:
-    """Import matplotlib, or raise ImportError with the install command."""
-    try:
-        import matplotlib
-    except ImportError as error:
-        raise ImportError(INSTALL_HINT) from error
-    return matplotlib
 
 
 def check_save_path(save: str | os.PathLike[str] | None) -> Path | None:
     """``save`` as a Path, checked for a suffix matplotlib can write (before any drawing)."""
     if save is None:
         return None
-    require_matplotlib()
+    require("matplotlib", "plot", feature="Plotting")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     file = Path(save)
@@ -87,7 +76,7 @@ def new_figure(
 
     On a private Agg canvas when ``save`` is set, with pyplot otherwise.
     """
-    require_matplotlib()
+    require("matplotlib", "plot", feature="Plotting")
     squeeze = nrows == 1 and ncols == 1
     if save is None:
         import matplotlib.pyplot as plt
@@ -104,7 +93,7 @@ def new_figure(
 
 def figure_of(ax: Axes) -> Figure:
     """The top-level figure of ``ax`` (also when it sits in a SubFigure)."""
-    require_matplotlib()
+    require("matplotlib", "plot", feature="Plotting")
     from matplotlib.figure import Figure, SubFigure
 
     parent = ax.figure

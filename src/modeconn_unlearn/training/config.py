@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from ..errors import ModeConnError
+from ..optional import require
 
 if TYPE_CHECKING:
     from .history import EpochRecord
@@ -37,10 +38,6 @@ StepCallback = Callable[[int, nn.Module], None]
 TSamplerSpec = Callable[[], float] | tuple[float, float]
 
 _OPTIMIZERS = ("sgd", "adam", "adamw", "sophiah")
-_SECOND_ORDER_HINT = (
-    "optimizer='sophiah' needs the package pytorch-optimizer: pip install "
-    "'modeconn_unlearn[second-order]' (or pip install pytorch-optimizer)."
-)
 _CURRICULA = ("easy_first", "hard_first")
 
 
@@ -368,10 +365,9 @@ def second_order_optimizer(name: str) -> Callable[..., Optimizer]:
         >>> second_order_optimizer("SophiaH").__name__
         'SophiaH'
     """
-    try:
-        import pytorch_optimizer
-    except ImportError:
-        raise ModeConnError(_SECOND_ORDER_HINT) from None
+    pytorch_optimizer = require(
+        "pytorch_optimizer", "second-order", feature=f"the optimizer {name}"
+    )
     found = getattr(pytorch_optimizer, name, None)
     if not (isinstance(found, type) and issubclass(found, Optimizer)):
         raise ModeConnError(f"pytorch_optimizer has no optimizer named {name!r}.")
