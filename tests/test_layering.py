@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "curves": 1,
     "checkpoint": 1,
     "cloning": 1,
+    "wrappers": 1,
     "modes": 1,
     "progress": 1,
     "data": 2,

@@ -8,8 +8,9 @@ from torch import Tensor, nn
 
 from .checkpoint import StateSource
 from .errors import IncompatibleModelsError, listed
+from .wrappers import unwrap
 
-__all__ = ["check_endpoint", "endpoint_source", "unwrap_compiled"]
+__all__ = ["check_endpoint", "endpoint_source"]
 
 
 def check_endpoint(expected: Mapping[str, Tensor], given: Mapping[str, Tensor], role: str) -> None:
@@ -55,26 +56,12 @@ def check_endpoint(expected: Mapping[str, Tensor], given: Mapping[str, Tensor], 
         )
 
 
-def unwrap_compiled(model: nn.Module) -> nn.Module:
-    """The module inside a ``torch.compile`` wrapper (``OptimizedModule._orig_mod``).
-
-    Example:
-        >>> layer = nn.Linear(2, 2)
-        >>> unwrap_compiled(layer) is layer
-        True
-    """
-    inner = getattr(model, "_orig_mod", None)
-    while isinstance(inner, nn.Module):
-        model, inner = inner, getattr(inner, "_orig_mod", None)
-    return model
-
-
 def endpoint_source(source: StateSource) -> StateSource:
-    """An end as given (module, state dict or path), a compiled module unwrapped.
+    """An end as given (module, state dict or path), a DDP or compiled module unwrapped.
 
     Example:
         >>> layer = nn.Linear(2, 2)
         >>> endpoint_source(layer) is layer
         True
     """
-    return unwrap_compiled(source) if isinstance(source, nn.Module) else source
+    return unwrap(source) if isinstance(source, nn.Module) else source

@@ -38,11 +38,12 @@ from .batchnorm import update_bn as _update_module_bn
 from .checkpoint import StateSource, load_checkpoint
 from .cloning import clone_module
 from .curve_bends import BendGroup, BufferPair
-from .curve_endpoints import check_endpoint, endpoint_source, unwrap_compiled
+from .curve_endpoints import check_endpoint, endpoint_source
 from .curve_points import TSampler, check_t, path_points, uniform_sampler
 from .curves import CoefficientFn, get_curve
 from .errors import NAMES_SHOWN, IncompatibleModelsError, ModeConnError, listed
 from .optional import require
+from .wrappers import unwrap
 
 __all__ = ["CurveModel", "MaskSpec", "check_t", "path_points"]
 
@@ -78,7 +79,7 @@ class CurveModel(nn.Module):
 
     Args:
         model: The architecture; any ``nn.Module`` (a ``torch.compile``-d module
-            is unwrapped).
+            or DDP-wrapped module is unwrapped).
         start: The start weights (an ``nn.Module``, a state dict, or a checkpoint
             path). Defaults to ``model``'s own weights.
         end: The end weights, same forms as ``start``. Required, by keyword.
@@ -159,7 +160,7 @@ class CurveModel(nn.Module):
         self.curve_name = curve if isinstance(curve, str) else getattr(curve, "__name__", "custom")
         self.coefficients = get_curve(curve)
         self.fix_start, self.fix_end = fix_start, fix_end
-        model = unwrap_compiled(model)
+        model = unwrap(model)
         self.__dict__["_template"] = clone_module(model)
         self._pinned: tuple[float, dict[str, Tensor], tuple[int, ...]] | None = None
         self._last_t: float | Tensor | None = None

@@ -15,7 +15,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ..batchnorm import module_device
 from ..curve_model import CurveModel
@@ -23,6 +22,7 @@ from ..data import UnlearnBatch, move_to_device
 from ..errors import ModeConnError
 from ..modes import evaluating
 from ..tasks import Batch, SampleOutputs, Task, cast_inputs, resolve_task
+from ..wrappers import unwrap
 
 __all__ = [
     "Objective",
@@ -32,7 +32,6 @@ __all__ = [
     "check_percentages",
     "reference_outputs",
     "select_rows",
-    "unwrap_model",
 ]
 
 
@@ -102,23 +101,6 @@ def check_percentages(values: Mapping[str, float]) -> None:
         )
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside ``DistributedDataParallel`` / ``torch.compile`` wrappers.
-
-    Example:
-        >>> layer = nn.Linear(2, 2)
-        >>> unwrap_model(layer) is layer
-        True
-    """
-    while True:
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
-        elif isinstance(inner := getattr(model, "_orig_mod", None), nn.Module):
-            model = inner
-        else:
-            return model
-
-
 def reference_outputs(
     model: nn.Module,
     reference: nn.Module | None,
@@ -149,7 +131,7 @@ def reference_outputs(
         >>> out.loss.requires_grad, original.training
         (False, True)
     """
-    curve = unwrap_model(model)
+    curve = unwrap(model)
     runner: Any
     owner: nn.Module
     if reference is not None:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ..curve_model import CurveModel
 from ..errors import ModeConnError
 from ..tasks import Batch, SampleOutputs, Task
+from ..wrappers import unwrap
 from .base import (
     Objective,
     Parts,
@@ -34,7 +35,6 @@ from .base import (
     as_float,
     reference_outputs,
     select_rows,
-    unwrap_model,
 )
 
 __all__ = ["rmu"]
@@ -42,7 +42,7 @@ __all__ = ["rmu"]
 
 def _layer_of(model: nn.Module, layer: str) -> nn.Module:
     """The submodule ``layer`` of the user's model (inside a curve's template, if a curve)."""
-    inner = unwrap_model(model)
+    inner = unwrap(model)
     owner = inner.template if isinstance(inner, CurveModel) else inner
     try:
         return owner.get_submodule(layer)
