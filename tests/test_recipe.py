@@ -497,6 +497,10 @@ def test_keep_base_returns_theta_u_when_no_point_beats_it_beyond_the_margin(
         torch.testing.assert_close(value, theta_u.state_dict()[name])
     assert any("θ_u is returned" in note for note in kept.notes)
     assert "returned: θ_u (kept)" in kept.summary()
+    if kept.best.t == 1.0:
+        assert any("best point is θ_u itself" in note for note in kept.notes)
+    else:
+        assert any(f"margin {kept.margin:.2f}" in note for note in kept.notes)
 
 
 def test_keep_base_takes_the_curve_when_it_clearly_beats_theta_u(setting: dict) -> None:

@@ -412,7 +412,12 @@ def _notes(
 ) -> tuple[str, ...]:
     best = search.best
     notes: list[str] = []
-    if kept:
+    if kept and best.t == 1.0:
+        notes.append(
+            f"The curve's best point is θ_u itself (gap {base_gap:.2f} to the targets); θ_u is "
+            "returned (t = 1)."
+        )
+    elif kept:
         notes.append(
             f"No point of the curve beats θ_u on the targets by more than their sampling error "
             f"(gap {best.avg_gap:.2f} at t = {best.t:.3f} against θ_u's {base_gap:.2f}, "
