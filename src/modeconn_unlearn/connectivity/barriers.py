@@ -54,7 +54,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Deprecated spelling of :data:`~modeconn_unlearn.evaluation.DataLike`.
+#: Deprecated spelling of :data:`~modeconn_unlearn.evaluation.DataLike`; removed in 0.3.0.
 Data: TypeAlias = DataLike
 #: A model, its state dict, or a checkpoint file (the checkpoint module's ``StateSource``).
 ModelLike: TypeAlias = StateSource

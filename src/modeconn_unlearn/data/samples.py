@@ -255,10 +255,11 @@ def read_sample(item: Any) -> tuple[Any, Any]:
 
 
 @deprecated(
-    "unpack_batch is deprecated: read batches with task.split(batch) (modeconn_unlearn.tasks)"
+    "unpack_batch is deprecated and will be removed in 0.3.0: read batches with "
+    "task.split(batch) (modeconn_unlearn.tasks)"
 )
 def unpack_batch(batch: Any) -> tuple[Any, Tensor]:
-    """Deprecated: ``(inputs, targets)`` of a batch; use ``resolve_task(None).split(batch)``.
+    """Deprecated (removed in 0.3.0): ``(inputs, targets)`` of a batch; use ``task.split(batch)``.
 
     Kept as an alias of :func:`read_sample` for code written against earlier versions.
     """

@@ -271,8 +271,8 @@ class PathReport:
             if "save" in kwargs:
                 raise ModeConnError("Pass the file name once, as save=... (path= is its old name).")
             warnings.warn(
-                "PathReport.plot(path=...) is deprecated; use save=... as in the other "
-                "plotting functions.",
+                "PathReport.plot(path=...) is deprecated and will be removed in 0.3.0; use "
+                "save=... as in the other plotting functions.",
                 DeprecationWarning,
                 stacklevel=2,
             )

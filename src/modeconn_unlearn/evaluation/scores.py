@@ -109,9 +109,11 @@ class UnlearningScores:
             result["avg_gap"] = self.avg_gap
         return result
 
-    @deprecated("UnlearningScores.as_dict() is deprecated; use to_dict().")
+    @deprecated(
+        "UnlearningScores.as_dict() is deprecated and will be removed in 0.3.0; use to_dict()."
+    )
     def as_dict(self) -> dict[str, Any]:
-        """Deprecated alias of :meth:`to_dict`."""
+        """Deprecated alias of :meth:`to_dict`; removed in 0.3.0."""
         return self.to_dict()
 
 

@@ -56,12 +56,13 @@ def resolve_save(
     *,
     stacklevel: int = 3,
 ) -> Path | None:
-    """``save``, or the deprecated ``path=`` spelling of it (with a DeprecationWarning)."""
+    """``save``, or the deprecated ``path=`` spelling of it (warns; removed in 0.3.0)."""
     if path is not None:
         if save is not None:
             raise ModeConnError("Pass the file name once, as save=... (path= is its old name).")
         warnings.warn(
-            "plot_path(path=...) is deprecated; use save=... as in the other plotting functions.",
+            "plot_path(path=...) is deprecated and will be removed in 0.3.0; use save=... as in "
+            "the other plotting functions.",
             DeprecationWarning,
             stacklevel=stacklevel,
         )

@@ -90,7 +90,7 @@ def plot_path(
             and ``metric`` is ``"acc"``.
         title: Axes title.
         ax: Draw into these axes instead of a new figure.
-        path: Deprecated name of ``save``.
+        path: Deprecated name of ``save``; removed in 0.3.0.
 
     Returns:
         The matplotlib ``Figure``.
