@@ -21,6 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 LAYERS: dict[str, int] = {
     "errors": 0,
     "optional": 0,
+    "checks": 0,
     "curves": 1,
     "checkpoint": 1,
     "cloning": 1,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from .checks import positive_int
 from .errors import ModeConnError
 
 __all__ = [
@@ -191,8 +192,7 @@ def load_fashion_mnist(
         >>> test.tensors[0].shape, test.tensors[1][:3]  # doctest: +SKIP
         (torch.Size([100, 1, 28, 28]), tensor([9, 2, 1]))
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ModeConnError(f"limit must be a positive int or None, got {limit!r}.")
+    positive_int(limit, "limit", optional=True)
     images_name, labels_name = _FASHION_FILES[bool(train)]
     directory = Path(root).expanduser() if root is not None else FASHION_MNIST_ROOT
     images_path = _find_file(directory, images_name)

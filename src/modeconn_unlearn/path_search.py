@@ -26,6 +26,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from .checks import as_float, positive_int
 from .curve_model import CurveModel
 from .errors import ModeConnError
 from .evaluation import DataLike, PathReport, evaluate_path
@@ -83,15 +84,9 @@ class PathSearch:
 
 
 def _check_settings(coarse: int, max_points: int, tol: float) -> None:
-    if isinstance(coarse, bool) or not isinstance(coarse, int) or coarse < 2:
-        raise ModeConnError(f"coarse must be an int >= 2 (points of the first grid), got {coarse}.")
-    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < coarse:
-        raise ModeConnError(
-            f"max_points must be an int >= coarse ({coarse}), got {max_points}; it caps how "
-            "many points are measured in all."
-        )
-    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
-        raise ModeConnError(f"tol must be a positive number (a distance in t), got {tol}.")
+    positive_int(coarse, "coarse", minimum=2)
+    positive_int(max_points, "max_points", minimum=coarse)
+    as_float(tol, "tol", positive=True)
 
 
 def _check_t_range(t_range: tuple[float, float]) -> tuple[float, float]:

@@ -26,8 +26,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.interpolate import CubicSpline, PchipInterpolator
 
+from .checks import check_percentages
 from .errors import ModeConnError
-from .losses.base import check_percentages
 
 __all__ = [
     "DEFAULT_KIND",

@@ -24,15 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import positive_int
 from .errors import ModeConnError
 
 __all__ = ["MLP", "ResNet", "ResNet8", "ResNet20", "SmallCNN", "resnet8", "resnet20"]
-
-
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ModeConnError(f"{name} must be a positive int, got {value!r}.")
 
 
 class MLP(nn.Module):
@@ -59,9 +54,10 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         hidden = tuple(hidden)
-        _check_positive(in_features=in_features, num_classes=num_classes)
+        positive_int(in_features, "in_features")
+        positive_int(num_classes, "num_classes")
         for width in hidden:
-            _check_positive(hidden=width)
+            positive_int(width, "hidden")
         layers: list[nn.Module] = [nn.Flatten()]
         widths = (in_features, *hidden)
         for fan_in, fan_out in itertools.pairwise(widths):
@@ -102,7 +98,9 @@ class SmallCNN(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, *, width: int = 32) -> None:
         super().__init__()
-        _check_positive(in_channels=in_channels, num_classes=num_classes, width=width)
+        positive_int(in_channels, "in_channels")
+        positive_int(num_classes, "num_classes")
+        positive_int(width, "width")
         self.features = nn.Sequential(
             *_conv_bn_relu(in_channels, width),
             nn.MaxPool2d(2),
@@ -180,7 +178,9 @@ class ResNet(nn.Module):
         self, depth: int = 20, num_classes: int = 10, *, in_channels: int = 3, width: int = 16
     ) -> None:
         super().__init__()
-        _check_positive(num_classes=num_classes, in_channels=in_channels, width=width)
+        positive_int(num_classes, "num_classes")
+        positive_int(in_channels, "in_channels")
+        positive_int(width, "width")
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or depth % 6 != 2:
             raise ModeConnError(
                 f"depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, ...), got {depth!r}."

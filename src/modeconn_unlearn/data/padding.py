@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checks import positive_int
 from ..errors import ModeConnError
 from .samples import UnlearnBatch
 
@@ -103,10 +104,7 @@ class PadCollator:
     ) -> None:
         if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int):
             raise ModeConnError(f"pad_token_id must be an int, got {pad_token_id!r}.")
-        if pad_to_multiple_of is not None and int(pad_to_multiple_of) < 1:
-            raise ModeConnError(
-                f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}."
-            )
+        positive_int(pad_to_multiple_of, "pad_to_multiple_of", optional=True)
         self.pad_token_id = int(pad_token_id)
         self.pad_to_multiple_of = pad_to_multiple_of
         self.as_dict = bool(as_dict)

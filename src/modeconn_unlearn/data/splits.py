@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
+from ..checks import positive_int
 from ..errors import ModeConnError
 from .samples import UnlearnBatch, as_dataset, read_sample, stack_collate
 
@@ -349,8 +350,7 @@ def unlearn_loader(
         >>> int(batch.is_forget.sum()), tuple(batch.inputs.shape)
         (2, (8, 2))
     """
-    if int(batch_size) < 1:
-        raise ModeConnError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    positive_int(batch_size, "batch_size")
     dataset = UnlearnDataset(retain, forget, retain_ratio=retain_ratio, seed=seed)
     generator = torch.Generator().manual_seed(int(seed))
     return DataLoader(

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..batchnorm import has_batchnorm
+from ..checks import positive_int
 from ..data import DEFAULT_EVAL_BATCH_SIZE, as_loader
 from ..errors import ModeConnError
 
@@ -88,10 +89,7 @@ def bn_data(
         >>> bn_data(nn.Linear(3, 2), bn_loader=retain).loader is None
         True
     """
-    if bn_samples is not None and (
-        isinstance(bn_samples, bool) or int(bn_samples) != bn_samples or bn_samples < 1
-    ):
-        raise ModeConnError(f"bn_samples must be a positive integer or None, got {bn_samples!r}.")
+    positive_int(bn_samples, "bn_samples", optional=True)
     if not has_batchnorm(template):
         return BNData(None, "none (no BatchNorm)")
     if bn_loader is not None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from ..checks import positive_int
 from ..data import PadCollator, as_dataset, unlearn_loader
 from ..errors import ModeConnError
 from .data import qa_source
@@ -45,8 +46,7 @@ def as_lm_loader(data: Any, *, batch_size: int = 32) -> DataLoader[Any]:
     """
     if isinstance(data, DataLoader):
         return data
-    if int(batch_size) < 1:
-        raise ModeConnError(f"batch_size must be a positive int, got {batch_size!r}.")
+    positive_int(batch_size, "batch_size")
     dataset = as_dataset(data, "data")
     if len(dataset) == 0:
         raise ModeConnError("data is empty (0 examples).")

@@ -35,6 +35,7 @@ from scipy.stats import ks_2samp
 from torch import Tensor, nn
 
 from ..batchnorm import module_device
+from ..checks import positive_int
 from ..errors import ModeConnError
 from ..modes import evaluating
 from ..optional import require
@@ -226,8 +227,7 @@ def greedy_generate(
         >>> greedy_generate(Echo(), [[0], [2, 3]], max_new_tokens=3, eos_token_id=4)
         [[1, 2, 3], []]
     """
-    if isinstance(max_new_tokens, bool) or int(max_new_tokens) < 1:
-        raise ModeConnError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}.")
+    positive_int(max_new_tokens, "max_new_tokens")
     if any(len(p) == 0 for p in prompts):
         raise ModeConnError("greedy_generate got an empty prompt; every prompt needs a token.")
     if device is None:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..checks import positive_int
 from ..errors import ModeConnError
 from ..optional import require
 from .data import DEFAULT_PROMPT, QAPair
@@ -139,8 +140,7 @@ def fictitious_qa(
         >>> pairs == fictitious_qa(2, 3, seed=0)
         True
     """
-    if int(num_entities) < 1:
-        raise ModeConnError(f"num_entities must be a positive int, got {num_entities!r}.")
+    positive_int(num_entities, "num_entities")
     if not 1 <= int(facts_per_entity) <= len(ATTRIBUTES):
         raise ModeConnError(
             f"facts_per_entity must lie in 1..{len(ATTRIBUTES)}, got {facts_per_entity!r}."
@@ -296,9 +296,8 @@ def tiny_causal_lm(
     transformers = require("transformers", "lm", feature="tiny_causal_lm")
     sizes = {"vocab_size": vocab_size, "hidden_size": hidden_size, "num_layers": num_layers}
     sizes |= {"num_heads": num_heads, "max_positions": max_positions}
-    bad = {k: v for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
-    if bad:
-        raise ModeConnError(f"tiny_causal_lm sizes must be positive ints, got {bad}.")
+    for name, size in sizes.items():
+        positive_int(size, name)
     if hidden_size % num_heads:
         raise ModeConnError(f"num_heads={num_heads} must divide hidden_size={hidden_size}.")
     ids = {

@@ -8,7 +8,6 @@ that part's samples, exactly 0 (never NaN) when the batch has none.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -28,8 +27,6 @@ __all__ = [
     "Objective",
     "Parts",
     "UnlearnLoss",
-    "as_float",
-    "check_percentages",
     "reference_outputs",
     "select_rows",
 ]
@@ -55,50 +52,6 @@ class UnlearnLoss(Protocol):
     def __call__(self, model: nn.Module, batch: UnlearnBatch) -> Tensor:
         """Return the scalar loss of ``model`` on ``batch``."""
         ...
-
-
-def as_float(value: Any, name: str) -> float:
-    """``value`` as a finite float, or a :class:`ModeConnError` naming ``name``.
-
-    Example:
-        >>> as_float("0.5", "beta")
-        0.5
-    """
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        raise ModeConnError(f"{name} must be a real number, got {value!r}.") from None
-    if not math.isfinite(result):
-        raise ModeConnError(f"{name} must be finite, got {value!r}.")
-    return result
-
-
-def check_percentages(values: Mapping[str, float]) -> None:
-    """Refuse accuracies given as fractions: all <= 1 while one is > 0.
-
-    Accuracies in this library are percentages in [0, 100]; ``0.99`` for 99 %
-    would silently mean 0.99 %.
-
-    Raises:
-        ModeConnError: Every value is <= 1 and one is > 0; the message suggests
-            the values times 100.
-
-    Example:
-        >>> check_percentages({"retain_target": 99.0, "forget_target": 0.0})
-        >>> try:
-        ...     check_percentages({"retain_target": 0.99, "forget_target": 0.92})
-        ... except ValueError as error:
-        ...     print(str(error).split(": ")[-1])
-        did you mean 99.0 and 92.0?
-    """
-    numbers = {name: float(value) for name, value in values.items()}
-    if all(v <= 1.0 for v in numbers.values()) and any(v > 0.0 for v in numbers.values()):
-        given = ", ".join(f"{name}={value:g}" for name, value in numbers.items())
-        meant = " and ".join(f"{100.0 * value:.1f}" for value in numbers.values())
-        raise ModeConnError(
-            f"{given} look like fractions, but accuracies are percentages in [0, 100]: "
-            f"did you mean {meant}?"
-        )
 
 
 def reference_outputs(

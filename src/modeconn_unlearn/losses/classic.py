@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import as_float, check_percentages, positive_int
 from ..errors import ModeConnError
 from ..tasks import Batch, ClassificationTask, SampleOutputs, Task
-from .base import Objective, Parts, UnlearnLoss, as_float, check_percentages
+from .base import Objective, Parts, UnlearnLoss
 
 __all__ = [
     "AdaptiveBeta",
@@ -266,8 +267,7 @@ def random_label(num_classes: int, *, task: Task | None = None) -> UnlearnLoss:
         >>> random_label(3)(nn.Linear(2, 3), batch).item() > 0
         True
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ModeConnError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+    positive_int(num_classes, "num_classes", minimum=2)
     return _RandomLabel(num_classes, task)
 
 
@@ -320,8 +320,7 @@ class AdaptiveBeta:
             {"retain_target": self.retain_target, "forget_target": self.forget_target}
         )
         for name in ("low", "high"):
-            if as_float(getattr(self, name), name) < 0.0:
-                raise ModeConnError(f"{name} must be >= 0, got {getattr(self, name)}.")
+            as_float(getattr(self, name), name, nonnegative=True)
 
     @staticmethod
     def _relative_excess(acc: float, target: float) -> float:

@@ -22,9 +22,10 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import as_float
 from ..errors import ModeConnError
 from ..tasks import IGNORE_INDEX, Batch, CausalLMTask, SampleOutputs, Task
-from .base import Objective, Parts, UnlearnLoss, as_float, reference_outputs, select_rows
+from .base import Objective, Parts, UnlearnLoss, reference_outputs, select_rows
 
 __all__ = ["gradient_difference", "idk", "npo", "simnpo"]
 
@@ -133,13 +134,6 @@ class _SimNPO(Objective):
         return f"simnpo(beta={self.beta}, gamma={self.gamma}, retain_weight={self.retain_weight})"
 
 
-def _weight(value: Any, name: str) -> float:
-    result = as_float(value, name)
-    if result < 0.0:
-        raise ModeConnError(f"{name} must be >= 0, got {value!r}.")
-    return result
-
-
 def _beta(value: Any) -> float:
     result = as_float(value, "beta")
     if result <= 0.0:
@@ -178,7 +172,10 @@ def gradient_difference(
         True
     """
     return _GradientDifference(
-        _weight(retain_weight, "retain_weight"), _weight(forget_weight, "forget_weight"), -1.0, task
+        as_float(retain_weight, "retain_weight", nonnegative=True),
+        as_float(forget_weight, "forget_weight", nonnegative=True),
+        -1.0,
+        task,
     )
 
 
@@ -231,7 +228,9 @@ def npo(
         raise ModeConnError(
             f"reference must be an nn.Module (the original model), got {type(reference).__name__}."
         )
-    return _NPO(_beta(beta), reference, _weight(retain_weight, "retain_weight"), task)
+    return _NPO(
+        _beta(beta), reference, as_float(retain_weight, "retain_weight", nonnegative=True), task
+    )
 
 
 def simnpo(
@@ -274,7 +273,10 @@ def simnpo(
         True
     """
     return _SimNPO(
-        _beta(beta), as_float(gamma, "gamma"), _weight(retain_weight, "retain_weight"), task
+        _beta(beta),
+        as_float(gamma, "gamma"),
+        as_float(retain_weight, "retain_weight", nonnegative=True),
+        task,
     )
 
 
@@ -307,4 +309,4 @@ def idk(*, retain_weight: float = 1.0, task: Task | None = None) -> UnlearnLoss:
         >>> torch.allclose(idk()(model, batch), ce.sum())
         True
     """
-    return _IDK(_weight(retain_weight, "retain_weight"), 1.0, 1.0, task)
+    return _IDK(as_float(retain_weight, "retain_weight", nonnegative=True), 1.0, 1.0, task)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import as_float
 from ..curve_model import CurveModel
 from ..errors import ModeConnError
 from ..tasks import Batch, SampleOutputs, Task
@@ -32,7 +33,6 @@ from .base import (
     Objective,
     Parts,
     UnlearnLoss,
-    as_float,
     reference_outputs,
     select_rows,
 )
@@ -222,12 +222,8 @@ def rmu(
     """
     if not isinstance(layer, str) or not layer:
         raise ModeConnError(f"rmu: layer must be a submodule name, got {layer!r}.")
-    coef = as_float(steering_coef, "steering_coef")
-    if coef <= 0.0:
-        raise ModeConnError(f"steering_coef must be > 0, got {steering_coef!r}.")
-    weight = as_float(alpha, "alpha")
-    if weight < 0.0:
-        raise ModeConnError(f"alpha must be >= 0, got {alpha!r}.")
+    coef = as_float(steering_coef, "steering_coef", positive=True)
+    weight = as_float(alpha, "alpha", nonnegative=True)
     if reference is not None and not isinstance(reference, nn.Module):
         raise ModeConnError(
             f"reference must be an nn.Module (the original model), got {type(reference).__name__}."

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from ..checks import as_float, positive_int
 from ..errors import ModeConnError
 from ..selection import Interpolation
 from ..tasks import Task
@@ -146,22 +146,17 @@ class RecipeConfig:
             "max_points",
             "grad_accumulation",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ModeConnError(f"{name} must be a positive int, got {value!r}.")
+            positive_int(getattr(self, name), name)
         if self.coarse_points < 2 or self.max_points < self.coarse_points:
             raise ModeConnError(
                 f"coarse_points must be >= 2 and max_points >= coarse_points, got "
                 f"coarse_points={self.coarse_points}, max_points={self.max_points}."
             )
         for name in ("lr", "tol"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ModeConnError(f"{name} must be a positive number, got {value!r}.")
+            object.__setattr__(self, name, as_float(getattr(self, name), name, positive=True))
         for name in ("beta_low", "beta_high", "beta_match", "weight_decay"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ModeConnError(f"{name} must be a number >= 0, got {value!r}.")
+            value = as_float(getattr(self, name), name, nonnegative=True)
+            object.__setattr__(self, name, value)
         if not 0.0 < self.mask_k <= 1.0 or not 0.0 <= self.mask_kr < 1.0:
             raise ModeConnError(
                 f"mask_k must be in (0, 1] and mask_kr in [0, 1), got {self.mask_k}, "
@@ -182,11 +177,7 @@ class RecipeConfig:
             # A list (e.g. read back from JSON) becomes the tuple the training loop expects.
             object.__setattr__(self, name, (low, high))
         for name in ("probe_size", "bn_samples", "forget_samples"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ModeConnError(f"{name} must be a positive int or None, got {value!r}.")
+            positive_int(getattr(self, name), name, optional=True)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict."""

@@ -14,6 +14,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from ..checks import as_float, positive_int
 from ..errors import ModeConnError
 from ..optional import require
 
@@ -39,26 +40,6 @@ TSamplerSpec = Callable[[], float] | tuple[float, float]
 
 _OPTIMIZERS = ("sgd", "adam", "adamw", "sophiah")
 _CURRICULA = ("easy_first", "hard_first")
-
-
-def _positive_int(value: Any, name: str, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ModeConnError(f"{name} must be a positive integer, got {value!r}.")
-
-
-def _number(value: Any, name: str, *, positive: bool = False) -> None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ModeConnError(f"{name} must be a real number, got {value!r}.") from None
-    if isinstance(value, bool) or not math.isfinite(number):
-        raise ModeConnError(f"{name} must be a finite number, got {value!r}.")
-    if positive and number <= 0.0:
-        raise ModeConnError(f"{name} must be > 0, got {value!r}.")
-    if not positive and number < 0.0:
-        raise ModeConnError(f"{name} must be >= 0, got {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -158,9 +139,9 @@ class TrainConfig:
     grad_accumulation: int = 1
 
     def __post_init__(self) -> None:
-        _number(self.lr, "lr", positive=True)
-        _positive_int(self.epochs, "epochs", optional=True)
-        _positive_int(self.max_steps, "max_steps", optional=True)
+        as_float(self.lr, "lr", positive=True)
+        positive_int(self.epochs, "epochs", optional=True)
+        positive_int(self.max_steps, "max_steps", optional=True)
         if self.epochs is None and self.max_steps is None:
             raise ModeConnError("give epochs=... or max_steps=... (or both).")
         if isinstance(self.optimizer, str):
@@ -176,11 +157,11 @@ class TrainConfig:
                 f"optimizer must be a name or a callable (params, lr=...) -> Optimizer, got "
                 f"{type(self.optimizer).__name__}."
             )
-        _number(self.momentum, "momentum")
+        as_float(self.momentum, "momentum", nonnegative=True)
         if self.weight_decay is not None:
-            _number(self.weight_decay, "weight_decay")
-        _positive_int(self.batch_size, "batch_size")
-        _positive_int(self.grad_accumulation, "grad_accumulation")
+            as_float(self.weight_decay, "weight_decay", nonnegative=True)
+        positive_int(self.batch_size, "batch_size")
+        positive_int(self.grad_accumulation, "grad_accumulation")
         ratio = self.retain_ratio
         if isinstance(ratio, bool) or not (
             isinstance(ratio, (int, float)) and math.isfinite(ratio) and 0.0 < ratio <= 1.0
