@@ -6,13 +6,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..cloning import clone_module
 from ..curve_model import CurveModel, path_points
-from ..data import as_loader, stack_collate
+from ..data import as_loader, seeded_order, stack_collate
 from ..errors import ModeConnError
 from ..evaluation.bn import bn_data
 from ..evaluation.outputs import DataLike, DeviceLike
@@ -38,8 +37,7 @@ def _forget_samples(
         raise ModeConnError(
             f"samples must be between 1 and {limit} for a forget set of {n}{hint}, got {samples}."
         )
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=generator).numpy()
+    order = np.array(seeded_order(n, seed))
     chosen, rest = np.sort(order[:samples]), np.sort(order[samples:])
     own = loader.collate_fn if isinstance(forget_data, DataLoader) else None
     collate = own or task_collate(task) or stack_collate

@@ -33,6 +33,7 @@ from .splits import (
     forget_retain_split,
     unlearn_loader,
 )
+from .subsets import seeded_order, seeded_subset
 
 __all__ = [
     "DEFAULT_EVAL_BATCH_SIZE",
@@ -49,6 +50,8 @@ __all__ = [
     "forget_retain_split",
     "move_to_device",
     "read_sample",
+    "seeded_order",
+    "seeded_subset",
     "stack_collate",
     "unlearn_loader",
     "unpack_batch",

@@ -23,6 +23,7 @@ from torch.utils.data.dataloader import default_collate
 from ..checks import positive_int
 from ..errors import ModeConnError
 from .samples import UnlearnBatch, as_dataset, read_sample, stack_collate
+from .subsets import seeded_order
 
 __all__ = [
     "UnlearnCollate",
@@ -196,9 +197,7 @@ class UnlearnDataset(Dataset[tuple[Any, Any, bool]]):
                     f"retain_ratio={ratio} keeps no sample of the {n_retain} retain samples; "
                     "increase it."
                 )
-            generator = torch.Generator().manual_seed(int(seed))
-            perm = torch.randperm(n_retain, generator=generator)[:keep]
-            self.retain_indices = sorted(perm.tolist())
+            self.retain_indices = sorted(seeded_order(n_retain, int(seed))[:keep])
         if len(self.retain_indices) + len(self.forget) == 0:
             raise ModeConnError(
                 "both the retain and the forget set are empty; nothing to train on."

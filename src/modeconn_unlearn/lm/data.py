@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..data import IGNORE_INDEX, as_dataset
+from ..data import IGNORE_INDEX, as_dataset, seeded_order
 from ..errors import ModeConnError
 
 __all__ = [
@@ -387,8 +387,7 @@ def group_split(
                 f"forget_ratio={ratio} of {len(order)} groups leaves the "
                 f"{'forget' if count == 0 else 'retain'} set empty; choose another ratio."
             )
-        perm = torch.randperm(len(order), generator=torch.Generator().manual_seed(int(seed)))
-        chosen = {order[int(i)] for i in perm[:count]}
+        chosen = {order[i] for i in seeded_order(len(order), int(seed))[:count]}
     else:
         chosen = set(forget_groups)  # type: ignore[arg-type]
         unknown = sorted(str(g) for g in chosen - set(order))

@@ -11,16 +11,14 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..batchnorm import update_bn
 from ..curve_model import CurveModel
-from ..data import as_dataset, as_loader
+from ..data import as_dataset, as_loader, seeded_subset
 from ..errors import ModeConnError
 from ..evaluation import DataLike, PathReport, evaluate_path
 from ..losses import AdaptiveBeta, UnlearnLoss, mcu_objective
@@ -106,19 +104,6 @@ class RecipeResult:
         report = self.search.report
         at = int(np.argmin(np.abs(report.t - 1.0)))
         return float(report.acc("retain")[at]), float(report.acc("forget")[at])
-
-
-def _probe(
-    data: DataLike, size: int | None, seed: int, *, name: str = "retain", salt: int = 10_000
-) -> Dataset[Any]:
-    """A fixed random subset of ``size`` samples of ``data`` (all of it when ``None``)."""
-    dataset: Dataset[Any] = data.dataset if isinstance(data, DataLoader) else data
-    count = len(as_dataset(dataset, name))
-    if size is None or size >= count:
-        return dataset
-    generator = torch.Generator().manual_seed(salt + seed)
-    picked = torch.randperm(count, generator=generator)[:size]
-    return Subset(dataset, sorted(picked.tolist()))
 
 
 def _make_mask(
@@ -235,14 +220,17 @@ def mcu_unlearn(
         )
     seconds: dict[str, float] = {}
     collate = task_collate(task)
-    probe_data = probe if probe is not None else _probe(retain, config.probe_size, seed)
+    probe_data = probe
+    if probe_data is None:
+        retain_set = as_dataset(retain, "retain")
+        probe_data = seeded_subset(retain_set, config.probe_size, seed, salt=10_000)
     probe_loader = as_loader(probe_data, name="probe", collate_fn=collate)
-    bn_loader = as_loader(
-        _probe(probe_data, config.bn_samples, seed, name="probe", salt=20_000),
-        name="probe",
-        collate_fn=collate,
+    bn_samples = seeded_subset(
+        as_dataset(probe_data, "probe"), config.bn_samples, seed, salt=20_000
     )
-    forget_scored = _probe(forget, config.forget_samples, seed, name="forget", salt=30_000)
+    bn_loader = as_loader(bn_samples, name="probe", collate_fn=collate)
+    forget_set = as_dataset(forget, "forget")
+    forget_scored = seeded_subset(forget_set, config.forget_samples, seed, salt=30_000)
     line = config.num_bends == 2
     if line and mask is not None:
         raise ModeConnError(

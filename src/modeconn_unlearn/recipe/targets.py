@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..data import as_dataset
+from ..data import as_dataset, seeded_order
 from ..errors import ModeConnError
 from ..evaluation import DataLike, evaluate
 from ..tasks import Task
@@ -119,7 +119,7 @@ def carve_holdout(
             f"Holding out {fraction} of {size} samples leaves one side empty; choose a fraction "
             "that keeps samples on both sides."
         )
-    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    order = seeded_order(size, seed)
     return Subset(train, sorted(order[count:])), Subset(train, sorted(order[:count]))
 
 
