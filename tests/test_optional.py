@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from modeconn_unlearn.errors import MissingDependencyError, ModeConnError
-from modeconn_unlearn.optional import install_hint, require
+from modeconn_unlearn.optional import require
 
 HINT = r'pip install "modeconn-unlearn\[lm\]" \(from a clone: pip install -e "\.\[lm\]"\)'
 
@@ -21,7 +21,8 @@ def test_an_installed_module_is_returned() -> None:
 def test_a_missing_module_names_the_extra_for_an_index_and_a_clone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(sys.modules, "rouge_score", None)  # import fails
+    for name in ("rouge_score", "rouge_score.rouge_scorer"):  # import fails, even if imported
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(MissingDependencyError, match=HINT) as caught:
         require("rouge_score.rouge_scorer", "lm", feature="rouge_l_recall")
     message = str(caught.value)
@@ -30,6 +31,12 @@ def test_a_missing_module_names_the_extra_for_an_index_and_a_clone(
     assert isinstance(caught.value.__cause__, ImportError)
 
 
-def test_every_extra_gets_the_same_wording() -> None:
-    for extra in ("plot", "lm", "second-order"):
-        assert install_hint(extra) == install_hint("lm").replace("[lm]", f"[{extra}]")
+@pytest.mark.parametrize("extra", ["plot", "lm", "second-order"])
+def test_every_extra_gets_the_same_wording(monkeypatch: pytest.MonkeyPatch, extra: str) -> None:
+    monkeypatch.setitem(sys.modules, "absent", None)
+    with pytest.raises(ImportError) as caught:
+        require("absent", extra, feature="f")
+    assert str(caught.value) == (
+        "f needs the optional package 'absent', which is not installed; install it with: "
+        f'pip install "modeconn-unlearn[{extra}]" (from a clone: pip install -e ".[{extra}]")'
+    )

@@ -13,17 +13,7 @@ from types import ModuleType
 
 from .errors import MissingDependencyError
 
-__all__ = ["install_hint", "require"]
-
-
-def install_hint(extra: str) -> str:
-    """How to install the optional dependencies of ``extra``, from an index or from a clone.
-
-    Example:
-        >>> print(install_hint("plot"))
-        pip install "modeconn-unlearn[plot]" (from a clone: pip install -e ".[plot]")
-    """
-    return f'pip install "modeconn-unlearn[{extra}]" (from a clone: pip install -e ".[{extra}]")'
+__all__ = ["require"]
 
 
 def require(module: str, extra: str, *, feature: str) -> ModuleType:
@@ -51,5 +41,6 @@ def require(module: str, extra: str, *, feature: str) -> ModuleType:
         top = module.split(".")[0]
         raise MissingDependencyError(
             f"{feature} needs the optional package {top!r}, which is not installed; "
-            f"install it with: {install_hint(extra)}"
+            f'install it with: pip install "modeconn-unlearn[{extra}]" '
+            f'(from a clone: pip install -e ".[{extra}]")'
         ) from error

@@ -1,10 +1,7 @@
-"""Fixed random subsets: one seeded draw of sample indices, reproducible across runs.
+"""Fixed random subsets: ``torch.randperm`` on a private generator seeded with ``salt + seed``.
 
-Every random subset the library takes (a probe of the retain set, a held-out split,
-the relearning samples, a ``retain_ratio`` view) comes from :func:`seeded_order`:
-``torch.randperm`` on a private generator seeded with ``salt + seed``, so the
-global random state is neither read nor advanced. Different ``salt`` values give
-independent draws for one user ``seed``.
+The global random state is neither read nor advanced; different salts give
+independent draws for one user seed.
 """
 
 from __future__ import annotations
