@@ -139,6 +139,22 @@ def relearned(study: Study, model: torch.nn.Module, forget: Any, seed: int) -> f
     return float(result.accuracy[-1])
 
 
+def scored(
+    study: Study, sc: mcu_table.Scenario, model: torch.nn.Module, seed: int
+) -> dict[str, Any]:
+    """``mcu_table.score``'s columns and the relearning attack's forget accuracy."""
+    row = mcu_table.score(
+        model,
+        retain=sc.retain,
+        forget=sc.forget,
+        test=sc.test,
+        probe=sc.probe,
+        reference=sc.reference,
+        seed=seed,
+    )
+    return dict(row, relearn=relearned(study, model, sc.forget, seed))
+
+
 def run_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]) -> dict[str, Any]:
     """Base methods and every MCU variant on one seed; ``plan`` holds the tuned choices."""
     cfg = study.world
@@ -175,18 +191,9 @@ def run_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]
                         seed=seed,
                     )
                 )
-                row = mcu_table.score(
-                    result.model,
-                    retain=sc.retain,
-                    forget=sc.forget,
-                    test=sc.test,
-                    probe=sc.probe,
-                    reference=sc.reference,
-                    seed=seed,
-                )
-                keep = not result.base_gap - result.best.avg_gap > result.margin
+                row = scored(study, sc, result.model, seed)
+                keep = not result.beats_base
                 row.update(
-                    relearn=relearned(study, result.model, sc.forget, seed),
                     t=result.t,
                     keep=keep,
                     base_gap_user=result.base_gap,
@@ -201,19 +208,7 @@ def run_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]
                 if name == "match":
                     ts = sorted({min(max(result.best.t + d, 0.0), 1.0) for d in ENSEMBLE_OFFSETS})
                     ensemble = mcu.path_ensemble(result.curve, ts)
-                    rows[f"{key}+ens"] = dict(
-                        mcu_table.score(
-                            ensemble,
-                            retain=sc.retain,
-                            forget=sc.forget,
-                            test=sc.test,
-                            probe=sc.probe,
-                            reference=sc.reference,
-                            seed=seed,
-                        ),
-                        relearn=relearned(study, ensemble, sc.forget, seed),
-                        t=result.best.t,
-                    )
+                    rows[f"{key}+ens"] = dict(scored(study, sc, ensemble, seed), t=result.best.t)
                 logger.info(
                     "seed %d %s lr %g %s: gap %.2f -> %.2f (t=%.3f, keep=%s, MIA %.1f, %.1fs)",
                     seed,

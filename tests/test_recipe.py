@@ -491,7 +491,7 @@ def test_keep_base_returns_theta_u_when_no_point_beats_it_beyond_the_margin(
     targets = user_targets(setting["original"], setting["retain"], setting["holdout"])
     args = (setting["original"], theta_u, setting["retain"], setting["forget"])
     kept = mcu_unlearn(*args, targets=targets)
-    assert kept.kept_base and kept.t == 1.0
+    assert kept.kept_base and kept.t == 1.0 and not kept.beats_base
     assert kept.base_gap - kept.best.avg_gap <= kept.margin
     for name, value in kept.model.state_dict().items():
         torch.testing.assert_close(value, theta_u.state_dict()[name])
@@ -509,7 +509,7 @@ def test_keep_base_takes_the_curve_when_it_clearly_beats_theta_u(setting: dict) 
     targets = user_targets(setting["original"], setting["retain"], setting["holdout"])
     args = (setting["original"], theta_u, setting["retain"], setting["forget"])
     result = mcu_unlearn(*args, targets=targets)
-    assert not result.kept_base and result.t == result.best.t < 1.0
+    assert not result.kept_base and result.t == result.best.t < 1.0 and result.beats_base
     assert result.base_gap - result.best.avg_gap > result.margin
     free = mcu_unlearn(*args, targets=targets, config=RecipeConfig(keep_base=False))
     assert free.t == result.t and not free.kept_base

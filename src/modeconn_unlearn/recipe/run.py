@@ -70,6 +70,15 @@ class RecipeResult:
     margin: float = math.nan
 
     @property
+    def beats_base(self) -> bool:
+        """Whether the search's optimum beats θ_u on the targets by more than ``margin``.
+
+        The keep rule returns θ_u exactly when this is ``False``; with
+        ``keep_base=False`` it says what the rule would have done.
+        """
+        return _beats(self.base_gap, self.search.best.avg_gap, self.margin)
+
+    @property
     def best(self) -> OptimalT:
         """The search's optimum (:class:`~modeconn_unlearn.OptimalT`), kept or not."""
         return self.search.best
@@ -311,7 +320,7 @@ def mcu_unlearn(
     seconds["search"] = time.perf_counter() - began
 
     base_gap, margin = _compare_with_base(search, targets)
-    kept = config.keep_base and not base_gap - search.best.avg_gap > margin
+    kept = config.keep_base and not _beats(base_gap, search.best.avg_gap, margin)
     t = 1.0 if kept else search.best.t
     began = time.perf_counter()
     model = curve.export(t, merged=config.merged)
@@ -346,6 +355,10 @@ def _objective(config: RecipeConfig, targets: Targets, task: Task) -> UnlearnLos
         )
     beta = AdaptiveBeta(targets.retain, targets.forget, low=config.beta_low, high=config.beta_high)
     return mcu_objective(beta, task=task)
+
+
+def _beats(base_gap: float, best_gap: float, margin: float) -> bool:
+    return base_gap - best_gap > margin
 
 
 def _standard_error(accuracy: float, count: int | None) -> float:
