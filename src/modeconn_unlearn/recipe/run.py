@@ -97,7 +97,7 @@ class RecipeResult:
         best = self.search.best
         rows = [
             ("targets", math.nan, self.targets.retain, self.targets.forget, 0.0),
-            ("θ_u (t = 1)", 1.0, *self._base_accuracies(), self.base_gap),
+            ("θ_u (t = 1)", 1.0, *_end_accuracies(self.search.report), self.base_gap),
             ("optimum", best.t, best.retain_acc, best.forget_acc, best.avg_gap),
         ]
         lines = [f"{'':<13} {'t':>6} {'retain':>7} {'forget':>7} {'gap':>6}"]
@@ -108,11 +108,6 @@ class RecipeResult:
         lines.append(f"returned: {chosen}; margin {self.margin:.2f} (one standard error)")
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
-
-    def _base_accuracies(self) -> tuple[float, float]:
-        report = self.search.report
-        at = int(np.argmin(np.abs(report.t - 1.0)))
-        return float(report.acc("retain")[at]), float(report.acc("forget")[at])
 
 
 def _make_mask(
@@ -357,6 +352,12 @@ def _objective(config: RecipeConfig, targets: Targets, task: Task) -> UnlearnLos
     return mcu_objective(beta, task=task)
 
 
+def _end_accuracies(report: PathReport) -> tuple[float, float]:
+    """Retain and forget accuracy measured at ``t = 1`` (θ_u)."""
+    at = int(np.argmin(np.abs(report.t - 1.0)))
+    return float(report.acc("retain")[at]), float(report.acc("forget")[at])
+
+
 def _beats(base_gap: float, best_gap: float, margin: float) -> bool:
     return base_gap - best_gap > margin
 
@@ -380,9 +381,7 @@ def _compare_with_base(search: PathSearch, targets: Targets) -> tuple[float, flo
     (a first-order, delta-method account).
     """
     report, best = search.report, search.best
-    at = int(np.argmin(np.abs(report.t - 1.0)))
-    base_retain = float(report.acc("retain")[at])
-    base_forget = float(report.acc("forget")[at])
+    base_retain, base_forget = _end_accuracies(report)
     base_gap = float(
         avg_gap(
             base_retain, base_forget, retain_target=targets.retain, forget_target=targets.forget
