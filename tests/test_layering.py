@@ -223,3 +223,9 @@ def test_relative_imports_resolve(importer: str, level: int, module: str, expect
 def test_an_upward_import_would_be_caught() -> None:
     assert layer_of(f"{PACKAGE}.errors") == 0 and layer_of(f"{PACKAGE}.plotting.path") == 7
     assert layer_of(f"{PACKAGE}.not_placed") is None
+
+
+def test_the_architecture_page_lists_every_layered_module() -> None:
+    page = (SRC.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = [name for name in LAYERS if f"`{name}`" not in page and f"`{name}/" not in page]
+    assert not missing, f"docs/architecture.md does not list {missing}; add a row per module"
