@@ -391,11 +391,7 @@ def mcu_objective(
         >>> loss.last_stats["beta"] in (0.0, 0.5)
         True
     """
-    if forget_loss is not None and as_float(forget_loss, "forget_loss") < 0.0:
-        raise ModeConnError(
-            f"forget_loss is a target mean loss and must be >= 0, got {forget_loss!r}."
-        )
-    target = None if forget_loss is None else float(forget_loss)
+    target = None if forget_loss is None else as_float(forget_loss, "forget_loss", nonnegative=True)
     if callable(beta):
         return _MCUObjective(beta, target, task)
     value = as_float(beta, "beta")

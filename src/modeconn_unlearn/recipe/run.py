@@ -242,13 +242,12 @@ def mcu_unlearn(
             "drop mask= or use num_bends >= 3."
         )
     began = time.perf_counter()
-    chosen_mask = (
-        dict(mask)
-        if mask is not None
-        else {}
-        if line
-        else _make_mask(config, original, probe_loader, forget, task)
-    )
+    if mask is not None:
+        chosen_mask = dict(mask)
+    elif line:
+        chosen_mask = {}
+    else:
+        chosen_mask = _make_mask(config, original, probe_loader, forget, task)
     seconds["mask"] = time.perf_counter() - began
 
     began = time.perf_counter()
@@ -287,9 +286,10 @@ def mcu_unlearn(
     seconds["fit"] = time.perf_counter() - began
 
     began = time.perf_counter()
+    scored = {"retain": probe_loader, "forget": forget_scored}
     search = search_path(
         curve,
-        {"retain": probe_loader, "forget": forget_scored},
+        scored,
         retain_target=targets.retain,
         forget_target=targets.forget,
         t_range=config.t_range,
@@ -304,7 +304,7 @@ def mcu_unlearn(
     if not np.any(search.report.t == 1.0):
         end = evaluate_path(
             curve,
-            {"retain": probe_loader, "forget": forget_scored},
+            scored,
             ts=[1.0],
             bn_loader=bn_loader,
             task=task,
