@@ -20,7 +20,7 @@ import modeconn_unlearn as mcu
 from modeconn_unlearn.lm import lm_outputs
 from modeconn_unlearn.mia import svc_mia, threshold_attack
 from modeconn_unlearn.modes import evaluating, keeping_modes
-from modeconn_unlearn.recipe import user_targets
+from modeconn_unlearn.recipe import Targets, mcu_unlearn, user_targets
 
 
 def frozen_bn_model() -> nn.Module:
@@ -116,6 +116,18 @@ CASES: list[tuple[str, Callable[[], nn.Module], Callable[[nn.Module], object], b
         "CurveModel_export",
         frozen_bn_model,
         lambda m: mcu.CurveModel(m, end=m).export(0.5, bn_loader=DataLoader(DATA, 8)),
+        True,
+    ),
+    (
+        "path_ensemble",
+        frozen_bn_model,
+        lambda m: mcu.path_ensemble(mcu.CurveModel(m, end=m), [0.3, 0.6]),
+        True,
+    ),
+    (
+        "mcu_unlearn",
+        frozen_bn_model,
+        lambda m: mcu_unlearn(m, m, DATA, DATA, targets=Targets(90.0, 50.0, "random")),
         True,
     ),
     ("lm_outputs", TinyLM, lambda m: lm_outputs(m, LM_DATA), True),
