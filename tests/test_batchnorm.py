@@ -80,7 +80,7 @@ def test_dict_batches_are_read_by_the_task_and_passed_as_keywords() -> None:
 
 
 def test_curve_update_bn_reads_batches_through_the_task() -> None:
-    from modeconn_unlearn.curve_model import CurveModel
+    from modeconn_unlearn.curve import CurveModel
     from modeconn_unlearn.tasks import ClassificationTask
 
     a, b = (

@@ -22,7 +22,7 @@ from modeconn_unlearn.connectivity import (
     relearn_attack,
     relearn_path,
 )
-from modeconn_unlearn.curve_model import CurveModel
+from modeconn_unlearn.curve import CurveModel
 from modeconn_unlearn.errors import ModeConnError
 from modeconn_unlearn.evaluation import evaluate
 from modeconn_unlearn.tasks import CausalLMTask

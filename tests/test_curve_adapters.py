@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from modeconn_unlearn.curve_model import CurveModel
+from modeconn_unlearn.curve import CurveModel
 from modeconn_unlearn.errors import IncompatibleModelsError, ModeConnError
 
 peft = pytest.importorskip("peft")

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 import modeconn_unlearn as mcu
-from modeconn_unlearn.curve_model import CurveModel
+from modeconn_unlearn.curve import CurveModel
 from modeconn_unlearn.errors import IncompatibleModelsError, ModeConnError
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from modeconn_unlearn.curves import bezier, get_curve, linear_positions, polychain
+from modeconn_unlearn.curve.coefficients import bezier, get_curve, linear_positions, polychain
 from modeconn_unlearn.errors import ModeConnError
 
 

@@ -43,7 +43,7 @@ class IndexBlind(nn.Module):
 def _worker(out: Path) -> None:
     import torch.distributed as dist
 
-    from modeconn_unlearn.curve_model import CurveModel
+    from modeconn_unlearn.curve import CurveModel
     from modeconn_unlearn.losses import finetune, mcu_objective
     from modeconn_unlearn.training import fit_curve, unlearn
     from modeconn_unlearn.training.distributed import all_reduce_sum, rank, world_size

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import modeconn_unlearn.evaluation as evaluation
 from modeconn_unlearn.batchnorm import update_bn
-from modeconn_unlearn.curve_model import CurveModel
+from modeconn_unlearn.curve import CurveModel
 from modeconn_unlearn.errors import ModeConnError
 from modeconn_unlearn.evaluation import (
     Metrics,

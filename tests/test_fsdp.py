@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from torchrun_launch import launch
 
-from modeconn_unlearn.curve_model import CurveModel
+from modeconn_unlearn.curve import CurveModel
 from modeconn_unlearn.errors import ModeConnError
 from modeconn_unlearn.evaluation import evaluate_path
 from modeconn_unlearn.losses import finetune

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeconn_unlearn.curve_model import CurveModel
+from modeconn_unlearn.curve import CurveModel
 from modeconn_unlearn.data import UnlearnBatch
 from modeconn_unlearn.errors import ModeConnError
 from modeconn_unlearn.losses import (

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from modeconn_unlearn.curve_model import CurveModel
+from modeconn_unlearn.curve import CurveModel
 from modeconn_unlearn.errors import ModeConnError
 from modeconn_unlearn.masks import (
     layer_mask,

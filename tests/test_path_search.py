@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 import modeconn_unlearn as mcu
 from modeconn_unlearn import path_search
 from modeconn_unlearn.errors import ModeConnError
-from modeconn_unlearn.path_search import merge_reports, refine_optimal_t, search_path
+from modeconn_unlearn.selection.search import merge_reports, refine_optimal_t, search_path
 
 Curve = Callable[[np.ndarray], np.ndarray]
 DENSE = np.linspace(0.0, 1.0, 21)

@@ -13,7 +13,7 @@ from conftest import make_mlp
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from modeconn_unlearn.curve_model import CurveModel
+from modeconn_unlearn.curve import CurveModel
 from modeconn_unlearn.data import forget_retain_split
 from modeconn_unlearn.errors import ModeConnError, NonFiniteLossError
 from modeconn_unlearn.losses import (

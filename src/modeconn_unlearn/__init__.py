@@ -8,6 +8,9 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 from . import lm, losses
 from .batchnorm import update_bn
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -20,7 +23,7 @@ from .connectivity import (
     relearn_attack,
     relearn_path,
 )
-from .curve_model import CurveModel
+from .curve import CurveModel
 from .data import UnlearnBatch, UnlearnDataset, forget_retain_split, unlearn_loader
 from .ensemble import PathEnsemble, path_ensemble
 from .errors import IncompatibleModelsError, ModeConnError, NonFiniteLossError
@@ -35,14 +38,33 @@ from .evaluation import (
 from .losses import AdaptiveBeta, UnlearnLoss
 from .masks import layer_mask, load_mask, random_mask, saliency_mask, save_mask
 from .mia import lira, svc_mia, threshold_attack, train_reference_models
-from .path_search import PathSearch, search_path
 from .recipe import RecipeConfig, RecipeResult, Targets, carve_holdout, mcu_unlearn, user_targets
-from .selection import OptimalT, avg_gap, effective_region, find_optimal_t
+from .selection import (
+    OptimalT,
+    PathSearch,
+    avg_gap,
+    effective_region,
+    find_optimal_t,
+    search_path,
+)
 from .task_vector import negate_task_vector
 from .tasks import CausalLMTask, ClassificationTask, SampleOutputs, Task
 from .training import EpochRecord, History, TrainConfig, fit_curve, retrain, shard_curve, unlearn
 
 __version__ = "0.2.0"
+
+#: Module paths of 0.2 that moved into the ``curve`` and ``selection`` subpackages; they stay
+#: importable (``from modeconn_unlearn.curve_model import CurveModel``) until 0.3.0.
+MOVED_MODULES = {
+    "curves": "curve.coefficients",
+    "curve_points": "curve.points",
+    "curve_bends": "curve.bends",
+    "curve_endpoints": "curve.endpoints",
+    "curve_model": "curve.model",
+    "path_search": "selection.search",
+}
+for _old, _new in MOVED_MODULES.items():
+    sys.modules[f"{__name__}.{_old}"] = importlib.import_module(f".{_new}", __name__)
 
 __all__ = [
     "AdaptiveBeta",

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .curve_model import CurveModel
+from .curve import CurveModel
 from .errors import ModeConnError
 
 __all__ = ["PathEnsemble", "path_ensemble"]

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .curve_model import CurveModel
+from .curve import CurveModel
 from .data import as_loader
 from .errors import ModeConnError, listed
 from .modes import evaluating

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from ..batchnorm import update_bn
 from ..checkpoint import StateSource, load_checkpoint
 from ..cloning import clone_module
-from ..curve_model import CurveModel, path_points
+from ..curve import CurveModel, path_points
 from ..data import as_loader
 from ..errors import IncompatibleModelsError, ModeConnError, listed
 from ..evaluation.bn import bn_data

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import numpy as np
 from torch import nn
 
-from ..curve_model import path_points
+from ..curve import path_points
 from ..errors import ModeConnError
 from ..evaluation.outputs import DataLike, DeviceLike
 from ..progress import progress_bar

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..cloning import clone_module
-from ..curve_model import CurveModel, path_points
+from ..curve import CurveModel, path_points
 from ..data import as_loader, seeded_order, stack_collate
 from ..errors import ModeConnError
 from ..evaluation.bn import bn_data

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..batchnorm import module_device, update_bn
-from ..curve_model import CurveModel, path_points
+from ..curve import CurveModel, path_points
 from ..data import as_loader
 from ..errors import ModeConnError
 from ..modes import evaluating

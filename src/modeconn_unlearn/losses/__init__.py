@@ -1,7 +1,7 @@
 """Unlearning objectives: ``loss(model, batch) -> Tensor``.
 
 An objective is any callable taking the model (a plain ``nn.Module`` or a
-:class:`~modeconn_unlearn.curve_model.CurveModel`) and an
+:class:`~modeconn_unlearn.curve.CurveModel`) and an
 :class:`~modeconn_unlearn.data.UnlearnBatch` and returning a scalar tensor to
 minimise. Users pass their own functions the same way.
 

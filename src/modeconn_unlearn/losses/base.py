@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..batchnorm import module_device
-from ..curve_model import CurveModel
+from ..curve import CurveModel
 from ..data import UnlearnBatch, move_to_device
 from ..errors import ModeConnError
 from ..modes import evaluating
@@ -67,7 +67,7 @@ def reference_outputs(
 
     The reference is ``reference`` (the original, held fixed; the batch moves to
     its device) or, when ``None`` and ``model`` is a
-    :class:`~modeconn_unlearn.curve_model.CurveModel`, the curve's own start
+    :class:`~modeconn_unlearn.curve.CurveModel`, the curve's own start
     ``curve(x, t=0.0)``, so no second copy of the original is held. Each
     submodule's own train/eval mode is restored afterwards.
 

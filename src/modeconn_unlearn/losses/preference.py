@@ -198,7 +198,7 @@ def npo(
         beta: Inverse temperature ``β > 0``.
         reference: The reference model π_ref (the original, held fixed; it is
             run in eval mode without gradients). May be omitted when the model
-            being trained is a :class:`~modeconn_unlearn.curve_model.CurveModel`:
+            being trained is a :class:`~modeconn_unlearn.curve.CurveModel`:
             the curve's start ``curve(x, t=0.0)`` is the original, so no second
             copy is held (that pass runs after the training pass, so the
             curve's ``last_t`` reads 0.0 after a call).

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import as_float
-from ..curve_model import CurveModel
+from ..curve import CurveModel
 from ..errors import ModeConnError
 from ..tasks import Batch, SampleOutputs, Task
 from ..wrappers import unwrap
@@ -193,7 +193,7 @@ def rmu(
         alpha: Weight ``>= 0`` of the retain term.
         reference: The original model, held fixed (run in eval mode without
             gradients). May be omitted when training a
-            :class:`~modeconn_unlearn.curve_model.CurveModel`: the curve's start
+            :class:`~modeconn_unlearn.curve.CurveModel`: the curve's start
             ``curve(x, t=0.0)`` is the original.
         seed: Seed of the random direction ``u``.
         task: Reads batches (default: classification); its per-sample results

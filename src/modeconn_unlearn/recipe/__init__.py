@@ -7,7 +7,7 @@ and for the forget set its accuracy on a held-out split carved from the training
 data before training (:func:`carve_holdout`; random forgetting) or 0 (a forgotten
 class). :func:`mcu_unlearn` then runs the recipe: layer mask → curve θ_o → θ_u →
 curve training with the MCU objective → adaptive path search
-(:func:`~modeconn_unlearn.path_search.search_path`) → the chosen ``t`` → export.
+(:func:`~modeconn_unlearn.selection.search_path`) → the chosen ``t`` → export.
 Selection reads the retain and forget accuracies of points of the curve only;
 no test split and no retrained model take part. Every step is also public on its
 own (``layer_mask``, ``CurveModel``, ``fit_curve``, ``search_path``,

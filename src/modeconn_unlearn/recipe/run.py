@@ -17,14 +17,13 @@ import torch
 from torch import Tensor, nn
 
 from ..batchnorm import update_bn
-from ..curve_model import CurveModel
+from ..curve import CurveModel
 from ..data import as_dataset, as_loader, seeded_subset
 from ..errors import ModeConnError
 from ..evaluation import DataLike, PathReport, evaluate_path
 from ..losses import AdaptiveBeta, UnlearnLoss, mcu_objective
 from ..masks import layer_mask, saliency_mask
-from ..path_search import PathSearch, merge_reports, search_path
-from ..selection import OptimalT, avg_gap
+from ..selection import OptimalT, PathSearch, avg_gap, merge_reports, search_path
 from ..tasks import Task, resolve_task, task_collate
 from ..training import History, fit_curve
 from .config import RecipeConfig
@@ -149,7 +148,7 @@ def mcu_unlearn(
     3. :func:`~modeconn_unlearn.fit_curve` with ``CE(retain) - β·CE(forget)``
        and β from :class:`~modeconn_unlearn.AdaptiveBeta` on ``targets`` (or the
        matching form, ``config.objective``), ``t`` drawn from ``config.train_t_range``;
-    4. :func:`~modeconn_unlearn.path_search.search_path` on a fixed retain
+    4. :func:`~modeconn_unlearn.selection.search_path` on a fixed retain
        subset (``probe``; BatchNorm statistics from ``config.bn_samples`` of it)
        and the forget set (or ``config.forget_samples`` of it);
     5. the exported model at the chosen ``t`` (adapters merged with

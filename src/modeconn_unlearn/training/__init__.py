@@ -4,7 +4,7 @@
   NPO, SimNPO, your own) on a **copy** of a model and returns it.
 * :func:`retrain` trains a freshly initialised model on the retain set (the
   unlearning gold standard).
-* :func:`fit_curve` trains a :class:`~modeconn_unlearn.curve_model.CurveModel`
+* :func:`fit_curve` trains a :class:`~modeconn_unlearn.curve.CurveModel`
   **in place** (its middle bends) with ``t`` drawn per batch, and returns its
   :class:`History`.
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..batchnorm import module_device
 from ..cloning import clone_module
-from ..curve_model import CurveModel
+from ..curve import CurveModel
 from ..errors import ModeConnError, listed
 from ..losses import UnlearnLoss, finetune
 from ..masks import validate_mask
@@ -386,7 +386,7 @@ def fit_curve(
     curve keeps its last good state and its sampler and mode are restored.
 
     Args:
-        curve: The :class:`~modeconn_unlearn.curve_model.CurveModel` to train
+        curve: The :class:`~modeconn_unlearn.curve.CurveModel` to train
             (modified in place and left in its previous train/eval mode).
         retain_data: Retain set (``Dataset`` or ``DataLoader``) or ``None``.
         forget_data: Forget set (same) or ``None``.
@@ -416,7 +416,7 @@ def fit_curve(
         >>> import torch
         >>> from torch import nn
         >>> from torch.utils.data import TensorDataset
-        >>> from modeconn_unlearn.curve_model import CurveModel
+        >>> from modeconn_unlearn.curve import CurveModel
         >>> from modeconn_unlearn.losses import mcu_objective
         >>> a, b = nn.Linear(4, 3), nn.Linear(4, 3)
         >>> curve = CurveModel(a, start=a, end=b)

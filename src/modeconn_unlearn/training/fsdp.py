@@ -1,6 +1,6 @@
 """LoRA curves past one GPU: the frozen base sharded with FSDP2, the bends replicated.
 
-A :class:`~modeconn_unlearn.curve_model.CurveModel` over a PEFT model curves only
+A :class:`~modeconn_unlearn.curve.CurveModel` over a PEFT model curves only
 the adapters; the base weights are frozen and live once, in the curve's template.
 :func:`shard_curve` shards that base with PyTorch's FSDP2
 (:func:`torch.distributed.fsdp.fully_shard`), one unit per decoder block plus one
@@ -31,7 +31,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from ..batchnorm import module_device
-from ..curve_model import CurveModel
+from ..curve import CurveModel
 from ..errors import ModeConnError
 
 __all__ = ["is_sharded", "shard_curve"]

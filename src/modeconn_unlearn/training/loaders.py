@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from ..curve_model import CurveModel
+from ..curve import CurveModel
 from ..data import (
     UnlearnCollate,
     UnlearnDataset,

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from ..curve_model import CurveModel
+from ..curve import CurveModel
 from ..data import move_to_device
 from ..errors import ModeConnError, NonFiniteLossError
 from ..losses import UnlearnLoss

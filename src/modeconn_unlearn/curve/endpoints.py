@@ -6,9 +6,9 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from .checkpoint import StateSource
-from .errors import IncompatibleModelsError, listed
-from .wrappers import unwrap
+from ..checkpoint import StateSource
+from ..errors import IncompatibleModelsError, listed
+from ..wrappers import unwrap
 
 __all__ = ["check_endpoint", "endpoint_source"]
 

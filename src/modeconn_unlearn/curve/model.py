@@ -34,16 +34,16 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .batchnorm import update_bn as _update_module_bn
-from .checkpoint import StateSource, load_checkpoint
-from .cloning import clone_module
-from .curve_bends import BendGroup, BufferPair
-from .curve_endpoints import check_endpoint, endpoint_source
-from .curve_points import TSampler, check_t, path_points, uniform_sampler
-from .curves import CoefficientFn, get_curve
-from .errors import NAMES_SHOWN, IncompatibleModelsError, ModeConnError, listed
-from .optional import require
-from .wrappers import unwrap
+from ..batchnorm import update_bn as _update_module_bn
+from ..checkpoint import StateSource, load_checkpoint
+from ..cloning import clone_module
+from ..errors import NAMES_SHOWN, IncompatibleModelsError, ModeConnError, listed
+from ..optional import require
+from ..wrappers import unwrap
+from .bends import BendGroup, BufferPair
+from .coefficients import CoefficientFn, get_curve
+from .endpoints import check_endpoint, endpoint_source
+from .points import TSampler, check_t, path_points, uniform_sampler
 
 __all__ = ["CurveModel", "MaskSpec", "check_t", "path_points"]
 

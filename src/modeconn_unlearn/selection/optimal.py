@@ -26,8 +26,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.interpolate import CubicSpline, PchipInterpolator
 
-from .checks import check_percentages
-from .errors import ModeConnError
+from ..checks import check_percentages
+from ..errors import ModeConnError
 
 __all__ = [
     "DEFAULT_KIND",

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .curves import linear_positions
+from .coefficients import linear_positions
 
 __all__ = ["BendGroup", "BufferPair", "Combine", "blend"]
 

@@ -26,12 +26,12 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from .checks import as_float, positive_int
-from .curve_model import CurveModel
-from .errors import ModeConnError
-from .evaluation import DataLike, PathReport, evaluate_path
-from .selection import Interpolation, OptimalT, avg_gap, find_optimal_t
-from .tasks import Task
+from ..checks import as_float, positive_int
+from ..curve import CurveModel
+from ..errors import ModeConnError
+from ..evaluation import DataLike, PathReport, evaluate_path
+from ..tasks import Task
+from .optimal import Interpolation, OptimalT, avg_gap, find_optimal_t
 
 __all__ = ["PathSearch", "TSearch", "merge_reports", "refine_optimal_t", "search_path"]
 

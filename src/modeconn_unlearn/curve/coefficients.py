@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from .errors import ModeConnError
+from ..errors import ModeConnError
 
 __all__ = ["CoefficientFn", "bezier", "get_curve", "linear_positions", "polychain"]
 

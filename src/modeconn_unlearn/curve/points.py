@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ModeConnError
+from ..errors import ModeConnError
 
 __all__ = ["TSampler", "check_t", "path_points", "uniform_sampler"]
 
