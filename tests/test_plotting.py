@@ -9,6 +9,7 @@ import pytest
 from modeconn_unlearn.errors import ModeConnError
 from modeconn_unlearn.evaluation import PathReport
 from modeconn_unlearn.plotting import plot_path
+from modeconn_unlearn.selection import find_optimal_t
 
 matplotlib = pytest.importorskip("matplotlib")
 
@@ -33,9 +34,7 @@ def legend_labels(figure: object) -> list[str]:
 def test_saves_png_and_pdf_without_touching_the_backend(report: PathReport, tmp_path: Path) -> None:
     backend = matplotlib.get_backend()
     png = tmp_path / "figs" / "path.png"
-    figure = plot_path(
-        report, targets={"retain": 99.5, "forget": 60.0}, save=png, optimal_t=0.47, kind="pchip"
-    )
+    figure = plot_path(report, targets={"retain": 99.5, "forget": 60.0}, save=png, optimal_t=0.47)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     labels = legend_labels(figure)
     assert {"retain", "forget", "test", "optimal t = 0.470"} <= set(labels)
@@ -48,9 +47,20 @@ def test_saves_png_and_pdf_without_touching_the_backend(report: PathReport, tmp_
 
 
 def test_region_is_shaded_only_with_both_targets(report: PathReport, tmp_path: Path) -> None:
+    linear = find_optimal_t(
+        report.t,
+        report.acc("retain"),
+        report.acc("forget"),
+        retain_target=99.5,
+        forget_target=60.0,
+        kind="linear",
+    )
     spans = (
         plot_path(
-            report, targets={"retain": 99.5, "forget": 60.0}, save=tmp_path / "a.png", kind="linear"
+            report,
+            targets={"retain": 99.5, "forget": 60.0},
+            save=tmp_path / "a.png",
+            optimal_t=linear,
         )
         .axes[0]
         .patches
@@ -165,3 +175,25 @@ def test_path_is_a_deprecated_alias_of_save(report: PathReport, tmp_path: Path) 
         report.plot(path=tmp_path / "older.png")
     assert (tmp_path / "older.png").is_file()
     assert caught[0].filename == __file__  # the warning points at the caller
+
+
+def test_kind_is_deprecated_and_unknown_keywords_are_refused(
+    report: PathReport, tmp_path: Path
+) -> None:
+    targets = {"retain": 99.5, "forget": 60.0}
+    with pytest.warns(DeprecationWarning, match="find_optimal_t") as caught:
+        old = plot_path(report, targets=targets, save=tmp_path / "k.png", kind="linear")
+    assert caught[0].filename == __file__
+
+    def forget_line(figure: object) -> np.ndarray:
+        lines = figure.axes[0].get_lines()  # type: ignore[attr-defined]
+        return next(line for line in lines if line.get_label() == "forget").get_xydata()
+
+    # kind="linear" still draws straight segments between the measured points; the default
+    # (the selection's pchip) does not.
+    t, drawn = forget_line(old).T
+    assert np.allclose(drawn, np.interp(t, report.t, report.acc("forget")))
+    t, default = forget_line(plot_path(report, save=tmp_path / "p.png")).T
+    assert not np.allclose(default, np.interp(t, report.t, report.acc("forget")))
+    with pytest.raises(ModeConnError, match=r"unexpected keyword.*'colour'"):
+        plot_path(report, colour="red")

@@ -11,13 +11,14 @@ scored through the task.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeAlias, overload
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from typing_extensions import Unpack
 
 from ..batchnorm import update_bn
 from ..checkpoint import StateSource, load_checkpoint
@@ -26,6 +27,7 @@ from ..curve import CurveModel, path_points
 from ..data import as_loader
 from ..errors import IncompatibleModelsError, ModeConnError, listed
 from ..evaluation.bn import bn_data
+from ..evaluation.options import PATH_OPTIONS, PathOptions, path_settings
 from ..evaluation.outputs import DataLike, DeviceLike, Metrics
 from ..evaluation.paths import walk_path
 from ..evaluation.scores import evaluate
@@ -34,7 +36,11 @@ from ..tasks import Task, task_collate
 from ..training import fit_curve
 from .results import BarrierResult
 
+#: The path options the barrier functions take (BatchNorm is re-estimated on all its data).
+BARRIER_OPTIONS = tuple(name for name in PATH_OPTIONS if name != "bn_samples")
+
 __all__ = [
+    "BARRIER_OPTIONS",
     "SINGLE_SPLIT",
     "Data",
     "Metric",
@@ -267,12 +273,8 @@ def loss_barrier(
     data: Mapping[str, DataLike],
     *,
     path: Literal["linear"] | CurveModel = ...,
-    ts: int | Sequence[float] | np.ndarray = ...,
-    bn_loader: DataLike | None = ...,
     metric: Metric = ...,
-    task: Task | None = ...,
-    device: DeviceLike = ...,
-    progress: bool = ...,
+    **options: Unpack[PathOptions],
 ) -> dict[str, BarrierResult]: ...
 
 
@@ -283,12 +285,8 @@ def loss_barrier(
     data: DataLike,
     *,
     path: Literal["linear"] | CurveModel = ...,
-    ts: int | Sequence[float] | np.ndarray = ...,
-    bn_loader: DataLike | None = ...,
     metric: Metric = ...,
-    task: Task | None = ...,
-    device: DeviceLike = ...,
-    progress: bool = ...,
+    **options: Unpack[PathOptions],
 ) -> BarrierResult: ...
 
 
@@ -298,12 +296,8 @@ def loss_barrier(
     data: DataLike | Mapping[str, DataLike],
     *,
     path: Literal["linear"] | CurveModel = "linear",
-    ts: int | Sequence[float] | np.ndarray = 21,
-    bn_loader: DataLike | None = None,
     metric: Metric = "loss",
-    task: Task | None = None,
-    device: DeviceLike = None,
-    progress: bool = False,
+    **options: Unpack[PathOptions],
 ) -> BarrierResult | dict[str, BarrierResult]:
     """Barrier height of the path between two models on one split or on several.
 
@@ -324,17 +318,13 @@ def loss_barrier(
         data: A DataLoader or Dataset, or a dict of them (e.g. ``{"retain": ...,
             "forget": ..., "test": ...}``) for a barrier per split.
         path: ``"linear"`` or a :class:`CurveModel` between the two models.
-        ts: Number of evenly spaced t in [0, 1], or the t values themselves (0 and 1 are
-            added when missing: the barrier needs both ends).
-        bn_loader: DataLike to re-estimate BatchNorm statistics on at each t. Required when the
-            models have BatchNorm, unless ``data`` is a dict with a ``"retain"`` split,
-            which is then used (never the forget data).
         metric: ``"loss"`` (mean per-sample loss: cross-entropy for a classifier) or
             ``"error"`` (100 - accuracy, in %).
-        task: How outputs are scored (default: classification; see
-            :mod:`modeconn_unlearn.tasks`).
-        device: Where to evaluate; ``None`` keeps the models' device.
-        progress: Show a progress bar over t.
+        **options: The path options (:class:`~modeconn_unlearn.evaluation.PathOptions`) but
+            ``bn_samples``: ``ts`` (0 and 1 are added when missing: the barrier needs both
+            ends), ``bn_loader`` (required when the models have BatchNorm, unless ``data`` is
+            a dict with a ``"retain"`` split, which is then used; never the forget data),
+            ``task``, ``device``, ``progress``.
 
     Returns:
         A :class:`BarrierResult` for a single loader, or ``{split: BarrierResult}`` for a
@@ -342,8 +332,8 @@ def loss_barrier(
 
     Raises:
         ModeConnError: Models of different architectures, empty data, bad ``ts`` or
-            ``metric``, BatchNorm without ``bn_loader``, or a curve whose ends are not
-            the given models.
+            ``metric``, BatchNorm without ``bn_loader``, a curve whose ends are not
+            the given models, or an unknown keyword.
 
     Example:
         >>> import torch
@@ -358,10 +348,11 @@ def loss_barrier(
         >>> result.height >= 0.0
         True
     """
+    settings = path_settings(options, caller="loss_barrier", allowed=BARRIER_OPTIONS)
     check_metric(metric)
-    splits = as_splits(data, task=task)
+    splits = as_splits(data, task=settings.task)
     named = isinstance(data, Mapping)
-    t_values = with_ends(path_points(ts))
+    t_values = with_ends(path_points(settings.ts))
     if isinstance(path, CurveModel):
         curve = path
         _check_curve_ends(curve, model_a, model_b)
@@ -375,23 +366,23 @@ def loss_barrier(
         if model_b is None:
             raise ModeConnError("model_b is None: pass the second model.")
         curve = linear_curve(model_a, model_a, model_b)
-        if device is not None:
-            curve.to(device)
+        if settings.device is not None:
+            curve.to(settings.device)
         template = model_a
     else:
         raise ModeConnError(
             f"path must be 'linear' or a CurveModel (e.g. from connect()), got {path!r}."
         )
-    bn = bn_for(template, splits if named else None, bn_loader)
+    bn = bn_for(template, splits if named else None, settings.bn_loader)
     results = barriers_on_curve(
         curve,
         splits,
         t_values,
         metric=metric,
         bn_loader=bn,
-        task=task,
-        device=device,
-        progress=progress,
+        task=settings.task,
+        device=settings.device,
+        progress=settings.progress,
         named=named,
     )
     return results if named else results[SINGLE_SPLIT]
@@ -408,8 +399,6 @@ def connect(
     num_bends: int = 3,
     epochs: int,
     lr: float,
-    seed: int = 0,
-    progress: bool = True,
     task: Task | None = None,
     **fit_kwargs: Any,
 ) -> CurveModel:
@@ -433,12 +422,11 @@ def connect(
         num_bends: Number of bends including both ends (at least 3).
         epochs: Training epochs.
         lr: Learning rate.
-        seed: Seed for t sampling and data order.
-        progress: Show progress bars.
         task: How batches are read and scored (default: classification); also the
             task of the default objective.
         **fit_kwargs: Further arguments for ``fit_curve``: ``config=TrainConfig(...)``
-            or its fields (``retain_ratio``, ``t_sampler``, ``checkpoint_dir``, ...).
+            or its fields (``seed`` of t sampling and data order, ``progress``,
+            ``retain_ratio``, ``t_sampler``, ``checkpoint_dir``, ...).
 
     Returns:
         The trained :class:`CurveModel`.
@@ -476,8 +464,6 @@ def connect(
         loss=finetune(task=task) if loss is None else loss,
         epochs=epochs,
         lr=lr,
-        seed=seed,
-        progress=progress,
         task=task,
         **fit_kwargs,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -10,10 +10,11 @@ from torch import nn
 
 from ..curve import path_points
 from ..errors import ModeConnError
-from ..evaluation.outputs import DataLike, DeviceLike
+from ..evaluation.options import path_settings
+from ..evaluation.outputs import DataLike
 from ..progress import progress_bar
-from ..tasks import Task
 from .barriers import (
+    BARRIER_OPTIONS,
     Metric,
     ModelLike,
     as_splits,
@@ -38,15 +39,10 @@ def connectivity_matrix(
     *,
     path: Literal["linear", "curve"] = "linear",
     template: nn.Module | None = None,
-    ts: int | Sequence[float] | np.ndarray = 21,
-    bn_loader: DataLike | None = None,
     metric: Metric = "loss",
     retain_data: DataLike | None = None,
     forget_data: DataLike | None = None,
-    task: Task | None = None,
-    device: DeviceLike = None,
-    progress: bool = True,
-    **connect_kwargs: Any,
+    **options: Any,
 ) -> ConnectivityMatrix:
     """Barrier heights between every pair of models, per split.
 
@@ -63,16 +59,13 @@ def connectivity_matrix(
             :func:`connect` for every pair; slow: ``n (n - 1) / 2`` trainings).
         template: Architecture for state-dict entries; default: the first
             ``nn.Module`` among ``models``.
-        ts: As for :func:`loss_barrier`.
-        bn_loader: As for :func:`loss_barrier`.
         metric: ``"loss"`` or ``"error"``.
         retain_data: Training data for ``path="curve"``; default: ``data["retain"]``.
         forget_data: Forget data passed to :func:`connect` for ``path="curve"``.
-        task: How outputs are scored (default: classification).
-        device: Where to evaluate.
-        progress: Show a progress bar over pairs.
-        **connect_kwargs: Arguments for :func:`connect` with ``path="curve"`` (``epochs``
-            and ``lr`` are required there; also ``loss``, ``num_bends``, ``seed``, ...).
+        **options: The path options of :func:`loss_barrier` (``ts``, ``bn_loader``,
+            ``task``, ``device``, ``progress``: here a bar over pairs); every other keyword
+            goes to :func:`connect` with ``path="curve"`` (``epochs`` and ``lr`` are
+            required there; also ``loss``, ``num_bends``, ``seed``, ...).
 
     Returns:
         A :class:`ConnectivityMatrix`.
@@ -91,6 +84,13 @@ def connectivity_matrix(
         >>> m["test"].shape
         (3, 3)
     """
+    settings = path_settings(
+        {k: v for k, v in options.items() if k in BARRIER_OPTIONS},
+        caller="connectivity_matrix",
+        allowed=BARRIER_OPTIONS,
+    )
+    task, device = settings.task, settings.device
+    connect_kwargs = {k: v for k, v in options.items() if k not in BARRIER_OPTIONS}
     template = _check_request(
         models, path, template, metric, connect_kwargs, retain_data, forget_data
     )
@@ -98,8 +98,8 @@ def connectivity_matrix(
     check_compatible({"template": template, **{str(k): v for k, v in models.items()}})
     splits = as_splits(data, task=task)
     named = isinstance(data, Mapping)
-    t_values = with_ends(path_points(ts))
-    bn = bn_for(template, splits if named else None, bn_loader)
+    t_values = with_ends(path_points(settings.ts))
+    bn = bn_for(template, splits if named else None, settings.bn_loader)
     train_data = _curve_data(splits, retain_data, connect_kwargs) if path == "curve" else None
     modules = {n: materialize(template, m) for n, m in zip(names, models.values(), strict=True)}
 
@@ -112,7 +112,7 @@ def connectivity_matrix(
     heights = {split: np.zeros((len(names), len(names))) for split in splits}
     barriers: dict[tuple[str, str], dict[str, BarrierResult]] = {}
     pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
-    for i, j in progress_bar(progress, pairs, desc=f"{path} barriers"):
+    for i, j in progress_bar(settings.progress, pairs, desc=f"{path} barriers"):
         a, b = modules[names[i]], modules[names[j]]
         if train_data is not None:  # path == "curve"
             curve = connect(a, b, train_data, forget_data, task=task, **connect_kwargs)

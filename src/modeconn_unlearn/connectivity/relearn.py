@@ -8,12 +8,14 @@ from typing import Any, NamedTuple
 import numpy as np
 from torch import nn
 from torch.utils.data import DataLoader, Subset
+from typing_extensions import Unpack
 
 from ..cloning import clone_module
 from ..curve import CurveModel, path_points
 from ..data import as_loader, seeded_order, stack_collate
 from ..errors import ModeConnError
 from ..evaluation.bn import bn_data
+from ..evaluation.options import PATH_OPTIONS, PathOptions, path_settings
 from ..evaluation.outputs import DataLike, DeviceLike
 from ..evaluation.paths import check_curve, walk_path
 from ..evaluation.scores import evaluate
@@ -229,11 +231,8 @@ def relearn_path(
     samples: int,
     seed: int = 0,
     eval_data: DataLike | None = None,
-    bn_loader: DataLike | None = None,
     momentum: float = 0.0,
-    task: Task | None = None,
-    device: DeviceLike = None,
-    progress: bool = True,
+    **options: Unpack[PathOptions],
 ) -> RelearnPathResult:
     """:func:`relearn_attack` on the model at each ``t`` of a curve, with the same samples.
 
@@ -248,19 +247,20 @@ def relearn_path(
         steps: Number of fine-tuning steps.
         lr: SGD learning rate.
         samples: Number of forget samples to fine-tune on.
-        seed: Seed for the choice of samples.
+        seed: Seed for the choice of samples (and of the BatchNorm subset, ``bn_samples``).
         eval_data: Where to measure accuracy; default: the other forget samples.
-        bn_loader: Data for BatchNorm statistics at each t (use retain data).
         momentum: SGD momentum.
-        task: How batches are read and scored (default: classification).
-        device: Where to fine-tune.
-        progress: Show a progress bar over t.
+        **options: The path options (:class:`~modeconn_unlearn.evaluation.PathOptions`) but
+            ``ts``, given above: ``bn_loader`` (use retain data; required when the model has
+            BatchNorm), ``bn_samples``, ``task``, ``device`` (where to fine-tune),
+            ``progress``.
 
     Returns:
         A :class:`RelearnPathResult`.
 
     Raises:
-        ModeConnError: As :func:`relearn_attack`, or BatchNorm without ``bn_loader``.
+        ModeConnError: As :func:`relearn_attack`, BatchNorm without ``bn_loader``, or an
+            unknown keyword.
 
     Example:
         >>> import torch
@@ -273,9 +273,15 @@ def relearn_path(
         (3, 3)
     """
     curve = check_curve(curve)
+    settings = path_settings(
+        options, caller="relearn_path", allowed=[name for name in PATH_OPTIONS if name != "ts"]
+    )
+    task = settings.task
     chosen_task = resolve_task(task)
     t_values = path_points(ts)
-    bn = bn_data(curve.template, bn_loader=bn_loader).loader
+    bn = bn_data(
+        curve.template, bn_loader=settings.bn_loader, bn_samples=settings.bn_samples, seed=seed
+    ).loader
     batch, eval_loader, chosen = _prepare_relearn(
         forget_data,
         steps=steps,
@@ -287,7 +293,7 @@ def relearn_path(
     )
     accuracy = np.empty((len(t_values), steps + 1))
     loss = np.empty((len(t_values), steps + 1))
-    walk = walk_path(curve, t_values, bn_loader=bn, progress=progress, desc="relearn")
+    walk = walk_path(curve, t_values, bn_loader=bn, progress=settings.progress, desc="relearn")
     for i, (_, model) in enumerate(walk):
         accuracy[i], loss[i], _ = _relearn(
             model,
@@ -297,7 +303,7 @@ def relearn_path(
             lr=lr,
             momentum=momentum,
             task=chosen_task,
-            device=device,
+            device=settings.device,
         )
     return RelearnPathResult(
         t=t_values, steps=np.arange(steps + 1), accuracy=accuracy, loss=loss, samples=chosen

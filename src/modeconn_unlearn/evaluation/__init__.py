@@ -16,11 +16,13 @@ Modules:
 * :mod:`~modeconn_unlearn.evaluation.bn`: which data re-estimates BatchNorm.
 * :mod:`~modeconn_unlearn.evaluation.scores`: :func:`evaluate`, :func:`unlearning_scores`.
 * :mod:`~modeconn_unlearn.evaluation.report`: :class:`PathReport` and its files.
+* :mod:`~modeconn_unlearn.evaluation.options`: the keyword options every path function shares.
 * :mod:`~modeconn_unlearn.evaluation.paths`: the path walker and :func:`evaluate_path`.
 """
 
 from __future__ import annotations
 
+from .options import PathOptions, PathSettings
 from .outputs import DataLike, Metrics, Outputs, collect_outputs
 from .paths import evaluate_path, walk_path
 from .report import PathReport
@@ -30,7 +32,9 @@ __all__ = [
     "DataLike",
     "Metrics",
     "Outputs",
+    "PathOptions",
     "PathReport",
+    "PathSettings",
     "UnlearningScores",
     "collect_outputs",
     "evaluate",

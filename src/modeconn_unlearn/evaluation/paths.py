@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
 from ..batchnorm import module_device, update_bn
 from ..curve import CurveModel, path_points
@@ -20,6 +21,7 @@ from ..tasks import Task, resolve_task, task_collate
 from .bn import bn_data
 from .efficacy import mia_efficacy
 from .features import check_features
+from .options import PathOptions, path_settings
 from .outputs import DataLike, DeviceLike, Metrics, Outputs, run_pass
 from .report import PathReport
 from .sharding import gather_outputs, global_metrics, shard_loader
@@ -83,15 +85,10 @@ def evaluate_path(
     curve: CurveModel,
     splits: Mapping[str, DataLike],
     *,
-    ts: int | Sequence[float] = 21,
-    bn_loader: DataLike | None = None,
-    bn_samples: int | None = None,
     mia: bool = False,
     mia_features: Sequence[str] = ("confidence",),
-    task: Task | None = None,
     seed: int = 0,
-    progress: bool = True,
-    device: DeviceLike = None,
+    **options: Unpack[PathOptions],
 ) -> PathReport:
     """Accuracy, loss and (optionally) MIA scores per split at points along a curve.
 
@@ -108,22 +105,13 @@ def evaluate_path(
     Args:
         curve: A :class:`~modeconn_unlearn.CurveModel`.
         splits: ``{name: data}``, e.g. ``{"retain": dr, "forget": df, "test": dt}``.
-        ts: Number of evenly spaced points in [0, 1] (default 21), or the
-            points themselves (increasing).
-        bn_loader: Data for the BatchNorm statistics. Default: the ``"retain"``
-            split. The forget data is never used unless passed here.
-        bn_samples: Re-estimate BatchNorm on a seeded random subset of this
-            many samples of that data (the same subset at every ``t``);
-            ``None`` uses all of it. A few thousand samples give statistics
-            close to the full set at a fraction of the cost.
         mia: Also compute MIA-efficacy (needs splits ``retain``, ``forget``, ``test``).
         mia_features: Features of :func:`~modeconn_unlearn.mia.svc_mia` to use
             (``"loss"`` for tasks without class logits).
-        task: How outputs are scored (default: classification; see
-            :mod:`modeconn_unlearn.tasks`).
         seed: Seed of the BatchNorm subset (``bn_samples``).
-        progress: Show a progress bar over ``t``.
-        device: Where to evaluate (default: the curve's device).
+        **options: The path options (:class:`~modeconn_unlearn.evaluation.PathOptions`):
+            ``ts``, ``bn_loader`` (default: the ``"retain"`` split), ``bn_samples``, ``task``,
+            ``device``, ``progress``.
 
     Under ``torchrun`` (a ``torch.distributed`` process group) every rank
     evaluates its shard of each split and the sums are all-reduced, so every
@@ -137,7 +125,7 @@ def evaluate_path(
     Raises:
         ModeConnError: Not a CurveModel, no splits, bad ``ts`` or
             ``bn_samples``, a BatchNorm model without a ``"retain"`` split or
-            ``bn_loader``, or missing splits for ``mia``.
+            ``bn_loader``, missing splits for ``mia``, or an unknown keyword.
 
     Example:
         >>> from torch.utils.data import TensorDataset
@@ -148,12 +136,13 @@ def evaluate_path(
         (5,)
     """
     curve = check_curve(curve)
+    settings = path_settings(options, caller="evaluate_path")
     if not isinstance(splits, Mapping) or not splits:
         raise ModeConnError(
             'splits must be a non-empty mapping such as {"retain": dr, "forget": df, "test": dt}.'
         )
-    chosen = resolve_task(task)
-    points = path_points(ts)
+    chosen = resolve_task(settings.task)
+    points = path_points(settings.ts)
     collate = task_collate(chosen)
     loaders = {
         str(name): as_loader(data, name=f"splits[{name!r}]", collate_fn=collate)
@@ -163,7 +152,11 @@ def evaluate_path(
         name: shard_loader(loader, name=f"splits[{name!r}]") for name, loader in loaders.items()
     }
     bn = bn_data(
-        curve.template, bn_loader=bn_loader, splits=loaders, bn_samples=bn_samples, seed=seed
+        curve.template,
+        bn_loader=settings.bn_loader,
+        splits=loaders,
+        bn_samples=settings.bn_samples,
+        seed=seed,
     )
     features = check_features(mia_features) if mia else ()
     if mia:
@@ -183,7 +176,12 @@ def evaluate_path(
     values: dict[str, dict[str, list[float]]] = {name: {} for name in loaders}
     counts: dict[str, int] = {}
     walk = walk_path(
-        curve, points, bn_loader=bn.loader, device=device, progress=progress, desc="evaluate_path"
+        curve,
+        points,
+        bn_loader=bn.loader,
+        device=settings.device,
+        progress=settings.progress,
+        desc="evaluate_path",
     )
     for _, model in walk:
         point = _measure(model, shards, task=chosen, features=features)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from ..errors import ModeConnError
+from ..errors import ModeConnError, listed
 from ..selection import (
     DEFAULT_KIND,
     Interpolation,
@@ -42,6 +43,20 @@ def _number(value: float) -> str:
     return text[:-1] if text.endswith("0") else text
 
 
+def _deprecated_kind(kind: Interpolation | None) -> Interpolation:
+    """The interpolation to draw: the selection's default, or the deprecated ``kind=``."""
+    if kind is None:
+        return DEFAULT_KIND
+    warnings.warn(
+        "plot_path(kind=...) is deprecated and will be removed in 0.3.0; pass "
+        "optimal_t=find_optimal_t(..., kind=...) so the figure shows the selection's "
+        "interpolation.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return kind
+
+
 def plot_path(
     report: PathReport,
     *,
@@ -51,12 +66,11 @@ def plot_path(
     splits: Sequence[str] | None = None,
     metric: str = "acc",
     optimal_t: float | OptimalT | None = None,
-    kind: Interpolation = DEFAULT_KIND,
     end_labels: tuple[str, str] | None = None,
     mia: bool | None = None,
     title: str | None = None,
     ax: Axes | None = None,
-    path: str | os.PathLike[str] | None = None,
+    **deprecated: Any,
 ) -> Figure:
     """Plot a metric per split along the path, with targets, the effective region and MIA.
 
@@ -79,10 +93,9 @@ def plot_path(
         splits: Splits to draw (default: all in the report).
         metric: The metric to draw (``"acc"``, ``"loss"``, ``"mia_confidence"``...).
         optimal_t: Mark this ``t`` with a line; an :class:`~modeconn_unlearn.selection.OptimalT`
-            also supplies the interpolation and the shaded region.
-        kind: Interpolation drawn between the measured points and used for the
-            region; the default is the selection's
-            (:data:`~modeconn_unlearn.selection.DEFAULT_KIND`).
+            also supplies the interpolation drawn between the measured points and the shaded
+            region, so the figure shows what the selection saw. Otherwise the selection's
+            default interpolation is drawn (:data:`~modeconn_unlearn.selection.DEFAULT_KIND`).
         end_labels: Names of the ends, shown under ``t = 0`` and ``t = 1`` on the
             axis, e.g. ``("original", "RL")`` (the base method's name at 1).
         mia: Draw the report's MIA-efficacy (``mia_<feature>`` on the forget
@@ -90,7 +103,9 @@ def plot_path(
             and ``metric`` is ``"acc"``.
         title: Axes title.
         ax: Draw into these axes instead of a new figure.
-        path: Deprecated name of ``save``; removed in 0.3.0.
+        **deprecated: Keywords removed in 0.3.0, each with a ``DeprecationWarning``:
+            ``path=`` (the old name of ``save``) and ``kind=`` (pass
+            ``optimal_t=find_optimal_t(..., kind=...)`` instead).
 
     Returns:
         The matplotlib ``Figure``.
@@ -106,7 +121,10 @@ def plot_path(
         ...                     segment_lengths=[1.0, 1.0])
         >>> fig = plot_path(report, targets={"retain": 98.5}, save="path.png")  # doctest: +SKIP
     """
-    file = resolve_save(save, path)
+    file = resolve_save(save, deprecated.pop("path", None))
+    kind = _deprecated_kind(deprecated.pop("kind", None))
+    if deprecated:
+        raise ModeConnError(f"plot_path() got unexpected keyword(s) {listed(sorted(deprecated))}.")
     chosen = list(report.splits if splits is None else splits)
     series = {split: report.metric(split, metric) for split in chosen}
     targets = dict(targets or {})

@@ -25,12 +25,13 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch import Tensor
+from typing_extensions import Unpack
 
 from ..checks import as_float, positive_int
 from ..curve import CurveModel
 from ..errors import ModeConnError
-from ..evaluation import DataLike, PathReport, evaluate_path
-from ..tasks import Task
+from ..evaluation import DataLike, PathOptions, PathReport, evaluate_path
+from ..evaluation.options import PATH_OPTIONS, path_settings
 from .optimal import Interpolation, OptimalT, avg_gap, find_optimal_t
 
 __all__ = ["PathSearch", "TSearch", "merge_reports", "refine_optimal_t", "search_path"]
@@ -296,9 +297,7 @@ def search_path(
     max_points: int = 10,
     tol: float = 0.01,
     kind: Interpolation = "pchip",
-    bn_loader: DataLike | None = None,
-    task: Task | None = None,
-    device: torch.device | str | None = None,
+    **options: Unpack[PathOptions],
 ) -> PathSearch:
     """:func:`refine_optimal_t` on a curve: evaluate it only where the optimum may be.
 
@@ -319,17 +318,18 @@ def search_path(
         max_points: Most points evaluated in all.
         tol: Precision in ``t`` at which the search stops.
         kind: Interpolation of :func:`~modeconn_unlearn.find_optimal_t`.
-        bn_loader: Retain data for BatchNorm statistics (see ``evaluate_path``).
-        task: How batches are read and scored (default: classification; for
-            language models :class:`~modeconn_unlearn.tasks.CausalLMTask`, whose
-            accuracy is the answer token accuracy).
-        device: Where to evaluate.
+        **options: The path options (:class:`~modeconn_unlearn.evaluation.PathOptions`) but
+            ``ts``, which the search chooses: ``bn_loader`` (default: the ``"retain"`` split),
+            ``bn_samples``, ``task`` (for language models
+            :class:`~modeconn_unlearn.tasks.CausalLMTask`, whose accuracy is the answer token
+            accuracy), ``device``, ``progress`` (a bar per round).
 
     Returns:
         A :class:`PathSearch` (chosen ``t``, merged report, points per round).
 
     Raises:
-        ModeConnError: A missing ``"retain"`` or ``"forget"`` split, or bad settings.
+        ModeConnError: A missing ``"retain"`` or ``"forget"`` split, bad settings, or an
+            unknown keyword (``ts`` included).
 
     Example:
         >>> from torch import nn
@@ -342,6 +342,8 @@ def search_path(
         >>> found.evaluations <= 10, 0.0 <= found.best.t <= 1.0
         (True, True)
     """
+    allowed = [name for name in PATH_OPTIONS if name != "ts"]
+    settings = path_settings(options, caller="search_path", allowed=allowed)
     missing = [name for name in ("retain", "forget") if name not in splits]
     if missing:
         raise ModeConnError(
@@ -351,9 +353,7 @@ def search_path(
     reports: list[PathReport] = []
 
     def measure(ts: list[float]) -> tuple[Sequence[float], Sequence[float]]:
-        report = evaluate_path(
-            curve, splits, ts=ts, bn_loader=bn_loader, task=task, progress=False, device=device
-        )
+        report = evaluate_path(curve, splits, **settings.options(ts=ts))
         reports.append(report)
         return report.acc("retain").tolist(), report.acc("forget").tolist()
 
