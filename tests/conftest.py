@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny models and sklearn digits data, all seeded.
+"""Shared fixtures: the seed and sklearn digits data (helpers to import are in ``helpers``).
 
 The test process runs torch on one thread, and the subprocesses it starts (notebooks,
 multi-process and kill-and-resume tests) inherit ``OMP_NUM_THREADS=1``: torch's default of
@@ -13,7 +13,6 @@ import os
 import pytest
 import torch
 from sklearn.datasets import load_digits
-from torch import nn
 from torch.utils.data import TensorDataset
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -36,8 +35,3 @@ def digits() -> tuple[TensorDataset, TensorDataset]:
     perm = torch.randperm(len(y), generator=g)
     train, test = perm[:1400], perm[1400:]
     return TensorDataset(x[train], y[train]), TensorDataset(x[test], y[test])
-
-
-def make_mlp(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))

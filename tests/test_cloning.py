@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import assert_unchanged, model_state
 from torch import nn
 
 from modeconn_unlearn.cloning import clone_module
@@ -31,19 +32,16 @@ def test_clone_after_backward_is_equal_and_independent(build) -> None:
         copy.deepcopy(model)
     clone = clone_module(model)
     assert clone[0].weight.grad_fn is None
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert clone.state_dict().keys() == before.keys()
+    before = model_state(model)
+    assert clone.state_dict().keys() == model.state_dict().keys()
     for key, value in clone.state_dict().items():
-        assert torch.equal(value, before[key]), key
+        assert torch.equal(value, model.state_dict()[key]), key
         assert value.data_ptr() != model.state_dict()[key].data_ptr(), key
-    model.eval()
-    clone.eval()
     with torch.no_grad():
-        torch.testing.assert_close(clone(x), model(x))
+        torch.testing.assert_close(clone.eval()(x), model.eval()(x))
         for p in clone.parameters():
             p.add_(1.0)
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, before[key]), key
+    assert_unchanged(model.train(), before)
     clone.train()
     clone(x).sum().backward()
     assert all(p.grad is not None for p in clone.parameters())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_mlp
+from helpers import assert_unchanged, make_mlp, model_state
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
@@ -225,12 +225,12 @@ def test_connect_lowers_the_retain_barrier_of_permuted_twins(digits, trained):
     splits = {"retain": train, "test": test}
     linear = loss_barrier(a, a_perm, splits, ts=11)
     assert linear["retain"].height > 0.3  # same function, different basin on the line
-    before = {k: v.clone() for k, v in a.state_dict().items()}
+    before = model_state(a)
     curve = connect(
         a, a_perm, DataLoader(train, batch_size=64, shuffle=True), epochs=8, lr=0.05, progress=False
     )
     assert isinstance(curve, CurveModel)
-    assert all(torch.equal(v, a.state_dict()[k]) for k, v in before.items())
+    assert_unchanged(a, before)
     along = loss_barrier(a, a_perm, splits, path=curve, ts=11)
     assert along["retain"].height < 0.5 * linear["retain"].height
     assert along["retain"].start == pytest.approx(linear["retain"].start, rel=1e-5)
@@ -303,9 +303,9 @@ def forgot_zero(digits):
 
 def test_relearn_attack_brings_back_a_forgotten_class(forgot_zero):
     model, forget = forgot_zero
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = model_state(model)
     result = relearn_attack(model, forget, steps=10, lr=0.5, samples=5, seed=0)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert_unchanged(model, before)
     assert result.steps.tolist() == list(range(11))
     assert len(result.samples) == 5
     rest = Subset(forget, sorted(set(range(len(forget))) - set(result.samples.tolist())))
@@ -337,9 +337,9 @@ def test_relearn_attack_fine_tunes_batchnorm_models_in_eval_mode(digits):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
     model = _train(model, train, steps=20)
-    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    before = model_state(model)
     result = relearn_attack(model, train, steps=1, lr=0.5, samples=8, eval_data=train)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in buffers.items())
+    assert_unchanged(model, before)
     # by hand: one step in eval mode (the model's own statistics, which stay unchanged)
     x, y = train.tensors
     manual = copy.deepcopy(model).eval()

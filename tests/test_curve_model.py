@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from helpers import assert_unchanged, model_state
 from torch import nn
 from torch.nn.utils import parametrizations
 
@@ -123,14 +124,6 @@ def _endpoints(arch: Arch) -> tuple[nn.Module, nn.Module, nn.Module]:
     return model, _perturbed(model, 1), _perturbed(model, 2)
 
 
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def _average(a: nn.Module, b: nn.Module) -> nn.Module:
     mid = copy.deepcopy(a)
     with torch.no_grad():
@@ -175,7 +168,7 @@ def test_linear_init_bezier_midpoint_is_average(arch: Arch) -> None:
 
 def test_only_trainable_tensors_get_gradients_and_step_moves_middle_only(arch: Arch) -> None:
     model, start, end = _endpoints(arch)
-    before = _snapshot(model)
+    before = model_state(model)
     curve = CurveModel(model, start=start, end=end).train()
     trainable = list(curve.parameters())
     assert trainable and all(p.requires_grad for p in trainable)
@@ -193,7 +186,7 @@ def test_only_trainable_tensors_get_gradients_and_step_moves_middle_only(arch: A
         assert torch.equal(arch.call(curve, x, t=0.0), outs[0.0])
         assert torch.equal(arch.call(curve, x, t=1.0), outs[1.0])
         assert not torch.allclose(arch.call(curve, x, t=0.5), outs[0.5])
-    assert _same(before, model.state_dict())
+    assert_unchanged(model, before)
 
 
 def test_export_matches_curve_output(arch: Arch) -> None:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_mlp
+from helpers import make_mlp
 from torch import nn
 from torch.utils.data import TensorDataset
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_mlp
+from helpers import assert_unchanged, make_mlp, model_state
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
@@ -106,12 +106,10 @@ def test_evaluate_runs_in_eval_mode_without_grad_and_restores_modes(
 
     model[1].register_forward_hook(hook)
     model[0].register_forward_hook(hook)
-    before = [m.training for m in model.modules()]
-    running_mean = model[1].running_mean.clone()
+    before = model_state(model)
     evaluate(model, splits["test"])
     assert seen and all(state == (False, False) for state in seen)
-    assert [m.training for m in model.modules()] == before
-    assert torch.equal(model[1].running_mean, running_mean)
+    assert_unchanged(model, before)
 
 
 def test_evaluate_rejects_bad_data() -> None:
@@ -402,14 +400,6 @@ def test_report_rejects_mismatched_lengths() -> None:
         PathReport([0.0, 1.0], {"a": {"acc": [1.0, 2.0]}}, segment_lengths=[1.0, 2.0])
     with pytest.raises(ModeConnError, match="shape"):
         PathReport([0.0, 1.0], {"a": {"acc": [1.0]}}, segment_lengths=[1.0])
-
-
-def test_evaluate_leaves_a_copy_untouched(splits: dict[str, TensorDataset]) -> None:
-    model = make_bn_mlp(3)
-    snapshot = copy.deepcopy(model.state_dict())
-    evaluate(model, splits["test"])
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, snapshot[key])
 
 
 # --------------------------------------------------------------------------- tasks and outputs

@@ -9,10 +9,10 @@ model must hand it back exactly so: each submodule's mode, every parameter, buff
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import torch
+from helpers import assert_unchanged, model_state
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -47,26 +47,6 @@ class TinyLM(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return self.head(self.drop(self.embed(input_ids)))
-
-
-def state(model: nn.Module) -> dict[str, Any]:
-    return {
-        "modes": {name: m.training for name, m in model.named_modules()},
-        "parameters": {n: p.detach().clone() for n, p in model.named_parameters()},
-        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
-        "grads": {n: p.grad for n, p in model.named_parameters()},
-        "buffers": {n: b.clone() for n, b in model.named_buffers()},
-    }
-
-
-def assert_same_state(before: dict[str, Any], after: dict[str, Any], *, buffers: bool) -> None:
-    assert after["modes"] == before["modes"]
-    assert after["requires_grad"] == before["requires_grad"]
-    assert after["grads"] == before["grads"]
-    for kind in ("parameters", "buffers") if buffers else ("parameters",):
-        assert before[kind].keys() == after[kind].keys()
-        for name, value in before[kind].items():
-            assert torch.equal(after[kind][name], value), f"{kind} {name} changed"
 
 
 torch.manual_seed(0)
@@ -143,18 +123,18 @@ def test_public_functions_leave_the_users_model_as_it_was(
     make: Callable[[], nn.Module], call: Callable[[nn.Module], object], keeps_buffers: bool
 ) -> None:
     model = make()
-    before = state(model)
+    before = model_state(model)
     call(model)
-    assert_same_state(before, state(model), buffers=keeps_buffers)
+    assert_unchanged(model, before, buffers=keeps_buffers)
 
 
 def test_evaluating_restores_each_submodule_after_an_error() -> None:
     model = frozen_bn_model()
-    before = state(model)
+    before = model_state(model)
     with pytest.raises(RuntimeError, match="inside"), evaluating(model):
         assert not any(m.training for m in model.modules())
         raise RuntimeError("inside")
-    assert_same_state(before, state(model), buffers=True)
+    assert_unchanged(model, before)
 
 
 def test_keeping_modes_restores_what_the_block_switched() -> None:

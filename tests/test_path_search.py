@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-from conftest import make_mlp
+from helpers import make_mlp
 from torch.utils.data import TensorDataset
 
 import modeconn_unlearn as mcu

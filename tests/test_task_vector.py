@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_mlp
+from helpers import assert_unchanged, make_mlp, model_state
 from torch import nn
 
 from modeconn_unlearn.errors import IncompatibleModelsError, ModeConnError
@@ -35,7 +35,7 @@ def perturbed(model: nn.Module, seed: int) -> nn.Module:
 def test_matches_hand_computation_and_keeps_original():
     original = make_mlp(0)
     finetuned = perturbed(original, 1)
-    before = {k: v.clone() for k, v in original.state_dict().items()}
+    before = model_state(original)
     negated = negate_task_vector(original, finetuned, coef=0.7)
     assert type(negated) is type(original) and negated is not original
     for (name, p), o, f in zip(
@@ -43,7 +43,7 @@ def test_matches_hand_computation_and_keeps_original():
     ):
         expected = o.detach().numpy() - 0.7 * (f.detach().numpy() - o.detach().numpy())
         assert torch.allclose(p.detach(), torch.from_numpy(expected), atol=1e-6), name
-    assert all(torch.equal(before[k], v) for k, v in original.state_dict().items())
+    assert_unchanged(original, before)
 
 
 def test_buffers_come_from_the_original():
