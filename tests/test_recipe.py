@@ -9,12 +9,11 @@ import sys
 
 import pytest
 import torch
-from conftest import make_mlp
+from helpers import make_mlp
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 import modeconn_unlearn as mcu
-from modeconn_unlearn import path_search
 from modeconn_unlearn.errors import ModeConnError
 from modeconn_unlearn.recipe import (
     RecipeConfig,
@@ -23,6 +22,7 @@ from modeconn_unlearn.recipe import (
     mcu_unlearn,
     user_targets,
 )
+from modeconn_unlearn.selection import search as path_search
 from modeconn_unlearn.training import api as training_api
 
 

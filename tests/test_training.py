@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_mlp
+from helpers import make_mlp
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
@@ -968,12 +968,17 @@ def compiled_modules(monkeypatch):
 
 
 def test_compile_gives_the_same_model(tiny, compiled_modules):
+    from torch._dynamo.utils import counters
+
     retain, forget = tiny
     args = dict(loss=finetune(), lr=0.05, epochs=1, batch_size=20, progress=False)
     plain = unlearn(make_mlp(0), retain, forget, **args)
     assert compiled_modules == []
+    torch._dynamo.reset()
+    counters.clear()
     compiled = unlearn(make_mlp(0), retain, forget, compile="eager", **args)
     assert compiled_modules == [("Sequential", "eager")]  # compile= was not ignored
+    assert counters["stats"]["calls_captured"] > 0  # and the compiled module is what ran
     assert type(compiled).__name__ == "Sequential"
     assert set(compiled.state_dict()) == set(plain.state_dict())  # no _orig_mod. prefix
     for key, value in plain.state_dict().items():
