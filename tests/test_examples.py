@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import CELL_TIMEOUT, output_text, run_notebook
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ROW = re.compile(
@@ -17,8 +18,6 @@ ROW = re.compile(
     re.MULTILINE,
 )
 
-#: A hang guard, not a speed limit: generous, so that a busy machine does not fail a run.
-CELL_TIMEOUT = 900
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2 * CELL_TIMEOUT)]
 
 
@@ -93,37 +92,15 @@ def test_quickstart_script_rejects_bad_flags() -> None:
     assert result.returncode == 2 and "invalid choice: 'nope'" in result.stderr
 
 
-def _run_notebook(name: str) -> str:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    notebook = nbformat.read(EXAMPLES / name, as_version=4)
-    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), (
-        f"{name} is committed with outputs; clear them"
-    )
-    client = nbclient.NotebookClient(
-        notebook,
-        timeout=CELL_TIMEOUT,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(EXAMPLES)}},
-    )
-    client.execute()
-    texts = []
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            texts.append(output.get("text", ""))
-            texts.append(output.get("data", {}).get("text/plain", ""))
-    return "\n".join(texts)
-
-
 def test_quickstart_notebook_runs() -> None:
-    text = _run_notebook("01_quickstart.ipynb")
+    text = output_text(run_notebook(EXAMPLES / "01_quickstart.ipynb"))
     assert "optimal t = " in text
     assert re.search(r"^MCU\(RL\)\s+[\d.]+", text, re.MULTILINE), text
     assert "MLP" in text  # export gives the user's class back
 
 
 def test_bring_your_own_model_notebook_runs() -> None:
-    text = _run_notebook("02_bring_your_own_model.ipynb")
+    text = output_text(run_notebook(EXAMPLES / "02_bring_your_own_model.ipynb"))
     assert "DigitNet" in text
     try:
         import transformers  # noqa: F401

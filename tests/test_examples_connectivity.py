@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+from helpers import CELL_TIMEOUT, output_text, run_notebook
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("matplotlib")
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "connectivity_analysis.ipynb"
@@ -21,11 +21,8 @@ SMALL = {
     "RELEARN_STEPS": 3,
 }
 
-#: A hang guard, not a speed limit: generous, so that a busy machine does not fail a run.
-CELL_TIMEOUT = 900
 
-
-def _with_small_parameters(notebook: nbformat.NotebookNode) -> None:
+def _with_small_parameters(notebook: Any) -> None:
     cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
     source = cell.source
     for name, value in SMALL.items():
@@ -37,18 +34,8 @@ def _with_small_parameters(notebook: nbformat.NotebookNode) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(2 * CELL_TIMEOUT)
 def test_connectivity_notebook_runs(tmp_path):
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    _with_small_parameters(notebook)
-    client = nbclient.NotebookClient(
-        notebook,
-        timeout=CELL_TIMEOUT,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(tmp_path)}},
-    )
-    client.execute()
-    outputs = "".join(
-        output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", [])
-    )
+    notebook = run_notebook(NOTEBOOK, cwd=tmp_path, edit=_with_small_parameters)
+    outputs = output_text(notebook)
     assert "barrier: linear" in outputs
     assert "mean retain barrier" in outputs
     assert "after 3 steps" in outputs

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import CELL_TIMEOUT, output_text, run_notebook
 from torch.utils.data import Subset
 
 import modeconn_unlearn as mcu
@@ -20,8 +21,6 @@ transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]
 TASK = CausalLMTask()
 MAX_LENGTH = 24
-#: A hang guard, not a speed limit: generous, so that a busy machine does not fail a run.
-CELL_TIMEOUT = 900
 
 
 def with_lora(model):  # type: ignore[no-untyped-def]
@@ -348,26 +347,8 @@ def test_lora_pipeline_curves_only_the_adapters(world) -> None:  # type: ignore[
 @pytest.mark.slow
 @pytest.mark.timeout(2 * CELL_TIMEOUT)
 def test_language_model_notebook_runs() -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("peft")
-    path = ROOT / "examples" / "03_language_model.ipynb"
-    notebook = nbformat.read(path, as_version=4)
-    assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), (
-        "03_language_model.ipynb is committed with outputs; clear them"
-    )
-    client = nbclient.NotebookClient(
-        notebook,
-        timeout=CELL_TIMEOUT,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(path.parent)}},
-    )
-    client.execute()
-    text = "\n".join(
-        output.get("text", "") + output.get("data", {}).get("text/plain", "")
-        for cell in notebook.cells
-        for output in cell.get("outputs", [])
-    )
+    text = output_text(run_notebook(ROOT / "examples" / "03_language_model.ipynb"))
     assert "returned: " in text and "forget loss" in text, text  # the recipe's summary
     assert "LlamaForCausalLM" in text  # the merged export is the user's model class
     rows = {
