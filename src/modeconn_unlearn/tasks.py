@@ -25,13 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import IGNORE_INDEX, PadCollator, move_to_device, stack_collate
+from .data import IGNORE_INDEX, PadCollator, UnlearnBatch, move_to_device, stack_collate
 from .errors import ModeConnError
 
 __all__ = [
@@ -47,18 +47,8 @@ __all__ = [
 ]
 
 
-class Batch(NamedTuple):
-    """A batch as a task reads it.
-
-    Attributes:
-        inputs: What the model is called with (a tensor, or a dict of keyword inputs).
-        targets: The labels, or ``None`` for an unlabelled batch.
-        is_forget: Boolean ``(N,)`` forget flags of an ``UnlearnBatch``, else ``None``.
-    """
-
-    inputs: Any
-    targets: Tensor | None
-    is_forget: Tensor | None
+#: A batch as a task reads it: the one batch type, :class:`~modeconn_unlearn.data.UnlearnBatch`.
+Batch = UnlearnBatch
 
 
 @dataclass

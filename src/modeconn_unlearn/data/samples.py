@@ -37,12 +37,17 @@ DEFAULT_EVAL_BATCH_SIZE = 256
 
 
 class UnlearnBatch(NamedTuple):
-    """A batch mixing retain and forget samples.
+    """A batch mixing retain and forget samples, and a batch as a task reads it.
+
+    The unlearning loaders fill all three fields; a task's ``split`` reads any batch
+    into one, with ``None`` for what the batch does not carry.
 
     Attributes:
         inputs: The model inputs (a tensor, or whatever the dataset's collate gives).
-        targets: Integer class labels, shape ``(N,)``.
-        is_forget: Boolean tensor, shape ``(N,)``; ``True`` marks forget samples.
+        targets: The labels (``(N,)`` class labels, ``(N, L)`` token labels), or
+            ``None`` for an unlabelled batch.
+        is_forget: Boolean tensor, shape ``(N,)``; ``True`` marks forget samples
+            (``None`` for a batch that is not split into retain and forget).
 
     Example:
         >>> import torch
@@ -52,8 +57,8 @@ class UnlearnBatch(NamedTuple):
     """
 
     inputs: Any
-    targets: Tensor
-    is_forget: Tensor
+    targets: Tensor | None
+    is_forget: Tensor | None
 
 
 class MapDataset(Protocol):
