@@ -11,7 +11,8 @@ mode as it was.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -129,15 +130,15 @@ def concat_signals(parts: list[Tensor]) -> Tensor:
 
 
 def run_pass(
-    model: nn.Module,
+    model: Callable[..., Any],
     loader: Iterable[Any],
     *,
     task: Task,
-    device: torch.device,
+    device: torch.device | None,
     signals: bool = False,
     name: str = "data",
 ) -> Outputs:
-    """One pass of ``model`` (already on ``device``) over ``loader``.
+    """One pass of ``model`` (already on ``device``; ``None``: batches stay where they are).
 
     The caller runs it under :func:`~modeconn_unlearn.modes.evaluating` and
     :func:`torch.no_grad`.
@@ -171,7 +172,7 @@ def run_pass(
 
 
 def collect_outputs(
-    model: nn.Module,
+    model: Callable[..., Any],
     data: DataLike,
     *,
     task: Task | None = None,
@@ -182,12 +183,14 @@ def collect_outputs(
     """Per-sample loss, correctness and (optionally) attack signals of ``model`` on ``data``.
 
     Args:
-        model: The model; it is run as the task calls it.
+        model: The model, run as the task calls it; or any function of the inputs that
+            returns outputs (e.g. a curve at one ``t``), run as it is.
         data: A DataLoader, or a map-style Dataset (read in batches of 256).
         task: How batches and outputs are read; default
             :class:`~modeconn_unlearn.tasks.ClassificationTask`.
         signals: Also collect the task's attack signals.
-        device: Where to run (the model is moved there); default: the model's device.
+        device: Where to run (a model is moved there); default: the model's device
+            (a function's batches stay on the device the loader gives).
         name: How error messages call ``data``.
 
     Returns:
@@ -207,8 +210,13 @@ def collect_outputs(
         [1.0, 0.0]
     """
     chosen = resolve_task(task)
-    target = resolve_device(model, device)
-    with evaluating(model), torch.no_grad():
+    if isinstance(model, nn.Module):
+        target: torch.device | None = resolve_device(model, device)
+        modes: Any = evaluating(model)
+    else:
+        target = None if device is None else torch.device(device)
+        modes = nullcontext()
+    with modes, torch.no_grad():
         return run_pass(
             model,
             as_loader(data, name=name, collate_fn=task_collate(chosen)),

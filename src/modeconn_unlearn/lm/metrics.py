@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from ..batchnorm import module_device
 from ..checks import positive_int
 from ..errors import ModeConnError
+from ..evaluation import collect_outputs
 from ..modes import evaluating
 from ..optional import require
 from ..tasks import CausalLMTask, Task, resolve_task
@@ -119,11 +120,12 @@ def lm_outputs(
             :class:`~modeconn_unlearn.lm.data.QADataset` (batched in order).
         task: A causal-LM task that returns the signals of
             :class:`~modeconn_unlearn.tasks.CausalLMTask` (the default).
-        device: Where to run; defaults to the model's device.
+        device: Where to run (a model is moved there); defaults to the model's device.
         batch_size: Batch size when ``data`` is a dataset.
 
     Returns:
-        The :class:`LMOutputs`, in the order of ``data``.
+        The :class:`LMOutputs`, in the order of ``data``, from one pass of
+        :func:`~modeconn_unlearn.evaluation.collect_outputs` with the task's signals.
 
     Raises:
         ModeConnError: Empty data, or a task without the causal-LM signals.
@@ -136,46 +138,31 @@ def lm_outputs(
         >>> round(float(out.nll[0]), 4), out.num_tokens.tolist()
         (1.3863, [2])
     """
-    task = resolve_task(task) if task is not None else CausalLMTask()
-    if device is None and isinstance(model, nn.Module):
-        device = module_device(model)
+    chosen = CausalLMTask() if task is None else resolve_task(task)
     loader = as_lm_loader(data, batch_size=batch_size)
-    parts: dict[str, list[Any]] = {k: [] for k in ("nll_sum", "num", "acc", "lp", "pp", "ids")}
-    modes = evaluating(model) if isinstance(model, nn.Module) else nullcontext()
-    with modes, torch.no_grad():
-        for batch in loader:
-            split = task.split(batch, device=device)
-            if split.targets is None:
-                raise ModeConnError("an LM batch has no labels; QADataset items carry them.")
-            out = task(model, split.inputs, split.targets, signals=True)
-            missing = [k for k in _NEEDED if k not in out.signals]
-            if missing:
-                raise ModeConnError(
-                    f"task {task!r} returned no signals {missing}; use CausalLMTask() or a "
-                    "task with the same signals."
-                )
-            s = out.signals
-            mask = s["token_mask"].bool()
-            parts["nll_sum"].append(s["nll_sum"].double().cpu())
-            parts["num"].append(s["num_tokens"].long().cpu())
-            parts["acc"].append(out.correct.detach().double().cpu())
-            for row in range(mask.shape[0]):
-                keep = mask[row]
-                parts["lp"].append(s["token_logprobs"][row][keep].double().cpu().numpy())
-                parts["pp"].append(s["mink_pp"][row][keep].double().cpu().numpy())
-                parts["ids"].append(s["labels"][row][keep].long().cpu().numpy())
-    if not parts["num"]:
-        raise ModeConnError("data yielded no batch.")
-    nll_sum = torch.cat(parts["nll_sum"]).numpy()
-    num = torch.cat(parts["num"]).numpy()
+    out = collect_outputs(model, loader, task=chosen, signals=True, device=device)
+    missing = [k for k in _NEEDED if k not in out.signals]
+    if missing:
+        raise ModeConnError(
+            f"task {chosen!r} returned no signals {missing}; use CausalLMTask() or a task with "
+            "the same signals."
+        )
+    signals = out.signals
+    scored = signals["token_mask"].bool()
+
+    def per_example(key: str, dtype: torch.dtype) -> list[Any]:
+        return [row[keep].to(dtype).numpy() for row, keep in zip(signals[key], scored, strict=True)]
+
+    nll_sum = signals["nll_sum"].double().numpy()
+    num = signals["num_tokens"].long().numpy()
     return LMOutputs(
         nll=nll_sum / num,
         nll_sum=nll_sum,
         num_tokens=num,
-        token_accuracy=torch.cat(parts["acc"]).numpy(),
-        token_logprobs=parts["lp"],
-        mink_pp=parts["pp"],
-        answer_ids=parts["ids"],
+        token_accuracy=out.correct.numpy(),
+        token_logprobs=per_example("token_logprobs", torch.float64),
+        mink_pp=per_example("mink_pp", torch.float64),
+        answer_ids=per_example("labels", torch.long),
     )
 
 
