@@ -1,9 +1,11 @@
-"""shard_curve: a LoRA curve's frozen base under FSDP2, 2 CPU processes with gloo.
+"""shard_curve, 2 CPU processes with gloo: a LoRA curve and a full-parameter curve.
 
-The workers run this file as a script (launched by :mod:`torchrun_launch`); each
-shards a curve over two adapters of a tiny Llama, runs ``fit_curve``,
-``evaluate_path`` and ``export`` on it, and saves what the tests compare with a
-single-process run of the same calls.
+The workers run this file as a script (launched by :mod:`torchrun_launch`). The
+``lora`` worker shards a curve over two adapters of a tiny Llama (the frozen base
+under FSDP2), runs ``fit_curve``, ``evaluate_path`` and ``export`` on it, and saves
+what the tests compare with a single-process run of the same calls. The ``full``
+worker shards the bends of a full-parameter curve (a tied-embedding model with
+blocks) and does the same with ``fit_curve``, ``export``, masks and a resume.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from modeconn_unlearn.evaluation import evaluate_path
 from modeconn_unlearn.losses import finetune
 from modeconn_unlearn.tasks import CausalLMTask
 from modeconn_unlearn.training import fit_curve, shard_curve
+from modeconn_unlearn.training.fsdp import checkpoint_file
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
@@ -195,12 +198,6 @@ def test_unsupported_layouts_are_refused_with_a_reason(ranks):
     assert "already" in refused["twice"]
 
 
-def test_a_full_parameter_curve_is_refused_before_anything_runs():
-    a, b = nn.Linear(3, 2), nn.Linear(3, 2)
-    with pytest.raises(ModeConnError, match=r"not implemented yet.*DDP"):
-        shard_curve(CurveModel(a, start=a, end=b))
-
-
 def test_sharding_needs_a_process_group_and_a_curve():
     with pytest.raises(ModeConnError, match="process group"):
         shard_curve(make_curve())
@@ -208,7 +205,220 @@ def test_sharding_needs_a_process_group_and_a_curve():
         shard_curve(nn.Linear(2, 2))  # type: ignore[arg-type]
 
 
+# --------------------------------------------------------------------------- full-parameter curves
+class TiedBlocks(nn.Module):
+    """Tokens -> a tied embedding, two blocks in a ModuleList, a norm, the tied head.
+
+    The embedding has an odd number of entries, so its shards are padded.
+    """
+
+    def __init__(self, vocab: int = 21, dim: int = 15) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, dim), nn.Tanh()) for _ in range(FULL_BLOCKS)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed(tokens)
+        for block in self.blocks:
+            hidden = hidden + block(hidden)
+        return self.head(self.norm(hidden)).mean(1)
+
+
+FULL_BLOCKS = 2
+#: Each run takes the whole retain set as one global batch (8 samples per rank).
+FULL_FIT = dict(optimizer="adam", lr=2e-2, batch_size=16, seed=4, progress=False)
+FULL_TS = [0.0, 0.25, 0.6, 1.0]
+FULL_MASKS = {
+    "per-tensor": lambda model: {"blocks.1.0.weight": True, "norm.bias": True},
+    "element-wise": lambda model: {
+        name: torch.rand(p.shape, generator=torch.Generator().manual_seed(8)) < 0.3
+        for name, p in model.named_parameters()
+    },
+}
+
+
+#: The compared runs: a mask (or none) and CurveModel options.
+FULL_RUNS: dict[str, tuple[str | None, dict[str, object]]] = {
+    "plain": (None, {}),
+    "per-tensor": ("per-tensor", {}),
+    "element-wise": ("element-wise", {}),
+    "free end": (None, {"fix_end": False}),
+}
+
+
+def make_full_curve(mask: str | None = None, **kwargs: object) -> CurveModel:
+    """A full-parameter curve (every weight curved) between two perturbed copies."""
+    torch.manual_seed(10)
+    start = TiedBlocks()
+    end = copy.deepcopy(start)
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in end.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    spec = None if mask is None else FULL_MASKS[mask](start)
+    return CurveModel(start, start=start, end=end, mask=spec, **kwargs)
+
+
+def make_full_data() -> tuple[TensorDataset, TensorDataset]:
+    gen = torch.Generator().manual_seed(12)
+    tokens = torch.randint(0, 21, (22, 5), generator=gen)
+    labels = torch.randint(0, 21, (22,), generator=gen)
+    return TensorDataset(tokens[:16], labels[:16]), TensorDataset(tokens[16:], labels[16:])
+
+
+def local_bytes(curve: CurveModel, optimizer_state: dict) -> int:
+    """Bytes this process holds of the bends, their gradients and the optimizer's state."""
+    tensors = [*curve.groups.parameters(), *curve.groups.buffers()]
+    tensors += [p.grad for p in curve.groups.parameters() if p.grad is not None]
+    tensors += [v for state in optimizer_state["state"].values() for v in state.values()]
+    return sum(t.numel() * t.element_size() for t in tensors if t.dim() > 0)
+
+
+def run_full_calls(
+    curve: CurveModel, checkpoints: Path, epochs: int = 4, **kwargs: object
+) -> dict[str, object]:
+    """fit_curve, then export at a few t: what is compared.
+
+    One global batch of the whole retain set per step (the single-process loader orders
+    samples differently from the DistributedSampler; full batches do not depend on it).
+    The optimizer's state is read from the run's checkpoint (one file per rank when sharded).
+    """
+    retain, _ = make_full_data()
+    fit = {**FULL_FIT, **kwargs}
+    history = fit_curve(
+        curve,
+        retain,
+        None,
+        loss=finetune(),
+        epochs=epochs,
+        checkpoint_dir=checkpoints,
+        **fit,
+    )
+    state = torch.load(checkpoints / checkpoint_file(curve, "fit_curve"), weights_only=True)
+    return {
+        "loss": [r.loss for r in history],
+        "exports": {t: curve.export(t).state_dict() for t in FULL_TS},
+        "bends": {k: v.detach().clone() for k, v in curve.state_dict().items()},
+        "bytes": local_bytes(curve, state["optimizer"]),
+        "class": type(curve.export(0.5)).__name__,
+    }
+
+
+def _full_worker(out: Path) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=300))
+    try:
+        mesh = init_device_mesh("cpu", (2,))
+        me = dist.get_rank()
+        result: dict[str, object] = {}
+        for run, (mask, kwargs) in FULL_RUNS.items():
+            curve = shard_curve(make_full_curve(mask, **kwargs), mesh)
+            result[run] = run_full_calls(curve, out / f"{run}{me}")
+        # Stopped after 2 of 4 epochs (as if killed), then resumed from the rank's own file.
+        checkpoints = out / f"resumed{me}"
+        run_full_calls(shard_curve(make_full_curve(), mesh), checkpoints, epochs=2)
+        result["resumed"] = run_full_calls(
+            shard_curve(make_full_curve(), mesh), checkpoints, resume=True
+        )
+        result["files"] = sorted(p.name for p in checkpoints.iterdir())
+        refused = {}
+        try:
+            curve = shard_curve(make_full_curve(), mesh)
+            run_full_calls(curve, out / f"compiled{me}", epochs=1, compile="eager")
+        except ModeConnError as error:
+            refused["compile"] = str(error)
+        try:
+            shard_curve(make_full_curve(), mesh, blocks=lambda model: [nn.Linear(2, 2)])
+        except ModeConnError as error:
+            refused["foreign block"] = str(error)
+        result["refused"] = refused
+        torch.save(result, out / f"rank{dist.get_rank()}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def full_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp_full")
+    launch(__file__, out, 2, "--full")
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def full_single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp_full_single")
+    return {
+        run: run_full_calls(make_full_curve(mask, **kwargs), out / run)
+        for run, (mask, kwargs) in FULL_RUNS.items()
+    }
+
+
+def _assert_close_states(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key, value in b.items():
+        torch.testing.assert_close(a[key], value, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow  # the 2-process launch takes about 20 s
+@pytest.mark.parametrize("run", FULL_RUNS)
+def test_sharded_full_curve_fits_and_exports_as_one_process(full_ranks, full_single, run):
+    single = full_single[run]
+    for rank in full_ranks:
+        assert rank[run]["loss"] == pytest.approx(single["loss"], rel=1e-5)
+        assert rank[run]["class"] == "TiedBlocks"
+        for t in FULL_TS:
+            _assert_close_states(rank[run]["exports"][t], single["exports"][t])
+    assert full_ranks[0][run]["loss"] == full_ranks[1][run]["loss"]
+    for t in FULL_TS:
+        exports = [r[run]["exports"][t] for r in full_ranks]
+        assert all(torch.equal(exports[0][k], exports[1][k]) for k in exports[0])
+
+
+@pytest.mark.slow  # the 2-process launch takes about 20 s
+def test_the_export_keeps_the_tie_and_the_loss_moved(full_ranks, full_single):
+    export = full_ranks[0]["plain"]["exports"][0.6]
+    assert "head.weight" not in export or torch.equal(export["head.weight"], export["embed.weight"])
+    assert full_single["plain"]["loss"][-1] < full_single["plain"]["loss"][0]
+
+
+@pytest.mark.slow  # the 2-process launch takes about 20 s
+def test_each_rank_holds_half_the_bends_gradients_and_optimizer_state(full_ranks, full_single):
+    whole = full_single["plain"]["bytes"]
+    for rank in full_ranks:
+        assert 0.45 * whole <= rank["plain"]["bytes"] <= 0.55 * whole
+
+
+@pytest.mark.slow  # the 2-process launch takes about 20 s
+def test_a_resumed_sharded_run_matches_the_uninterrupted_one(full_ranks):
+    for rank in full_ranks:
+        assert rank["resumed"]["loss"] == rank["plain"]["loss"]
+        for key, value in rank["plain"]["bends"].items():
+            assert torch.equal(rank["resumed"]["bends"][key], value)
+        for t in FULL_TS:
+            exports = (rank["resumed"]["exports"][t], rank["plain"]["exports"][t])
+            assert all(torch.equal(exports[0][k], exports[1][k]) for k in exports[0])
+    assert full_ranks[0]["files"] == ["fit_curve.rank0-of-2.pt"]
+    assert full_ranks[1]["files"] == ["fit_curve.rank1-of-2.pt"]
+
+
+@pytest.mark.slow  # the 2-process launch takes about 20 s
+def test_full_curve_refusals_say_what_to_do(full_ranks):
+    refused = full_ranks[0]["refused"]
+    assert "without compile" in refused["compile"]
+    assert "not part of the curve's model" in refused["foreign block"]
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", type=Path, required=True)
-    _worker(parser.parse_args().worker)
+    parser.add_argument("--full", action="store_true")
+    arguments = parser.parse_args()
+    (_full_worker if arguments.full else _worker)(arguments.worker)

@@ -26,14 +26,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launch(script: str, out: Path, nproc: int) -> None:
-    """Run ``python -m torch.distributed.run ... script --worker out``; fail the test on error."""
+def launch(script: str, out: Path, nproc: int, *args: str) -> None:
+    """Run ``python -m torch.distributed.run ... script --worker out *args``; fail on error."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc_per_node={nproc}", "--nnodes=1", "--master_addr=127.0.0.1",
         f"--master_port={free_port()}", "--max_restarts=0",
-        script, "--worker", str(out),
+        script, "--worker", str(out), *args,
     ]  # fmt: skip
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True

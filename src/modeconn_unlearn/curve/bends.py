@@ -146,7 +146,16 @@ class Combine(torch.autograd.Function):
 
 
 class BendGroup(nn.Module):
-    """The bends of all curved parameters of one dtype, stored flat."""
+    """The bends of all curved parameters of one dtype, stored flat.
+
+    ``names`` (default ``"0"``, ``"1"``, ...) name the tensors in the order of
+    ``shapes``; :meth:`weights` returns them in that order.
+    """
+
+    #: The curve combines this group's weights before running its model. Storage that
+    #: combines its weights during the forward pass itself (bends sharded over ranks, put
+    #: in place block by block) sets it to ``False``; the curve then leaves it out.
+    combined_before_forward: bool = True
 
     anchors: Tensor
     index: Tensor | None
@@ -162,9 +171,11 @@ class BendGroup(nn.Module):
         fix_start: bool,
         fix_end: bool,
         mask: Tensor | None,
+        names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.shapes = shapes
+        self.names = [str(i) for i in range(len(shapes))] if names is None else list(names)
         self.numels = [math.prod(shape) for shape in shapes]
         offsets = [0, *torch.tensor(self.numels, dtype=torch.long).cumsum(0).tolist()]
         self.spans = list(itertools.pairwise(offsets))

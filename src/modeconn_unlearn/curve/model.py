@@ -186,7 +186,6 @@ class CurveModel(nn.Module):
         by_dtype: dict[torch.dtype, list[str]] = {}
         for name, tensor in parameters.items():
             by_dtype.setdefault(tensor.dtype, []).append(name)
-        self._param_names: dict[str, list[str]] = {}
         groups = {}
         for dtype, names in by_dtype.items():
             key = str(dtype).removeprefix("torch.")
@@ -204,8 +203,8 @@ class CurveModel(nn.Module):
                 fix_start=fix_start,
                 fix_end=fix_end,
                 mask=group_mask,
+                names=names,
             )
-            self._param_names[key] = names
         self.groups = nn.ModuleDict(groups)
         buffers = dict(template.named_buffers())
         self._buffer_names = list(buffers)
@@ -240,14 +239,21 @@ class CurveModel(nn.Module):
                 if param.data_ptr() != start_state[name].data_ptr():
                     param.copy_(start_state[name])
 
+    @property
+    def _param_names(self) -> dict[str, list[str]]:
+        """The curved parameters' names of each group, in storage order."""
+        return {key: list(group.names) for key, group in self.groups.items()}
+
     def _link_template(self) -> None:
         # The template's curved parameters are never read (functional_call swaps them for the
         # weights at t), so they share the start anchor's storage instead of holding a copy.
+        # Sharded storage (training.shard_curve) keeps no such parameters in the template.
         template = self.template
-        for key, module in self.groups.items():
-            group = cast(BendGroup, module)
-            views = torch.split(group.anchors[0], group.numels)
-            for name, view, shape in zip(self._param_names[key], views, group.shapes, strict=True):
+        for module in self.groups.values():
+            if not isinstance(module, BendGroup):
+                continue
+            views = torch.split(module.anchors[0], module.numels)
+            for name, view, shape in zip(module.names, views, module.shapes, strict=True):
                 param = template.get_parameter(name)
                 if param.dtype == view.dtype and param.device == view.device:
                     param.data = view.view(shape)
@@ -352,20 +358,24 @@ class CurveModel(nn.Module):
             >>> torch.allclose(curve.weights_at(0.0)["weight"], a.weight)
             True
         """
-        t = check_t(t)
+        return self._weights_at(check_t(t), forward=False)
+
+    def _weights_at(self, t: float, *, forward: bool) -> dict[str, Tensor]:
         coefs = [float(c) for c in self._coefficients_at(t)]
         weights: dict[str, Tensor] = {}
-        for key, module in self.groups.items():
+        for module in self.groups.values():
             group = cast(BendGroup, module)
-            weights.update(zip(self._param_names[key], group.weights(coefs), strict=True))
+            if forward and not group.combined_before_forward:
+                continue
+            weights.update(zip(group.names, group.weights(coefs), strict=True))
         return weights
 
     def _traced_weights_at(self, t: Tensor) -> dict[str, Tensor]:
         coefs = torch.stack([torch.as_tensor(c) for c in self._coefficients_at(t)])
         weights: dict[str, Tensor] = {}
-        for key, module in self.groups.items():
+        for module in self.groups.values():
             group = cast(BendGroup, module)
-            weights.update(zip(self._param_names[key], group.traced_weights(coefs), strict=True))
+            weights.update(zip(group.names, group.traced_weights(coefs), strict=True))
         return weights
 
     def buffers_at(self, t: float | Tensor) -> dict[str, Tensor]:
@@ -407,7 +417,7 @@ class CurveModel(nn.Module):
         else:
             t = check_t(t)
             self._last_t = t
-            state = self.weights_at(t)
+            state = self._weights_at(t, forward=True)
             state.update(self.buffers_at(t))
         return functional_call(self.template, state, args, kwargs, tie_weights=True, strict=False)
 
@@ -431,7 +441,8 @@ class CurveModel(nn.Module):
             A new module of the template's class (the base model's class when
             ``merged``), in the curve's train/eval mode. For a curve sharded by
             :func:`~modeconn_unlearn.training.shard_curve` every rank must call
-            this: the base is gathered into a plain, unsharded copy on every rank.
+            this: the sharded base or bends are gathered into a plain, unsharded
+            copy on every rank.
 
         Raises:
             ModeConnError: ``merged=True`` for a model that is not a PEFT model,

@@ -33,8 +33,9 @@ from torch.distributed.tensor import DTensor
 from ..batchnorm import module_device
 from ..curve import CurveModel
 from ..errors import ModeConnError
+from .sharded_bends import FullCopy, ShardedBends, meta_copy, shard_bends
 
-__all__ = ["is_sharded", "shard_curve"]
+__all__ = ["checkpoint_file", "grad_norm", "has_sharded_bends", "is_sharded", "shard_curve"]
 
 #: Where a sharded curve keeps the callable that builds an unsharded copy of its model
 #: (read by ``CurveModel.export``).
@@ -101,21 +102,20 @@ def shard_curve(
         raise TypeError(f"shard_curve takes a CurveModel, got {type(curve).__name__}.")
     if is_sharded(curve):
         raise ModeConnError("shard_curve was already called on this curve; call it once.")
-    template = curve.template
-    curved = {p for p in template.parameters() if p.requires_grad}
-    if all(p.requires_grad for p in template.parameters()):
-        raise ModeConnError(
-            "shard_curve shards the frozen base of a curve over adapters (e.g. LoRA), but this "
-            f"curve curves every parameter of its {type(template).__name__}. Sharded bends for "
-            "full-parameter curves are not implemented yet; run the curve with DDP under "
-            "torchrun today (fit_curve does so by itself), or curve adapters with peft."
-        )
     if not (dist.is_available() and dist.is_initialized()):
         raise ModeConnError(
             "shard_curve needs a torch.distributed process group: run under torchrun and call "
             "torch.distributed.init_process_group first."
         )
     mesh = _checked_mesh(curve, mesh)
+    template = curve.template
+    if all(p.requires_grad for p in template.parameters()):
+        units = list(blocks(template) if blocks is not None else _largest_module_list(template))
+        _replicate(curve, mesh)
+        skeleton = shard_bends(curve, units, mesh.get_group())
+        curve.__dict__[UNSHARDED_COPY] = FullCopy(skeleton, template, lambda: module_device(curve))
+        return curve
+    curved = {p for p in template.parameters() if p.requires_grad}
     units = list(blocks(template) if blocks is not None else _largest_module_list(template))
     if not units:
         raise ModeConnError(
@@ -123,7 +123,7 @@ def shard_curve(
             "layers; pass blocks=lambda model: <its decoder layers>."
         )
     _replicate(curve, mesh)
-    skeleton = _meta_copy(template)
+    skeleton = meta_copy(template)
     for unit in units:
         fully_shard(unit, mesh=mesh, ignored_params=curved)
     fully_shard(template, mesh=mesh, ignored_params=curved)
@@ -134,6 +134,53 @@ def shard_curve(
     return curve
 
 
+def checkpoint_file(module: nn.Module, kind: str) -> str:
+    """The name of a run's checkpoint file: one per rank when ``module`` has sharded bends.
+
+    Example:
+        >>> checkpoint_file(nn.Linear(2, 1), "fit_curve")
+        'fit_curve.pt'
+    """
+    if not has_sharded_bends(module):
+        return f"{kind}.pt"
+    return f"{kind}.rank{dist.get_rank()}-of-{dist.get_world_size()}.pt"
+
+
+def grad_norm(module: nn.Module, grads: list[Tensor]) -> Tensor:
+    """The 2-norm of ``grads``, over every rank's shard when ``module`` has sharded bends.
+
+    With sharded bends this is a collective: every rank calls it, also with no gradient.
+
+    Example:
+        >>> grad_norm(nn.Linear(2, 1), [torch.tensor([3.0, 4.0])]).item()
+        5.0
+    """
+    norm = (
+        torch.nn.utils.get_total_norm(grads)
+        if grads
+        else torch.zeros((), device=module_device(module))
+    )
+    if not has_sharded_bends(module):
+        return norm
+    squared = norm.to(torch.float64).square()
+    dist.all_reduce(squared)
+    return squared.sqrt().to(norm.dtype)
+
+
+def has_sharded_bends(module: nn.Module) -> bool:
+    """Whether ``module`` is a full-parameter curve whose bends :func:`shard_curve` sharded.
+
+    Each rank then holds other bends and optimizer state, and writes its own checkpoint.
+
+    Example:
+        >>> has_sharded_bends(nn.Linear(2, 1))
+        False
+    """
+    return isinstance(module, CurveModel) and any(
+        isinstance(group, ShardedBends) for group in module.groups.values()
+    )
+
+
 def _checked_mesh(curve: CurveModel, mesh: DeviceMesh | None) -> DeviceMesh:
     device = module_device(curve)
     if mesh is None:
@@ -142,6 +189,12 @@ def _checked_mesh(curve: CurveModel, mesh: DeviceMesh | None) -> DeviceMesh:
         raise ModeConnError(
             f"shard_curve takes a 1-D device mesh, got {mesh.ndim} dimensions "
             f"{tuple(mesh.shape)}; hybrid sharding is not supported."
+        )
+    if mesh.size() != dist.get_world_size():
+        raise ModeConnError(
+            f"the mesh spans {mesh.size()} of the {dist.get_world_size()} ranks; the batches are "
+            "split over every rank, so the gradients must be averaged over every rank: build the "
+            f"mesh with init_device_mesh({device.type!r}, (world_size,)), or pass none."
         )
     if mesh.device_type != device.type:
         raise ModeConnError(
@@ -180,15 +233,6 @@ def _averaging_hook(group: dist.ProcessGroup, world: int) -> Callable[[Tensor], 
             param.grad.div_(world)
 
     return average
-
-
-def _meta_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose parameters are on the meta device (no storage); buffers copied."""
-    memo: dict[int, object] = {
-        id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
-        for p in model.parameters()
-    }
-    return copy.deepcopy(model, memo)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from ..losses import UnlearnLoss
 from ..progress import progress_bar
 from .config import TrainConfig
 from .distributed import all_reduce_sum, barrier, is_distributed, rank
-from .fsdp import is_sharded
+from .fsdp import checkpoint_file, grad_norm, has_sharded_bends, is_sharded
 from .history import EpochMeter, History
 from .loaders import RunLoader
 from .state import check_resumable, load_state, rng_state, seeded, set_rng_state, write_state
@@ -90,6 +90,11 @@ def _forward_module(run: Run) -> nn.Module:
             key = "forward_sync_buffers" if _DDP_HAS_FORWARD_SYNC else "broadcast_buffers"
             options[key] = False
         module = DistributedDataParallel(module, device_ids=device_ids, **options)
+    if run.config.compile and has_sharded_bends(run.module):
+        raise ModeConnError(
+            "compile=True cannot compile a curve whose bends shard_curve sharded (its blocks "
+            "gather their weights in hooks during the forward pass); train it without compile."
+        )
     if run.config.compile:
         backend = run.config.compile if isinstance(run.config.compile, str) else "inductor"
         module = torch.compile(module, backend=backend)  # type: ignore[assignment]
@@ -128,7 +133,9 @@ def _checked_scalar(value: Any, where: str, module: nn.Module) -> float:
 
 def _check_gradients(params: list[Tensor], where: str, module: nn.Module) -> None:
     grads = [p.grad for p in params if p.grad is not None]
-    if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+    # Sharded bends: the norm over every rank's shard, so that all ranks stop together.
+    sharded = has_sharded_bends(module)
+    if (grads or sharded) and not bool(torch.isfinite(grad_norm(module, grads))):
         raise NonFiniteLossError(
             f"{where}: the loss is finite but its gradient is not (NaN or inf); no update was "
             "made, so the model keeps its last finite state. Lower lr or clip the objective.",
@@ -235,7 +242,7 @@ def _resume(run: Run, path: Path | None, epochs: int) -> tuple[History, int, int
 
 
 def _save(run: Run, path: Path, epoch: int, step: int, history: History) -> None:
-    if rank() == 0:
+    if rank() == 0 or has_sharded_bends(run.module):  # sharded bends: a file per rank
         generator = run.data.generator
         write_state(
             path,
@@ -265,7 +272,8 @@ def train(run: Run) -> History:
     updates = -(-steps // accumulation)  # optimizer steps per epoch
     max_steps = config.max_steps
     epochs = config.epochs if config.epochs is not None else -(-int(max_steps or 0) // updates)
-    path = None if config.checkpoint_dir is None else Path(config.checkpoint_dir) / f"{run.kind}.pt"
+    directory = config.checkpoint_dir
+    path = None if directory is None else Path(directory) / checkpoint_file(run.module, run.kind)
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
     if config.create_graph and is_distributed():
         raise ModeConnError(
