@@ -17,6 +17,7 @@ from modeconn_unlearn.lm import (
     fictitious_qa,
     group_split,
     lm_unlearn_loader,
+    qa_source,
     qa_texts,
     refusal_dataset,
     tiny_causal_lm,
@@ -79,6 +80,28 @@ def test_chat_template_builds_the_prompt(tokenizer) -> None:  # type: ignore[no-
     assert labels[n:] == ids[n:] and len(ids) == n + 2  # "Ana" (unknown word: <unk>) + EOS
 
 
+def test_system_prompt_goes_through_the_chat_template(pairs: list[QAPair]) -> None:
+    template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}<s> [SYS] {{ m['content'] }}"
+        "{% else %} [USER] {{ m['content'] }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %} [BOT]{% endif %}"
+    )
+    tok = train_tokenizer(
+        [*qa_texts(pairs), "[SYS] [USER] [BOT] Be brief ."], chat_template=template
+    )
+    ids, labels = tokenize_qa(tok, "Who ?", "Ana", chat_template=True, system_prompt="Be brief .")
+    prompt = "<s> [SYS] Be brief . [USER] Who ? [BOT]"
+    expected = tok(prompt, add_special_tokens=False)["input_ids"]
+    assert ids[: len(expected)] == expected and labels[: len(expected)] == [-100] * len(expected)
+    assert len(ids) == len(expected) + 2  # the answer and EOS
+    data = QADataset(pairs[:2], tok, chat_template=True, system_prompt="Be brief .")
+    assert data.options["system_prompt"] == "Be brief ."
+    assert tok.convert_ids_to_tokens(data.prompt_ids(0))[:3] == ["<s>", "[", "SYS"]
+    assert data.subset([1]).prompt_ids(0) == data.prompt_ids(1)  # options travel with views
+    with pytest.raises(ModeConnError, match="system_prompt needs chat_template=True"):
+        tokenize_qa(tok, "Who ?", "Ana", system_prompt="Be brief .")
+
+
 def test_chat_template_required_when_asked(pairs: list[QAPair]) -> None:
     plain = train_tokenizer(qa_texts(pairs))
     with pytest.raises(ModeConnError, match="no chat template"):
@@ -125,7 +148,17 @@ def test_with_answers_and_subset(tokenizer, pairs: list[QAPair]) -> None:  # typ
     ids, labels = tokenize_qa(tokenizer, pairs[2].question, pairs[2].paraphrased_answer or "")
     assert para[2][0]["input_ids"].tolist() == ids and para[2][1].tolist() == labels
     sub = data.subset([4, 1])
-    assert sub.pairs == [pairs[4], pairs[1]]
+    assert sub.pairs == [pairs[4], pairs[1]] and sub.indices == [4, 1]
+    for j, i in enumerate([4, 1]):  # views copy the tokenized examples as they are
+        assert torch.equal(sub[j][0]["input_ids"], data[i][0]["input_ids"])
+        assert (
+            torch.equal(sub[j][1], data[i][1]) and sub.prompt_lengths[j] == data.prompt_lengths[i]
+        )
+    assert data.indices == list(range(len(pairs)))
+    with pytest.raises(ModeConnError, match="outside"):
+        data.subset([len(pairs)])
+    with pytest.raises(ModeConnError, match="no indices"):
+        data.subset([])
     with pytest.raises(ModeConnError, match="one answer per pair"):
         data.with_answers(["x"])
 
@@ -261,6 +294,42 @@ def test_group_split_forgets_whole_groups(tokenizer) -> None:  # type: ignore[no
     assert len(again_sub[1]) == 4  # 2 of the subset's 10 groups, 2 facts each
     other = {pairs[i].group for i in group_split(data, forget_ratio=0.1, seed=8)[1].indices}
     assert other != forgotten  # another seed, another draw (fixed seeds: checked once)
+
+
+def test_group_split_returns_qa_datasets_ready_for_the_loaders(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    pairs = fictitious_qa(num_entities=6, facts_per_entity=2, seed=2)
+    data = QADataset(pairs, tokenizer, max_length=40, pad_to_max_length=True)
+    retain, forget = group_split(data, forget_groups=[pairs[2].group, pairs[8].group])
+    assert isinstance(retain, QADataset) and isinstance(forget, QADataset)
+    assert forget.indices == [2, 3, 8, 9] and retain.indices == [0, 1, 4, 5, 6, 7, 10, 11]
+    assert forget.pairs == [pairs[i] for i in forget.indices]
+    assert forget.options == data.options and forget.tokenizer is tokenizer
+    for j, i in enumerate(forget.indices):
+        assert torch.equal(forget[j][0]["input_ids"], data[i][0]["input_ids"])
+        assert torch.equal(forget[j][1], data[i][1])
+    # Nested: positions are those in the dataset given, pairs those behind it.
+    train, holdout = group_split(Subset(data, [2, 3, 4, 5, 6, 7]), forget_groups=[pairs[4].group])
+    assert isinstance(holdout, QADataset) and holdout.indices == [2, 3]
+    assert holdout.pairs == [pairs[4], pairs[5]] and train.pairs == [pairs[i] for i in (2, 3, 6, 7)]
+    _, again_forget = group_split(train, forget_groups=[pairs[6].group])
+    assert again_forget.pairs == [pairs[6], pairs[7]] and again_forget.indices == [2, 3]
+    # Like Subset parts, the parts are views of the dataset behind what was split.
+    base, positions = qa_source(forget)
+    assert base is data and positions == [2, 3, 8, 9]
+    assert qa_source(holdout)[0] is data and qa_source(holdout)[1] == [4, 5]
+    assert qa_source(again_forget)[0] is data and qa_source(again_forget)[1] == [6, 7]
+    assert qa_source(data.subset([3]))[1] == [0]  # a subset is a dataset of its own
+    # Existing callers keep working: data.subset(part.indices) and Subset(part, ...).
+    assert data.subset(forget.indices).pairs == forget.pairs
+    assert len(Subset(retain, [0, 1])) == 2
+    batch = next(iter(as_lm_loader(forget, batch_size=4)))
+    assert batch["input_ids"].shape == (4, 40)
+    # A dataset that is not built on a QADataset still gets Subset views.
+    plain_retain, plain_forget = group_split(
+        list(range(4)), groups=list("aabb"), forget_groups=["a"]
+    )
+    assert isinstance(plain_forget, Subset) and plain_forget.indices == [0, 1]
+    assert isinstance(plain_retain, Subset) and plain_retain.indices == [2, 3]
 
 
 def test_group_split_rejects_bad_requests(tokenizer, pairs: list[QAPair]) -> None:  # type: ignore[no-untyped-def]

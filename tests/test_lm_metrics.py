@@ -87,6 +87,7 @@ def test_outputs_match_a_hand_computation() -> None:
         np.testing.assert_allclose(out.nll_sum[i], -lps.sum(), rtol=1e-5)
         hits = [int(np.argmax(t[src]) == dst) for src, dst in scored]
         assert out.token_accuracy[i] == pytest.approx(np.mean(hits))
+        assert out.token_correct[i].tolist() == [bool(h) for h in hits]
         pp = []
         for src, dst in scored:
             logp = log_softmax(t[src])
@@ -171,6 +172,19 @@ def test_rouge_l_recall_by_hand() -> None:
     assert result.references == ["alpha beta gamma delta"]
     assert result.recall.tolist() == [0.5]  # LCS "alpha gamma" = 2 of the reference's 4 words
     assert result.mean == 0.5
+
+
+def test_rouge_l_recall_stems_words_when_asked() -> None:
+    tok = train_tokenizer(["Question: Who ? Answer: alpha gammas gamma"])
+    data = QADataset([QAPair("Who ?", "alpha gammas")], tok)
+    vocab = tok.get_vocab()
+    table = torch.full((len(tok), len(tok)), -10.0)
+    table[vocab[":"], vocab["alpha"]] = 10.0
+    table[vocab["alpha"], vocab["gamma"]] = 10.0
+    table[vocab["gamma"], tok.eos_token_id] = 10.0
+    assert rouge_l_recall(Bigram(table), data).recall.tolist() == [0.5]
+    stemmed = rouge_l_recall(Bigram(table), data, use_stemmer=True)
+    assert stemmed.generations == ["alpha gamma"] and stemmed.recall.tolist() == [1.0]
 
 
 def test_greedy_generate_rejects_bad_input() -> None:

@@ -286,7 +286,8 @@ class CausalLMTask:
     of each label token, 0 where not scored), ``"token_mask"`` ``(N, L-1)``,
     ``"mink_pp"`` ``(N, L-1)`` (the Min-K%++ score
     ``(log p(x_i) - mu_i) / sigma_i`` under the model's next-token distribution),
-    ``"nll_sum"`` and ``"num_tokens"`` ``(N,)``, and ``"labels"``.
+    ``"token_correct"`` ``(N, L-1)`` (whether each label token is the greedy
+    prediction), ``"nll_sum"`` and ``"num_tokens"`` ``(N,)``, and ``"labels"``.
 
     Example:
         >>> task = CausalLMTask()
@@ -366,6 +367,7 @@ class CausalLMTask:
                 "token_logprobs": token_lp.detach(),
                 "token_mask": mask,
                 "mink_pp": (mink_pp * mask).detach(),
+                "token_correct": hits,
                 "nll_sum": nll_sum.detach(),
                 "num_tokens": counts,
                 "labels": labels.detach(),

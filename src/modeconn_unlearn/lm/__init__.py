@@ -1,5 +1,8 @@
 """Language models: question-answer data, LM unlearning metrics and attacks.
 
+QA records in TOFU's form come in through :func:`qa_pairs`;
+:func:`evaluate_openunlearning` reports OpenUnlearning's TOFU metrics by name.
+
 Everything here runs on the causal-LM task
 (:class:`~modeconn_unlearn.tasks.CausalLMTask`) and on any Hugging Face
 tokenizer and model; ``transformers``, ``tokenizers`` and ``rouge-score`` are
@@ -40,6 +43,13 @@ from .metrics import (
     truth_ratios,
     truth_score,
 )
+from .openunlearning import (
+    OpenUnlearningResult,
+    evaluate_openunlearning,
+    exact_memorization,
+    extraction_strength,
+)
+from .records import qa_pairs
 from .synthetic import ATTRIBUTES, fictitious_qa, qa_texts, tiny_causal_lm, train_tokenizer
 
 __all__ = [
@@ -48,14 +58,19 @@ __all__ = [
     "AttackResult",
     "ForgetQuality",
     "LMOutputs",
+    "OpenUnlearningResult",
     "RougeResult",
     "attack_scores",
+    "evaluate_openunlearning",
+    "exact_memorization",
+    "extraction_strength",
     "forget_quality",
     "greedy_generate",
     "lm_mia",
     "lm_outputs",
     "mia_from_outputs",
     "privleak",
+    "qa_pairs",
     "qa_source",
     "rouge_l_recall",
     "truth_ratio",

@@ -4,9 +4,10 @@ A :class:`QAPair` (question, answer, the entity it is about, optionally a
 paraphrased and some perturbed answers) becomes a tokenized example whose
 labels are ``-100`` on the prompt, so that :class:`~modeconn_unlearn.tasks.CausalLMTask`
 scores the answer tokens only. :class:`QADataset` holds such examples for any
-Hugging Face tokenizer (chat template optional) (batching lives in
-:mod:`modeconn_unlearn.lm.batches`); :func:`group_split`
-forgets every fact of some entities (as TOFU forgets authors);
+Hugging Face tokenizer (chat template and system prompt optional; batching
+lives in :mod:`modeconn_unlearn.lm.batches`, records in TOFU's form are read by
+:mod:`modeconn_unlearn.lm.records`); :func:`group_split` forgets every fact of
+some entities (as TOFU forgets authors) and returns datasets ready for the loaders;
 :func:`refusal_dataset` replaces the answers by refusals (the IDK objective).
 
 Items of a :class:`QADataset` are ``(inputs, labels)`` with
@@ -79,6 +80,7 @@ def tokenize_qa(
     *,
     prompt_template: str = DEFAULT_PROMPT,
     chat_template: bool = False,
+    system_prompt: str | None = None,
     add_eos: bool = True,
 ) -> tuple[list[int], list[int]]:
     """Token ids of prompt + answer, and labels with ``-100`` on the prompt.
@@ -96,14 +98,16 @@ def tokenize_qa(
             used with ``chat_template=True``).
         chat_template: Build the prompt with ``tokenizer.apply_chat_template``
             (one user turn and the generation prompt); the tokenizer must have one.
+        system_prompt: A system turn before the question (with ``chat_template=True``).
         add_eos: Append the EOS token to the answer.
 
     Returns:
         ``(input_ids, labels)``, two lists of equal length.
 
     Raises:
-        ModeConnError: No chat template although one was asked for, a template
-            without ``{question}``, or an answer that tokenizes to nothing.
+        ModeConnError: No chat template although one was asked for, a system
+            prompt without one, a template without ``{question}``, or an answer
+            that tokenizes to nothing.
 
     Example:
         >>> from modeconn_unlearn.lm import train_tokenizer
@@ -118,11 +122,16 @@ def tokenize_qa(
                 "chat_template=True but the tokenizer has no chat template; set "
                 "tokenizer.chat_template (a Jinja string) or use chat_template=False."
             )
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
-        )
+        turns = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        turns.append({"role": "user", "content": question})
+        prompt = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
         prompt_ids = _encode(tokenizer, prompt, special=False)
     else:
+        if system_prompt:
+            raise ModeConnError(
+                "system_prompt needs chat_template=True (the tokenizer's template places it); "
+                "with a plain prompt_template, write it into the template."
+            )
         if "{question}" not in prompt_template:
             raise ModeConnError(
                 f"prompt_template must contain '{{question}}', got {prompt_template!r}."
@@ -155,6 +164,7 @@ class QADataset(Dataset[tuple[dict[str, Tensor], Tensor]]):
         tokenizer: Any Hugging Face tokenizer.
         prompt_template: See :func:`tokenize_qa`.
         chat_template: See :func:`tokenize_qa`.
+        system_prompt: See :func:`tokenize_qa`.
         add_eos: See :func:`tokenize_qa`.
         max_length: Longest allowed example; a longer one raises (truncation
             could cut off the answer).
@@ -167,6 +177,9 @@ class QADataset(Dataset[tuple[dict[str, Tensor], Tensor]]):
         pad_token_id: The id used for padding (the tokenizer's pad token, else
             its EOS token, else 0; padded positions are never attended or scored).
         prompt_lengths: Number of prompt tokens of each example.
+        indices: Where each example sits in the dataset it was taken from (by
+            :meth:`subset` or :func:`group_split`); ``0 .. N-1`` for a dataset
+            built from pairs.
 
     Raises:
         ModeConnError: No pairs, a pair of the wrong type, an example longer
@@ -189,6 +202,7 @@ class QADataset(Dataset[tuple[dict[str, Tensor], Tensor]]):
         *,
         prompt_template: str = DEFAULT_PROMPT,
         chat_template: bool = False,
+        system_prompt: str | None = None,
         add_eos: bool = True,
         max_length: int | None = None,
         pad_to_max_length: bool = False,
@@ -204,6 +218,7 @@ class QADataset(Dataset[tuple[dict[str, Tensor], Tensor]]):
         self.options: dict[str, Any] = {
             "prompt_template": prompt_template,
             "chat_template": chat_template,
+            "system_prompt": system_prompt,
             "add_eos": add_eos,
             "max_length": max_length,
             "pad_to_max_length": pad_to_max_length,
@@ -217,6 +232,7 @@ class QADataset(Dataset[tuple[dict[str, Tensor], Tensor]]):
                 pair.answer,
                 prompt_template=prompt_template,
                 chat_template=chat_template,
+                system_prompt=system_prompt,
                 add_eos=add_eos,
             )
             if max_length is not None and len(ids) > int(max_length):
@@ -226,6 +242,9 @@ class QADataset(Dataset[tuple[dict[str, Tensor], Tensor]]):
                 )
             self._examples.append((ids, labels))
         self.prompt_lengths = [labels.count(IGNORE_INDEX) for _, labels in self._examples]
+        self.indices = list(range(len(self._examples)))
+        # Set by group_split: the QADataset this one was cut from and the positions in it.
+        self._source: tuple[QADataset, list[int]] | None = None
 
     @property
     def groups(self) -> list[str | None]:
@@ -272,8 +291,36 @@ class QADataset(Dataset[tuple[dict[str, Tensor], Tensor]]):
         return QADataset(pairs, self.tokenizer, **self.options)
 
     def subset(self, indices: Sequence[int]) -> QADataset:
-        """A new dataset of the pairs at ``indices``, tokenized alike."""
-        return QADataset([self.pairs[int(i)] for i in indices], self.tokenizer, **self.options)
+        """A new dataset of the pairs at ``indices``, tokenized alike; its ``indices`` are these.
+
+        Example:
+            >>> from modeconn_unlearn.lm import train_tokenizer
+            >>> tok = train_tokenizer(["Question: Who ? Answer: Ana Bo"])
+            >>> part = QADataset([("Who ?", "Ana"), ("Who ?", "Bo")], tok).subset([1])
+            >>> part.pairs[0].answer, part.indices
+            ('Bo', [1])
+        """
+        positions = [int(i) for i in indices]
+        return self._taken(positions, indices=positions)
+
+    def _taken(self, positions: Sequence[int], *, indices: Sequence[int]) -> QADataset:
+        # A view needs no new tokenization: the examples are copied as they are.
+        if not positions:
+            raise ModeConnError("subset got no indices; a QADataset needs at least one pair.")
+        size = len(self._examples)
+        outside = [i for i in positions if not -size <= i < size]
+        if outside:
+            raise ModeConnError(f"indices {outside[:8]} are outside 0..{size - 1}.")
+        taken = QADataset.__new__(QADataset)
+        taken.pairs = [self.pairs[i] for i in positions]
+        taken.tokenizer = self.tokenizer
+        taken.options = dict(self.options)
+        taken.pad_token_id = self.pad_token_id
+        taken._examples = [self._examples[i] for i in positions]
+        taken.prompt_lengths = [self.prompt_lengths[i] for i in positions]
+        taken.indices = [int(i) for i in indices]
+        taken._source = None
+        return taken
 
 
 def _as_pair(item: Any, index: int) -> QAPair:
@@ -291,7 +338,8 @@ def qa_source(data: Any) -> tuple[QADataset, list[int]]:
     """The :class:`QADataset` behind ``data`` and the indices of ``data`` in it.
 
     ``data`` is a :class:`QADataset`, a (nested) ``Subset`` of one, or a
-    ``DataLoader`` over either.
+    ``DataLoader`` over either. A part returned by :func:`group_split` counts,
+    like a ``Subset``, as a view of the dataset that was split.
 
     Raises:
         ModeConnError: ``data`` is not built on a :class:`QADataset`.
@@ -306,6 +354,8 @@ def qa_source(data: Any) -> tuple[QADataset, list[int]]:
     if isinstance(data, DataLoader):
         data = data.dataset
     if isinstance(data, QADataset):
+        if data._source is not None:
+            return data._source[0], list(data._source[1])
         return data, list(range(len(data)))
     if isinstance(data, Subset):
         base, indices = qa_source(data.dataset)
@@ -316,7 +366,7 @@ def qa_source(data: Any) -> tuple[QADataset, list[int]]:
     )
 
 
-# --------------------------------------------------------------------------- batching
+# --------------------------------------------------------------------------- splits
 def group_split(
     data: Any,
     *,
@@ -324,7 +374,7 @@ def group_split(
     forget_ratio: float | None = None,
     forget_groups: Sequence[Any] | None = None,
     seed: int = 0,
-) -> tuple[Subset[Any], Subset[Any]]:
+) -> tuple[Any, Any]:
     """Split by group: every example of the chosen groups goes to the forget set.
 
     As TOFU forgets every fact about some authors, the forget set here is all
@@ -340,7 +390,12 @@ def group_split(
         seed: Seed of the random choice of groups.
 
     Returns:
-        ``(retain, forget)`` as ``Subset`` views with ascending indices.
+        ``(retain, forget)``. For data built on a :class:`QADataset` (the dataset
+        itself or a ``Subset`` of one), two :class:`QADataset` tokenized alike,
+        ready for the loaders and for every metric (and, for :func:`qa_source`,
+        views of the same dataset as ``Subset`` parts were); otherwise two
+        ``Subset`` views. Either way ``.indices`` gives the ascending positions in
+        ``data``.
 
     Raises:
         ModeConnError: Both or neither option, unknown groups, groups missing
@@ -352,6 +407,12 @@ def group_split(
         >>> retain, forget = group_split(ds, groups=list("aabbcc"), forget_groups=["b"])
         >>> forget.indices, retain.indices
         ([2, 3], [0, 1, 4, 5])
+        >>> from modeconn_unlearn.lm import train_tokenizer
+        >>> pairs = [QAPair("Who ?", a, group=g) for a, g in [("Ana", "a"), ("Bo", "b")]]
+        >>> qa = QADataset(pairs, train_tokenizer(["Question: Who ? Answer: Ana Bo"]))
+        >>> retain, forget = group_split(qa, forget_groups=["b"])
+        >>> type(forget).__name__, forget.pairs[0].answer, forget.indices
+        ('QADataset', 'Bo', [1])
     """
     if (forget_ratio is None) == (forget_groups is None):
         raise ModeConnError(
@@ -360,14 +421,13 @@ def group_split(
             f"forget_groups={forget_groups!r}."
         )
     dataset = as_dataset(data, "data")
+    try:
+        source: tuple[QADataset, list[int]] | None = qa_source(dataset)
+    except ModeConnError:
+        source = None
     labels = list(groups) if groups is not None else getattr(dataset, "groups", None)
-    if labels is None and isinstance(dataset, Subset):
-        try:
-            base, indices = qa_source(dataset)
-        except ModeConnError:
-            pass
-        else:
-            labels = [base.pairs[i].group for i in indices]
+    if labels is None and source is not None:
+        labels = [source[0].pairs[i].group for i in source[1]]
     if labels is None:
         raise ModeConnError(
             "data has no .groups; pass groups=[group of each example] (e.g. the entity names)."
@@ -397,6 +457,15 @@ def group_split(
             raise ModeConnError("forget_groups must name some but not all groups.")
     forget_idx = [i for i, g in enumerate(labels) if g in chosen]
     retain_idx = [i for i, g in enumerate(labels) if g not in chosen]
+    if source is not None:
+        base, positions = source
+        parts = []
+        for part in (retain_idx, forget_idx):
+            in_base = [positions[i] for i in part]
+            view = base._taken(in_base, indices=part)
+            view._source = (base, in_base)
+            parts.append(view)
+        return parts[0], parts[1]
     return Subset(dataset, retain_idx), Subset(dataset, forget_idx)  # type: ignore[arg-type]
 
 

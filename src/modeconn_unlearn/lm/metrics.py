@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -72,6 +72,8 @@ class LMOutputs:
         token_logprobs: Per example, the log-probability of each scored token.
         mink_pp: Per example, the Min-K%++ score of each scored token.
         answer_ids: Per example, the scored token ids.
+        token_correct: Per example, whether each scored token is the greedy
+            prediction (empty when the task gives no ``"token_correct"`` signal).
     """
 
     nll: NDArray[np.float64]
@@ -81,6 +83,7 @@ class LMOutputs:
     token_logprobs: list[NDArray[np.float64]]
     mink_pp: list[NDArray[np.float64]]
     answer_ids: list[NDArray[np.int64]]
+    token_correct: list[NDArray[np.bool_]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.nll)
@@ -163,6 +166,9 @@ def lm_outputs(
         token_logprobs=per_example("token_logprobs", torch.float64),
         mink_pp=per_example("mink_pp", torch.float64),
         answer_ids=per_example("labels", torch.long),
+        token_correct=per_example("token_correct", torch.bool)
+        if "token_correct" in signals
+        else [],
     )
 
 
@@ -272,11 +278,13 @@ def rouge_l_recall(
     max_new_tokens: int | None = None,
     device: torch.device | str | None = None,
     batch_size: int = 32,
+    use_stemmer: bool = False,
 ) -> RougeResult:
     """ROUGE-L recall of the model's greedy answers to the questions of ``data``.
 
     Scored with ``rouge_score.rouge_scorer.RougeScorer(["rougeL"])`` (its
-    default tokenization: lower case, alphanumeric words), reference = the
+    default tokenization: lower case, alphanumeric words; Porter stemming with
+    ``use_stemmer=True``, as OpenUnlearning scores), reference = the
     pair's answer, prediction = the generation decoded with
     ``skip_special_tokens=True``. As in TOFU and MUSE, the recall (the share
     of the reference's longest common subsequence found) is reported.
@@ -289,6 +297,7 @@ def rouge_l_recall(
             (with EOS) of ``data``.
         device: Where to run.
         batch_size: Prompts decoded at once.
+        use_stemmer: Stem words before matching them.
 
     Returns:
         The :class:`RougeResult`.
@@ -321,7 +330,7 @@ def rouge_l_recall(
     )
     texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
     references = [base.pairs[i].answer for i in indices]
-    scorer = scorer_module.RougeScorer(["rougeL"], use_stemmer=False)
+    scorer = scorer_module.RougeScorer(["rougeL"], use_stemmer=bool(use_stemmer))
     recall = np.array(
         [
             scorer.score(ref, gen)["rougeL"].recall
