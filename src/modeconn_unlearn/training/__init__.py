@@ -9,7 +9,10 @@
   :class:`History`.
 
 All three take their hyperparameters as a :class:`TrainConfig` (``config=``)
-and/or as keyword arguments, and share one loop (:mod:`.loop`): deterministic
+and/or as keyword arguments (for a language model: ``optimizer="adamw"``,
+``scheduler=warmup_schedule(0.1, decay="cosine")`` with
+``scheduler_interval="step"``, ``max_grad_norm=1.0``, ``grad_accumulation``,
+``precision="bf16"``), and share one loop (:mod:`.loop`): deterministic
 given ``seed`` (the global RNGs are seeded inside the call and restored
 afterwards, the data order comes from its own ``torch.Generator``), a
 checkpoint written atomically after every epoch when ``checkpoint_dir`` is
@@ -21,9 +24,17 @@ per-epoch ``logging`` at INFO level, and ``torchrun`` support
 """
 
 from .api import fit_curve, retrain, unlearn
-from .config import Callback, OptimizerSpec, SchedulerFactory, StepCallback, TrainConfig
+from .config import (
+    Callback,
+    OptimizerSpec,
+    SchedulerFactory,
+    StepCallback,
+    StepSchedulerFactory,
+    TrainConfig,
+)
 from .fsdp import shard_curve
 from .history import EpochRecord, History
+from .schedules import warmup_schedule
 
 __all__ = [
     "Callback",
@@ -32,9 +43,11 @@ __all__ = [
     "OptimizerSpec",
     "SchedulerFactory",
     "StepCallback",
+    "StepSchedulerFactory",
     "TrainConfig",
     "fit_curve",
     "retrain",
     "shard_curve",
     "unlearn",
+    "warmup_schedule",
 ]

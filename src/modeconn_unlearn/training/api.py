@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from .config import TrainConfig, make_optimizer, resolve_config
 from .distributed import is_distributed, world_size
 from .history import History
 from .loaders import build_loader
-from .loop import Run, train
+from .loop import Run, make_scheduler, train
 from .state import seeded
 
 __all__ = ["fit_curve", "retrain", "unlearn"]
@@ -80,6 +81,12 @@ def _settings(config: TrainConfig, num_samples: int, weight_decay: float) -> dic
         settings["create_graph"] = True
     if config.grad_accumulation > 1:
         settings["grad_accumulation"] = int(config.grad_accumulation)
+    if config.scheduler_interval != "epoch":
+        settings["scheduler_interval"] = config.scheduler_interval
+    if config.max_grad_norm is not None:
+        settings["max_grad_norm"] = float(config.max_grad_norm)
+    if config.precision != "fp32":
+        settings["precision"] = config.precision
     if world_size() > 1:
         settings["world_size"] = world_size()
     return settings
@@ -97,6 +104,7 @@ def _optimize(
     weight_decay: float,
     after_step: Callable[[], None],
     device: torch.device,
+    updated_grads: Callable[[], list[Tensor]] | None = None,
 ) -> History:
     """Build the loader, optimizer and scheduler for ``params`` and run the loop."""
     loader = build_loader(kind, loss, *data, config=config, task=task, model=module, device=device)
@@ -107,26 +115,35 @@ def _optimize(
         loss=loss,
         data=loader,
         optimizer=optimizer,
-        scheduler=None if config.scheduler is None else config.scheduler(optimizer),
+        scheduler=make_scheduler(config, optimizer, len(loader.loader)),
         config=config,
         device=device,
         after_step=after_step,
         settings=_settings(config, len(loader.loader.dataset), weight_decay),  # type: ignore[arg-type]
+        updated_grads=updated_grads,
     )
     return train(run)
 
 
+@dataclass(frozen=True)
+class _Trainable:
+    """What :func:`_masked` gives a run."""
+
+    params: list[nn.Parameter]
+    repin: Callable[[], None]
+    updated_grads: Callable[[], list[Tensor]]
+
+
 @contextmanager
-def _masked(
-    model: nn.Module, mask: Mapping[str, Tensor | bool] | None
-) -> Iterator[tuple[list[nn.Parameter], Callable[[], None]]]:
+def _masked(model: nn.Module, mask: Mapping[str, Tensor | bool] | None) -> Iterator[_Trainable]:
     """Trainable parameters under ``mask`` and a hook that re-pins masked-out entries.
 
     Fully masked-out parameters are excluded from the optimizer (``requires_grad``
     is switched off during training and restored after). Partly masked ones are
     trained, and after every optimizer step their masked-out entries are written
     back from a saved copy, so momentum and weight decay cannot move them: they
-    stay bit-exactly at their initial values.
+    stay bit-exactly at their initial values. The gradient norm that
+    ``max_grad_norm`` bounds counts only the entries a step updates.
     """
     params = dict(model.named_parameters())
     flags = {name: p.requires_grad for name, p in params.items()}
@@ -153,7 +170,16 @@ def _masked(
                 for p, frozen, values in pinned:
                     p.masked_scatter_(frozen, values)
 
-        yield trainable, repin
+        kept = {id(p): ~frozen for p, frozen, _ in pinned}
+
+        def updated_grads() -> list[Tensor]:
+            return [
+                p.grad[kept[id(p)]] if id(p) in kept else p.grad
+                for p in trainable
+                if p.grad is not None
+            ]
+
+        yield _Trainable(trainable, repin, updated_grads)
     finally:
         for name, p in params.items():
             p.requires_grad_(flags[name])
@@ -209,18 +235,19 @@ def _fit_model(
         p.grad = None  # a deep copy copies stale gradients
     device = _device(work, config)
     work.to(device)
-    with _masked(work, mask) as (params, repin):
+    with _masked(work, mask) as trainable:
         _optimize(
             kind,
             work,
-            params,
+            trainable.params,
             data,
             loss=loss,
             config=config,
             task=task,
             weight_decay=config.decay(_UNLEARN_DECAY),
-            after_step=repin,
+            after_step=trainable.repin,
             device=device,
+            updated_grads=trainable.updated_grads,
         )
     return work.train(model.training)
 
@@ -267,7 +294,8 @@ def unlearn(
             ``progress``, ``checkpoint_dir`` (``unlearn.pt`` there), ``resume``,
             ``callbacks``, ``max_steps``, ``step_callback``, ``compile``,
             ``curriculum``, ``create_graph`` (for second-order optimizers such
-            as ``optimizer="sophiah"``), ``grad_accumulation``). Without ``config``, ``lr`` and
+            as ``optimizer="sophiah"``), ``grad_accumulation``, ``scheduler_interval``,
+            ``max_grad_norm``, ``precision``). Without ``config``, ``lr`` and
             ``epochs`` (or ``max_steps``) are required.
 
     Returns:

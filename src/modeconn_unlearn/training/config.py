@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,7 @@ __all__ = [
     "OptimizerSpec",
     "SchedulerFactory",
     "StepCallback",
+    "StepSchedulerFactory",
     "TrainConfig",
     "make_optimizer",
     "resolve_config",
@@ -34,12 +36,15 @@ __all__ = [
 
 OptimizerSpec = str | Callable[..., Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
+StepSchedulerFactory = Callable[[Optimizer, int], LRScheduler]
 Callback = Callable[["EpochRecord", nn.Module], None]
 StepCallback = Callable[[int, nn.Module], None]
 TSamplerSpec = Callable[[], float] | tuple[float, float]
 
 _OPTIMIZERS = ("sgd", "adam", "adamw", "sophiah")
 _CURRICULA = ("easy_first", "hard_first")
+_INTERVALS = ("epoch", "step")
+_PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,16 @@ class TrainConfig:
         batch_size: Samples per batch (the global batch under ``torchrun``); an
             optimizer step sees ``batch_size * grad_accumulation`` samples.
         retain_ratio: Fraction in (0, 1] of the retain set used (a fixed random subset).
-        scheduler: Optional factory ``optimizer -> LRScheduler``, stepped once per epoch.
+        scheduler: Optional learning-rate schedule, as a factory called once per
+            run: ``scheduler(optimizer)`` when ``scheduler_interval="epoch"``,
+            ``scheduler(optimizer, total_steps)`` when ``"step"``, where
+            ``total_steps`` is the run's number of optimizer steps (epochs x
+            optimizer steps per epoch, or ``max_steps`` when it stops the run
+            first). :func:`~modeconn_unlearn.training.warmup_schedule` gives the
+            usual LM schedule (linear warm-up, linear or cosine decay to 0).
+        scheduler_interval: ``"epoch"`` steps the scheduler after every epoch;
+            ``"step"`` after every optimizer step (so once per
+            ``grad_accumulation`` batches). Its state is checkpointed either way.
         seed: Seed of the data order, the retain subsample and the global RNGs
             during training (restored afterwards).
         device: Where to train; default: the model's device (under ``torchrun``
@@ -103,6 +117,17 @@ class TrainConfig:
             the batch). An epoch's last step averages the batches left over.
             ``max_steps``, ``step_callback`` and the progress bar count
             optimizer steps.
+        max_grad_norm: Clip the gradient before every optimizer step (after the
+            group's batches are accumulated) to this total L2 norm over the
+            entries the optimizer updates (a mask's fixed entries are not
+            counted), as ``torch.nn.utils.clip_grad_norm_`` does; ``None``: no
+            clipping.
+        precision: ``"fp32"``, or ``"bf16"``: the forward pass and the objective
+            run under ``torch.autocast(device_type, dtype=torch.bfloat16)``; the
+            weights, their gradients and the optimizer stay in float32 (no
+            gradient scaling is needed for bfloat16). CPUs support it; on CUDA
+            the GPU must (``torch.cuda.is_bf16_supported()``), or the run
+            raises before its first step.
 
     Example:
         >>> config = TrainConfig(lr=0.01, epochs=5)
@@ -110,6 +135,11 @@ class TrainConfig:
         20
         >>> config.replace(optimizer="sophiah", create_graph=True).create_graph
         True
+        >>> from modeconn_unlearn.training import warmup_schedule
+        >>> lm = config.replace(optimizer="adamw", scheduler=warmup_schedule(0.1, decay="cosine"),
+        ...                     scheduler_interval="step", max_grad_norm=1.0, precision="bf16")
+        >>> lm.scheduler
+        warmup_schedule(0.1, decay='cosine')
         >>> TrainConfig(lr=0.01)
         Traceback (most recent call last):
         ...
@@ -137,6 +167,9 @@ class TrainConfig:
     t_sampler: TSamplerSpec | None = None
     create_graph: bool = False
     grad_accumulation: int = 1
+    scheduler_interval: Literal["epoch", "step"] = "epoch"
+    max_grad_norm: float | None = None
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
         as_float(self.lr, "lr", positive=True)
@@ -167,8 +200,14 @@ class TrainConfig:
             isinstance(ratio, (int, float)) and math.isfinite(ratio) and 0.0 < ratio <= 1.0
         ):
             raise ModeConnError(f"retain_ratio must lie in (0, 1], got {ratio!r}.")
-        if self.scheduler is not None and not callable(self.scheduler):
-            raise ModeConnError("scheduler must be a factory optimizer -> LRScheduler or None.")
+        self._check_scheduler()
+        if self.max_grad_norm is not None:
+            as_float(self.max_grad_norm, "max_grad_norm", positive=True)
+        if self.precision not in _PRECISIONS:
+            raise ModeConnError(
+                f"precision must be 'fp32' or 'bf16' (autocast in bfloat16), got "
+                f"{self.precision!r}."
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ModeConnError(f"seed must be an integer, got {self.seed!r}.")
         if self.device is not None:
@@ -203,7 +242,49 @@ class TrainConfig:
         self._check_t_sampler()
         self._check_create_graph()
 
+    def _check_scheduler(self) -> None:
+        interval, factory = self.scheduler_interval, self.scheduler
+        if interval not in _INTERVALS:
+            raise ModeConnError(f"scheduler_interval must be 'epoch' or 'step', got {interval!r}.")
+        if factory is None:
+            if interval != "epoch":
+                raise ModeConnError(
+                    "scheduler_interval='step' needs a scheduler, e.g. "
+                    "scheduler=warmup_schedule(0.1); leave it 'epoch' without one."
+                )
+            return
+        wanted = (
+            "optimizer -> LRScheduler"
+            if interval == "epoch"
+            else ("(optimizer, total_steps) -> LRScheduler")
+        )
+        if not callable(factory):
+            raise ModeConnError(f"scheduler must be a factory {wanted} or None.")
+        try:
+            signature = inspect.signature(factory)
+        except (TypeError, ValueError):  # a callable whose signature Python cannot read
+            return
+        arguments = (None,) if interval == "epoch" else (None, 0)
+        try:
+            signature.bind(*arguments)
+        except TypeError:
+            hint = (
+                "it takes (optimizer, total_steps): pass scheduler_interval='step'"
+                if interval == "epoch"
+                else "a per-epoch factory optimizer -> LRScheduler needs scheduler_interval='epoch'"
+            )
+            raise ModeConnError(
+                f"with scheduler_interval={interval!r} the scheduler is called as a factory "
+                f"{wanted}, but {factory!r} cannot be ({hint})."
+            ) from None
+
     def _check_create_graph(self) -> None:
+        if self.create_graph and self.max_grad_norm is not None:
+            raise ModeConnError(
+                "create_graph=True cannot be combined with max_grad_norm: clipping rescales "
+                "the gradients in place, which breaks the graph the optimizer differentiates "
+                "again (SophiaH clips its own update); drop max_grad_norm."
+            )
         if self.create_graph and self.compile is not False:
             raise ModeConnError(
                 "create_graph=True cannot be combined with compile=...: a compiled module is "

@@ -27,7 +27,8 @@ class EpochRecord:
             batches, weighted by their count (NaN if the objective records none).
         forget_acc: Same on the forget samples.
         beta: Mean ``beta`` used per step (NaN if the objective has none).
-        lr: Learning rate of the epoch.
+        lr: Learning rate of the epoch's first step (a per-step schedule moves it
+            within the epoch).
         time_s: Wall-clock seconds of the epoch.
         steps: Optimizer steps taken.
         extra: Means of any other numbers the objective put in ``last_stats``.

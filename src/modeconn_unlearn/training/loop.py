@@ -39,7 +39,7 @@ from .history import EpochMeter, History
 from .loaders import RunLoader
 from .state import check_resumable, load_state, rng_state, seeded, set_rng_state, write_state
 
-__all__ = ["Run", "train"]
+__all__ = ["Run", "make_scheduler", "step_plan", "train"]
 
 logger = logging.getLogger("modeconn_unlearn.training")
 
@@ -58,11 +58,15 @@ class Run:
         loss: The objective.
         data: The run's loader.
         optimizer: Over the trainable parameters of ``module``.
-        scheduler: Stepped once per epoch, or ``None``.
+        scheduler: Stepped after every epoch or every optimizer step
+            (``config.scheduler_interval``), or ``None``.
         config: The run's settings.
         device: Where the batches go.
         after_step: Called after every optimizer step (re-pins masked-out entries).
         settings: The settings a resumed run must share with the checkpoint.
+        updated_grads: The gradient entries the optimizer's step changes, whose
+            norm ``config.max_grad_norm`` bounds (``None``: every gradient of the
+            optimizer's parameters; a partial mask leaves its fixed entries out).
     """
 
     kind: str
@@ -75,6 +79,61 @@ class Run:
     device: torch.device
     after_step: Callable[[], None]
     settings: dict[str, Any]
+    updated_grads: Callable[[], list[Tensor]] | None = None
+
+
+def step_plan(config: TrainConfig, batches: int) -> tuple[int, int, int]:
+    """Epochs, optimizer steps per epoch and optimizer steps in all of a run.
+
+    Args:
+        config: The run's settings (``epochs``, ``max_steps``, ``grad_accumulation``).
+        batches: Batches per epoch (on this rank).
+
+    Example:
+        >>> step_plan(TrainConfig(lr=0.1, epochs=3, grad_accumulation=2), batches=5)
+        (3, 3, 9)
+        >>> step_plan(TrainConfig(lr=0.1, max_steps=4), batches=3)
+        (2, 3, 4)
+    """
+    updates = -(-batches // int(config.grad_accumulation))
+    max_steps = config.max_steps
+    epochs = config.epochs if config.epochs is not None else -(-int(max_steps or 0) // updates)
+    total = epochs * updates if max_steps is None else min(epochs * updates, max_steps)
+    return epochs, updates, total
+
+
+def make_scheduler(config: TrainConfig, optimizer: Optimizer, batches: int) -> LRScheduler | None:
+    """The run's scheduler: ``config.scheduler(optimizer)``, or with the total steps.
+
+    A per-step schedule (``scheduler_interval="step"``) is built as
+    ``config.scheduler(optimizer, total_steps)`` with the run's number of
+    optimizer steps (:func:`step_plan`).
+
+    Raises:
+        ModeConnError: The factory did not return an ``LRScheduler``.
+
+    Example:
+        >>> from modeconn_unlearn.training import warmup_schedule
+        >>> layer = nn.Linear(2, 2)
+        >>> opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+        >>> config = TrainConfig(lr=1.0, epochs=2, scheduler=warmup_schedule(2),
+        ...                      scheduler_interval="step")
+        >>> type(make_scheduler(config, opt, batches=4)).__name__, opt.param_groups[0]["lr"]
+        ('SequentialLR', 0.5)
+    """
+    factory = config.scheduler
+    if factory is None:
+        return None
+    if config.scheduler_interval == "step":
+        scheduler = factory(optimizer, step_plan(config, batches)[2])  # type: ignore[call-arg]
+    else:
+        scheduler = factory(optimizer)  # type: ignore[call-arg]
+    if not isinstance(scheduler, LRScheduler):
+        raise ModeConnError(
+            f"the scheduler factory returned {type(scheduler).__name__}, not a "
+            "torch.optim.lr_scheduler.LRScheduler."
+        )
+    return scheduler
 
 
 def _forward_module(run: Run) -> nn.Module:
@@ -143,6 +202,41 @@ def _check_gradients(params: list[Tensor], where: str, module: nn.Module) -> Non
         )
 
 
+def _clip(run: Run, params: list[Tensor]) -> None:
+    """Scale the gradients so that the norm of what the step updates is at most the bound."""
+    max_norm = run.config.max_grad_norm
+    if max_norm is None:
+        return
+    with_grad = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in with_grad] if run.updated_grads is None else run.updated_grads()
+    if (not with_grad or not grads) and not has_sharded_bends(run.module):
+        return
+    norm = grad_norm(run.module, grads)  # over every rank's shard for sharded bends
+    torch.nn.utils.clip_grads_with_norm_(with_grad, float(max_norm), norm)
+
+
+def _autocast(run: Run) -> torch.autocast:
+    return torch.autocast(
+        run.device.type, dtype=torch.bfloat16, enabled=run.config.precision == "bf16"
+    )
+
+
+def _check_precision(run: Run) -> None:
+    if run.config.precision == "fp32":
+        return
+    kind = run.device.type
+    if not torch.amp.is_autocast_available(kind):
+        raise ModeConnError(
+            f"precision='bf16' autocasts the forward pass, which torch does not support on "
+            f"{kind!r}; train in precision='fp32' there."
+        )
+    if kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ModeConnError(
+            f"precision='bf16' needs a GPU with bfloat16 support, and {run.device} has none "
+            "(torch.cuda.is_bf16_supported() is False); use precision='fp32'."
+        )
+
+
 def _backward(value: Tensor, create_graph: bool) -> None:
     if not create_graph:
         value.backward()  # type: ignore[no-untyped-call]
@@ -195,13 +289,15 @@ def _step(
     buffers = [(b, b.detach().clone()) for b in run.module.buffers()]
     create_graph = run.config.create_graph
     try:
-        value = run.loss(forward, move_to_device(batch, run.device))
+        with _autocast(run):
+            value = run.loss(forward, move_to_device(batch, run.device))
         scalar = _checked_scalar(value, where, run.module)
         if part.first:
             run.optimizer.zero_grad(set_to_none=True)
         _backward(value / part.size if part.size > 1 else value, create_graph)
         if part.last:
             _check_gradients(params, where, run.module)
+            _clip(run, params)
             _optimizer_step(run, where)
     except BaseException:
         with torch.no_grad():
@@ -269,9 +365,10 @@ def train(run: Run) -> History:
     if steps == 0:
         raise ModeConnError(f"{run.kind}: the training data gives no batch.")
     accumulation = int(config.grad_accumulation)
-    updates = -(-steps // accumulation)  # optimizer steps per epoch
     max_steps = config.max_steps
-    epochs = config.epochs if config.epochs is not None else -(-int(max_steps or 0) // updates)
+    epochs, updates, total = step_plan(config, steps)
+    per_step = run.scheduler is not None and config.scheduler_interval == "step"
+    _check_precision(run)
     directory = config.checkpoint_dir
     path = None if directory is None else Path(directory) / checkpoint_file(run.module, run.kind)
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
@@ -283,7 +380,6 @@ def train(run: Run) -> History:
     with seeded(int(config.seed), run.device):
         history, start, step = _resume(run, path, epochs)
         forward = _forward_module(run)
-        total = epochs * updates if max_steps is None else min(epochs * updates, max_steps)
         bar = progress_bar(
             config.progress and rank() == 0,
             total=total,
@@ -310,13 +406,15 @@ def train(run: Run) -> History:
                     if not part.last:
                         continue
                     step += 1
+                    if per_step:
+                        run.scheduler.step()  # type: ignore[union-attr]
                     bar.update(1)
                     bar.set_postfix(loss=f"{scalar:.4f}", refresh=False)
                     if config.step_callback is not None:
                         config.step_callback(step, run.module)
                     if max_steps is not None and step >= max_steps:
                         break
-                if run.scheduler is not None:
+                if run.scheduler is not None and not per_step:
                     run.scheduler.step()
                 record = meter.record(epoch, lr, time.perf_counter() - began)
                 history.records.append(record)
