@@ -1,4 +1,4 @@
-"""LoRA curves past one GPU: the frozen base sharded with FSDP2, the bends replicated.
+"""Curves past one GPU: a LoRA curve's frozen base under FSDP2, or a full curve's bends sharded.
 
 A :class:`~modeconn_unlearn.curve.CurveModel` over a PEFT model curves only
 the adapters; the base weights are frozen and live once, in the curve's template.
@@ -12,9 +12,10 @@ small, so every rank keeps all of them and their gradients are averaged over
 the ranks right after they are accumulated; the optimizer step is then the same
 on every rank and the ranks stay identical.
 
-Full-parameter curves (every weight curved) are refused: their bends would have
-to be sharded along the entries, which is not implemented yet. DDP under
-``torchrun`` runs them today.
+A full-parameter curve (every weight curved) has no frozen base; there
+:func:`shard_curve` shards the bends themselves along their entries, block by
+block (:mod:`.sharded_bends`), and each rank writes its own checkpoint
+(:func:`checkpoint_file`).
 """
 
 from __future__ import annotations
@@ -59,9 +60,18 @@ def shard_curve(
     *,
     blocks: Callable[[nn.Module], Iterable[nn.Module]] | None = None,
 ) -> CurveModel:
-    """Shard the frozen base of a LoRA curve over the ranks with FSDP2; in place.
+    """Shard a curve over the ranks; in place.
 
-    Each block of the curve's model (by default the children of its largest
+    A curve with frozen parameters (a LoRA curve) has its frozen base sharded
+    with FSDP2, the bends replicated (below). A full-parameter curve (every
+    parameter curved) has its bends sharded instead: each rank keeps its slice
+    of every bend, grouped per block (each of ``blocks``, and each other module
+    that owns parameters), and gathers one block's weights at ``t`` when that
+    block runs (:mod:`~modeconn_unlearn.training.sharded_bends`); its gradients
+    are reduce-scattered and averaged, and the optimizer holds only the local
+    slices. See ``docs/scale_out.md``.
+
+    For a LoRA curve, each block of the curve's model (by default the children of its largest
     ``nn.ModuleList``, e.g. a Llama's decoder layers) and then the model itself
     are ``fully_shard``-ed on ``mesh`` with the curved parameters in
     ``ignored_params``. The bends stay whole on every rank: they are broadcast
@@ -77,20 +87,23 @@ def shard_curve(
 
     Args:
         curve: A curve whose model has frozen parameters, e.g. two adapters
-            over one base (``peft.get_peft_model``).
+            over one base (``peft.get_peft_model``), or a full-parameter curve.
         mesh: A 1-D device mesh; default ``init_device_mesh(<curve's device
             type>, (world_size,))`` over the default process group.
         blocks: ``model -> blocks`` to shard one by one; default the children
-            of the ``nn.ModuleList`` that holds most parameters.
+            of the ``nn.ModuleList`` that holds most parameters (for a
+            full-parameter curve, none: then every module owning parameters is
+            a unit of its own).
 
     Returns:
         ``curve`` itself, sharded.
 
     Raises:
         TypeError: ``curve`` is not a :class:`CurveModel`.
-        ModeConnError: No process group, a mesh that is not 1-D or not on the
-            curve's device type, a curve already sharded, no blocks found, or a
-            full-parameter curve (no frozen parameter to shard).
+        ModeConnError: No process group, a mesh that is not 1-D, not over
+            every rank or not on the curve's device type, a curve already
+            sharded, no blocks found in a LoRA curve, or ``blocks`` that are not
+            disjoint submodules of the model.
 
     Example:
         >>> import torch.distributed as dist
