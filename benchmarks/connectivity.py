@@ -48,7 +48,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
@@ -56,47 +55,38 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
-
-import modeconn_unlearn as mcu
-from modeconn_unlearn.connectivity import BarrierResult, connect
-from modeconn_unlearn.connectivity.barriers import linear_curve
-from modeconn_unlearn.curve_model import CurveModel
-from modeconn_unlearn.datasets import load_fashion_mnist
-from modeconn_unlearn.evaluation import evaluate, walk_path
-from modeconn_unlearn.recipe import carve_holdout
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import (
-    RESULTS,
+from _harness import (
     Base,
+    configure,
     cosine,
     environment,
     forget_split,
     loader,
     model_factory,
+    parser,
     random_subset,
+    table,
+    tuned_lrs,
     with_bn_from,
     write_json,
+    write_text,
 )
+from torch import nn
+from torch.utils.data import DataLoader
+
+import modeconn_unlearn as mcu
+from modeconn_unlearn import BarrierResult, CurveModel, carve_holdout, connect, evaluate
+from modeconn_unlearn.connectivity.barriers import barriers_on_curve, linear_curve
+from modeconn_unlearn.datasets import load_fashion_mnist
 
 log = logging.getLogger("benchmarks.connectivity")
 SPLITS = ("retain", "forget", "test")
 PATHS = ("linear", "curve")
 KINDS = ("same", "cross", "retrain_same_init", "retrain_new_init", "original", "retrain_seeds")
-# Base settings chosen by benchmarks/mcu_table.py's tuning (mcu_table_tuning.json,
-# "chosen_base"): one epoch each, batch 128, SGD momentum 0.9, weight decay 5e-4.
-TUNED_LR = {
-    "random1": {"FT": 0.04, "GA": 0.2, "NegGrad+": 0.04, "RL": 0.04, "SalUn": 0.04},
-    "random10": {"FT": 0.04, "GA": 0.2, "NegGrad+": 0.04, "RL": 0.04, "SalUn": 0.04},
-    "class": {"FT": 0.04, "GA": 0.05, "NegGrad+": 0.01, "RL": 0.04, "SalUn": 0.04},
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +108,8 @@ class Config:
     extra_methods: tuple[str, ...] = ("GA", "NegGrad+", "RL", "SalUn")
     seeds: tuple[int, ...] = (0, 1)
     retrain_seeds: tuple[int, ...] = (0, 1)
+    # the epochs of mcu_table.py's tuned settings; their learning rates come from its tuning
+    # file (batch 128, SGD momentum 0.9, weight decay 5e-4)
     unlearn_epochs: int = 1
     unlearn_batch_size: int = 128
     salun_sparsity: float = 0.5
@@ -179,7 +171,7 @@ def condition_options(condition: str, method: str, sophia_lr: dict[str, float]) 
 
 def unlearn_one(
     cfg: Config,
-    scenario: str,
+    lr: float,
     method: str,
     original: nn.Module,
     retain: Any,
@@ -187,23 +179,18 @@ def unlearn_one(
     *,
     seed: int,
     options: dict[str, Any],
-    mask: dict[str, torch.Tensor] | None,
+    saliency: dict[str, torch.Tensor],
 ) -> nn.Module:
-    base = Base(
-        method, cfg.unlearn_epochs, TUNED_LR[scenario][method], salun_sparsity=cfg.salun_sparsity
-    )
-    settings: dict[str, Any] = {"lr": base.lr, **options}
-    return mcu.unlearn(
+    """``method`` at the tuned ``lr`` under an optimisation condition's ``options``."""
+    base = Base(method, cfg.unlearn_epochs, lr, salun_sparsity=cfg.salun_sparsity)
+    return base.run(
         original,
         retain,
         forget,
-        loss=base.loss(),
-        epochs=base.epochs,
-        mask=mask if method == "SalUn" else None,
-        batch_size=cfg.unlearn_batch_size,
         seed=seed,
-        progress=False,
-        **settings,
+        saliency=saliency,
+        batch_size=cfg.unlearn_batch_size,
+        **options,
     ).eval()
 
 
@@ -231,18 +218,23 @@ def path_barriers(
     bn: DataLoader[Any],
     ts: np.ndarray,
 ) -> dict[str, dict[str, BarrierResult]]:
-    """``{metric: {split: BarrierResult}}`` along ``curve`` (interior points evaluated)."""
-    values = {split: np.empty((len(ts), 2)) for split in splits}
-    for split in splits:
-        values[split][0], values[split][-1] = ends[0][split], ends[1][split]
-    for i, (_, model) in enumerate(walk_path(curve, ts[1:-1], bn_loader=bn), start=1):
-        for split, pair in point_scores(model, splits).items():
-            values[split][i] = pair
+    """``{metric: {split: BarrierResult}}`` along ``curve`` (interior points evaluated).
+
+    The library walks the path once per metric, so the interior points are evaluated twice.
+    """
     return {
-        metric: {
-            split: BarrierResult(t=ts, values=values[split][:, k], metric=metric, split=split)
-            for split in splits
-        }
+        metric: barriers_on_curve(
+            curve,
+            splits,
+            ts,
+            metric=metric,
+            bn_loader=bn,
+            task=None,
+            device=None,
+            progress=False,
+            named=True,
+            ends=({s: ends[0][s][k] for s in splits}, {s: ends[1][s][k] for s in splits}),
+        )
         for k, metric in enumerate(("loss", "error"))
     }
 
@@ -345,7 +337,11 @@ def measure_pairs(
 
 
 def pick_sophia_lr(
-    cfg: Config, original: nn.Module, sc: Scenario, mask: dict[str, torch.Tensor]
+    cfg: Config,
+    lrs: dict[str, float],
+    original: nn.Module,
+    sc: Scenario,
+    saliency: dict[str, torch.Tensor],
 ) -> dict[str, Any]:
     """Per method: the SophiaH lr whose forget accuracy is closest to the default run's.
 
@@ -360,12 +356,14 @@ def pick_sophia_lr(
     chosen: dict[str, float] = {}
     records: list[dict[str, Any]] = []
     for method in cfg.extra_methods:
-        args = (cfg, sc.name, method, original, sc.retain, sc.forget)
-        target = forget_acc(unlearn_one(*args, seed=seed, options={}, mask=mask))
+        args = (cfg, lrs[method], method, original, sc.retain, sc.forget)
+        target = forget_acc(unlearn_one(*args, seed=seed, options={}, saliency=saliency))
         scores = {}
         for lr in cfg.sophia_grid:
             options = {"optimizer": "sophiah", "create_graph": True, "lr": lr}
-            scores[lr] = forget_acc(unlearn_one(*args, seed=seed, options=options, mask=mask))
+            scores[lr] = forget_acc(
+                unlearn_one(*args, seed=seed, options=options, saliency=saliency)
+            )
             records.append({"method": method, "lr": lr, "forget_acc": scores[lr]})
         chosen[method] = min(scores, key=lambda lr: (abs(scores[lr] - target), lr))
         records.append({"method": method, "lr": None, "default_forget_acc": target})
@@ -423,6 +421,7 @@ def summarise(
 def run(cfg: Config, quick: bool) -> dict[str, Any]:
     started = time.perf_counter()
     env = environment()  # the commit the run starts from
+    tuned_lr = tuned_lrs()
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -448,7 +447,7 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
     log.info("original: %s", regime["original"])
 
     scenarios: dict[str, Scenario] = {}
-    masks: dict[str, Any] = {}
+    saliency: dict[str, Any] = {}
     for name in cfg.scenarios:
         retain, forget, test = forget_split(train, test_full, name, cfg.world_seed)
         eval_retain = random_subset(retain, cfg.eval_size, seed=1)
@@ -470,7 +469,8 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
             retrained,
         )
         scenarios[name] = sc
-        masks[name] = mcu.saliency_mask(original, forget, sparsity=cfg.salun_sparsity)
+        # SalUn's mask depends only on the original and the forget set: one per forget set
+        saliency[name] = mcu.saliency_mask(original, forget, sparsity=cfg.salun_sparsity)
         full = {"retain": loader(retain), "forget": loader(forget), "test": loader(test)}
         regime[name] = {}
         for label, model in {"original": original, **retrained}.items():
@@ -491,7 +491,9 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
         "per_forget_set": {},
     }
     for name, sc in scenarios.items():
-        sophia["per_forget_set"][name] = pick_sophia_lr(cfg, original, sc, masks[name])
+        sophia["per_forget_set"][name] = pick_sophia_lr(
+            cfg, tuned_lr[name], original, sc, saliency[name]
+        )
     lap("sophia_lr")
 
     results: dict[str, Any] = {}
@@ -516,7 +518,7 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
                 began = time.perf_counter()
                 models[label] = unlearn_one(
                     cfg,
-                    name,
+                    tuned_lr[name][method],
                     method,
                     original,
                     sc.retain,
@@ -525,7 +527,7 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
                     options=condition_options(
                         condition, method, sophia["per_forget_set"][name]["chosen"]
                     ),
-                    mask=masks[name],
+                    saliency=saliency[name],
                 )
                 seconds[label] = round(time.perf_counter() - began, 2)
                 groups[label] = method
@@ -567,7 +569,7 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
         "command": "python benchmarks/connectivity.py" + (" --quick" if quick else ""),
         "config": dataclasses.asdict(cfg),
         "quick": quick,
-        "tuned_lr": TUNED_LR,
+        "tuned_lr": tuned_lr,
         "environment": env,
         "regime": regime,
         "sophia_lr_selection": sophia,
@@ -583,24 +585,23 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def barrier_table(result: dict[str, Any], path: str, metric: str) -> list[str]:
     """Mean barrier per pair kind: one row per forget set and condition, retain/forget/test."""
-    kinds = [k for k in KINDS]
-    head = " | ".join(f"{kind} R / F / T" for kind in kinds)
-    lines = [f"| forget set | condition | {head} |", "|---|---|" + "---:|" * len(kinds)]
     digits = 3 if metric == "loss" else 1
+    rows = []
     for name, per_condition in result["results"].items():
         for condition, res in per_condition.items():
-            rows = [(condition, res["summary_shared"])]
+            summaries = [(condition, res["summary_shared"])]
             if condition == "default":
-                rows.append((f"{condition}, with FT", res["summary"]))
-            for label, summary in rows:
+                summaries.append((f"{condition}, with FT", res["summary"]))
+            for label, summary in summaries:
                 cells = []
-                for kind in kinds:
+                for kind in KINDS:
                     parts = [
                         summary[path][metric][split].get(kind, {}).get("mean") for split in SPLITS
                     ]
                     cells.append(" / ".join(_fmt(p, digits) for p in parts))
-                lines.append(f"| {name} | {label} | {' | '.join(cells)} |")
-    return lines
+                rows.append([name, label, *cells])
+    header = "forget set | condition | " + " | ".join(f"{kind} R / F / T" for kind in KINDS)
+    return table(header, rows, align="ll" + "r" * len(KINDS))
 
 
 def aggregate(result: dict[str, Any]) -> dict[str, Any]:
@@ -641,13 +642,15 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"Original: train accuracy {regime['original']['train_acc']:.2f} %, held-out "
         f"{regime['original']['holdout_acc']:.2f} %, test {regime['original']['test_acc']:.2f} %.",
         "",
-        "| forget set | model | UA | RA | TA |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for name in cfg["scenarios"]:
-        for label, s in regime[name].items():
-            lines.append(f"| {name} | {label} | {s['UA']:.2f} | {s['RA']:.2f} | {s['TA']:.2f} |")
-    lines += [
+        *table(
+            "forget set | model | UA | RA | TA",
+            (
+                [name, label, *(f"{s[k]:.2f}" for k in ("UA", "RA", "TA"))]
+                for name in cfg["scenarios"]
+                for label, s in regime[name].items()
+            ),
+            align="llrrr",
+        ),
         "",
         "UA = 100 - forget accuracy, RA = retain accuracy, TA = test accuracy (class 0: the "
         "other classes), all with BatchNorm statistics re-estimated on "
@@ -727,21 +730,16 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny settings (under a minute)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
-    parser.add_argument(
+    cli = parser(__doc__, quick="tiny settings (under a minute)")
+    cli.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
+    cli.add_argument(
         "--aggregate",
         action="store_true",
         help="no training: recompute the summaries and the tables from the saved JSON",
     )
-    args = parser.parse_args(argv)
+    args = cli.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    cfg = QUICK if args.quick else FULL
-    if args.threads:
-        cfg = dataclasses.replace(cfg, threads=args.threads)
-    torch.set_num_threads(cfg.threads)
+    cfg = configure(args.quick, FULL, QUICK, threads=args.threads)
     torch.manual_seed(0)
     stem = "connectivity_quick" if args.quick else "connectivity"
     if args.aggregate:
@@ -750,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(cfg, args.quick)
     write_json(args.out / f"{stem}.json", result)
     markdown = to_markdown(result)
-    (args.out / f"{stem}.md").write_text(markdown)
+    write_text(args.out / f"{stem}.md", markdown)
     print(markdown)
     return 0
 

@@ -34,9 +34,7 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import multiprocessing
 import os
 import resource
@@ -45,10 +43,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import torch
+from _harness import parser, table, write_json, write_text
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -56,7 +54,6 @@ import modeconn_unlearn as mcu
 from modeconn_unlearn import CurveModel
 from modeconn_unlearn.zoo import MLP, resnet20
 
-RESULTS = Path(__file__).parent / "results"
 NOTES = """Notes:
 
 - Ratios compare variants timed in the same round; on a machine shared with other jobs
@@ -311,55 +308,66 @@ def cell(row: dict, label: str) -> str:
     )
 
 
-def table(rows: list[dict]) -> str:
-    lines = [
-        "| model | batch | plain ms | curve ms | curve/plain (target) | per-tensor mask/plain "
-        "(target <= 0.85): layer_mask | late tensors | element mask/curve (target <= 1) | "
-        "element mask state/curve "
-        "(target <= 0.12) | compiled curve/eager curve | compiled curve/plain | "
-        "compiled plain/plain | page faults per step: plain, curve |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['batch']} | {r['ms']['plain']:.1f} | {r['ms']['curve']:.1f} | "
-            f"{cell(r, 'curve/plain')} (<= {r['curve_target']}) | "
-            f"{cell(r, 'tensors/plain')} [{100 * r['tensor_mask_fraction']:.0f} % of entries] | "
-            f"{cell(r, 'late/plain')} [{100 * r['late_mask_fraction']:.0f} %] | "
-            f"{cell(r, 'elements/curve')} | {r['elements_state/curve_state']:.3f} | "
-            f"{cell(r, 'compiled/curve')} | {cell(r, 'compiled/plain')} | "
-            f"{cell(r, 'compiled_plain/plain')} | "
-            f"{r['faults_per_step']['plain']:.0f}, {r['faults_per_step']['curve']:.0f} |"
+COLUMNS = (
+    "model | batch | plain ms | curve ms | curve/plain (target) | per-tensor mask/plain "
+    "(target <= 0.85): layer_mask | late tensors | element mask/curve (target <= 1) | "
+    "element mask state/curve (target <= 0.12) | compiled curve/eager curve | "
+    "compiled curve/plain | compiled plain/plain | page faults per step: plain, curve"
+)
+
+
+def markdown(rows: list[dict]) -> str:
+    return "\n".join(
+        table(
+            COLUMNS,
+            (
+                [
+                    r["model"],
+                    r["batch"],
+                    f"{r['ms']['plain']:.1f}",
+                    f"{r['ms']['curve']:.1f}",
+                    f"{cell(r, 'curve/plain')} (<= {r['curve_target']})",
+                    f"{cell(r, 'tensors/plain')} [{100 * r['tensor_mask_fraction']:.0f} % of "
+                    "entries]",
+                    f"{cell(r, 'late/plain')} [{100 * r['late_mask_fraction']:.0f} %]",
+                    cell(r, "elements/curve"),
+                    f"{r['elements_state/curve_state']:.3f}",
+                    cell(r, "compiled/curve"),
+                    cell(r, "compiled/plain"),
+                    cell(r, "compiled_plain/plain"),
+                    f"{r['faults_per_step']['plain']:.0f}, {r['faults_per_step']['curve']:.0f}",
+                ]
+                for r in rows
+            ),
+            align="l" * 13,
         )
-    return "\n".join(lines)
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run for CI (< 1 minute)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--cases", choices=["all", "resnet", "mlp"], default="all")
-    parser.add_argument(
+    cli = parser(__doc__, quick="smoke run for CI (< 1 minute)")
+    cli.add_argument("--threads", type=int, default=2)
+    cli.add_argument("--rounds", type=int, default=9)
+    cli.add_argument("--cases", choices=["all", "resnet", "mlp"], default="all")
+    cli.add_argument(
         "--processes",
         choices=["per-variant", "shared"],
         default="per-variant",
         help="time each variant in a process of its own (default), or all in this one",
     )
-    parser.add_argument(
+    cli.add_argument(
         "--clock",
         choices=["wall", "cpu"],
         default=None,
         help="wall time, or the process's CPU time (default: cpu with 1 thread, else wall)",
     )
-    parser.add_argument(
+    cli.add_argument(
         "--compile",
         choices=["none", "mlp", "all"],
         default="mlp",
         help="which cases also time torch.compile (ResNet-20 takes minutes to compile)",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
-    args = parser.parse_args()
+    args = cli.parse_args()
     torch.set_num_threads(args.threads)
     clock_name = args.clock or ("cpu" if args.threads == 1 else "wall")
     cases = [
@@ -393,11 +401,10 @@ def main() -> None:
         f"{PROCESSES[args.processes]}; "
         f"load average at the end {load[0]:.1f} on {os.cpu_count()} cores"
     )
-    text = table(rows)
+    text = markdown(rows)
     print(f"{header}\n{text}")
     if not args.quick:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "curve_step.json").write_text(json.dumps(rows, indent=2))
+        write_json(args.out / "curve_step.json", rows)
         command = "python benchmarks/curve_step.py" + "".join(
             f" --{name} {value}"
             for name, value, default in (
@@ -410,8 +417,8 @@ def main() -> None:
             )
             if value != default
         )
-        (args.out / "curve_step.md").write_text(
-            f"Command: `{command}`\n\n{header}\n\n{text}\n\n{NOTES}"
+        write_text(
+            args.out / "curve_step.md", f"Command: `{command}`\n\n{header}\n\n{text}\n\n{NOTES}"
         )
 
 

@@ -26,21 +26,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import peft
 import torch
 import transformers
+from _harness import parser, table, write_json, write_text
 from torch import nn
 
 from modeconn_unlearn import CurveModel
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def lora_model(hidden: int, layers: int, vocab: int, rank: int) -> nn.Module:
@@ -163,18 +160,17 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run for CI (< 1 minute)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument(
+    cli = parser(__doc__, quick="smoke run for CI (< 1 minute)")
+    cli.add_argument("--threads", type=int, default=2)
+    cli.add_argument("--rounds", type=int, default=9)
+    cli.add_argument("--repeats", type=int, default=2)
+    cli.add_argument(
         "--clock",
         choices=["wall", "cpu"],
         default=None,
         help="wall time, or the process's CPU time (default: cpu with 1 thread, else wall)",
     )
-    args = parser.parse_args()
+    args = cli.parse_args()
     args.clock = args.clock or ("cpu" if args.threads == 1 else "wall")
     torch.set_num_threads(args.threads)
     args.hidden, args.layers, args.vocab, args.rank, args.batch, args.seq = (
@@ -185,37 +181,41 @@ def main() -> None:
     row = measure(args)
     mib = 2**20
     load = os.getloadavg()
-    header = (
+    setting = (
         f"torch {torch.__version__}, peft {peft.__version__}, {torch.get_num_threads()} threads, "
         f"CPU only (no GPU), {args.clock} clock, median of {args.rounds} interleaved rounds "
         "(min-max in "
         f"parentheses); load average at the end {load[0]:.1f} on {os.cpu_count()} cores"
     )
-    table = "\n".join(
-        [
-            "| model | batch x seq | LoRA step ms | curve step ms | curve/LoRA (target <= 1.15) "
-            "| curve holds MiB | budget MiB (base + 4 x adapters) | held/budget |",
-            "|---|---|---|---|---|---|---|---|",
-            f"| {row['model']} | {row['batch']} x {row['seq']} | {row['lora_ms']:.1f} | "
-            f"{row['curve_ms']:.1f} | {row['curve_over_lora']:.3f} "
-            f"({row['curve_over_lora_min']:.2f}-{row['curve_over_lora_max']:.2f}) | "
-            f"{row['curve_held_bytes'] / mib:.2f} | {row['budget_bytes'] / mib:.2f} | "
-            f"{row['held_over_budget']:.3f} |",
-        ]
+    header = (
+        "model | batch x seq | LoRA step ms | curve step ms | curve/LoRA (target <= 1.15) | "
+        "curve holds MiB | budget MiB (base + 4 x adapters) | held/budget"
     )
+    cells = [
+        row["model"],
+        f"{row['batch']} x {row['seq']}",
+        f"{row['lora_ms']:.1f}",
+        f"{row['curve_ms']:.1f}",
+        f"{row['curve_over_lora']:.3f} "
+        f"({row['curve_over_lora_min']:.2f}-{row['curve_over_lora_max']:.2f})",
+        f"{row['curve_held_bytes'] / mib:.2f}",
+        f"{row['budget_bytes'] / mib:.2f}",
+        f"{row['held_over_budget']:.3f}",
+    ]
+    text = "\n".join(table(header, [cells], align="l" * len(cells)))
     detail = (
         f"Base {row['base_bytes'] / mib:.2f} MiB, adapters {row['adapter_bytes'] / mib:.3f} MiB, "
         f"model buffers {row['model_buffer_bytes'] / mib:.3f} MiB (kept at both ends, counted "
         "twice in the budget); optimizer state (not in the budget): "
         + ", ".join(f"{k} {v / mib:.3f} MiB" for k, v in row["optimizer_state_bytes"].items())
     )
-    print(f"{header}\n{table}\n{detail}")
+    print(f"{setting}\n{text}\n{detail}")
     if not args.quick:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "lora_step.json").write_text(json.dumps(row, indent=2))
-        (RESULTS / "lora_step.md").write_text(
+        write_json(args.out / "lora_step.json", row)
+        write_text(
+            args.out / "lora_step.md",
             f"Command: `python benchmarks/lora_step.py --threads {args.threads}`\n\n"
-            f"{header}\n\n{table}\n\n{detail}\n"
+            f"{setting}\n\n{text}\n\n{detail}\n",
         )
 
 

@@ -21,33 +21,32 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from _common import Base, environment, write_json
-from mcu_table import (
-    QUICK,
-    Config,
-    load_data,
-    make_scenario,
-    make_world,
-    run_base,
-    run_mcu,
-    wait_for_tuning,
+from _harness import (
+    METHODS,
+    TUNING_TIMEOUT_S,
+    Base,
+    command,
+    configure,
+    environment,
+    parser,
+    table,
+    wait_for_json,
+    write_json,
+    write_text,
 )
+from mcu_table import QUICK, Config, load_data, make_scenario, make_world, run_base, run_mcu
 
-from modeconn_unlearn.recipe import RecipeConfig
+from modeconn_unlearn import RecipeConfig
 
-RESULTS = Path(__file__).parent / "results"
 Tuning = Callable[[], dict[str, Any]]  # the tuning results (may wait for a tuning run)
 logger = logging.getLogger("benchmarks.mcu_cost")
 
@@ -171,67 +170,68 @@ def markdown(result: dict[str, Any]) -> str:
         "x random 10 %, random 1 %, class; mean base-method Avg. Gap "
         f"{result['frontier'][0]['base_gap_all']:.2f})",
         "",
-        "| budget | settings | Avg. Gap random10 | random1 | class | all | "
-        "MCU CPU / retrain: median (min-max) |",
-        "|---|---|---:|---:|---:|---:|---:|",
     ]
+    frontier = []
     for row in result["frontier"][1:]:
         budget = {k: v for k, v in row["budget"].items() if k != "label"}
         gap, cpu = row["mean_gap"], row["cpu_fraction"]
-        lines.append(
-            f"| {row['budget']['label']} | `{json.dumps(budget)}` | {gap['random10']:.2f} | "
-            f"{gap['random1']:.2f} | {gap['class']:.2f} | {row['mean_gap_all']:.2f} | "
-            f"{cpu['median']:.3f} ({cpu['min']:.3f}-{cpu['max']:.3f}) |"
+        frontier.append(
+            [
+                row["budget"]["label"],
+                f"`{json.dumps(budget)}`",
+                *(f"{gap[name]:.2f}" for name in ("random10", "random1", "class")),
+                f"{row['mean_gap_all']:.2f}",
+                f"{cpu['median']:.3f} ({cpu['min']:.3f}-{cpu['max']:.3f})",
+            ]
         )
-    lines += [
-        "",
-        "**Scale** (default recipe, GA base, random 10 %; 3 MCU runs per pool)",
-        "",
-        "| training pool | retain | forget | retrain CPU s | MCU CPU / retrain |",
-        "|---:|---:|---:|---:|---|",
-    ]
-    for row in result["scale"]:
-        fractions = ", ".join(f"{f:.3f}" for f in row["mcu_cpu_fraction"])
-        lines.append(
-            f"| {row['pool']} | {row['retain']} | {row['forget']} | "
-            f"{row['retrain_cpu_s']:.0f} | {fractions} |"
-        )
+    header = (
+        "budget | settings | Avg. Gap random10 | random1 | class | all | "
+        "MCU CPU / retrain: median (min-max)"
+    )
+    lines += table(header, frontier, align="llrrrrr")
+    lines += ["", "**Scale** (default recipe, GA base, random 10 %; 3 MCU runs per pool)", ""]
+    lines += table(
+        "training pool | retain | forget | retrain CPU s | MCU CPU / retrain",
+        (
+            [
+                row["pool"],
+                row["retain"],
+                row["forget"],
+                f"{row['retrain_cpu_s']:.0f}",
+                ", ".join(f"{f:.3f}" for f in row["mcu_cpu_fraction"]),
+            ]
+            for row in result["scale"]
+        ),
+        align="rrrrl",
+    )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run, writes nothing")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="directory of the results")
-    args = parser.parse_args(argv)
+    args = parser(__doc__, quick="tiny smoke run, writes nothing").parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logger.setLevel(logging.INFO)
-    torch.set_num_threads(1)
+    small = dataclasses.replace(QUICK, scenarios=("random10", "random1", "class"))
+    cfg = configure(args.quick, Config(second_scenarios=()), small)
     began = time.perf_counter()
     if args.quick:
-        cfg, pools, budgets = QUICK, (600,), BUDGETS[:2]
-        cfg = dataclasses.replace(cfg, scenarios=("random10", "random1", "class"))
+        pools, budgets = (600,), BUDGETS[:2]
         quick_tuning = {
-            "chosen_base": {
-                name: {m: [1, 0.01] for m in ("FT", "GA", "NegGrad+", "RL", "SalUn")}
-                for name in cfg.scenarios
-            },
+            "chosen_base": {name: {m: [1, 0.01] for m in METHODS} for name in cfg.scenarios},
             "chosen_mcu": {name: {"mask_kr": 0.0} for name in cfg.scenarios},
         }
 
         def get_tuning() -> dict[str, Any]:
             return quick_tuning
     else:
-        cfg, pools, budgets = Config(second_scenarios=()), POOLS, BUDGETS
+        pools, budgets = POOLS, BUDGETS
 
         def get_tuning() -> dict[str, Any]:  # written by `mcu_table.py --phase tune`
-            return wait_for_tuning(args.out / "mcu_table_tuning.json")
+            return wait_for_json(args.out / "mcu_table_tuning.json", timeout_s=TUNING_TIMEOUT_S)
 
     seed = cfg.tune_seeds[0]
     result = {
-        "command": " ".join(
-            ["python benchmarks/mcu_cost.py", *(sys.argv[1:] if argv is None else argv)]
-        ),
+        "command": command(__file__, argv),
         "environment": environment(args.out),
         "seed": seed,
         "scale": scale(cfg, get_tuning, seed, pools),
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown(result))
     if not args.quick:
         write_json(args.out / "mcu_cost.json", result)
-        (args.out / "mcu_cost.md").write_text(markdown(result))
+        write_text(args.out / "mcu_cost.md", markdown(result))
 
 
 if __name__ == "__main__":

@@ -37,24 +37,36 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
+import mcu_table
 import numpy as np
 import torch
+from _harness import (
+    METHODS,
+    RESULTS,
+    Base,
+    configure,
+    environment,
+    fmt,
+    mean_cells,
+    mean_ci,
+    paired_differences,
+    parser,
+    table,
+    timed,
+    tuned_lrs,
+    verdict,
+    write_json,
+    write_text,
+)
 
 import modeconn_unlearn as mcu
-from modeconn_unlearn.recipe import RecipeConfig
-
-sys.path.insert(0, str(Path(__file__).parent))
-import mcu_table
-from _common import METHODS, RESULTS, Base, environment, mean_ci, timed, write_json
+from modeconn_unlearn import RecipeConfig
 
 logger = logging.getLogger("mcu_strong")
 SCORES = ("avg_gap", "ua", "ra", "ta", "mia", "tpr1", "relearn")
@@ -111,6 +123,10 @@ class Study:
     relearn_steps: int = 10
     relearn_lr: float = 0.05
     relearn_fraction: float = 0.1
+
+    @property
+    def threads(self) -> int:
+        return self.world.threads
 
 
 QUICK = Study(
@@ -278,21 +294,15 @@ def rename(record: dict[str, Any], plan: dict[str, Any]) -> dict[str, dict[str, 
 
 def aggregate(records: list[dict[str, Any]], plan: dict[str, Any]) -> dict[str, Any]:
     named = [rename(r, plan) for r in records]
-    cells = {row: {s: mean_ci([n[row][s] for n in named]) for s in SCORES} for row in named[0]}
+    cells = mean_cells(named, SCORES)
     # Avg. Gap is a distance to retraining already; for the attacks the paired difference is
     # of |score - retrained model's score| (is the variant further from retraining's privacy?).
     paired = {
         f"{method}/{variant}": {
-            "avg_gap": mean_ci(
-                [n[f"{method}/{variant}"]["avg_gap"] - n[method]["avg_gap"] for n in named]
-            ),
+            "avg_gap": mean_ci(paired_differences(named, f"{method}/{variant}", method, "avg_gap")),
             **{
                 s: mean_ci(
-                    [
-                        abs(n[f"{method}/{variant}"][s] - n["Retrain"][s])
-                        - abs(n[method][s] - n["Retrain"][s])
-                        for n in named
-                    ]
+                    paired_differences(named, f"{method}/{variant}", method, s, reference="Retrain")
                 )
                 for s in ("mia", "tpr1", "relearn")
             },
@@ -320,8 +330,8 @@ def aggregate(records: list[dict[str, Any]], plan: dict[str, Any]) -> dict[str, 
     return {"seeds": [r["seed"] for r in records], "cells": cells, "paired": paired, **extras}
 
 
-def fmt(cell: dict[str, float], digits: int = 2) -> str:
-    return f"{cell['mean']:+.{digits}f} ± {cell['ci']:.{digits}f}"
+# a paired difference in bold when it is a win, in italics when a loss
+MARKS = {"win": "**{}**", "loss": "_{}_", "tie": "{}"}
 
 
 def markdown(summary: dict[str, Any], command: str, world: str = "mlp") -> str:
@@ -334,21 +344,14 @@ def markdown(summary: dict[str, Any], command: str, world: str = "mlp") -> str:
         "",
         "## Δ Avg. Gap to retraining",
         "",
-        "| base | base gap | " + " | ".join(VARIANTS) + " |",
-        "|---|---:|" + "---:|" * len(VARIANTS),
     ]
+    gaps = []
     for method in METHODS:
-        cells = []
-        for variant in VARIANTS:
-            cell = summary["paired"][f"{method}/{variant}"]["avg_gap"]
-            text = fmt(cell)
-            if cell["mean"] + cell["ci"] < 0:
-                text = f"**{text}**"
-            elif cell["mean"] - cell["ci"] > 0:
-                text = f"_{text}_"
-            cells.append(text)
-        base = summary["cells"][method]["avg_gap"]
-        lines.append(f"| {method} | {base['mean']:.2f} | " + " | ".join(cells) + " |")
+        cells = [summary["paired"][f"{method}/{variant}"]["avg_gap"] for variant in VARIANTS]
+        marked = [MARKS[verdict(cell)].format(fmt(cell, sign=True)) for cell in cells]
+        gaps.append([method, f"{summary['cells'][method]['avg_gap']['mean']:.2f}", *marked])
+    header = "base | base gap | " + " | ".join(VARIANTS)
+    lines += table(header, gaps, align="lr" + "r" * len(VARIANTS))
     lines += [
         "",
         "## Privacy and relearning: Δ |score - retrained model's score|, variant - base",
@@ -356,60 +359,67 @@ def markdown(summary: dict[str, Any], command: str, world: str = "mlp") -> str:
         "MIA-efficacy (SVC), the loss attack's TPR at 1 % FPR (forget vs test, per example) and",
         "forget accuracy after the relearning attack; below 0: nearer retraining than the base.",
         "",
-        "| base | variant | MIA | TPR@1%FPR | relearned forget acc. |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for method in METHODS:
-        for variant in ("ascent", "match+keep", "match+ens"):
-            cell = summary["paired"][f"{method}/{variant}"]
-            lines.append(
-                f"| {method} | {variant} | "
-                + " | ".join(fmt(cell[s]) for s in ("mia", "tpr1", "relearn"))
-                + " |"
-            )
-    lines += [
+        *table(
+            "base | variant | MIA | TPR@1%FPR | relearned forget acc.",
+            (
+                [
+                    method,
+                    variant,
+                    *(
+                        fmt(summary["paired"][f"{method}/{variant}"][s], sign=True)
+                        for s in ("mia", "tpr1", "relearn")
+                    ),
+                ]
+                for method in METHODS
+                for variant in ("ascent", "match+keep", "match+ens")
+            ),
+            align="llrrr",
+        ),
         "",
         "## Scores (mean over seeds)",
         "",
-        "| model | " + " | ".join(SCORES) + " |",
-        "|---|" + "---:|" * len(SCORES),
+        *table(
+            "model | " + " | ".join(SCORES),
+            (
+                [row, *(f"{cells[s]['mean']:.2f}" for s in SCORES)]
+                for row, cells in summary["cells"].items()
+            ),
+            align="l" + "r" * len(SCORES),
+        ),
     ]
-    for row, cells in summary["cells"].items():
-        lines.append(f"| {row} | " + " | ".join(f"{cells[s]['mean']:.2f}" for s in SCORES) + " |")
     lines += ["", "## Share of seeds where the keep rule returned θ_u", ""]
     lines += [f"- {k}: {v:.2f}" for k, v in summary["keep_rate"].items()]
     lines += ["", "## MCU's CPU time as a fraction of retraining's", ""]
-    lines += [f"- {k}: {fmt(v, 3)}" for k, v in summary["cpu_fraction_of_retrain"].items()]
+    lines += [
+        f"- {k}: {fmt(v, 3, sign=True)}" for k, v in summary["cpu_fraction_of_retrain"].items()
+    ]
     error = summary["target_error"]["forget"]
-    lines += ["", f"Forget target - retrained forget accuracy: {fmt(error)} points."]
+    lines += ["", f"Forget target - retrained forget accuracy: {fmt(error, sign=True)} points."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--phase", choices=("tune", "report", "aggregate"), default="report")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument(
+    cli = parser(__doc__, quick="smoke run on digits, writes nothing")
+    cli.add_argument("--phase", choices=("tune", "report", "aggregate"), default="report")
+    cli.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    cli.add_argument(
         "--world",
         choices=("mlp", "cnn", "mlp1"),
         default="mlp",
         help="mlp: the tuned study; cnn: the transfer check on mcu_table's CNN; mlp1: random "
         "1 %% forgetting on the MLP (both report only, with the mlp tuning)",
     )
-    parser.add_argument(
+    cli.add_argument(
         "--match",
         type=int,
         default=None,
         help="report this match_grid setting instead of the tuned one (results get a "
         "_match<N> suffix)",
     )
-    args = parser.parse_args(argv)
+    args = cli.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(1)
     worlds = {"mlp": WORLD, "cnn": CNN_WORLD, "mlp1": MLP1_WORLD}
-    study = QUICK if args.quick else Study(world=worlds[args.world])
+    study = configure(args.quick, Study(world=worlds[args.world]), QUICK)
     name = "mcu_strong" if args.world == "mlp" else f"mcu_strong_{args.world}"
     if args.match is not None:
         name += f"_match{args.match}"
@@ -423,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.phase == "tune":
         if args.world != "mlp":
-            parser.error("only --world mlp is tuned; the others reuse its tuning")
+            cli.error("only --world mlp is tuned; the others reuse its tuning")
         pool, test = mcu_table.load_data(study.world)
         began = time.perf_counter()
         plan = {"base_lr": {}, "match": list(range(len(study.match_grid)))}
@@ -442,8 +452,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.match is not None:
         plan["match"] = [args.match]
     if args.world == "cnn":
-        chosen = json.loads((RESULTS / "mcu_table_tuning.json").read_text())["chosen_base"]
-        plan["base_lr"] = {m: [lr] for m, (_, lr) in chosen["random10"].items()}
+        plan["base_lr"] = {m: [lr] for m, lr in tuned_lrs()["random10"].items()}
     if args.phase == "report":
         pool, test = mcu_table.load_data(study.world)
         for seed in args.seeds:
@@ -458,7 +467,7 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.out / f"{name}.json", summary)
     command = f"python benchmarks/mcu_strong.py --phase report --world {args.world}"
     text = markdown(summary, command, args.world)
-    (args.out / f"{name}.md").write_text(text)
+    write_text(args.out / f"{name}.md", text)
     print(text)
 
 

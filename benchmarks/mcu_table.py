@@ -32,47 +32,58 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _harness import (
+    METHODS,
+    TUNING_TIMEOUT_S,
+    Base,
+    Seconds,
+    command,
+    configure,
+    cosine,
+    environment,
+    fmt,
+    forget_split,
+    loader,
+    mean_cells,
+    mean_ci,
+    model_factory,
+    paired_differences,
+    parser,
+    random_subset,
+    score,
+    table,
+    timed,
+    verdict,
+    wait_for_json,
+    with_bn_from,
+    write_json,
+    write_text,
+)
 from scipy import stats
 from torch import nn
 from torch.utils.data import Subset
 
 import modeconn_unlearn as mcu
+from modeconn_unlearn import RecipeConfig, Targets, carve_holdout, mcu_unlearn, user_targets
 from modeconn_unlearn.datasets import load_digits, load_fashion_mnist
-from modeconn_unlearn.recipe import RecipeConfig, Targets, carve_holdout, mcu_unlearn, user_targets
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import (
-    METHODS,
-    RESULTS,
-    Base,
-    Seconds,
-    cosine,
-    environment,
-    forget_split,
-    loader,
-    mean_ci,
-    model_factory,
-    random_subset,
-    score,
-    timed,
-    with_bn_from,
-    write_json,
-)
 
 logger = logging.getLogger("mcu_table")
 SCORES = ("ua", "ra", "ta", "mia", "tpr1", "avg_gap")
+CELL_COLUMNS = "model | UA | RA | TA | MIA-eff. | loss-attack TPR@1%FPR | Avg. Gap ↓ | time (s)"
+PAIRED_COLUMNS = (
+    "method | Δ UA | Δ RA | Δ TA | Δ MIA | Δ TPR@1% | Δ Avg. Gap | verdict | "
+    "MCU time / retrain (wall) | (CPU)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -462,13 +473,6 @@ def _jsonable(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- report
-def wait_for_tuning(path: Path, poll_s: float = 20.0) -> dict[str, Any]:
-    """The tuning results, waiting for a tuning run in another process to write them."""
-    while not path.exists():
-        time.sleep(poll_s)
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
-
-
 def report(
     cfg: Config, tuning: dict[str, Any] | Path, out: Path, quick: bool
 ) -> list[dict[str, Any]]:
@@ -499,7 +503,7 @@ def report(
         for arch, name in jobs:
             sc = make_scenario(cfg, world, name, arch)
             if isinstance(tuning, Path):
-                tuning = wait_for_tuning(tuning)
+                tuning = wait_for_json(tuning, timeout_s=TUNING_TIMEOUT_S)
             config = recipe_config(tuning["chosen_mcu"][name].items())
             paths = {}
             for method in METHODS:
@@ -554,22 +558,15 @@ def aggregate(runs: list[dict[str, Any]], tuning: dict[str, Any]) -> dict[str, A
     for key in keys:
         complete = [run for run in runs if key in run["scenarios"]]
         rows = [run["scenarios"][key]["rows"] for run in complete]
-        cells: dict[str, Any] = {}
-        for model in rows[0]:
-            cells[model] = {
-                metric: mean_ci([r[model][metric] for r in rows])
-                for metric in (*SCORES, "time")
-                if all(r[model].get(metric) is not None for r in rows)
-            }
+        cells = mean_cells(rows, (*SCORES, "time"))
         paired: dict[str, Any] = {}
         for method in METHODS:
             paired[method] = {}
             for metric in SCORES:
-                diffs = [r[f"MCU({method})"][metric] - r[method][metric] for r in rows]
+                diffs = paired_differences(rows, f"MCU({method})", method, metric)
                 paired[method][metric] = {**mean_ci(diffs), "per_seed": diffs}
             gap = paired[method]["avg_gap"]
-            gap["win"] = bool(gap["n"] > 1 and gap["mean"] + gap["ci"] < 0)
-            gap["loss"] = bool(gap["n"] > 1 and gap["mean"] - gap["ci"] > 0)
+            gap["win"], gap["loss"] = verdict(gap) == "win", verdict(gap) == "loss"
             fractions = [r[f"MCU({method})"]["fraction_of_retrain"] for r in rows]
             paired[method]["mcu_time_fraction_of_retrain"] = mean_ci(fractions)
             cpu = [r[f"MCU({method})"].get("cpu_fraction_of_retrain") for r in rows]
@@ -626,21 +623,22 @@ def target_error_markdown(result: dict[str, Any]) -> str:
         "model's forget accuracy, read after the fact, never by MCU; "
         f"{below} pairs have an error below {result['threshold']:g} points)",
         "",
-        "| method | Pearson r | p | mean Δ where error < threshold | mean Δ elsewhere |",
-        "|---|---:|---:|---:|---:|",
+        *table(
+            "method | Pearson r | p | mean Δ where error < threshold | mean Δ elsewhere",
+            (
+                [
+                    method,
+                    f"{m['pearson_r']:.2f}",
+                    f"{m['p']:.4f}",
+                    f"{m['mean_delta_below']:.2f}",
+                    f"{m['mean_delta_rest']:.2f}",
+                ]
+                for method, m in result["methods"].items()
+            ),
+            align="lrrrr",
+        ),
     ]
-    for method, m in result["methods"].items():
-        lines.append(
-            f"| {method} | {m['pearson_r']:.2f} | {m['p']:.4f} | {m['mean_delta_below']:.2f} | "
-            f"{m['mean_delta_rest']:.2f} |"
-        )
     return "\n".join(lines) + "\n"
-
-
-def fmt(cell: dict[str, float], digits: int = 2) -> str:
-    if cell.get("ci") is None or (isinstance(cell["ci"], float) and math.isnan(cell["ci"])):
-        return f"{cell['mean']:.{digits}f}"
-    return f"{cell['mean']:.{digits}f} ± {cell['ci']:.{digits}f}"
 
 
 def markdown(
@@ -674,46 +672,41 @@ def markdown(
         lines += [
             f"**{arch.upper()}, {titles.get(name, name)} (seeds {block['seeds']})**",
             "",
-            "| model | UA | RA | TA | MIA-eff. | loss-attack TPR@1%FPR | Avg. Gap ↓ | time (s) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         order = ["Retrain", "Original"] + [
             m for method in METHODS for m in (method, f"MCU({method})")
         ]
-        for model in order:
-            c = cells[model]
-            lines.append(
-                f"| {model} | "
-                + " | ".join(fmt(c[m]) for m in SCORES)
-                + f" | {fmt(c['time'], 1)} |"
-            )
+        lines += table(
+            CELL_COLUMNS,
+            (
+                [model, *(fmt(cells[model][m]) for m in SCORES), fmt(cells[model]["time"], 1)]
+                for model in order
+            ),
+            align="lrrrrrrr",
+        )
         lines += [
             "",
             "Paired MCU - base per seed (mean ± 95 % CI; Avg. Gap: negative is better; "
             "win = interval below 0):",
             "",
-            "| method | Δ UA | Δ RA | Δ TA | Δ MIA | Δ TPR@1% | Δ Avg. Gap | verdict | "
-            "MCU time / retrain (wall) | (CPU) |",
-            "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
         ]
-        for method in METHODS:
-            p = paired[method]
-            verdict = (
-                "win"
-                if p["avg_gap"]["win"]
-                else ("loss" if p["avg_gap"]["loss"] else "no difference shown")
-            )
-            lines.append(
-                f"| {method} | "
-                + " | ".join(fmt(p[m]) for m in SCORES)
-                + f" | {verdict} | {fmt(p['mcu_time_fraction_of_retrain'], 3)} | "
-                + (
+        words = {"win": "win", "loss": "loss", "tie": "no difference shown"}
+        lines += table(
+            PAIRED_COLUMNS,
+            (
+                [
+                    method,
+                    *(fmt(p[m]) for m in SCORES),
+                    words[verdict(p["avg_gap"])],
+                    fmt(p["mcu_time_fraction_of_retrain"], 3),
                     fmt(p["mcu_cpu_fraction_of_retrain"], 3)
                     if "mcu_cpu_fraction_of_retrain" in p
-                    else "-"
-                )
-                + " |"
-            )
+                    else "-",
+                ]
+                for method, p in ((m, paired[m]) for m in METHODS)
+            ),
+            align="lrrrrrrlrr",
+        )
         lines.append("")
     return "\n".join(lines)
 
@@ -735,7 +728,7 @@ def header(cfg: Config, tuning: dict[str, Any], total: float | None, command: st
         f"{cfg.test_size} test images. Original and retrained models: the same recipe "
         f"({cfg.epochs} epochs, SGD lr {cfg.lr:g} momentum 0.9, weight decay "
         f"{cfg.weight_decay:g}, cosine, batch {cfg.batch_size}, no augmentation); CNN: a "
-        "BatchNorm CNN with a dense head (benchmarks/_common.py: DenseHeadCNN, width "
+        "BatchNorm CNN with a dense head (benchmarks/_harness.py: DenseHeadCNN, width "
         f"{cfg.width}); MLP: mcu.zoo.MLP 784-256-128-10 ({cfg.second_epochs} epochs, lr "
         f"{cfg.second_lr:g}, weight decay {cfg.second_weight_decay:g}; base-method and MCU "
         "settings are the CNN's). MCU: "
@@ -762,9 +755,8 @@ def tuning_markdown(tuning: dict[str, Any]) -> str:
         f"**Tuning (seeds {tuning['tune_seeds']}, never reported): mean Avg. Gap of every "
         "candidate; bold: chosen**",
         "",
-        "| scenario | " + " | ".join(METHODS) + " |",
-        "|---|" + "---|" * len(METHODS),
     ]
+    rows = []
     for name in scenarios:
         cells = []
         for method in METHODS:
@@ -784,12 +776,10 @@ def tuning_markdown(tuning: dict[str, Any]) -> str:
                 text = f"lr {lr:g}: {gap:.2f}"
                 texts.append(f"**{text}**" if (epochs, lr) == chosen else text)
             cells.append("; ".join(texts))
-        lines.append(f"| {name} base | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "| scenario | MCU candidate | " + " | ".join(f"MCU({m})" for m in METHODS) + " | mean |",
-        "|---|---|" + "---:|" * (len(METHODS) + 1),
-    ]
+        rows.append([f"{name} base", *cells])
+    lines += table("scenario | " + " | ".join(METHODS), rows, align="l" * (len(METHODS) + 1))
+    lines.append("")
+    rows = []
     for name in scenarios:
         for index, overrides in enumerate(tuning["mcu_candidates"]):
             gaps = [
@@ -806,9 +796,9 @@ def tuning_markdown(tuning: dict[str, Any]) -> str:
             mean = f"{np.mean(gaps):.2f}"
             if tuning["chosen_mcu_index"][name] == index:
                 label, mean = f"**{label}**", f"**{mean}**"
-            lines.append(
-                f"| {name} | {label} | " + " | ".join(f"{g:.2f}" for g in gaps) + f" | {mean} |"
-            )
+            rows.append([name, label, *(f"{g:.2f}" for g in gaps), mean])
+    header = "scenario | MCU candidate | " + " | ".join(f"MCU({m})" for m in METHODS) + " | mean"
+    lines += table(header, rows, align="ll" + "r" * (len(METHODS) + 1))
     return "\n".join(lines) + "\n\n"
 
 
@@ -870,8 +860,8 @@ def finish(
 ) -> None:
     summary = aggregate(runs, tuning)
     errors = target_error(runs)
-    table = markdown(summary, runs, cfg, tuning, total) + "\n" + target_error_markdown(errors)
-    print(table)
+    text = markdown(summary, runs, cfg, tuning, total) + "\n" + target_error_markdown(errors)
+    print(text)
     if quick:
         return
     figures = plot_paths(runs, out)
@@ -894,26 +884,22 @@ def finish(
             }
         ),
     )
-    (out / "mcu_table.md").write_text(
-        header(cfg, tuning, total, command) + table + "\n" + tuning_markdown(tuning)
+    write_text(
+        out / "mcu_table.md",
+        header(cfg, tuning, total, command) + text + "\n" + tuning_markdown(tuning),
     )
 
 
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--phase", choices=("tune", "report", "aggregate", "all"), default="all")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run, writes nothing")
-    parser.add_argument("--seeds", type=int, nargs="+", help="reported seeds (default 0-4)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="directory of the results")
-    args = parser.parse_args(argv)
+    cli = parser(__doc__, quick="tiny smoke run, writes nothing")
+    cli.add_argument("--phase", choices=("tune", "report", "aggregate", "all"), default="all")
+    cli.add_argument("--seeds", type=int, nargs="+", help="reported seeds (default 0-4)")
+    args = cli.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logger.setLevel(logging.INFO)
-    cfg = QUICK if args.quick else Config()
-    if args.seeds:
-        cfg = dataclasses.replace(cfg, seeds=tuple(args.seeds))
-    torch.set_num_threads(cfg.threads)
-    command = "python benchmarks/mcu_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    cfg = configure(args.quick, Config(), QUICK, seeds=args.seeds and tuple(args.seeds))
+    line = command(__file__, argv)
     began = time.perf_counter()
     tuning_file = args.out / "mcu_table_tuning.json"
     if args.quick or args.phase in ("tune", "all"):
@@ -927,12 +913,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.phase == "aggregate":
         assert isinstance(tuning, dict)
         runs = load_runs(args.out)
-        finish(cfg, runs, tuning, args.out, None, command, args.quick)
+        finish(cfg, runs, tuning, args.out, None, line, args.quick)
         return
     runs = report(cfg, tuning, args.out, args.quick)
-    tuning = wait_for_tuning(tuning_file) if isinstance(tuning, Path) else tuning
+    if isinstance(tuning, Path):
+        tuning = wait_for_json(tuning_file, timeout_s=TUNING_TIMEOUT_S)
     runs = runs if args.quick else load_runs(args.out)  # every seed written so far
-    finish(cfg, runs, tuning, args.out, time.perf_counter() - began, command, args.quick)
+    finish(cfg, runs, tuning, args.out, time.perf_counter() - began, line, args.quick)
     logger.info("total %.1f min", (time.perf_counter() - began) / 60)
 
 

@@ -21,27 +21,34 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
-import json
 import statistics
-import sys
-from pathlib import Path
 from typing import Any
 
 import torch
+from _harness import (
+    Base,
+    Seconds,
+    command,
+    configure,
+    cosine,
+    loader,
+    model_factory,
+    parser,
+    random_subset,
+    table,
+    timed,
+    write_json,
+    write_text,
+)
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 import modeconn_unlearn as mcu
+from modeconn_unlearn import RecipeConfig, carve_holdout, mcu_unlearn, search_path, user_targets
 from modeconn_unlearn.datasets import load_digits, load_fashion_mnist
-from modeconn_unlearn.path_search import search_path
-from modeconn_unlearn.recipe import RecipeConfig, carve_holdout, mcu_unlearn, user_targets
 from modeconn_unlearn.zoo import SmallCNN
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, Seconds, cosine, model_factory, random_subset, timed
 
 POINTS = 21
 
@@ -71,10 +78,6 @@ def load_data(cfg: Config) -> tuple[Any, Any, int]:
         return train, test, 1
     train = load_fashion_mnist(train=True, limit=cfg.pool_size)
     return train, load_fashion_mnist(train=False, limit=cfg.test_size), 1
-
-
-def loader(data: Any) -> DataLoader[Any]:
-    return DataLoader(data, batch_size=256, shuffle=False)
 
 
 def plain_passes(model: nn.Module, splits: dict[str, DataLoader[Any]], bn: DataLoader[Any]) -> None:
@@ -142,15 +145,7 @@ def mcu_vs_retrain(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
     _, retrain_s = timed(lambda: mcu.retrain(lambda: make_model(cfg), retain, **train_args))
     targets = user_targets(original, probe, holdout)
     theta_u, base_s = timed(
-        lambda: mcu.unlearn(
-            original,
-            retain,
-            forget,
-            loss=mcu.losses.random_label(10),
-            epochs=1,
-            lr=0.01,
-            **common,
-        )
+        lambda: Base("RL", 1, 0.01).run(original, retain, forget, seed=0, batch_size=cfg.batch_size)
     )
     result, mcu_s = timed(
         lambda: mcu_unlearn(
@@ -167,7 +162,7 @@ def mcu_vs_retrain(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
     )
 
     # Path search: the same trained curve, dense 21-point grid vs the adaptive search.
-    splits = {"retain": DataLoader(probe, batch_size=256), "forget": forget}
+    splits = {"retain": loader(probe), "forget": forget}
     bn = splits["retain"]
     dense_report, dense_s = timed(
         lambda: mcu.evaluate_path(result.curve, splits, ts=POINTS, bn_loader=bn, progress=False)
@@ -218,50 +213,63 @@ def sizes_text(overhead: dict[str, Any]) -> str:
     return ", ".join(f"{count} {name}" for name, count in overhead["samples"].items())
 
 
-def rows(overhead: dict[str, Any], end_to_end: dict[str, Any], search: dict[str, Any]) -> list[str]:
+def rows(
+    overhead: dict[str, Any], end_to_end: dict[str, Any], search: dict[str, Any]
+) -> list[tuple[str, str, str, str]]:
+    """The table's rows: measurement, time (wall or cpu), value, target."""
     d, a = search["dense"], search["adaptive"]
-    lines = [
-        f"| dense grid: {d['points']} points, t = {d['t']:.3f} (s) | wall | {d['wall_s']:.2f} | |",
-        f"| adaptive search: {a['points']} points, t = {a['t']:.3f} (s) | wall | "
-        f"{a['wall_s']:.2f} | |",
-        f"| **adaptive / dense points; abs t difference** | | **{a['points'] / d['points']:.2f}; "
-        f"{search['t_difference']:.3f}** | <= 0.5; <= 0.01 |",
+    ratio = f"**{a['points'] / d['points']:.2f}; {search['t_difference']:.3f}**"
+    out = [
+        (
+            f"dense grid: {d['points']} points, t = {d['t']:.3f} (s)",
+            "wall",
+            f"{d['wall_s']:.2f}",
+            "",
+        ),
+        (
+            f"adaptive search: {a['points']} points, t = {a['t']:.3f} (s)",
+            "wall",
+            f"{a['wall_s']:.2f}",
+            "",
+        ),
+        ("**adaptive / dense points; abs t difference**", "", ratio, "<= 0.5; <= 0.01"),
     ]
     for kind in ("cpu", "wall"):
         o, e = overhead[kind], end_to_end[kind]
-        lines += [
-            f"| evaluate_path, {POINTS} points (s, median) | {kind} | "
-            f"{statistics.median(o['evaluate_path_s']):.2f} | |",
-            f"| {POINTS} plain BN re-estimations + evaluation passes (s, median) | {kind} | "
-            f"{statistics.median(o['plain_passes_s']):.2f} | |",
-            f"| **evaluate_path / plain** (median of {overhead['rounds']} paired rounds) | "
-            f"{kind} | **{o['ratio_median']:.3f}** | <= 1.1 |",
-            f"| retrain from scratch (s) | {kind} | {e['retrain_s']:.1f} | |",
-            f"| RL, the base method (s) | {kind} | {e['base_rl_s']:.1f} | |",
-            "| MCU end to end (s)"
-            + (
-                ": " + ", ".join(f"{k} {v:.1f}" for k, v in e["mcu_stages_s"].items())
-                if "mcu_stages_s" in e
-                else ""
-            )
-            + f" | {kind} | {e['mcu_s']:.1f} | |",
-            f"| **MCU / retrain** | {kind} | **{e['mcu_over_retrain']:.2f}** | < 1 |",
-            f"| (RL + MCU) / retrain | {kind} | {e['rl_plus_mcu_over_retrain']:.2f} | < 1 |",
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in e.get("mcu_stages_s", {}).items())
+        median_path, median_plain = (
+            statistics.median(o[k]) for k in ("evaluate_path_s", "plain_passes_s")
+        )
+        paired = f"**evaluate_path / plain** (median of {overhead['rounds']} paired rounds)"
+        out += [
+            (f"evaluate_path, {POINTS} points (s, median)", kind, f"{median_path:.2f}", ""),
+            (
+                f"{POINTS} plain BN re-estimations + evaluation passes (s, median)",
+                kind,
+                f"{median_plain:.2f}",
+                "",
+            ),
+            (paired, kind, f"**{o['ratio_median']:.3f}**", "<= 1.1"),
+            ("retrain from scratch (s)", kind, f"{e['retrain_s']:.1f}", ""),
+            ("RL, the base method (s)", kind, f"{e['base_rl_s']:.1f}", ""),
+            (
+                "MCU end to end (s)" + (f": {stages}" if stages else ""),
+                kind,
+                f"{e['mcu_s']:.1f}",
+                "",
+            ),
+            ("**MCU / retrain**", kind, f"**{e['mcu_over_retrain']:.2f}**", "< 1"),
+            ("(RL + MCU) / retrain", kind, f"{e['rl_plus_mcu_over_retrain']:.2f}", "< 1"),
         ]
-    return lines
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run, writes nothing")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--dataset", choices=("fashion", "digits"), default="fashion")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="directory of the results")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    cfg = dataclasses.replace(
-        QUICK if args.quick else Config(), threads=args.threads, dataset=args.dataset
-    )
+    cli = parser(__doc__, quick="tiny smoke run, writes nothing")
+    cli.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    cli.add_argument("--dataset", choices=("fashion", "digits"), default="fashion")
+    args = cli.parse_args(argv)
+    cfg = configure(args.quick, Config(), QUICK, threads=args.threads, dataset=args.dataset)
     sizes = (
         {"retain": 200, "forget": 50, "test": 100}
         if args.quick
@@ -269,21 +277,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     overhead = path_overhead(cfg, rounds=1 if args.quick else 3, sizes=sizes)
     end_to_end, search = mcu_vs_retrain(cfg)
-    table = "\n".join(
-        [
-            "| measurement | time | value | target |",
-            "|---|---|---:|---:|",
-            *rows(overhead, end_to_end, search),
-        ]
+    text = "\n".join(
+        table(
+            "measurement | time | value | target",
+            rows(overhead, end_to_end, search),
+            align="llrr",
+        )
     )
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)\n{table}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)\n{text}")
     if args.quick:
         return
-    command = "python benchmarks/path_eval.py" + (
-        " " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else ""
-    )
+    line = command(__file__, argv)
     result = {
-        "command": command,
+        "command": line,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "config": dataclasses.asdict(cfg),
@@ -291,17 +297,17 @@ def main(argv: list[str] | None = None) -> None:
         "mcu_vs_retrain": end_to_end,
         "path_search": search,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "path_eval.json").write_text(json.dumps(result, indent=2))
-    (args.out / "path_eval.md").write_text(
-        f"Command: `{command}` (torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+    write_json(args.out / "path_eval.json", result)
+    write_text(
+        args.out / "path_eval.md",
+        f"Command: `{line}` (torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
         "shared 2-core CPU). Path overhead: SmallCNN width "
         f"{cfg.width} (BatchNorm) on Fashion-MNIST, splits of {sizes_text(overhead)} images, "
         f"BatchNorm statistics re-estimated on the {overhead['bn_samples']} retain samples at "
         "every point by both sides. Path search and end to end: the regime of mcu_table.py "
         "(memorising BatchNorm CNN), random 10% forgetting, seed 0, mcu_unlearn defaults. "
         "CPU time is the process's own (one thread), which other processes on the machine "
-        "disturb far less than wall time.\n\n" + table + "\n"
+        "disturb far less than wall time.\n\n" + text + "\n",
     )
 
 
