@@ -303,6 +303,7 @@ def mcu_unlearn(
         bn_loader=bn_loader,
         task=task,
         device=device,
+        progress=progress,
     )
     if not np.any(search.report.t == 1.0):
         end = evaluate_path(
