@@ -175,7 +175,7 @@ def markdown(rows: list[dict], config: dict, command: str) -> str:
         f"{config['steps']} Adam steps at a global batch of {config['batch']}. "
         "MiB (2^20 bytes) per rank, the rank that holds most.",
         "",
-        "| world | bends | bends + grad + Adam (tensors) | share of 6bP | RSS after steps | "
+        "| world | layout | bends + grad + Adam (tensors) | share of 6bP | RSS after steps | "
         "RSS peak in steps | RSS peak in run |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
