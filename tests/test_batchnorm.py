@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from modeconn_unlearn.batchnorm import batch_inputs, has_batchnorm, update_bn
+from modeconn_unlearn.batchnorm import has_batchnorm, update_bn
 
 
 def test_update_bn_is_exact_average_over_loader() -> None:
@@ -33,12 +33,6 @@ def test_no_batchnorm_means_no_pass() -> None:
     update_bn(Spy(), [torch.zeros(2)])
     assert calls == [] and not has_batchnorm(Spy())
     assert has_batchnorm(nn.BatchNorm2d(3))
-
-
-def test_batch_inputs() -> None:
-    x = torch.zeros(2)
-    assert batch_inputs(x) is x
-    assert batch_inputs([x, 1]) is x
 
 
 def test_a_dataset_is_batched_not_iterated_sample_by_sample() -> None:
@@ -76,7 +70,7 @@ def test_dict_batches_are_read_by_the_task_and_passed_as_keywords() -> None:
     with torch.no_grad():
         mean = torch.stack([(net.lin(x) * 2.0).mean(0) for x in batches]).mean(0)
     torch.testing.assert_close(net.bn.running_mean, mean)
-    assert batch_inputs(loader[0]).keys() == {"features", "scale"}
+    assert ClassificationTask().split(loader[0]).inputs.keys() == {"features", "scale"}
 
 
 def test_curve_update_bn_reads_batches_through_the_task() -> None:

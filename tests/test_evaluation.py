@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 import modeconn_unlearn.evaluation as evaluation
 from modeconn_unlearn.batchnorm import update_bn
 from modeconn_unlearn.curve import CurveModel
+from modeconn_unlearn.data import seeded_order
 from modeconn_unlearn.errors import ModeConnError
 from modeconn_unlearn.evaluation import (
     Metrics,
@@ -29,6 +30,7 @@ from modeconn_unlearn.evaluation import (
     evaluate_path,
     unlearning_scores,
 )
+from modeconn_unlearn.evaluation.bn import BN_SALT
 from modeconn_unlearn.mia import svc_mia
 from modeconn_unlearn.tasks import CausalLMTask
 
@@ -514,8 +516,8 @@ def test_bn_samples_re_estimates_on_a_seeded_retain_subset(
 ) -> None:
     report = evaluate_path(bn_curve, splits, ts=2, bn_samples=64, seed=3, progress=False)
     assert report.meta["bn_data"] == "retain (64 samples)"
-    chosen = np.sort(np.random.default_rng(3).choice(len(splits["retain"]), 64, replace=False))
-    subset = DataLoader(Subset(splits["retain"], chosen.tolist()), batch_size=256)
+    chosen = sorted(seeded_order(len(splits["retain"]), 3, salt=BN_SALT)[:64])
+    subset = DataLoader(Subset(splits["retain"], chosen), batch_size=256)
     for index, t in enumerate(report.t):
         model = bn_curve.export(float(t))
         update_bn(model, subset)

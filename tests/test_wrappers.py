@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from modeconn_unlearn.curve import CurveModel
-from modeconn_unlearn.wrappers import unwrap
+from modeconn_unlearn.wrappers import module_device, unwrap
 
 
 @pytest.fixture
@@ -47,3 +47,11 @@ def test_a_curve_takes_the_user_module_out_of_ddp(one_process_group: None) -> No
     x = torch.randn(3, 2)
     torch.testing.assert_close(curve(x, t=0.0), start(x))
     torch.testing.assert_close(curve(x, t=1.0), end(x))
+
+
+def test_module_device_reads_the_first_parameter_then_buffer_else_cpu() -> None:
+    assert module_device(nn.Linear(2, 2, device="meta")) == torch.device("meta")
+    buffers_only = nn.Module()
+    buffers_only.register_buffer("running", torch.zeros(2, device="meta"))
+    assert module_device(buffers_only) == torch.device("meta")
+    assert module_device(nn.ReLU()) == torch.device("cpu")

@@ -14,26 +14,14 @@ from .data import DEFAULT_EVAL_BATCH_SIZE
 from .errors import ModeConnError
 from .modes import keeping_modes
 from .tasks import Task, call_model, resolve_task
+from .wrappers import module_device
 
-__all__ = ["batch_inputs", "has_batchnorm", "module_device", "update_bn"]
+__all__ = ["has_batchnorm", "update_bn"]
 
 
 @runtime_checkable
 class _SupportsUpdateBN(Protocol):
     def update_bn(self, loader: Iterable[Any], *, t: float) -> None: ...
-
-
-def batch_inputs(batch: Any, *, task: Task | None = None) -> Any:
-    """The model input of a batch, as ``task.split(batch).inputs`` (default: classification).
-
-    ``(x, y)`` pairs, ``UnlearnBatch(inputs, targets, is_forget)``, bare tensors
-    and dict batches (``labels`` removed) all work.
-
-    Example:
-        >>> batch_inputs((torch.zeros(2, 3), torch.ones(2))).shape
-        torch.Size([2, 3])
-    """
-    return resolve_task(task).split(batch).inputs
 
 
 class _InputsOnly:
@@ -51,15 +39,6 @@ class _InputsOnly:
 def has_batchnorm(model: nn.Module) -> bool:
     """Whether ``model`` has a normalisation layer that tracks running statistics."""
     return any(isinstance(m, _NormBase) and m.track_running_stats for m in model.modules())
-
-
-def module_device(model: nn.Module) -> torch.device:
-    """The device of the first parameter (or buffer) of ``model``; CPU if it has none."""
-    for parameter in model.parameters():
-        return parameter.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
 
 
 @torch.no_grad()

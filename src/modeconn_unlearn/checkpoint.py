@@ -15,7 +15,14 @@ from torch import nn
 
 from .errors import ModeConnError
 
-__all__ = ["StateSource", "atomic_write", "load_checkpoint", "plain_text", "save_checkpoint"]
+__all__ = [
+    "StateSource",
+    "atomic_write",
+    "load_checkpoint",
+    "plain_text",
+    "save_checkpoint",
+    "write_text_atomic",
+]
 
 StateSource = nn.Module | Mapping[str, Any] | str | os.PathLike[str]
 
@@ -139,6 +146,19 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through the library's one atomic writer.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     write_text_atomic(Path(d) / "a" / "b.txt", "hello")
+        ...     (Path(d) / "a" / "b.txt").read_text()
+        'hello'
+    """
+    atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
 
 
 def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> None:

@@ -1,4 +1,4 @@
-"""The user's module inside the wrappers that training puts around it.
+"""The user's module as the library finds it: inside training's wrappers, and on its device.
 
 ``DistributedDataParallel`` keeps the module as ``.module`` and ``torch.compile``
 as ``._orig_mod``; they nest in either order. A state dict saved through them
@@ -8,10 +8,11 @@ carries their key prefixes instead, which
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["unwrap"]
+__all__ = ["module_device", "unwrap"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -30,3 +31,17 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = inner
         else:
             return model
+
+
+def module_device(model: nn.Module) -> torch.device:
+    """The device of the first parameter (or buffer) of ``model``; CPU if it has none.
+
+    Example:
+        >>> module_device(nn.Linear(2, 2)), module_device(nn.ReLU())
+        (device(type='cpu'), device(type='cpu'))
+    """
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
+    return torch.device("cpu")

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import numpy as np
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from ..batchnorm import has_batchnorm
 from ..checks import positive_int
-from ..data import DEFAULT_EVAL_BATCH_SIZE, as_loader
+from ..data import DEFAULT_EVAL_BATCH_SIZE, as_loader, seeded_subset
 from ..errors import ModeConnError
 
-__all__ = ["BNData", "bn_data"]
+__all__ = ["BN_SALT", "BNData", "bn_data"]
 
 
 class BNData(NamedTuple):
@@ -38,15 +37,17 @@ class BNData(NamedTuple):
     source: str
 
 
+#: Salt of the BatchNorm subset (``bn_samples``), independent of the library's other subsets.
+BN_SALT = 40_000
+
+
 def _subset(loader: DataLoader[Any], samples: int, seed: int) -> tuple[DataLoader[Any], int]:
     dataset = loader.dataset
     n = len(dataset)  # type: ignore[arg-type]
     if samples >= n:
         return loader, n
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(n, size=samples, replace=False)).tolist()
     subset = DataLoader(
-        Subset(dataset, chosen),
+        seeded_subset(dataset, samples, seed, salt=BN_SALT),
         batch_size=loader.batch_size or DEFAULT_EVAL_BATCH_SIZE,
         shuffle=False,
         collate_fn=loader.collate_fn,

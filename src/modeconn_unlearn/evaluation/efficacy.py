@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.svm import SVC
 
+from ..data import seeded_order
 from ..errors import ModeConnError
 from .features import check_features, feature_arrays
 from .outputs import Outputs
@@ -87,8 +88,7 @@ def mia_efficacy(
     (feature,) = check_features((feature,))
     members = feature_arrays(shadow, (feature,))[feature]
     if subsample and len(members) > test.count:
-        rng = np.random.default_rng(seed)
-        members = members[np.sort(rng.choice(len(members), size=test.count, replace=False))]
+        members = members[np.sort(seeded_order(len(members), seed, salt=50_000)[: test.count])]
     nonmembers = feature_arrays(test, (feature,))[feature]
     targets = feature_arrays(forget, (feature,))[feature]
     return 100.0 * svc_fit_predict(members, nonmembers, None, targets, seed=seed)

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..batchnorm import module_device
 from ..data import as_loader
 from ..errors import ModeConnError
 from ..modes import evaluating
 from ..tasks import Task, resolve_task, task_collate
+from ..wrappers import module_device
 
 __all__ = [
     "DataLike",

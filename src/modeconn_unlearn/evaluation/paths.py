@@ -11,13 +11,14 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import Unpack
 
-from ..batchnorm import module_device, update_bn
+from ..batchnorm import update_bn
 from ..curve import CurveModel, path_points
 from ..data import as_loader
 from ..errors import ModeConnError
 from ..modes import evaluating
 from ..progress import progress_bar
 from ..tasks import Task, resolve_task, task_collate
+from ..wrappers import module_device
 from .bn import bn_data
 from .efficacy import mia_efficacy
 from .features import check_features

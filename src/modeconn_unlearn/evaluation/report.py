@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ..checkpoint import atomic_write
+from ..checkpoint import write_text_atomic
 from ..errors import ModeConnError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["PathReport", "write_text_atomic"]
+__all__ = ["PathReport"]
 
 _REPORT_FORMAT = "modeconn_unlearn.PathReport"
 _REPORT_VERSION = 1
@@ -302,16 +302,3 @@ def _jsonable_mapping(values: Mapping[str, float]) -> dict[str, float | None]:
 
 def _from_json(values: Sequence[float | None]) -> NDArray[np.float64]:
     return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through the library's one atomic writer.
-
-    Example:
-        >>> import tempfile
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     write_text_atomic(Path(d) / "a" / "b.txt", "hello")
-        ...     (Path(d) / "a" / "b.txt").read_text()
-        'hello'
-    """
-    atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))

@@ -34,13 +34,13 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.stats import ks_2samp
 from torch import Tensor, nn
 
-from ..batchnorm import module_device
 from ..checks import positive_int
 from ..errors import ModeConnError
 from ..evaluation import collect_outputs
 from ..modes import evaluating
 from ..optional import require
 from ..tasks import CausalLMTask, Task, resolve_task
+from ..wrappers import module_device
 from .batches import as_lm_loader
 from .data import qa_source
 

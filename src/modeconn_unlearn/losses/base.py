@@ -15,13 +15,12 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from ..batchnorm import module_device
 from ..curve import CurveModel
 from ..data import UnlearnBatch, move_to_device
 from ..errors import ModeConnError
 from ..modes import evaluating
 from ..tasks import Batch, SampleOutputs, Task, cast_inputs, resolve_task
-from ..wrappers import unwrap
+from ..wrappers import module_device, unwrap
 
 __all__ = [
     "Objective",

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..batchnorm import module_device
 from ..cloning import clone_module
 from ..curve import CurveModel
 from ..errors import ModeConnError, listed
@@ -18,6 +17,7 @@ from ..losses import UnlearnLoss, finetune
 from ..masks import validate_mask
 from ..modes import keeping_modes
 from ..tasks import Task, resolve_task
+from ..wrappers import module_device
 from .config import TrainConfig, make_optimizer, resolve_config
 from .distributed import is_distributed, world_size
 from .history import History

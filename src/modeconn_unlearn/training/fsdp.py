@@ -31,9 +31,9 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from ..batchnorm import module_device
 from ..curve import CurveModel
 from ..errors import ModeConnError
+from ..wrappers import module_device
 from .sharded_bends import FullCopy, ShardedBends, meta_copy, shard_bends
 
 __all__ = ["checkpoint_file", "grad_norm", "has_sharded_bends", "is_sharded", "shard_curve"]
