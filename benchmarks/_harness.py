@@ -6,14 +6,15 @@ so ``from _harness import ...`` needs nothing more. What it offers:
 * command line and configuration: :func:`parser` (``--quick`` and ``--out``, which every
   script takes), :func:`configure` (the quick or the full configuration, options given on
   the command line, torch's thread count), :func:`command` (the line that reproduces a run);
-* timing: :class:`Seconds` and :func:`timed` (wall-clock and CPU time of one call);
+* timing: :class:`Seconds` and :func:`timed` (wall-clock and CPU time of one call, and on
+  request its peak extra resident memory, measured by :class:`PeakMemory`);
 * statistics: :func:`mean_ci` (a mean and its Student-t 95 % interval; of per-seed
   differences from :func:`paired_differences`, the paired interval), :func:`mean_cells`
   (that of every score of every row over seeds) and :func:`verdict` (win, loss or tie);
-* files: :func:`environment` (versions, threads, git commit), :func:`write_json` and
-  :func:`write_text` (atomic, through the library's writer), :func:`wait_for_json` (a file
-  another process is writing, with a timeout), :func:`tuned_lrs` (the learning rates
-  ``mcu_table.py`` tuned, read from its tuning file);
+* files: :func:`environment` (versions, threads, git commit), :func:`write_json` (numpy
+  values too) and :func:`write_text` (atomic, through the library's writer),
+  :func:`wait_for_json` (a file another process is writing, with a timeout),
+  :func:`tuned_lrs` (the learning rates ``mcu_table.py`` tuned, read from its tuning file);
 * reports: :func:`fmt` (``mean ± ci``) and :func:`table` (a markdown table);
 * methods: :data:`OBJECTIVES` (method name -> objective builder, the classification
   methods and the language-model ones), :func:`objective`, and :class:`Base` (a base
@@ -33,6 +34,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -100,20 +102,70 @@ def command(script: str, argv: Sequence[str] | None) -> str:
 # --------------------------------------------------------------------------- timing
 @dataclasses.dataclass(frozen=True)
 class Seconds:
-    """Wall-clock and CPU time of a step (CPU time is what other processes disturb least)."""
+    """Wall-clock and CPU time of a step (CPU time is what other processes disturb least).
+
+    ``peak_mb``: the step's peak resident memory above its level at the start, in MiB,
+    when :func:`timed` was asked for it (None otherwise). Steps add up: the times are
+    summed and the peak is the higher one.
+    """
 
     wall: float
     cpu: float
+    peak_mb: float | None = None
 
     def __add__(self, other: Seconds) -> Seconds:
-        return Seconds(self.wall + other.wall, self.cpu + other.cpu)
+        peaks = [p for p in (self.peak_mb, other.peak_mb) if p is not None]
+        return Seconds(self.wall + other.wall, self.cpu + other.cpu, max(peaks, default=None))
 
 
-def timed(fn: Callable[[], Any]) -> tuple[Any, Seconds]:
-    """``fn()`` and the time it took."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
-    return result, Seconds(time.perf_counter() - wall, time.process_time() - cpu)
+class PeakMemory:
+    """Peak resident memory above the level at entry, sampled every 5 ms (Linux; 0 elsewhere).
+
+    Example:
+        >>> with PeakMemory() as memory:
+        ...     block = bytearray(2**20)
+        >>> memory.megabytes >= 0.0
+        True
+    """
+
+    def __enter__(self) -> PeakMemory:
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def megabytes(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            return 0
+
+
+def timed(fn: Callable[[], Any], *, peak_memory: bool = False) -> tuple[Any, Seconds]:
+    """``fn()`` and the time it took; with ``peak_memory``, also its peak extra memory."""
+    if not peak_memory:
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        return result, Seconds(time.perf_counter() - wall, time.process_time() - cpu)
+    with PeakMemory() as memory:
+        result, took = timed(fn)
+    return result, dataclasses.replace(took, peak_mb=memory.megabytes)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -209,9 +261,16 @@ def write_text(path: Path, text: str) -> None:
     write_text_atomic(path, text)
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar or array as the Python number, bool or list JSON can write."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON atomically (NaN written as ``NaN``)."""
-    write_text(path, json.dumps(data, indent=2, allow_nan=True))
+    """Write ``data`` as indented JSON atomically (numpy values as Python's, NaN as ``NaN``)."""
+    write_text(path, json.dumps(data, indent=2, allow_nan=True, default=_plain))
 
 
 def wait_for_json(path: Path, *, timeout_s: float, poll_s: float = 20.0) -> dict[str, Any]:

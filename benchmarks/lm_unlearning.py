@@ -38,22 +38,23 @@ full-parameter unlearned models is measured on the first seed. Paired-evidence
 rule: MCU wins a cell only if the 95 % CI (t-distribution) of the paired
 per-seed difference of Gap lies below 0.
 
+The JSON, the markdown and the figure are rewritten after every seed, so a stopped run
+still reports the seeds it finished; ``--aggregate`` renders them again from the saved
+JSON (its runs, configuration, command and time) without running anything.
+
 Usage:
     python benchmarks/lm_unlearning.py          # full run: benchmarks/results/lm_unlearning.*
     python benchmarks/lm_unlearning.py --quick  # < 2 min smoke run: *_quick.*
+    python benchmarks/lm_unlearning.py --aggregate  # the report again from lm_unlearning.json
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
 import math
-import os
-import platform
 import sys
-import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -62,19 +63,35 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
+import transformers
+from _harness import (
+    Seconds,
+    command,
+    configure,
+    environment,
+    fmt,
+    mean_cells,
+    mean_ci,
+    objective,
+    paired_differences,
+    parser,
+    table,
+    timed,
+    verdict,
+    write_json,
+    write_text,
+)
 from torch import nn
 
 import modeconn_unlearn as mcu
 from modeconn_unlearn import lm
 from modeconn_unlearn.tasks import CausalLMTask
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TASK = CausalLMTask()
 METHODS = ("GA", "GradDiff", "NPO", "SimNPO")
 VARIANTS = ("full", "lora")
 #: The recipe's curve objectives, run side by side on every base method.
-OBJECTIVES = ("ascent", "match")
+CURVES = ("ascent", "match")
 GAP_METRICS = ("forget_acc", "retain_acc", "forget_rouge", "minkpp_auc")
 
 
@@ -119,6 +136,7 @@ class Config:
     max_points: int = 6
     retain_probe: int = 200
     connectivity_ts: int = 5
+    threads: int = 1
 
 
 #: Gap of each base method on tuning seed 99 (forget 10 %), per learning rate.
@@ -163,47 +181,6 @@ QUICK = Config(
     retain_probe=40,
     connectivity_ts=3,
 )
-
-
-# --------------------------------------------------------------------------- measuring
-class PeakMemory:
-    """Peak resident memory above the level at entry, sampled every 5 ms (Linux)."""
-
-    def __enter__(self) -> PeakMemory:
-        self.start = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-    @property
-    def megabytes(self) -> float:
-        return (self.peak - self.start) / 2**20
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self._rss())
-
-    @staticmethod
-    def _rss() -> int:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
-            return 0
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    with PeakMemory() as memory:
-        start = time.perf_counter()
-        value = fn()
-        seconds = time.perf_counter() - start
-    return value, seconds, memory.megabytes
 
 
 # --------------------------------------------------------------------------- world
@@ -251,18 +228,6 @@ def train_lm(cfg: Config, world: World, data: Any, seed: int) -> nn.Module:
         progress=False,
     )
     return model.eval()
-
-
-def objective(cfg: Config, method: str, reference: nn.Module) -> Any:
-    if method == "GA":
-        return mcu.losses.gradient_ascent(task=TASK)
-    if method == "GradDiff":
-        return mcu.losses.gradient_difference(task=TASK)
-    if method == "NPO":
-        return mcu.losses.npo(beta=cfg.npo_beta, reference=reference, task=TASK)
-    if method == "SimNPO":
-        return mcu.losses.simnpo(beta=cfg.simnpo_beta, task=TASK)
-    raise ValueError(method)
 
 
 def with_lora(cfg: Config, model: nn.Module, seed: int) -> nn.Module:
@@ -327,7 +292,13 @@ def run_base(
         start,
         retain,
         forget,
-        loss=objective(cfg, method, start),
+        loss=objective(
+            method,
+            npo_beta=cfg.npo_beta,
+            simnpo_beta=cfg.simnpo_beta,
+            reference=start,
+            task=TASK,
+        ),
         epochs=cfg.unlearn_epochs,
         lr=cfg.unlearn_lr[variant][method],
         optimizer="adam",
@@ -339,7 +310,7 @@ def run_base(
     ).eval()
 
 
-def mcu_config(cfg: Config, variant: str, objective: str) -> mcu.recipe.RecipeConfig:
+def mcu_config(cfg: Config, variant: str, kind: str) -> mcu.recipe.RecipeConfig:
     """The recipe's LM settings (``RecipeConfig.for_task("causal_lm")``) with this run's sizes.
 
     The full run's sizes are ``for_task``'s own (5 epochs, 10 % retain per epoch,
@@ -347,7 +318,7 @@ def mcu_config(cfg: Config, variant: str, objective: str) -> mcu.recipe.RecipeCo
     """
     return mcu.recipe.RecipeConfig.for_task(
         TASK,
-        objective=objective,
+        objective=kind,
         keep_base=True,
         epochs=cfg.curve_epochs,
         lr=cfg.curve_lr[variant],
@@ -374,7 +345,7 @@ def mcu_summary(cfg: Config) -> str:
 def run_mcu(
     cfg: Config,
     variant: str,
-    objective: str,
+    kind: str,
     start: nn.Module,
     theta_u: nn.Module,
     splits: dict[str, Any],
@@ -387,7 +358,7 @@ def run_mcu(
         splits["retain_train"],
         splits["forget"],
         targets=targets,
-        config=mcu_config(cfg, variant, objective),
+        config=mcu_config(cfg, variant, kind),
         probe=splits["retain"],
         seed=seed,
         task=TASK,
@@ -408,11 +379,17 @@ def run_mcu(
     return result.model.eval(), info
 
 
+def costs(took: Seconds) -> dict[str, float]:
+    """A row's wall time and peak extra resident memory."""
+    assert took.peak_mb is not None
+    return {"time_s": took.wall, "peak_mb": took.peak_mb}
+
+
 def run_seed(cfg: Config, world: World, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
     torch.manual_seed(seed)
-    original, train_s, train_mb = timed(lambda: train_lm(cfg, world, world.train, seed))
-    log(f"seed {seed}: original trained in {train_s:.0f} s")
-    result: dict[str, Any] = {"seed": seed, "original_time_s": train_s, "scenarios": {}}
+    original, trained = timed(lambda: train_lm(cfg, world, world.train, seed), peak_memory=True)
+    log(f"seed {seed}: original trained in {trained.wall:.0f} s")
+    result: dict[str, Any] = {"seed": seed, "original_time_s": trained.wall, "scenarios": {}}
     for ratio in cfg.forget_ratios:
         retain_train, forget = lm.group_split(world.train, forget_ratio=ratio, seed=seed)
         probe = torch.randperm(len(retain_train), generator=torch.Generator().manual_seed(seed))
@@ -423,14 +400,12 @@ def run_seed(cfg: Config, world: World, seed: int, log: Callable[[str], None]) -
             "forget": forget,
             "holdout": world.holdout,
         }
-        retrained, retrain_s, retrain_mb = timed(partial(train_lm, cfg, world, retain_train, seed))
+        retrained, took = timed(partial(train_lm, cfg, world, retain_train, seed), peak_memory=True)
         scored_ref = score(retrained, splits, world)
         ref = finish_scores(scored_ref, scored_ref)
-        rows: dict[str, dict[str, Any]] = {
-            "Retrain": {**ref, "time_s": retrain_s, "peak_mb": retrain_mb},
-        }
+        rows: dict[str, dict[str, Any]] = {"Retrain": {**ref, **costs(took)}}
         orig = finish_scores(score(original, splits, world), scored_ref)
-        rows["Original"] = {**orig, "time_s": train_s, "peak_mb": train_mb}
+        rows["Original"] = {**orig, **costs(trained)}
         memorised = orig["forget_acc"] >= 95.0
         # The user's targets: the original on the retain probe and the held-out entities only.
         targets = mcu.recipe.user_targets(original, retain, world.holdout, task=TASK)
@@ -444,26 +419,23 @@ def run_seed(cfg: Config, world: World, seed: int, log: Callable[[str], None]) -
             start = original if variant == "full" else with_lora(cfg, original, seed)
             for method in METHODS:
                 name = method if variant == "full" else f"{method}-LoRA"
-                theta_u, base_s, base_mb = timed(
-                    partial(run_base, cfg, variant, method, start, retain_train, forget, seed)
+                theta_u, base = timed(
+                    partial(run_base, cfg, variant, method, start, retain_train, forget, seed),
+                    peak_memory=True,
                 )
                 rows[name] = {
                     **finish_scores(score(theta_u, splits, world), scored_ref),
-                    "time_s": base_s,
-                    "peak_mb": base_mb,
+                    **costs(base),
                 }
                 message = f"    {name:14s} gap {rows[name]['gap']:6.2f}"
-                for kind in OBJECTIVES:
-                    (mcu_model, info), mcu_s, mcu_mb = timed(
-                        partial(run_mcu, cfg, variant, kind, start, theta_u, splits, targets, seed)
+                for kind in CURVES:
+                    (mcu_model, info), took = timed(
+                        partial(run_mcu, cfg, variant, kind, start, theta_u, splits, targets, seed),
+                        peak_memory=True,
                     )
                     row = finish_scores(score(mcu_model, splits, world), scored_ref)
-                    rows[mcu_name(kind, name)] = {
-                        **row,
-                        "time_s": base_s + mcu_s,
-                        "peak_mb": max(base_mb, mcu_mb),
-                        **info,
-                    }
+                    # MCU's cost includes its base method's: times add, the peak is the higher
+                    rows[mcu_name(kind, name)] = {**row, **costs(base + took), **info}
                     kept = " kept" if info["kept_base"] else ""
                     message += f" -> {kind} {row['gap']:6.2f} (t={info['t']:.2f}{kept})"
                 if variant == "full":
@@ -491,103 +463,68 @@ def run_seed(cfg: Config, world: World, seed: int, log: Callable[[str], None]) -
 
 
 # --------------------------------------------------------------------------- aggregation
-def mcu_name(objective: str, base: str) -> str:
-    """The row of MCU with ``objective`` on ``base``: ``MCU-ascent(GA)``."""
-    return f"MCU-{objective}({base})"
+def mcu_name(kind: str, base: str) -> str:
+    """The row of MCU with curve objective ``kind`` on ``base``: ``MCU-ascent(GA)``."""
+    return f"MCU-{kind}({base})"
 
 
 def parse_mcu_name(name: str) -> tuple[str, str] | None:
-    """``(objective, base)`` of an MCU row, ``None`` for any other row."""
-    for objective in OBJECTIVES:
-        prefix = f"MCU-{objective}("
+    """``(curve objective, base)`` of an MCU row, ``None`` for any other row."""
+    for kind in CURVES:
+        prefix = f"MCU-{kind}("
         if name.startswith(prefix) and name.endswith(")"):
-            return objective, name[len(prefix) : -1]
+            return kind, name[len(prefix) : -1]
     return None
 
 
-def kept_counts(runs: list[dict[str, Any]], key: str) -> dict[str, int]:
-    """Seeds on which the recipe returned θ_u (keep-θ_u rule), per MCU row."""
-    names = [n for n in runs[0]["scenarios"][key]["rows"] if parse_mcu_name(n) is not None]
-    return {n: sum(bool(r["scenarios"][key]["rows"][n]["kept_base"]) for r in runs) for n in names}
-
-
-def mean_ci(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values, dtype=np.float64)
-    if len(a) < 2:
-        return {"mean": float(a.mean()), "ci": math.nan, "n": len(a)}
-    half = float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
-    return {"mean": float(a.mean()), "ci": half, "n": len(a)}
-
-
-COLUMNS = (
-    "forget_nll",
-    "retain_nll",
-    "forget_acc",
-    "retain_acc",
-    "forget_rouge",
-    "mink_auc",
-    "minkpp_auc",
-    "privleak",
-    "truth_forget",
-    "forget_quality",
-    "gap",
-    "time_s",
-    "peak_mb",
-)
+#: The scores of a row, in table order, and their column titles.
+COLUMNS = {
+    "forget_nll": "forget NLL",
+    "retain_nll": "retain NLL",
+    "forget_acc": "forget acc",
+    "retain_acc": "retain acc",
+    "forget_rouge": "forget ROUGE-L",
+    "mink_auc": "Min-K% AUC",
+    "minkpp_auc": "Min-K%++ AUC",
+    "privleak": "privleak",
+    "truth_forget": "truth ratio (forget)",
+    "forget_quality": "forget quality",
+    "gap": "Gap ↓",
+    "time_s": "time (s)",
+    "peak_mb": "peak MB",
+}
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per forget ratio: every cell's mean ± CI, and each MCU row's paired Gap difference.
+
+    The difference is against the row's base method, with its win; ``kept_base`` counts
+    the seeds on which the recipe returned θ_u.
+    """
     out: dict[str, Any] = {}
     for key in runs[0]["scenarios"]:
-        names = list(runs[0]["scenarios"][key]["rows"])
-        cells = {
-            name: {
-                c: mean_ci([r["scenarios"][key]["rows"][name][c] for r in runs]) for c in COLUMNS
-            }
-            for name in names
-        }
-        paired = {}
-        for name in names:
+        rows = [r["scenarios"][key]["rows"] for r in runs]
+        paired: dict[str, dict[str, Any]] = {}
+        kept: dict[str, int] = {}
+        for name in rows[0]:
             parsed = parse_mcu_name(name)
             if parsed is not None:
-                base = parsed[1]
-                diff = [
-                    r["scenarios"][key]["rows"][name]["gap"]
-                    - r["scenarios"][key]["rows"][base]["gap"]
-                    for r in runs
-                ]
-                stat = mean_ci(diff)
-                stat["win"] = bool(stat["n"] >= 2 and stat["mean"] + stat["ci"] < 0)
-                paired[name] = stat
-        out[key] = {"cells": cells, "paired_gap_diff": paired, "kept_base": kept_counts(runs, key)}
+                stat = mean_ci(paired_differences(rows, name, parsed[1], "gap"))
+                paired[name] = {**stat, "win": verdict(stat) == "win"}
+                kept[name] = sum(bool(r[name]["kept_base"]) for r in rows)
+        out[key] = {
+            "cells": mean_cells(rows, tuple(COLUMNS)),
+            "paired_gap_diff": paired,
+            "kept_base": kept,
+        }
     return out
 
 
-def fmt(cell: dict[str, float], digits: int = 2) -> str:
-    if math.isnan(cell["ci"]):
-        return f"{cell['mean']:.{digits}f}"
-    return f"{cell['mean']:.{digits}f} ± {cell['ci']:.{digits}f}"
-
-
-def markdown(cfg: Config, runs: list[dict[str, Any]], agg: dict[str, Any], header: str) -> str:
+def markdown(runs: list[dict[str, Any]], agg: dict[str, Any], header: str) -> str:
     lines = [header, ""]
-    titles = {
-        "forget_nll": "forget NLL",
-        "retain_nll": "retain NLL",
-        "forget_acc": "forget acc",
-        "retain_acc": "retain acc",
-        "forget_rouge": "forget ROUGE-L",
-        "mink_auc": "Min-K% AUC",
-        "minkpp_auc": "Min-K%++ AUC",
-        "truth_forget": "truth ratio (forget)",
-        "forget_quality": "forget quality",
-        "privleak": "privleak",
-        "gap": "Gap ↓",
-        "time_s": "time (s)",
-        "peak_mb": "peak MB",
-    }
     for key, block in agg.items():
         first = runs[0]["scenarios"][key]
+        paired = block["paired_gap_diff"]
         lines += [
             f"**Forget {float(key):.0%} of the entities ({first['forget_entities']} entities, "
             f"{first['forget_examples']} examples)**; mean ± 95 % CI over seeds "
@@ -595,43 +532,49 @@ def markdown(cfg: Config, runs: list[dict[str, Any]], agg: dict[str, Any], heade
             f"retain acc {first['targets']['retain']:.1f}, forget acc "
             f"{first['targets']['forget']:.1f}, forget NLL τ {first['targets']['forget_loss']:.2f}",
             "",
-        ]
-        lines += [*summary_table(block), ""]
-        lines += ["All columns:", ""]
-        lines += [
-            "| model | " + " | ".join(titles[c] for c in COLUMNS) + " |",
-            "|---|" + "---:|" * len(COLUMNS),
-        ]
-        for name, cells in block["cells"].items():
-            mark = ""
-            if name in block["paired_gap_diff"] and block["paired_gap_diff"][name]["win"]:
-                mark = " **(win)**"
-            lines.append(f"| {name}{mark} | " + " | ".join(fmt(cells[c]) for c in COLUMNS) + " |")
-        lines += [
+            *summary_table(block),
+            "",
+            "All columns:",
+            "",
+            *table(
+                "model | " + " | ".join(COLUMNS.values()),
+                (
+                    [
+                        f"{name} **(win)**" if paired.get(name, {}).get("win") else name,
+                        *(fmt(cells[c]) for c in COLUMNS),
+                    ]
+                    for name, cells in block["cells"].items()
+                ),
+                align="l" + "r" * len(COLUMNS),
+            ),
             "",
             "Paired per-seed difference of Gap, MCU(base) - base (a win needs the 95 % CI "
             "below 0; kept: seeds on which the recipe returned θ_u):",
             "",
+            *table(
+                "MCU row | mean | 95 % CI | win | kept θ_u",
+                (
+                    [
+                        name,
+                        f"{stat['mean']:.2f}",
+                        "n/a"
+                        if math.isnan(stat["ci"])
+                        else f"[{stat['mean'] - stat['ci']:.2f}, {stat['mean'] + stat['ci']:.2f}]",
+                        "yes" if stat["win"] else "no",
+                        f"{block['kept_base'][name]}/{stat['n']}",
+                    ]
+                    for name, stat in paired.items()
+                ),
+                align="lrrlr",
+            ),
         ]
-        lines += ["| MCU row | mean | 95 % CI | win | kept θ_u |", "|---|---:|---:|---|---:|"]
-        for base, stat in block["paired_gap_diff"].items():
-            ci = (
-                "n/a"
-                if math.isnan(stat["ci"])
-                else f"[{stat['mean'] - stat['ci']:.2f}, {stat['mean'] + stat['ci']:.2f}]"
-            )
-            lines.append(
-                f"| {base} | {stat['mean']:.2f} | {ci} | {'yes' if stat['win'] else 'no'} | "
-                f"{block['kept_base'][base]}/{stat['n']} |"
-            )
-        if "connectivity_md" in first:
-            for split, table in first["connectivity_md"].items():
-                lines += [
-                    "",
-                    f"Linear-path loss barriers (answer NLL) on {split}, seed {runs[0]['seed']}:",
-                    "",
-                    table,
-                ]
+        for split, barriers in first.get("connectivity_md", {}).items():
+            lines += [
+                "",
+                f"Linear-path loss barriers (answer NLL) on {split}, seed {runs[0]['seed']}:",
+                "",
+                barriers,
+            ]
         lines.append("")
     return "\n".join(lines)
 
@@ -639,23 +582,25 @@ def markdown(cfg: Config, runs: list[dict[str, Any]], agg: dict[str, Any], heade
 def summary_table(block: dict[str, Any]) -> list[str]:
     """Base -> MCU(ascent) -> MCU(match): Gap and Min-K%++ AUC (retraining's in the header)."""
     cells, paired = block["cells"], block["paired_gap_diff"]
-    auc = cells["Retrain"]["minkpp_auc"]
-    lines = [
-        "| base | Gap: base → ascent → match | Min-K%++ AUC (retrain "
-        f"{fmt(auc)}): base → ascent → match | paired win ascent / match | kept θ_u "
-        "ascent / match |",
-        "|---|---|---|---|---|",
-    ]
-    for base in cells:
-        if base in ("Retrain", "Original") or parse_mcu_name(base) is not None:
-            continue
-        rows = [base] + [mcu_name(kind, base) for kind in OBJECTIVES]
-        gaps = " → ".join(f"{cells[n]['gap']['mean']:.2f}" for n in rows)
-        aucs = " → ".join(f"{cells[n]['minkpp_auc']['mean']:.2f}" for n in rows)
-        wins = " / ".join("yes" if paired[n]["win"] else "no" for n in rows[1:])
-        kept = " / ".join(f"{block['kept_base'][n]}/{paired[n]['n']}" for n in rows[1:])
-        lines.append(f"| {base} | {gaps} | {aucs} | {wins} | {kept} |")
-    return lines
+    bases = [b for b in cells if b not in ("Retrain", "Original") and parse_mcu_name(b) is None]
+
+    def row(base: str) -> list[str]:
+        names = [base, *(mcu_name(kind, base) for kind in CURVES)]
+        return [
+            base,
+            " → ".join(f"{cells[n]['gap']['mean']:.2f}" for n in names),
+            " → ".join(f"{cells[n]['minkpp_auc']['mean']:.2f}" for n in names),
+            " / ".join("yes" if paired[n]["win"] else "no" for n in names[1:]),
+            " / ".join(f"{block['kept_base'][n]}/{paired[n]['n']}" for n in names[1:]),
+        ]
+
+    return table(
+        "base | Gap: base → ascent → match | Min-K%++ AUC (retrain "
+        f"{fmt(cells['Retrain']['minkpp_auc'])}): base → ascent → match | paired win ascent / "
+        "match | kept θ_u ascent / match",
+        map(row, bases),
+        align="lllll",
+    )
 
 
 def figure(agg: dict[str, Any], path: Path) -> None:
@@ -676,7 +621,7 @@ def figure(agg: dict[str, Any], path: Path) -> None:
             (-0.27, "base", bases),
             *(
                 (0.27 * (i + 1) - 0.27, f"MCU-{kind}(base)", [mcu_name(kind, n) for n in bases])
-                for i, kind in enumerate(OBJECTIVES)
+                for i, kind in enumerate(CURVES)
             ),
         ):
             means = [block["cells"][n]["gap"]["mean"] if n else np.nan for n in names]
@@ -692,38 +637,107 @@ def figure(agg: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def environment() -> dict[str, Any]:
-    import transformers
+def header(cfg: Config, line: str, minutes: float, torch_version: str) -> str:
+    """The paragraph above the tables: the command, the run's time and every setting."""
+    threads = f"{cfg.threads} thread" + ("s" if cfg.threads > 1 else "")
+    return (
+        f"Command: `{line}` (torch {torch_version}, {threads}, {minutes:.1f} min on a "
+        f"shared 2-core CPU; times are noisy). Llama {cfg.layers} layers x {cfg.hidden} wide; "
+        f"{cfg.entities} entities x {cfg.facts} facts trained, {cfg.holdout_entities} entities "
+        f"held out; original and retrain: {cfg.train_epochs} epochs AdamW lr {cfg.train_lr}, "
+        f"warm-up {cfg.train_warmup:.0%} then cosine decay per step, gradient norm "
+        f"clipped to {cfg.train_max_grad_norm}. Base methods: {cfg.unlearn_epochs} epochs "
+        f"Adam, lr {cfg.unlearn_lr}, "
+        f"retain ratio {cfg.retain_ratio}; NPO β {cfg.npo_beta}, SimNPO β {cfg.simnpo_beta} "
+        f"gamma 0; GradDiff weights 1/1; LoRA r {cfg.lora_r} on attention and MLP "
+        "projections. MCU: the one-call recipe, `mcu.recipe.mcu_unlearn(task=CausalLMTask())` "
+        f"with `RecipeConfig.for_task('causal_lm', objective=..., keep_base=True, "
+        f"lr={cfg.curve_lr['lora']} for LoRA, merged=True for LoRA)` ({mcu_summary(cfg)}); "
+        "targets from `user_targets(original, retain probe, held-out entities, task=...)`: "
+        "the original's answer token accuracy on the retain probe "
+        f"({cfg.retain_probe} examples) and on the held-out entities, and τ = its mean "
+        "answer NLL on the held-out entities; never the retrained model. MCU-ascent: "
+        "CE(retain) - β·CE(forget), β from AdaptiveBeta; MCU-match: CE(retain) + "
+        "β·|CE(forget) - τ|, β 1. Keep-θ_u rule on: θ_u is returned when no point beats it "
+        "on the targets beyond their sampling error. "
+        f"Base-method learning rates tuned per method on seed 99 (not reported; grid and "
+        f"Gaps in the JSON's 'tuning'); MCU's settings are for_task's, not tuned here. "
+        f"Gap = mean |x - retrain| over "
+        f"forget acc, retain acc, forget ROUGE-L x 100, Min-K%++ AUC x 100. privleak = "
+        f"100 (AUC - AUC_retrain) / AUC_retrain on Min-K%++. Truth ratio (forget): TOFU's "
+        f"mean min(R, 1/R) on the forget set (3 perturbed answers); forget quality: KS-test "
+        f"p-value of the forget truth ratios against the retrained model's. "
+        f"peak MB: resident memory above "
+        f"the level at the step's start."
+    )
 
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-    }
+
+def saved_config(payload: dict[str, Any]) -> Config:
+    """The configuration of a saved run (its thread count from its environment record).
+
+    Raises:
+        ValueError: The run predates a setting this script has now, so the report would
+            misstate how it was made.
+    """
+    saved = {"threads": payload["environment"]["threads"], **payload["config"]}
+    missing = sorted({field.name for field in dataclasses.fields(Config)} - saved.keys())
+    if missing:
+        raise ValueError(f"the run predates the settings {missing}; rerun it to report it")
+    return Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+
+
+def publish(payload: dict[str, Any], cfg: Config, out: Path, stem: str) -> None:
+    """Write ``payload`` (the runs so far) with their aggregate: JSON, markdown and figure."""
+    payload["aggregate"] = aggregate(payload["runs"])
+    write_json(out / f"{stem}.json", payload)
+    minutes, torch_version = payload["total_minutes"], payload["environment"]["torch"]
+    text = markdown(
+        payload["runs"],
+        payload["aggregate"],
+        header(cfg, payload["command"], minutes, torch_version),
+    )
+    write_text(out / f"{stem}.md", text)
+    figure(payload["aggregate"], out / f"{stem}.png")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run in < 2 min")
-    parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
-    parser.add_argument("--ratios", type=float, nargs="+", help="override the forget ratios")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    cfg = QUICK if args.quick else Config()
-    if args.seeds:
-        cfg = dataclasses.replace(cfg, seeds=tuple(args.seeds))
-    if args.ratios:
-        cfg = dataclasses.replace(cfg, forget_ratios=tuple(args.ratios))
+    cli = parser(__doc__, quick="smoke run in < 2 min")
+    cli.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    cli.add_argument("--ratios", type=float, nargs="+", help="override the forget ratios")
+    cli.add_argument(
+        "--aggregate",
+        action="store_true",
+        help="write the report again from the saved JSON in --out; runs nothing",
+    )
+    args = cli.parse_args(argv)
     stem = "lm_unlearning_quick" if args.quick else "lm_unlearning"
-    args.out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/lm_unlearning.py" + (" --quick" if args.quick else "")
-    if args.seeds:
-        command += " --seeds " + " ".join(map(str, args.seeds))
-    if args.ratios:
-        command += " --ratios " + " ".join(map(str, args.ratios))
+    if args.aggregate:
+        path = args.out / f"{stem}.json"
+        payload = json.loads(path.read_text())
+        try:
+            cfg = saved_config(payload)
+        except ValueError as error:
+            cli.error(f"{path}: {error}")
+        publish(payload, cfg, args.out, stem)
+        seeds = [r["seed"] for r in payload["runs"]]
+        print(f"wrote {args.out / stem}.{{json,md,png}} from the saved seeds {seeds}")
+        return
+    cfg = configure(
+        args.quick,
+        Config(),
+        QUICK,
+        seeds=tuple(args.seeds) if args.seeds else None,
+        forget_ratios=tuple(args.ratios) if args.ratios else None,
+    )
+    # The line reproduces the results wherever they are written, so it leaves --out out.
+    line = command(
+        __file__,
+        [
+            *(["--quick"] if args.quick else []),
+            *(["--seeds", *map(str, args.seeds)] if args.seeds else []),
+            *(["--ratios", *map(str, args.ratios)] if args.ratios else []),
+        ],
+    )
 
     def log(message: str) -> None:
         print(message, flush=True)
@@ -737,53 +751,19 @@ def main(argv: list[str] | None = None) -> None:
     runs: list[dict[str, Any]] = []
     for seed in cfg.seeds:
         runs.append(run_seed(cfg, world, seed, log))
-        agg = aggregate(runs)
         total = time.perf_counter() - started
-        header = (
-            f"Command: `{command}` (torch {torch.__version__}, 1 thread, {total / 60:.1f} min on a "
-            f"shared 2-core CPU; times are noisy). Llama {cfg.layers} layers x {cfg.hidden} wide; "
-            f"{cfg.entities} entities x {cfg.facts} facts trained, {cfg.holdout_entities} entities "
-            f"held out; original and retrain: {cfg.train_epochs} epochs AdamW lr {cfg.train_lr}, "
-            f"warm-up {cfg.train_warmup:.0%} then cosine decay per step, gradient norm "
-            f"clipped to {cfg.train_max_grad_norm}. Base methods: {cfg.unlearn_epochs} epochs "
-            f"Adam, lr {cfg.unlearn_lr}, "
-            f"retain ratio {cfg.retain_ratio}; NPO β {cfg.npo_beta}, SimNPO β {cfg.simnpo_beta} "
-            f"gamma 0; GradDiff weights 1/1; LoRA r {cfg.lora_r} on attention and MLP "
-            "projections. MCU: the one-call recipe, `mcu.recipe.mcu_unlearn(task=CausalLMTask())` "
-            f"with `RecipeConfig.for_task('causal_lm', objective=..., keep_base=True, "
-            f"lr={cfg.curve_lr['lora']} for LoRA, merged=True for LoRA)` ({mcu_summary(cfg)}); "
-            "targets from `user_targets(original, retain probe, held-out entities, task=...)`: "
-            "the original's answer token accuracy on the retain probe "
-            f"({cfg.retain_probe} examples) and on the held-out entities, and τ = its mean "
-            "answer NLL on the held-out entities; never the retrained model. MCU-ascent: "
-            "CE(retain) - β·CE(forget), β from AdaptiveBeta; MCU-match: CE(retain) + "
-            "β·|CE(forget) - τ|, β 1. Keep-θ_u rule on: θ_u is returned when no point beats it "
-            "on the targets beyond their sampling error. "
-            f"Base-method learning rates tuned per method on seed 99 (not reported; grid and "
-            f"Gaps in the JSON's 'tuning'); MCU's settings are for_task's, not tuned here. "
-            f"Gap = mean |x - retrain| over "
-            f"forget acc, retain acc, forget ROUGE-L x 100, Min-K%++ AUC x 100. privleak = "
-            f"100 (AUC - AUC_retrain) / AUC_retrain on Min-K%++. Truth ratio (forget): TOFU's "
-            f"mean min(R, 1/R) on the forget set (3 perturbed answers); forget quality: KS-test "
-            f"p-value of the forget truth ratios against the retrained model's. "
-            f"peak MB: resident memory above "
-            f"the level at the step's start."
-        )
         payload = {
-            "command": command,
+            "command": line,
             "config": dataclasses.asdict(cfg),
             "tuning": {
                 v: {m: {str(k): g for k, g in row.items()} for m, row in t.items()}
                 for v, t in TUNING.items()
             },
-            "environment": environment(),
+            "environment": {**environment(), "transformers": transformers.__version__},
             "total_minutes": total / 60,
             "runs": runs,
-            "aggregate": agg,
         }
-        (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=float))
-        (args.out / f"{stem}.md").write_text(markdown(cfg, runs, agg, header))
-        figure(agg, args.out / f"{stem}.png")
+        publish(payload, cfg, args.out, stem)
         log(f"wrote {args.out / stem}.{{json,md,png}} after {total / 60:.1f} min")
 
 

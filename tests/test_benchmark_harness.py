@@ -1,4 +1,4 @@
-"""benchmarks/_harness.py: the paired interval, verdicts, tables, waits and the method registry."""
+"""benchmarks/_harness.py: intervals, verdicts, tables, timing, files and the method registry."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from scipy import stats
 
@@ -91,3 +92,41 @@ def test_every_method_builds_its_objective() -> None:
         assert isinstance(built, mcu.UnlearnLoss)
     salun, rl = harness.objective("SalUn"), harness.objective("RL")
     assert type(salun) is type(rl)  # SalUn: RL's objective; Base.run adds the saliency mask
+
+
+def test_write_json_writes_numpy_values_as_pythons(tmp_path: Path) -> None:
+    path = tmp_path / "numbers.json"
+    data = {
+        "auc": np.float32(0.25),
+        "n": np.int64(3),
+        "win": np.bool_(True),
+        "path": np.array([0.5, 1.0]),
+        "ci": math.nan,
+    }
+    harness.write_json(path, data)
+    read = json.loads(path.read_text())
+    assert {k: read[k] for k in ("auc", "n", "win", "path")} == {
+        "auc": 0.25,
+        "n": 3,
+        "win": True,
+        "path": [0.5, 1.0],
+    }
+    assert type(read["n"]) is int and type(read["win"]) is bool
+    assert math.isnan(read["ci"])
+    with pytest.raises(TypeError, match="object is not JSON serializable"):
+        harness.write_json(path, {"model": object()})
+
+
+def test_timed_measures_peak_memory_on_request() -> None:
+    result, took = harness.timed(lambda: 7)
+    assert result == 7 and took.peak_mb is None and took.wall >= 0.0
+
+    # 64 MiB, written, and still held when the measurement ends (no reliance on sampling)
+    block, took = harness.timed(lambda: np.ones(8 * 2**20), peak_memory=True)
+    assert block.nbytes == 2**26
+    assert took.peak_mb is not None
+    if Path("/proc/self/statm").exists():
+        assert took.peak_mb >= 32.0
+    total = took + harness.Seconds(1.0, 0.5, peak_mb=1.0)
+    assert total.wall == took.wall + 1.0 and total.peak_mb == max(took.peak_mb, 1.0)
+    assert (harness.Seconds(1.0, 1.0) + harness.Seconds(2.0, 1.0)).peak_mb is None
