@@ -337,3 +337,15 @@ def test_rouge_is_scored_on_stemmed_words_as_openunlearning_does(
     monkeypatch.setattr(openunlearning, "rouge_l_recall", spy)
     evaluate_openunlearning(world["model"], forget=world["forget"], retain=world["retain"])
     assert seen == [True, True]
+
+
+def test_the_result_prints_its_metrics_and_notes_not_its_arrays() -> None:
+    result = OpenUnlearningResult(
+        {"forget_Q_A_Prob": 0.25, "privleak": -3.0}, {"forget_Q_A_Prob": np.zeros(500)}, ("n1",)
+    )
+    assert repr(result) == "OpenUnlearningResult(forget_Q_A_Prob=0.25, privleak=-3; 1 notes)"
+    assert str(result).splitlines() == [
+        "forget_Q_A_Prob             0.250",
+        "privleak                   -3.000",
+        "note: n1",
+    ]

@@ -1,7 +1,7 @@
 """Optional dependencies, imported on first use with one install hint.
 
-matplotlib (``plot``), the Hugging Face stack and peft (``lm``) and
-pytorch-optimizer (``second-order``) are not needed to import
+matplotlib (``plot``), the Hugging Face stack and peft (``lm``), ``datasets``
+(``hf-data``) and pytorch-optimizer (``second-order``) are not needed to import
 :mod:`modeconn_unlearn`. Every function that uses one imports it through
 :func:`require`, which names the extra to install when it is missing.
 """

@@ -227,6 +227,21 @@ class OpenUnlearningResult:
         """The aggregated values, as OpenUnlearning's summary file lists them."""
         return dict(self.metrics)
 
+    def __str__(self) -> str:
+        """One line per metric, then the notes: what ``print(result)`` shows.
+
+        Example:
+            >>> print(OpenUnlearningResult({"privleak": -12.5}, {}, ("a note",)))
+            privleak                  -12.500
+            note: a note
+        """
+        lines = [f"{name:24s} {value:8.3f}" for name, value in self.metrics.items()]
+        return "\n".join(lines + [f"note: {note}" for note in self.notes])
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value:.3g}" for name, value in self.metrics.items())
+        return f"OpenUnlearningResult({shown}; {len(self.notes)} notes)"
+
 
 def _mean(values: NDArray[np.float64]) -> float:
     finite = values[np.isfinite(values)]
