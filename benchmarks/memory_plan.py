@@ -5,17 +5,18 @@ Nothing is measured: the parameter counts come from the Llama-2 architectures
 keeps (two ends, one control point, the control point's gradient and its two
 Adam moments, all in one dtype of ``b`` bytes per entry):
 
-* full-parameter curve, sharded bends (issue 20, deliverable 2; not implemented
-  yet): ``b * (3P + P + 2P) / W`` = ``6bP / W``;
+* full-parameter curve under ``shard_curve``, its bends sharded along their entries:
+  ``b * (3P + P + 2P) / W`` = ``6bP / W`` (measured on CPU by ``fsdp_memory.py``);
 * full-parameter curve replicated (one GPU, or DDP today): ``6bP``;
 * LoRA curve under ``shard_curve``: the frozen base sharded, the adapter bends
   replicated: ``b * (P / W + 6A)``;
 
 where ``P`` counts the model's parameters, ``A`` the adapters' and ``W`` the
 GPUs. Not counted: activations, the block FSDP gathers in flight (``b`` times one
-block's parameters, twice with prefetch), the weights at ``t`` of a
-full-parameter curve (today's ``CurveModel`` combines all of them at once),
-communication buffers and the CUDA context.
+block's parameters, twice with prefetch), the gathered weights at ``t`` of a
+sharded full-parameter curve (one block's at a time without gradients; during a training
+step autograd keeps every block's until backward), communication buffers and the CUDA
+context.
 
 Usage:
     python benchmarks/memory_plan.py    # prints the markdown table of docs/scale_out.md
