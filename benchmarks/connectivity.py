@@ -80,12 +80,14 @@ from torch.utils.data import DataLoader
 
 import modeconn_unlearn as mcu
 from modeconn_unlearn import BarrierResult, CurveModel, carve_holdout, connect, evaluate
-from modeconn_unlearn.connectivity.barriers import barriers_on_curve, linear_curve
+from modeconn_unlearn.connectivity.barriers import barriers_by_metric, linear_curve
 from modeconn_unlearn.datasets import load_fashion_mnist
 
 log = logging.getLogger("benchmarks.connectivity")
 SPLITS = ("retain", "forget", "test")
 PATHS = ("linear", "curve")
+#: The barrier metrics, in the order ``point_scores`` lists them.
+METRICS = ("loss", "error")
 KINDS = ("same", "cross", "retrain_same_init", "retrain_new_init", "original", "retrain_seeds")
 
 
@@ -218,25 +220,22 @@ def path_barriers(
     bn: DataLoader[Any],
     ts: np.ndarray,
 ) -> dict[str, dict[str, BarrierResult]]:
-    """``{metric: {split: BarrierResult}}`` along ``curve`` (interior points evaluated).
-
-    The library walks the path once per metric, so the interior points are evaluated twice.
-    """
-    return {
-        metric: barriers_on_curve(
-            curve,
-            splits,
-            ts,
-            metric=metric,
-            bn_loader=bn,
-            task=None,
-            device=None,
-            progress=False,
-            named=True,
-            ends=({s: ends[0][s][k] for s in splits}, {s: ends[1][s][k] for s in splits}),
-        )
-        for k, metric in enumerate(("loss", "error"))
-    }
+    """``{metric: {split: BarrierResult}}`` along ``curve`` (interior points evaluated once)."""
+    return barriers_by_metric(
+        curve,
+        splits,
+        ts,
+        metrics=METRICS,
+        bn_loader=bn,
+        task=None,
+        device=None,
+        progress=False,
+        named=True,
+        ends={
+            metric: ({s: ends[0][s][k] for s in splits}, {s: ends[1][s][k] for s in splits})
+            for k, metric in enumerate(METRICS)
+        },
+    )
 
 
 # --------------------------------------------------------------------------- study
@@ -397,7 +396,7 @@ def summarise(
     out: dict[str, Any] = {}
     for path in PATHS:
         out[path] = {}
-        for metric in ("loss", "error"):
+        for metric in METRICS:
             out[path][metric] = {}
             for split in SPLITS:
                 per_kind: dict[str, Any] = {}

@@ -152,6 +152,35 @@ def test_dict_of_splits_gives_a_barrier_per_split(digits, trained):
     assert results["retain"].height > 0.05  # two independently trained MLPs
 
 
+def test_one_walk_gives_every_metric_with_one_pass_per_point_and_split(
+    digits, trained, monkeypatch
+):
+    from modeconn_unlearn.connectivity import barriers
+
+    train, test = digits
+    splits = {"retain": DataLoader(train, batch_size=256), "test": DataLoader(test, batch_size=256)}
+    curve = CurveModel(trained["a"], end=trained["b"], num_bends=2)
+    ts = np.linspace(0.0, 1.0, 4)
+    common = {"bn_loader": None, "task": None, "device": None, "progress": False, "named": True}
+    calls = []
+    counted = barriers.evaluate
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return counted(*args, **kwargs)
+
+    monkeypatch.setattr(barriers, "evaluate", counting)
+    both = barriers.barriers_by_metric(curve, splits, ts, metrics=("loss", "error"), **common)
+    assert len(calls) == len(ts) * len(splits)
+    for metric in ("loss", "error"):
+        alone = barriers.barriers_on_curve(curve, splits, ts, metric=metric, **common)
+        for split in splits:
+            np.testing.assert_allclose(both[metric][split].values, alone[split].values)
+            assert both[metric][split].metric == metric
+    with pytest.raises(ModeConnError, match="metric"):
+        barriers.barriers_by_metric(curve, splits, ts, metrics=("loss", "acc"), **common)
+
+
 def test_barrier_along_a_curve_checks_its_ends(digits, trained):
     _, test = digits
     a, b = trained["a"], trained["b"]

@@ -11,7 +11,7 @@ scored through the task.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeAlias, overload
 
 import numpy as np
@@ -46,6 +46,7 @@ __all__ = [
     "Metric",
     "ModelLike",
     "as_splits",
+    "barriers_by_metric",
     "barriers_on_curve",
     "bn_for",
     "check_compatible",
@@ -241,25 +242,64 @@ def barriers_on_curve(
     ends: tuple[Mapping[str, float], Mapping[str, float]] | None = None,
 ) -> dict[str, BarrierResult]:
     """Evaluate the curve at each t; ``ends`` gives known values at t = 0 and 1 (not redone)."""
-    values = {split: np.empty(len(ts)) for split in splits}
+    return barriers_by_metric(
+        curve,
+        splits,
+        ts,
+        metrics=(metric,),
+        bn_loader=bn_loader,
+        task=task,
+        device=device,
+        progress=progress,
+        named=named,
+        ends=None if ends is None else {metric: ends},
+    )[metric]
+
+
+def barriers_by_metric(
+    curve: CurveModel,
+    splits: Mapping[str, DataLoader[Any]],
+    ts: np.ndarray,
+    *,
+    metrics: Sequence[str],
+    bn_loader: DataLoader[Any] | None,
+    task: Task | None,
+    device: DeviceLike,
+    progress: bool,
+    named: bool,
+    ends: Mapping[str, tuple[Mapping[str, float], Mapping[str, float]]] | None = None,
+) -> dict[str, dict[str, BarrierResult]]:
+    """``{metric: {split: BarrierResult}}`` from one walk: one pass per point and split.
+
+    ``ends`` gives, per metric, the known values at t = 0 and 1, which are then not evaluated.
+    """
+    for metric in metrics:
+        check_metric(metric)
+    values = {m: {split: np.empty(len(ts)) for split in splits} for m in metrics}
     todo = list(range(len(ts))) if ends is None else list(range(1, len(ts) - 1))
     if ends is not None:
-        for split in splits:
-            values[split][0], values[split][-1] = ends[0][split], ends[1][split]
+        for m in metrics:
+            for split in splits:
+                values[m][split][0], values[m][split][-1] = ends[m][0][split], ends[m][1][split]
     walk = walk_path(
         curve, ts[todo], bn_loader=bn_loader, device=device, progress=progress, desc="barrier"
     )
     for i, (_, model) in zip(todo, walk, strict=True):
-        point = _values_of(model, splits, metric=metric, task=task, device=None)
-        for split, value in point.items():
-            values[split][i] = value
+        for split, loader in splits.items():
+            measured = evaluate(model, loader, task=task)
+            for m in metrics:
+                values[m][split][i] = _metric_value(measured, m)
     results = {
-        split: BarrierResult(t=ts, values=v, metric=metric, split=split if named else None)
-        for split, v in values.items()
+        m: {
+            split: BarrierResult(t=ts, values=v, metric=m, split=split if named else None)
+            for split, v in per_split.items()
+        }
+        for m, per_split in values.items()
     }
-    for split, result in results.items():
-        if not np.all(np.isfinite(result.values)):
-            logger.warning("non-finite %s on split %r along the path", metric, split)
+    for m, per_split in results.items():
+        for split, result in per_split.items():
+            if not np.all(np.isfinite(result.values)):
+                logger.warning("non-finite %s on split %r along the path", m, split)
     return results
 
 
