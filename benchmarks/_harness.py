@@ -49,8 +49,8 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import modeconn_unlearn as mcu
+from modeconn_unlearn.checkpoint import write_text_atomic
 from modeconn_unlearn.cloning import clone_module
-from modeconn_unlearn.evaluation.report import write_text_atomic
 from modeconn_unlearn.zoo import MLP
 
 RESULTS = Path(__file__).parent / "results"
@@ -118,8 +118,20 @@ class Seconds:
         return Seconds(self.wall + other.wall, self.cpu + other.cpu, max(peaks, default=None))
 
 
+def rss() -> int:
+    """This process's resident memory in bytes, from ``/proc/self/statm`` (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
 class PeakMemory:
-    """Peak resident memory above the level at entry, sampled every 5 ms (Linux; 0 elsewhere).
+    """Peak resident memory while the block runs, sampled every ``every_s`` seconds.
+
+    ``start`` and ``peak`` are in bytes (:func:`rss`); ``megabytes`` is the peak above the
+    level at entry.
 
     Example:
         >>> with PeakMemory() as memory:
@@ -128,8 +140,11 @@ class PeakMemory:
         True
     """
 
+    def __init__(self, every_s: float = 0.005) -> None:
+        self.every_s = every_s
+
     def __enter__(self) -> PeakMemory:
-        self.start = self.peak = self._rss()
+        self.start = self.peak = rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
@@ -138,23 +153,15 @@ class PeakMemory:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self._rss())
+        self.peak = max(self.peak, rss())
 
     @property
     def megabytes(self) -> float:
         return (self.peak - self.start) / 2**20
 
     def _watch(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self._rss())
-
-    @staticmethod
-    def _rss() -> int:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
-            return 0
+        while not self._stop.wait(self.every_s):
+            self.peak = max(self.peak, rss())
 
 
 def timed(fn: Callable[[], Any], *, peak_memory: bool = False) -> tuple[Any, Seconds]:

@@ -22,32 +22,27 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import gc
 import json
 import os
 import resource
 import socket
-import sys
-import threading
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _harness import PeakMemory, command, parser, rss, table, timed, write_json, write_text
 from torch import nn
 
 from modeconn_unlearn.curve import CurveModel
 from modeconn_unlearn.training import shard_curve
 
-RESULTS = Path(__file__).resolve().parent / "results"
 WORLDS = (1, 2)
 LAYOUTS = ("replicated", "sharded")
 MB = 2**20
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class Blocks(nn.Module):
@@ -66,30 +61,6 @@ class Blocks(nn.Module):
         for block in self.blocks:
             hidden = hidden + block(hidden)
         return self.head(hidden)
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * PAGE
-
-
-class PeakSampler:
-    """The largest RSS seen by a background thread while the block runs."""
-
-    def __enter__(self) -> PeakSampler:
-        self.peak, self._stop = rss(), threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.001):
-            self.peak = max(self.peak, rss())
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss())
 
 
 def tensor_bytes(tensors: list[torch.Tensor]) -> int:
@@ -120,7 +91,7 @@ def worker(rank: int, world: int, port: int, layout: str, config: dict, out: Pat
         gen = torch.Generator().manual_seed(1 + rank)
         batch = config["batch"] // world
         curve.train()
-        with PeakSampler() as sampler:
+        with PeakMemory(every_s=0.001) as sampler:
             for _ in range(config["steps"]):
                 x = torch.randn(batch, 64, generator=gen)
                 y = torch.randint(0, 10, (batch,), generator=gen)
@@ -167,6 +138,24 @@ def measure(config: dict, scratch: Path) -> list[dict]:
 
 def markdown(rows: list[dict], config: dict, command: str) -> str:
     params = config["params"]
+    header = (
+        "world | layout | bends + grad + Adam (tensors) | share of 6bP | RSS after steps | "
+        "RSS peak in steps | RSS peak in run"
+    )
+    cells = []
+    for row in rows:
+        total = row["bends_bytes"] + row["grad_bytes"] + row["optimizer_bytes"]
+        cells.append(
+            [
+                row["world"],
+                row["layout"],
+                f"{total / MB:.1f}",
+                f"{total / (6 * 4 * params):.2f}",
+                f"{row['rss_after_steps'] / MB:.1f}",
+                f"{row['rss_peak_steps'] / MB:.1f}",
+                f"{row['rss_peak_run'] / MB:.1f}",
+            ]
+        )
     lines = [
         f"Command: `{command}`; torch {torch.__version__}, CPU, gloo.",
         "",
@@ -175,25 +164,13 @@ def markdown(rows: list[dict], config: dict, command: str) -> str:
         f"{config['steps']} Adam steps at a global batch of {config['batch']}. "
         "MiB (2^20 bytes) per rank, the rank that holds most.",
         "",
-        "| world | layout | bends + grad + Adam (tensors) | share of 6bP | RSS after steps | "
-        "RSS peak in steps | RSS peak in run |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        *table(header, cells, align="llrrrrr"),
     ]
-    for row in rows:
-        total = row["bends_bytes"] + row["grad_bytes"] + row["optimizer_bytes"]
-        lines.append(
-            f"| {row['world']} | {row['layout']} | {total / MB:.1f} | "
-            f"{total / (6 * 4 * params):.2f} | {row['rss_after_steps'] / MB:.1f} | "
-            f"{row['rss_peak_steps'] / MB:.1f} | {row['rss_peak_run'] / MB:.1f} |"
-        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.add_argument("--quick", action="store_true", help="small model, < 1 min")
-    cli.add_argument("--out", type=Path, default=RESULTS, help="where JSON + markdown go")
-    args = cli.parse_args(argv)
+    args = parser(__doc__, quick="small model, < 1 min").parse_args(argv)
     config = (
         {"width": 256, "depth": 4, "steps": 3, "batch": 32}
         if args.quick
@@ -204,18 +181,17 @@ def main(argv: list[str] | None = None) -> None:
     name = "fsdp_memory_quick" if args.quick else "fsdp_memory"
     scratch = args.out / f".{name}_ranks"
     scratch.mkdir(exist_ok=True)
-    began = time.perf_counter()
-    rows = measure(config, scratch)
+    rows, took = timed(lambda: measure(config, scratch))
     for path in scratch.iterdir():
         path.unlink()
     scratch.rmdir()
-    command = " ".join(["python", "benchmarks/fsdp_memory.py", *(argv or sys.argv[1:])])
-    text = markdown(rows, config, command)
+    run = command("fsdp_memory.py", argv)
+    text = markdown(rows, config, run)
     print(text)
-    result = {"command": command, "torch": torch.__version__, "config": config, "rows": rows}
-    result["seconds"] = round(time.perf_counter() - began, 1)
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{name}.md").write_text(f"# Per-rank memory of a full-parameter curve\n\n{text}")
+    result = {"command": run, "torch": torch.__version__, "config": config, "rows": rows}
+    result["seconds"] = round(took.wall, 1)
+    write_json(args.out / f"{name}.json", result)
+    write_text(args.out / f"{name}.md", f"# Per-rank memory of a full-parameter curve\n\n{text}")
 
 
 if __name__ == "__main__":
