@@ -50,7 +50,6 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 import modeconn_unlearn as mcu
 from modeconn_unlearn.checkpoint import write_text_atomic
-from modeconn_unlearn.cloning import clone_module
 from modeconn_unlearn.zoo import MLP
 
 RESULTS = Path(__file__).parent / "results"
@@ -514,18 +513,6 @@ def loader(data: Any, batch_size: int = 256) -> DataLoader[Any]:
 # --------------------------------------------------------------------------- training, scoring
 def cosine(epochs: int) -> Callable[[Optimizer], LRScheduler]:
     return lambda optimizer: CosineAnnealingLR(optimizer, T_max=epochs)
-
-
-def with_bn_from(model: nn.Module, data: DataLoader[Any]) -> nn.Module:
-    """A copy of ``model`` with BatchNorm statistics re-estimated on ``data``.
-
-    Every model is scored this way, as the points of a path are, so that MCU at
-    ``t = 1`` is exactly θ_u and a difference comes from the path, not from how
-    BatchNorm statistics were estimated.
-    """
-    model = clone_module(model)
-    mcu.update_bn(model, data)
-    return model
 
 
 def score(

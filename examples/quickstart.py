@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 import modeconn_unlearn as mcu
-from modeconn_unlearn.cloning import clone_module
+from modeconn_unlearn.batchnorm import with_bn_from
 from modeconn_unlearn.datasets import load_digits, load_fashion_mnist
 from modeconn_unlearn.recipe import RecipeConfig, carve_holdout, mcu_unlearn, user_targets
 from modeconn_unlearn.zoo import MLP, SmallCNN
@@ -131,17 +131,6 @@ def train_from_scratch(
         callbacks=[lambda record, model: bar.update(1)],
     )
     bar.close()
-    return model
-
-
-def with_bn_from(model: nn.Module, loader: DataLoader[Any]) -> nn.Module:
-    """A copy of ``model`` with BatchNorm statistics re-estimated on ``loader``.
-
-    Every model in the table is scored this way, as the points of the path are, so that
-    MCU at t = 1 is exactly θ_u (a no-op for models without BatchNorm, such as the MLP).
-    """
-    model = clone_module(model)
-    mcu.update_bn(model, loader)
     return model
 
 

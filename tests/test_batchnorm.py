@@ -87,3 +87,20 @@ def test_curve_update_bn_reads_batches_through_the_task() -> None:
     with torch.no_grad():
         expected = a[0](x).mean(0)
     torch.testing.assert_close(curve.buffers_at(0.0)["1.running_mean"], expected)
+
+
+def test_with_bn_from_re_estimates_a_copy_and_leaves_the_model_alone() -> None:
+    from modeconn_unlearn.batchnorm import with_bn_from
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).eval()
+    data = [torch.randn(16, 3) + 5.0, torch.randn(16, 3) - 1.0]
+    copy = with_bn_from(net, data)
+    expected = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    expected.load_state_dict(net.state_dict())
+    update_bn(expected, data)
+    torch.testing.assert_close(copy[1].running_mean, expected[1].running_mean)
+    torch.testing.assert_close(copy[1].running_var, expected[1].running_var)
+    assert copy is not net and not net.training and not copy.training
+    assert torch.count_nonzero(net[1].running_mean) == 0  # the user's model kept its statistics
+    plain = nn.Linear(3, 4)
+    assert with_bn_from(plain, data) is not plain

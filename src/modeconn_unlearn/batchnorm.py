@@ -10,13 +10,14 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.utils.data import DataLoader, Dataset
 
+from .cloning import clone_module
 from .data import DEFAULT_EVAL_BATCH_SIZE
 from .errors import ModeConnError
 from .modes import keeping_modes
 from .tasks import Task, call_model, resolve_task
 from .wrappers import module_device
 
-__all__ = ["has_batchnorm", "update_bn"]
+__all__ = ["has_batchnorm", "update_bn", "with_bn_from"]
 
 
 @runtime_checkable
@@ -103,3 +104,21 @@ def update_bn(
         finally:
             for layer, momentum in momenta.items():
                 layer.momentum = momentum
+
+
+def with_bn_from(model: nn.Module, loader: Iterable[Any], *, task: Task | None = None) -> nn.Module:
+    """A copy of ``model`` with BatchNorm statistics re-estimated on ``loader`` (:func:`update_bn`).
+
+    This is how every point of a path is scored, so a model scored this way compares with the
+    path's points exactly (MCU at ``t = 1`` is then θ_u itself). ``model`` is never changed; a
+    model without BatchNorm is copied all the same, so the result never aliases it.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+        >>> copy = with_bn_from(net, [torch.randn(8, 3) + 5.0])
+        >>> bool(copy[1].running_mean.mean() > 1.0), bool(net[1].running_mean.abs().max() == 0)
+        (True, True)
+    """
+    copy = clone_module(model)
+    update_bn(copy, loader, task=task)
+    return copy

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import Unpack
 
-from ..batchnorm import update_bn
+from ..batchnorm import with_bn_from
 from ..checkpoint import StateSource, load_checkpoint
 from ..cloning import clone_module
 from ..curve import CurveModel, path_points
@@ -222,9 +222,8 @@ def end_values(
     device: DeviceLike,
 ) -> dict[str, float]:
     """The metric of a model evaluated exactly as a path end (BatchNorm re-estimated)."""
-    model = clone_module(model)
     if bn_loader is not None:
-        update_bn(model, bn_loader)
+        model = with_bn_from(model, bn_loader)
     return _values_of(model, splits, metric=metric, task=task, device=device)
 
 

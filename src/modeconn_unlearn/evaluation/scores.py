@@ -10,8 +10,7 @@ import torch
 from torch import nn
 from typing_extensions import deprecated
 
-from ..batchnorm import has_batchnorm, update_bn
-from ..cloning import clone_module
+from ..batchnorm import has_batchnorm, with_bn_from
 from ..data import as_loader
 from ..errors import ModeConnError
 from ..modes import evaluating
@@ -178,8 +177,7 @@ def unlearning_scores(
     """
     chosen = resolve_task(task)
     if bn_loader is not None and has_batchnorm(model):
-        model = clone_module(model)
-        update_bn(model, as_loader(bn_loader, name="bn_loader"))
+        model = with_bn_from(model, as_loader(bn_loader, name="bn_loader"))
     target = resolve_device(model, device)
     collate = task_collate(chosen)
     loaders = {
