@@ -99,3 +99,41 @@ def test_a_process_killed_holding_the_bar_lock_does_not_block_a_later_run():
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-c", script], env=env, timeout=240, check=False)
     assert done.returncode == 0
+
+
+def test_every_long_step_shows_a_bar_by_default_and_one_default_holds(monkeypatch):
+    import inspect
+    import io
+
+    from modeconn_unlearn.evaluation import PathSettings
+
+    descriptions = []
+    real = progress.tqdm
+
+    def recording(*args, **options):
+        descriptions.append(options.get("desc"))
+        return real(*args, file=io.StringIO(), **options)
+
+    monkeypatch.setattr(progress, "tqdm", recording)
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(48, 4, generator=g), torch.randint(0, 3, (48,), generator=g))
+    train, holdout = mcu.carve_holdout(data, fraction=0.25, seed=0)
+    retain, forget = mcu.forget_retain_split(train, forget_ratio=0.25, seed=0)
+    model = nn.Linear(4, 3)
+    theta_u = mcu.unlearn(
+        model, retain, forget, loss=mcu.losses.gradient_ascent(), epochs=1, lr=0.1
+    )
+    descriptions.clear()
+    targets = mcu.user_targets(model, retain, holdout)
+    config = mcu.RecipeConfig(epochs=1, lr=0.1, mask="layer")
+    mcu.mcu_unlearn(model, theta_u, retain, forget, targets=targets, config=config)
+    shown = " ".join(str(d) for d in descriptions)
+    assert "mask: retain_data" in shown and "mask: forget_data" in shown
+    assert "evaluate_path" in shown  # the search's rounds
+    assert len(descriptions) >= 4  # and the curve's training
+    defaults = [
+        inspect.signature(f).parameters["progress"].default
+        for f in (mcu.mcu_unlearn, mcu.layer_mask, mcu.saliency_mask, mcu.train_reference_models)
+    ]
+    assert defaults == [True] * 4
+    assert PathSettings().progress and mcu.TrainConfig(lr=0.1, epochs=1).progress

@@ -31,6 +31,7 @@ from .curve import CurveModel
 from .data import as_loader
 from .errors import ModeConnError, listed
 from .modes import evaluating
+from .progress import progress_bar
 from .tasks import Task, resolve_task, task_collate
 
 __all__ = [
@@ -69,7 +70,9 @@ def _fraction(value: float, name: str, *, closed_high: bool) -> float:
     return result
 
 
-def _summed_gradients(model: nn.Module, data: Any, name: str, task: Task) -> dict[str, Tensor]:
+def _summed_gradients(
+    model: nn.Module, data: Any, name: str, task: Task, *, progress: bool
+) -> dict[str, Tensor]:
     """Σ over all samples of ∇ (per-sample task loss), per trainable parameter.
 
     Frozen parameters (``requires_grad=False``, e.g. the base of a LoRA model) are
@@ -85,7 +88,8 @@ def _summed_gradients(model: nn.Module, data: Any, name: str, task: Task) -> dic
     device = next(iter(params.values())).device
     seen = 0
     with evaluating(model):
-        for batch in as_loader(data, name=name, collate_fn=task_collate(task)):
+        loader = as_loader(data, name=name, collate_fn=task_collate(task))
+        for batch in progress_bar(progress, loader, desc=f"mask: {name}", leave=False):
             read = task.split(batch, device=device)
             if read.targets is None:
                 raise ModeConnError(
@@ -105,7 +109,12 @@ def _summed_gradients(model: nn.Module, data: Any, name: str, task: Task) -> dic
 
 
 def saliency_mask(
-    model: nn.Module, forget_data: Any, *, sparsity: float = 0.5, task: Task | None = None
+    model: nn.Module,
+    forget_data: Any,
+    *,
+    sparsity: float = 0.5,
+    task: Task | None = None,
+    progress: bool = True,
 ) -> Mask:
     """SalUn's weight saliency mask: the entries with the largest forget-loss gradient.
 
@@ -123,6 +132,7 @@ def saliency_mask(
         sparsity: Fraction in [0, 1) of entries frozen (``0.5``: half trainable).
         task: Gives the per-sample loss whose gradient is scored (default:
             classification cross-entropy).
+        progress: Show a bar over the batches of the pass.
 
     Returns:
         ``{param_name: bool tensor}`` for every parameter; frozen ones
@@ -144,7 +154,9 @@ def saliency_mask(
     """
     model = _check_plain_model(model)
     sparsity = _fraction(sparsity, "sparsity", closed_high=False)
-    grads = _summed_gradients(model, forget_data, "forget_data", resolve_task(task))
+    grads = _summed_gradients(
+        model, forget_data, "forget_data", resolve_task(task), progress=progress
+    )
     scores = torch.cat([g.abs().reshape(-1) for g in grads.values()])
     total = scores.numel()
     keep = total - round(sparsity * total)
@@ -168,6 +180,7 @@ def layer_mask(
     k: float = 0.5,
     kr: float = 0.0,
     task: Task | None = None,
+    progress: bool = True,
 ) -> Mask:
     """MCU's per-tensor mask: whole parameter tensors that matter for forgetting.
 
@@ -194,6 +207,7 @@ def layer_mask(
         kr: Fraction in [0, 1) of entries, most important to the retain set,
             never made trainable.
         task: Gives the per-sample losses (default: classification cross-entropy).
+        progress: Show a bar over the batches of each pass.
 
     Returns:
         ``{param_name: bool tensor}`` for every parameter; frozen ones
@@ -221,8 +235,8 @@ def layer_mask(
         raise ModeConnError("k must be > 0: a mask with no trainable entry trains nothing.")
     kr = _fraction(kr, "kr", closed_high=False)
     reader = resolve_task(task)
-    retain_grads = _summed_gradients(model, retain_data, "retain_data", reader)
-    forget_grads = _summed_gradients(model, forget_data, "forget_data", reader)
+    retain_grads = _summed_gradients(model, retain_data, "retain_data", reader, progress=progress)
+    forget_grads = _summed_gradients(model, forget_data, "forget_data", reader, progress=progress)
     numel = {n: g.numel() for n, g in retain_grads.items()}
     total = sum(numel.values())
     names = list(retain_grads)

@@ -110,14 +110,29 @@ class RecipeResult:
 
 
 def _make_mask(
-    config: RecipeConfig, original: nn.Module, retain: DataLike, forget: DataLike, task: Task
+    config: RecipeConfig,
+    original: nn.Module,
+    retain: DataLike,
+    forget: DataLike,
+    task: Task,
+    progress: bool,
 ) -> dict[str, Tensor]:
     if config.mask == "layer":
         return dict(
-            layer_mask(original, retain, forget, k=config.mask_k, kr=config.mask_kr, task=task)
+            layer_mask(
+                original,
+                retain,
+                forget,
+                k=config.mask_k,
+                kr=config.mask_kr,
+                task=task,
+                progress=progress,
+            )
         )
     if config.mask == "saliency":
-        return dict(saliency_mask(original, forget, sparsity=1.0 - config.mask_k, task=task))
+        sparsity = 1.0 - config.mask_k
+        mask = saliency_mask(original, forget, sparsity=sparsity, task=task, progress=progress)
+        return dict(mask)
     # Every trainable entry: a frozen parameter (a PEFT model's base) is no part of the curve.
     return {
         name: torch.full_like(p, p.requires_grad, dtype=torch.bool)
@@ -136,7 +151,7 @@ def mcu_unlearn(
     mask: Mapping[str, Tensor] | None = None,
     probe: DataLike | None = None,
     seed: int = 0,
-    progress: bool = False,
+    progress: bool = True,
     device: torch.device | str | None = None,
     task: Task | None = None,
 ) -> RecipeResult:
@@ -176,7 +191,7 @@ def mcu_unlearn(
         probe: The retain data the path is evaluated on (default: a random
             ``config.probe_size`` subset of ``retain`` drawn from ``seed``).
         seed: Seed of curve training and of the probe.
-        progress: Show progress bars.
+        progress: Show a bar for every long step (mask, curve training, path search).
         device: Where to train and evaluate.
         task: How every step reads batches and scores outputs (default:
             classification; :class:`~modeconn_unlearn.tasks.CausalLMTask` for
@@ -246,7 +261,7 @@ def mcu_unlearn(
     elif line:
         chosen_mask = {}
     else:
-        chosen_mask = _make_mask(config, original, probe_loader, forget, task)
+        chosen_mask = _make_mask(config, original, probe_loader, forget, task, progress)
     seconds["mask"] = time.perf_counter() - began
 
     began = time.perf_counter()
