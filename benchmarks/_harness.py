@@ -20,8 +20,9 @@ so ``from _harness import ...`` needs nothing more. What it offers:
   methods and the language-model ones), :func:`objective`, and :class:`Base` (a base
   method's hyperparameters; it adds SalUn's saliency mask);
 * the classification world: :class:`DenseHeadCNN`, :func:`model_factory`, the forget
-  scenarios (:func:`forget_split`), :func:`random_subset`, :func:`loader`, :func:`cosine`,
-  :func:`with_bn_from` and :func:`score`.
+  scenarios (:func:`forget_split`), :func:`random_subset`, :func:`loader`, :func:`cosine`
+  and :func:`score` (the scripts pass it models whose BatchNorm was re-estimated with the
+  library's ``batchnorm.with_bn_from``, as the points of a path are).
 """
 
 from __future__ import annotations

@@ -71,7 +71,6 @@ from _harness import (
     random_subset,
     table,
     tuned_lrs,
-    with_bn_from,
     write_json,
     write_text,
 )
@@ -80,6 +79,7 @@ from torch.utils.data import DataLoader
 
 import modeconn_unlearn as mcu
 from modeconn_unlearn import BarrierResult, CurveModel, carve_holdout, connect, evaluate
+from modeconn_unlearn.batchnorm import with_bn_from
 from modeconn_unlearn.connectivity.barriers import barriers_by_metric, linear_curve
 from modeconn_unlearn.datasets import load_fashion_mnist
 

@@ -65,7 +65,6 @@ from _harness import (
     timed,
     verdict,
     wait_for_json,
-    with_bn_from,
     write_json,
     write_text,
 )
@@ -75,6 +74,7 @@ from torch.utils.data import Subset
 
 import modeconn_unlearn as mcu
 from modeconn_unlearn import RecipeConfig, Targets, carve_holdout, mcu_unlearn, user_targets
+from modeconn_unlearn.batchnorm import with_bn_from
 from modeconn_unlearn.datasets import load_digits, load_fashion_mnist
 
 logger = logging.getLogger("mcu_table")
