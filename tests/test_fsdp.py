@@ -25,9 +25,11 @@ from modeconn_unlearn.curve import CurveModel
 from modeconn_unlearn.errors import ModeConnError
 from modeconn_unlearn.evaluation import evaluate_path
 from modeconn_unlearn.losses import finetune
+from modeconn_unlearn.recipe import RecipeConfig, Targets, mcu_unlearn
+from modeconn_unlearn.selection import search_path
 from modeconn_unlearn.tasks import CausalLMTask
 from modeconn_unlearn.training import fit_curve, shard_curve
-from modeconn_unlearn.training.fsdp import checkpoint_file
+from modeconn_unlearn.training.fsdp import checkpoint_file, is_sharded
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
@@ -42,6 +44,12 @@ TS = [0.0, 0.5, 1.0]
 
 def make_curve() -> CurveModel:
     """A curve between two LoRA adapters (q and v) on one tiny Llama; the same on every rank."""
+    start, end = make_lora_pair()
+    return CurveModel(start, start=start, end=end)
+
+
+def make_lora_pair() -> tuple[nn.Module, nn.Module]:
+    """Two LoRA adapters (q and v) on one tiny Llama; the same on every rank."""
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         vocab_size=VOCAB,
@@ -61,7 +69,7 @@ def make_curve() -> CurveModel:
             for p in model.parameters():
                 if p.requires_grad:
                     p.copy_(0.3 * torch.randn(p.shape, generator=gen))
-    return CurveModel(start, start=start, end=end)
+    return start, end
 
 
 def make_data() -> tuple[TensorDataset, TensorDataset]:
@@ -416,9 +424,334 @@ def test_full_curve_refusals_say_what_to_do(full_ranks):
     assert "not part of the curve's model" in refused["foreign block"]
 
 
+# ------------------------------------------------------------------- the path on a sharded curve
+class BNBlocks(nn.Module):
+    """Features -> a stem, two blocks with BatchNorm in a ModuleList, a head (3 classes).
+
+    ``norm=nn.LayerNorm`` for training under torchrun: BatchNorm in training mode
+    normalises each rank's part of the batch by its own statistics (no SyncBatchNorm),
+    so it would not compute what one process computes on the whole batch.
+    """
+
+    def __init__(self, dim: int = 12, norm: type[nn.Module] = nn.BatchNorm1d) -> None:
+        super().__init__()
+        self.stem = nn.Linear(6, dim)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, dim), norm(dim), nn.ReLU()) for _ in range(2)
+        )
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.stem(x)
+        for block in self.blocks:
+            hidden = hidden + block(hidden)
+        return self.head(hidden)
+
+
+def bent(curve: CurveModel, seed: int) -> CurveModel:
+    """``curve`` with its control point moved off the straight line (seeded, every rank alike)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in curve.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=gen))
+    return curve
+
+
+def make_bn_curve() -> CurveModel:
+    """A full-parameter curve over a BatchNorm model whose statistics the path re-estimates."""
+    torch.manual_seed(20)
+    start = BNBlocks()
+    end = copy.deepcopy(start)
+    gen = torch.Generator().manual_seed(21)
+    with torch.no_grad():
+        for p in end.parameters():
+            p.add_(0.4 * torch.randn(p.shape, generator=gen))
+        for model in (start, end):  # statistics that re-estimation must replace
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm1d):
+                    m.running_mean.normal_(generator=gen)
+    return bent(CurveModel(start, start=start, end=end), seed=22)
+
+
+def make_bn_data() -> dict[str, TensorDataset]:
+    gen = torch.Generator().manual_seed(23)
+    x = torch.randn(41, 6, generator=gen)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    return {"retain": TensorDataset(x[:30], y[:30]), "forget": TensorDataset(x[30:], y[30:])}
+
+
+#: Each path case: the curve, its splits, the task and the search's targets.
+PATH_CASES = {
+    "lora": (
+        lambda: bent(make_curve(), seed=5),
+        lambda: dict(zip(("retain", "forget"), make_data(), strict=True)),
+        TASK,
+        (60.0, 5.0),
+    ),
+    "full": (make_bn_curve, make_bn_data, None, (30.0, 40.0)),
+}
+
+
+def run_path_calls(curve: CurveModel, case: str) -> dict[str, object]:
+    """evaluate_path, search_path and export(t, bn_loader=retain): what both runs save."""
+    _, data, task, (retain_target, forget_target) = PATH_CASES[case]
+    splits = data()
+    report = evaluate_path(curve, splits, ts=[0.0, 0.3, 0.7, 1.0], task=task, progress=False)
+    found = search_path(
+        curve,
+        splits,
+        retain_target=retain_target,
+        forget_target=forget_target,
+        max_points=8,
+        task=task,
+        progress=False,
+    )
+    metrics = {
+        f"{split}_{metric}": report.metric(split, metric).tolist()
+        for split in report.splits
+        for metric in ("acc", "loss")
+    }
+    pinned = None
+    if task is None:  # BatchNorm statistics pinned on the curve, then the curve's own forward
+        curve.update_bn(splits["retain"], t=0.5)
+        pinned = curve.eval()(splits["forget"].tensors[0], t=0.5).detach()
+    return {
+        "pinned": pinned,
+        "report": metrics,
+        "segments": [float(v) for v in report.segment_lengths],
+        "search_t": found.report.t.tolist(),
+        "search": {s: found.report.acc(s).tolist() for s in ("retain", "forget")},
+        "search_loss": {s: found.report.loss(s).tolist() for s in ("retain", "forget")},
+        "best_t": float(found.best.t),
+        "export": curve.export(found.best.t, bn_loader=splits["retain"]).state_dict(),
+    }
+
+
+def _path_worker(out: Path) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=300))
+    try:
+        mesh = init_device_mesh("cpu", (2,))
+        result = {
+            case: run_path_calls(shard_curve(make(), mesh), case)
+            for case, (make, *_) in PATH_CASES.items()
+        }
+        torch.save(result, out / f"rank{dist.get_rank()}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def path_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp_path")
+    launch(__file__, out, 2, "--path")
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+@pytest.mark.slow  # the 2-process launch takes about 15 s
+@pytest.mark.parametrize("case", PATH_CASES)
+def test_path_and_search_on_a_sharded_curve_match_a_single_process(path_ranks, case):
+    single = run_path_calls(PATH_CASES[case][0](), case)
+    for rank in path_ranks:
+        got = rank[case]
+        for key, values in single["report"].items():
+            assert got["report"][key] == pytest.approx(values, rel=1e-5, abs=1e-6), key
+        assert got["segments"] == pytest.approx(single["segments"], rel=1e-5)
+        assert got["search_t"] == pytest.approx(single["search_t"], abs=1e-9)
+        assert got["search"] == single["search"]
+        for split, values in single["search_loss"].items():
+            assert got["search_loss"][split] == pytest.approx(values, rel=1e-5)
+        assert got["best_t"] == pytest.approx(single["best_t"], abs=1e-9)
+        _assert_close_states(got["export"], single["export"])
+        if single["pinned"] is not None:
+            torch.testing.assert_close(got["pinned"], single["pinned"], rtol=0, atol=1e-5)
+    first, second = (rank[case] for rank in path_ranks)
+    assert first["report"] == second["report"] and first["best_t"] == second["best_t"]
+    assert all(torch.equal(first["export"][k], second["export"][k]) for k in first["export"])
+    # The path is not flat: the comparison sees the accuracies move along it.
+    assert len(set(single["report"]["retain_loss"])) > 1
+
+
+# ------------------------------------------------------------------- the recipe, sharded
+RECIPE_RETAIN, RECIPE_FORGET, RECIPE_EPOCHS = 30, 6, 3
+
+
+def balanced_seed(retain: int, forget: int) -> int:
+    """A seed whose 2-rank DistributedSamplers give each rank half the forget samples.
+
+    Checked for every epoch (the sampler of epoch ``e`` is seeded with ``seed + e``).
+    """
+
+    def balanced(seed: int) -> bool:
+        order = torch.randperm(retain + forget, generator=torch.Generator().manual_seed(seed))
+        return int((order[0::2] >= retain).sum()) == forget // 2
+
+    return next(s for s in range(1000) if all(balanced(s + e) for e in range(RECIPE_EPOCHS)))
+
+
+def recipe_inputs() -> tuple[dict[str, object], int]:
+    """Models, data and targets of the ``trained`` recipe run, and its seed.
+
+    The per-rank objective ``CE(retain) - beta * CE(forget)`` averaged over the ranks is
+    the single process's objective when each rank's half of the one global batch holds
+    as many forget samples as the other's and beta is the same on each: the seed is
+    chosen so that the DistributedSampler's split is balanced, the forget labels are the
+    original's predictions (forget accuracy 100 % on every rank) and ``beta_low ==
+    beta_high``.
+    """
+    torch.manual_seed(30)
+    original = BNBlocks(norm=nn.LayerNorm)
+    theta_u = copy.deepcopy(original)
+    gen = torch.Generator().manual_seed(31)
+    with torch.no_grad():
+        for p in theta_u.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+        x = torch.randn(RECIPE_RETAIN + RECIPE_FORGET, 6, generator=gen)
+        x[RECIPE_RETAIN:] *= 4.0  # far out: the whole curve predicts what the original does
+        y = original(x).argmax(1)
+    seed = balanced_seed(RECIPE_RETAIN, RECIPE_FORGET)
+    retain = TensorDataset(x[:RECIPE_RETAIN], y[:RECIPE_RETAIN])
+    forget = TensorDataset(x[RECIPE_RETAIN:], y[RECIPE_RETAIN:])
+    return {"original": original, "theta_u": theta_u, "retain": retain, "forget": forget}, seed
+
+
+#: The recipe runs: ``line`` (num_bends=2: no training; BatchNorm re-estimated along the
+#: path and in the export), ``trained`` (one control point, layer mask, 3 steps) and
+#: ``lora`` (a LoRA curve, 3 steps, the matching objective, adapters merged in the export).
+RECIPE_RUNS = {
+    "line": {"num_bends": 2},
+    "trained": {"epochs": RECIPE_EPOCHS, "beta_low": 0.3, "beta_high": 0.3},
+    "lora": {"epochs": RECIPE_EPOCHS, "mask": "all", "objective": "match", "merged": True},
+}
+CLASS_TARGETS = Targets(retain=100.0, forget=0.0, scenario="class")
+#: A forget loss far above any reached: ``|CE(forget) - tau| = tau - CE(forget)`` is linear,
+#: so the ranks' average is the single process's objective (with balanced halves).
+LM_TARGETS = Targets(retain=50.0, forget=5.0, scenario="random", forget_loss=50.0)
+
+
+def lora_recipe_inputs() -> tuple[dict[str, object], int]:
+    """The tiny Llama's adapters, 16 retain and 4 forget sequences, and a balanced seed."""
+    original, theta_u = make_lora_pair()
+    retain, forget = make_data()
+    forget = TensorDataset(*(t[:4] for t in forget.tensors))
+    inputs = {"original": original, "theta_u": theta_u, "retain": retain, "forget": forget}
+    return inputs, balanced_seed(16, 4)
+
+
+def run_recipe(case: str, *, shard: bool) -> dict[str, object]:
+    """mcu_unlearn on the case's models and data: what both runs save."""
+    inputs, seed = lora_recipe_inputs() if case == "lora" else recipe_inputs()
+    if case == "line":
+        curve = make_bn_curve()
+        inputs["original"], inputs["theta_u"] = curve.export(0.0), curve.export(1.0)
+        inputs.update(make_bn_data())
+    lora = case == "lora"
+    config = RecipeConfig(
+        **RECIPE_RUNS[case],
+        t_range=(0.0, 1.0),
+        keep_base=False,
+        lr=0.05,
+        retain_ratio=1.0,
+        batch_size=20 if lora else RECIPE_RETAIN + RECIPE_FORGET,
+        optimizer="adam" if lora else "sgd",
+        shard=shard,
+    )
+    result = mcu_unlearn(
+        inputs.pop("original"),
+        inputs.pop("theta_u"),
+        inputs.pop("retain"),
+        inputs.pop("forget"),
+        targets=LM_TARGETS if lora else CLASS_TARGETS,
+        config=config,
+        seed=seed,
+        progress=False,
+        task=TASK if lora else None,
+    )
+    return {
+        "sharded": is_sharded(result.curve),
+        "t": float(result.t),
+        "model": result.model.state_dict(),
+        "loss": [r.loss for r in result.history],
+        "beta": [r.beta for r in result.history],
+        "acc": {s: result.report.acc(s).tolist() for s in ("retain", "forget")},
+        "class": type(result.model).__name__,
+    }
+
+
+def _recipe_worker(out: Path) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=300))
+    try:
+        result = {case: run_recipe(case, shard=True) for case in RECIPE_RUNS}
+        torch.save(result, out / f"rank{dist.get_rank()}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def recipe_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp_recipe")
+    launch(__file__, out, 2, "--recipe")
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+@pytest.mark.slow  # the 2-process launch takes about 15 s
+@pytest.mark.parametrize("case", RECIPE_RUNS)
+def test_a_sharded_recipe_matches_a_single_process(recipe_ranks, case):
+    single = run_recipe(case, shard=False)
+    for rank in recipe_ranks:
+        got = rank[case]
+        assert got["sharded"] and not single["sharded"]
+        assert got["class"] == single["class"]
+        assert got["loss"] == pytest.approx(single["loss"], rel=1e-5)
+        assert got["acc"] == single["acc"]
+        assert got["t"] == pytest.approx(single["t"], abs=1e-9)
+        _assert_close_states(got["model"], single["model"])
+    first, second = (rank[case] for rank in recipe_ranks)
+    assert first["t"] == second["t"] and first["loss"] == second["loss"]
+    assert all(torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
+    assert single["class"] == ("LlamaForCausalLM" if case == "lora" else "BNBlocks")
+    if case == "trained":
+        # The precondition of the comparison: beta was the same on every rank at every step.
+        assert single["beta"] == [0.3] * RECIPE_EPOCHS and first["beta"] == single["beta"]
+    if case != "line":  # the curve moved, and the search chose a point inside the path
+        assert single["loss"][-1] != single["loss"][0]
+        assert 0.0 < single["t"] < 1.0
+
+
+def test_a_sharded_recipe_needs_a_process_group():
+    with pytest.raises(ModeConnError, match="shard must be True or False"):
+        RecipeConfig(shard="yes")  # type: ignore[arg-type]
+    inputs, _ = recipe_inputs()
+    with pytest.raises(ModeConnError, match=r"shard=True.*torchrun"):
+        mcu_unlearn(
+            inputs["original"],
+            inputs["theta_u"],
+            inputs["retain"],
+            inputs["forget"],
+            targets=CLASS_TARGETS,
+            config=RecipeConfig(shard=True),
+            progress=False,
+        )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", type=Path, required=True)
     parser.add_argument("--full", action="store_true")
+    parser.add_argument("--path", action="store_true")
+    parser.add_argument("--recipe", action="store_true")
     arguments = parser.parse_args()
-    (_full_worker if arguments.full else _worker)(arguments.worker)
+    worker = _worker
+    if arguments.recipe:
+        worker = _recipe_worker
+    elif arguments.path:
+        worker = _path_worker
+    elif arguments.full:
+        worker = _full_worker
+    worker(arguments.worker)

@@ -101,6 +101,12 @@ class RecipeConfig:
         merged: Export a PEFT (LoRA) curve's point with its adapters merged into
             the base weights (the base model's class, ``merge_and_unload``);
             ``False`` returns the PEFT model.
+        shard: Shard the recipe's curve over the ranks of the ``torch.distributed``
+            process group with :func:`~modeconn_unlearn.training.shard_curve` (run
+            under ``torchrun``; a LoRA curve's frozen base under FSDP2, a
+            full-parameter curve's bends sharded). Every rank runs the recipe with
+            the same models and data, and every rank returns the same result;
+            ``mcu_unlearn`` refuses it when no process group is initialised.
 
     The training settings are checked as :class:`~modeconn_unlearn.training.TrainConfig`
     checks them.
@@ -137,6 +143,7 @@ class RecipeConfig:
     scheduler_interval: Literal["epoch", "step"] = "epoch"
     max_grad_norm: float | None = None
     precision: Literal["fp32", "bf16"] = "fp32"
+    shard: bool = False
 
     def __post_init__(self) -> None:
         if self.mask not in ("layer", "saliency", "all"):
@@ -150,7 +157,7 @@ class RecipeConfig:
             raise ModeConnError(
                 f'objective must be "ascent", "match" or "auto", got {self.objective!r}.'
             )
-        for name in ("keep_base", "merged"):
+        for name in ("keep_base", "merged", "shard"):
             if not isinstance(getattr(self, name), bool):
                 raise ModeConnError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         for name in (

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..batchnorm import update_bn
@@ -25,7 +26,7 @@ from ..losses import AdaptiveBeta, UnlearnLoss, mcu_objective
 from ..masks import layer_mask, saliency_mask
 from ..selection import OptimalT, PathSearch, avg_gap, merge_reports, search_path
 from ..tasks import Task, resolve_task, task_collate
-from ..training import History, fit_curve
+from ..training import History, fit_curve, shard_curve
 from .config import RecipeConfig
 from .targets import Targets
 
@@ -169,6 +170,11 @@ def mcu_unlearn(
     5. the exported model at the chosen ``t`` (adapters merged with
        ``config.merged``), BatchNorm statistics from the same samples.
 
+    Under ``torchrun`` with ``config.shard`` the curve of step 2 is sharded with
+    :func:`~modeconn_unlearn.training.shard_curve` before training; every rank
+    must call this with the same models and data, and every rank returns the
+    same result (the exported model whole on every rank). See ``docs/scale_out.md``.
+
     Every step reads and scores batches with ``task``: for a language model
     pass :class:`~modeconn_unlearn.tasks.CausalLMTask` (accuracies are answer
     token accuracies, losses answer NLLs; variable-length examples are padded),
@@ -201,8 +207,9 @@ def mcu_unlearn(
         :class:`RecipeResult` (model, curve, search, chosen ``t``, wall times).
 
     Raises:
-        ModeConnError: Bad settings, data or models (from the steps), or
-            ``config.merged`` for a model that is not a PEFT model.
+        ModeConnError: Bad settings, data or models (from the steps),
+            ``config.merged`` for a model that is not a PEFT model, or
+            ``config.shard`` without a ``torch.distributed`` process group.
         TypeError: ``task`` is not a task.
 
     Example:
@@ -231,6 +238,12 @@ def mcu_unlearn(
             f"{type(targets).__name__}."
         )
     task = resolve_task(task)
+    if config.shard and not (dist.is_available() and dist.is_initialized()):
+        raise ModeConnError(
+            "RecipeConfig(shard=True) shards the curve over the ranks of a torch.distributed "
+            "process group, and none is initialised: run under torchrun and call "
+            "torch.distributed.init_process_group first, or leave shard=False."
+        )
     if config.merged and not callable(getattr(original, "merge_and_unload", None)):
         raise ModeConnError(
             f"merged=True merges PEFT adapters into the base model, but the original is a "
@@ -275,6 +288,8 @@ def mcu_unlearn(
     )
     if device is not None:
         curve.to(device)
+    if config.shard:
+        shard_curve(curve)  # moved first: FSDP shards what each rank holds
     history = (
         History()
         if line
