@@ -9,28 +9,18 @@
 
 from __future__ import annotations
 
-from .bends import BendGroup, BufferPair, Combine, blend
-from .coefficients import CoefficientFn, bezier, get_curve, linear_positions, polychain
-from .endpoints import check_endpoint, endpoint_source
+from .bends import BendGroup
+from .coefficients import bezier, get_curve, polychain
 from .model import CurveModel, MaskSpec
-from .points import TSampler, check_t, path_points, uniform_sampler
+from .points import check_t, path_points
 
 __all__ = [
     "BendGroup",
-    "BufferPair",
-    "CoefficientFn",
-    "Combine",
     "CurveModel",
     "MaskSpec",
-    "TSampler",
     "bezier",
-    "blend",
-    "check_endpoint",
     "check_t",
-    "endpoint_source",
     "get_curve",
-    "linear_positions",
     "path_points",
     "polychain",
-    "uniform_sampler",
 ]

@@ -12,27 +12,23 @@ from .optimal import (
     Interpolation,
     OptimalT,
     avg_gap,
-    check_targets,
     effective_region,
     find_optimal_t,
     interpolant,
     resolve_kind,
 )
-from .search import PathSearch, TSearch, merge_reports, refine_optimal_t, search_path
+from .search import PathSearch, merge_reports, search_path
 
 __all__ = [
     "DEFAULT_KIND",
     "Interpolation",
     "OptimalT",
     "PathSearch",
-    "TSearch",
     "avg_gap",
-    "check_targets",
     "effective_region",
     "find_optimal_t",
     "interpolant",
     "merge_reports",
-    "refine_optimal_t",
     "resolve_kind",
     "search_path",
 ]
