@@ -10,12 +10,14 @@ so ``from _harness import ...`` needs nothing more. What it offers:
   request its peak extra resident memory, measured by :class:`PeakMemory`);
 * statistics: :func:`mean_ci` (a mean and its Student-t 95 % interval; of per-seed
   differences from :func:`paired_differences`, the paired interval), :func:`mean_cells`
-  (that of every score of every row over seeds) and :func:`verdict` (win, loss or tie);
+  (that of every score of every row over seeds), :func:`mean_where` (of the records that
+  match) and :func:`verdict` (win, loss or tie);
 * files: :func:`environment` (versions, threads, git commit), :func:`write_json` (numpy
   values too) and :func:`write_text` (atomic, through the library's writer),
   :func:`wait_for_json` (a file another process is writing, with a timeout),
   :func:`tuned_lrs` (the learning rates ``mcu_table.py`` tuned, read from its tuning file);
-* reports: :func:`fmt` (``mean ± ci``) and :func:`table` (a markdown table);
+* reports: :func:`fmt` (``mean ± ci``), :func:`marked` (a paired difference marked by its
+  verdict), :func:`table` (a markdown table) and :func:`score_table` (one of rows x scores);
 * methods: :data:`OBJECTIVES` (method name -> objective builder, the classification
   methods and the language-model ones), :func:`objective`, and :class:`Base` (a base
   method's hyperparameters; it adds SalUn's saliency mask);
@@ -230,6 +232,17 @@ def paired_differences(
     ]
 
 
+def mean_where(records: Iterable[Mapping[str, Any]], key: str, **where: Any) -> float:
+    """The mean of ``key`` over the records whose fields equal ``where``'s values.
+
+    Example:
+        >>> mean_where([{"m": "GA", "gap": 1.0}, {"m": "GA", "gap": 3.0}], "gap", m="GA")
+        2.0
+    """
+    chosen = [r[key] for r in records if all(r[k] == v for k, v in where.items())]
+    return float(np.mean(chosen))
+
+
 def verdict(stat: Mapping[str, float]) -> Literal["win", "loss", "tie"]:
     """A paired difference (lower is better): ``win`` when its interval lies below 0."""
     if stat["n"] > 1 and stat["mean"] + stat["ci"] < 0:
@@ -237,6 +250,20 @@ def verdict(stat: Mapping[str, float]) -> Literal["win", "loss", "tie"]:
     if stat["n"] > 1 and stat["mean"] - stat["ci"] > 0:
         return "loss"
     return "tie"
+
+
+#: How :func:`marked` writes a paired difference: bold when a win, italics when a loss.
+MARKS = {"win": "**{}**", "loss": "_{}_", "tie": "{}"}
+
+
+def marked(stat: Mapping[str, float], digits: int = 2) -> str:
+    """A paired difference as ``±mean ± ci``, marked by its :func:`verdict` (:data:`MARKS`).
+
+    Example:
+        >>> marked({"mean": -1.0, "ci": 0.5, "n": 5}), marked({"mean": 1.0, "ci": 2.0, "n": 5})
+        ('**-1.00 ± 0.50**', '+1.00 ± 2.00')
+    """
+    return MARKS[verdict(stat)].format(fmt(stat, digits, sign=True))
 
 
 # --------------------------------------------------------------------------- files
@@ -335,6 +362,35 @@ def table(header: str, rows: Iterable[Sequence[Any]], *, align: str) -> list[str
 
     rule = "|" + "".join("---:|" if a == "r" else "---|" for a in align)
     return [line(titles), rule, *(line(row) for row in rows)]
+
+
+def score_table(
+    header: str,
+    rows: Mapping[str, Mapping[str, Any]],
+    scores: Sequence[str],
+    *,
+    cell: Callable[[str, Any], str] | None = None,
+    label: Callable[[str], str] = str,
+) -> list[str]:
+    """A :func:`table` of ``{row: {score: cell}}``: a row per entry, a column per score.
+
+    Args:
+        header: The column titles: the rows' names, then one per score.
+        rows: The cells of each row, by score.
+        scores: The scores of the columns, in table order (right-aligned).
+        cell: Writes ``(score, cell)`` (default: :func:`fmt` of the cell).
+        label: Writes a row's name in the first column (default: as it is).
+
+    Example:
+        >>> score_table("model | gap", {"GA": {"gap": {"mean": 1.0, "ci": 0.5}}}, ["gap"])
+        ['| model | gap |', '|---|---:|', '| GA | 1.00 ± 0.50 |']
+    """
+    write = cell or (lambda _, value: fmt(value))
+    return table(
+        header,
+        ([label(name), *(write(s, cells[s]) for s in scores)] for name, cells in rows.items()),
+        align="l" + "r" * len(scores),
+    )
 
 
 # --------------------------------------------------------------------------- methods

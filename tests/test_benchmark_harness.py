@@ -68,6 +68,48 @@ def test_fmt_and_table() -> None:
         harness.table("a | b", [], align="l")
 
 
+def test_mean_where_averages_the_matching_records() -> None:
+    records = [
+        {"scenario": "class", "method": "GA", "gap": 1.0},
+        {"scenario": "class", "method": "GA", "gap": 2.0},
+        {"scenario": "class", "method": "RL", "gap": 9.0},
+        {"scenario": "random10", "method": "GA", "gap": 7.0},
+    ]
+    assert harness.mean_where(records, "gap", scenario="class", method="GA") == 1.5
+    assert harness.mean_where(records, "gap", method="GA") == pytest.approx(10.0 / 3)
+    assert harness.mean_where(records, "gap") == pytest.approx(19.0 / 4)
+
+
+def test_marked_writes_a_paired_difference_with_its_verdict() -> None:
+    assert harness.marked({"mean": -1.0, "ci": 0.5, "n": 5}) == "**-1.00 ± 0.50**"
+    assert harness.marked({"mean": 1.0, "ci": 0.5, "n": 5}) == "_+1.00 ± 0.50_"
+    assert harness.marked({"mean": 0.25, "ci": 1.0, "n": 5}, 1) == "+0.2 ± 1.0"
+    assert harness.marked({"mean": -1.0, "ci": math.nan, "n": 1}) == "-1.00"
+
+
+def test_score_table_writes_a_row_per_entry_and_a_column_per_score() -> None:
+    rows = {
+        "GA": {"gap": {"mean": 1.0, "ci": 0.5}, "time": {"mean": 12.34, "ci": math.nan}},
+        "RL": {"gap": {"mean": 2.0, "ci": 0.25}, "time": {"mean": 3.0, "ci": 1.0}, "extra": {}},
+    }
+    assert harness.score_table("model | gap | s", rows, ["gap", "time"]) == [
+        "| model | gap | s |",
+        "|---|---:|---:|",
+        "| GA | 1.00 ± 0.50 | 12.34 |",
+        "| RL | 2.00 ± 0.25 | 3.00 ± 1.00 |",
+    ]
+    custom = harness.score_table(
+        "model | s",
+        rows,
+        ["time"],
+        cell=lambda score, cell: f"{score} {cell['mean']:.0f}",
+        label=str.lower,
+    )
+    assert custom[2:] == ["| ga | time 12 |", "| rl | time 3 |"]
+    with pytest.raises(ValueError, match="3 columns"):
+        harness.score_table("model | gap | s", rows, ["gap"])
+
+
 def test_wait_for_json_times_out_and_reads_a_written_file(tmp_path: Path) -> None:
     path = tmp_path / "tuning.json"
     with pytest.raises(TimeoutError, match="did not appear"):
