@@ -56,11 +56,13 @@ from _harness import (
     loader,
     mean_cells,
     mean_ci,
+    mean_where,
     model_factory,
     paired_differences,
     parser,
     random_subset,
     score,
+    score_table,
     table,
     timed,
     verdict,
@@ -80,6 +82,8 @@ from modeconn_unlearn.datasets import load_digits, load_fashion_mnist
 logger = logging.getLogger("mcu_table")
 SCORES = ("ua", "ra", "ta", "mia", "tpr1", "avg_gap")
 CELL_COLUMNS = "model | UA | RA | TA | MIA-eff. | loss-attack TPR@1%FPR | Avg. Gap ↓ | time (s)"
+#: The rows of a scenario's table: the references, then each method alone and under MCU.
+MODELS = ("Retrain", "Original", *(m for method in METHODS for m in (method, f"MCU({method})")))
 PAIRED_COLUMNS = (
     "method | Δ UA | Δ RA | Δ TA | Δ MIA | Δ TPR@1% | Δ Avg. Gap | verdict | "
     "MCU time / retrain (wall) | (CPU)"
@@ -223,12 +227,8 @@ def make_world(cfg: Config, seed: int, pool: Any, test: Any) -> World:
         train_acc[arch] = mcu.evaluate(originals[arch], train).accuracy
         test_acc[arch] = mcu.evaluate(originals[arch], test).accuracy
         logger.info(
-            "seed %d %s original: %.0fs, train %.2f%%, test %.2f%%",
-            seed,
-            arch,
-            times[arch].wall,
-            train_acc[arch],
-            test_acc[arch],
+            f"seed {seed} {arch} original: {times[arch].wall:.0f}s, "
+            f"train {train_acc[arch]:.2f}%, test {test_acc[arch]:.2f}%"
         )
     return World(seed, train, holdout, test, originals, times, train_acc, test_acc)
 
@@ -249,6 +249,11 @@ class Scenario:
     reference: mcu.UnlearningScores
     rows: dict[str, dict[str, Any]]
 
+    def scored(self, model: nn.Module, seed: int) -> dict[str, float]:
+        """:func:`score` of ``model`` on this scenario's splits."""
+        splits = {"retain": self.retain, "forget": self.forget, "test": self.test}
+        return score(model, **splits, probe=self.probe, reference=self.reference, seed=seed)
+
 
 def make_scenario(cfg: Config, world: World, name: str, arch: str) -> Scenario:
     retain, forget, test = forget_split(world.train, world.test, name, world.seed)
@@ -262,55 +267,36 @@ def make_scenario(cfg: Config, world: World, name: str, arch: str) -> Scenario:
     retrained = with_bn_from(retrained, probe_loader)
     data = {"retain": retain, "forget": forget, "test": test}
     reference = mcu.unlearning_scores(retrained, **data, seed=world.seed)
-    rows = {
-        "Retrain": {
-            **score(retrained, **data, probe=probe, reference=reference, seed=world.seed),
-            "time": retrain_time.wall,
-            "cpu": retrain_time.cpu,
-            "forget_acc": mcu.evaluate(retrained, forget).accuracy,
-            "probe_acc": mcu.evaluate(retrained, probe).accuracy,
-        },
-        "Original": {
-            **score(
-                with_bn_from(original, probe_loader),
-                **data,
-                probe=probe,
-                reference=reference,
-                seed=world.seed,
-            ),
-            "time": world.original_time[arch].wall,
-            "cpu": world.original_time[arch].cpu,
-        },
+    sc = Scenario(
+        name, arch, retain, forget, test, probe, targets, retrained, retrain_time, reference, {}
+    )
+    rows = sc.rows
+    rows["Retrain"] = {
+        **sc.scored(retrained, world.seed),
+        "time": retrain_time.wall,
+        "cpu": retrain_time.cpu,
+        "forget_acc": mcu.evaluate(retrained, forget).accuracy,
+        "probe_acc": mcu.evaluate(retrained, probe).accuracy,
     }
+    original_time = world.original_time[arch]
+    rows["Original"] = {
+        **sc.scored(with_bn_from(original, probe_loader), world.seed),
+        "time": original_time.wall,
+        "cpu": original_time.cpu,
+    }
+    retrained_row = rows["Retrain"]
     logger.info(
-        "seed %d %s/%s: retrain %.0fs; targets (user) retain %.2f forget %.2f; retrained "
-        "model (never used by MCU) retain %.2f forget %.2f",
-        world.seed,
-        arch,
-        name,
-        retrain_time.wall,
-        targets.retain,
-        targets.forget,
-        rows["Retrain"]["probe_acc"],
-        rows["Retrain"]["forget_acc"],
+        f"seed {world.seed} {arch}/{name}: retrain {retrain_time.wall:.0f}s; targets (user) "
+        f"retain {targets.retain:.2f} forget {targets.forget:.2f}; retrained model (never used "
+        f"by MCU) retain {retrained_row['probe_acc']:.2f} forget {retrained_row['forget_acc']:.2f}"
     )
-    return Scenario(
-        name, arch, retain, forget, test, probe, targets, retrained, retrain_time, reference, rows
-    )
+    return sc
 
 
 def run_base(world: World, sc: Scenario, base: Base) -> tuple[nn.Module, dict[str, Any]]:
     original = world.originals[sc.arch]
     theta_u, seconds = timed(lambda: base.run(original, sc.retain, sc.forget, seed=world.seed))
-    row = score(
-        with_bn_from(theta_u, loader(sc.probe)),
-        retain=sc.retain,
-        forget=sc.forget,
-        test=sc.test,
-        probe=sc.probe,
-        reference=sc.reference,
-        seed=world.seed,
-    )
+    row = sc.scored(with_bn_from(theta_u, loader(sc.probe)), world.seed)
     row.update(time=seconds.wall, cpu=seconds.cpu, epochs=base.epochs, lr=base.lr)
     return theta_u, row
 
@@ -332,15 +318,7 @@ def run_mcu(
             seed=world.seed,
         )
     )
-    row = score(
-        result.model,
-        retain=sc.retain,
-        forget=sc.forget,
-        test=sc.test,
-        probe=sc.probe,
-        reference=sc.reference,
-        seed=world.seed,
-    )
+    row = sc.scored(result.model, world.seed)
     report = result.report
     row.update(
         time=seconds.wall,
@@ -383,13 +361,8 @@ def tune(cfg: Config, out: Path, quick: bool) -> dict[str, Any]:
                 cache[(seed, name, method, epochs, lr)] = theta_u
                 records.append({"seed": seed, "scenario": name, "method": method, **row})
                 logger.info(
-                    "tune seed %d %s %s ep %d lr %g: gap %.2f",
-                    seed,
-                    name,
-                    method,
-                    epochs,
-                    lr,
-                    row["avg_gap"],
+                    f"tune seed {seed} {name} {method} ep {epochs} lr {lr:g}: "
+                    f"gap {row['avg_gap']:.2f}"
                 )
     chosen_base: dict[str, dict[str, list[float]]] = {}
     for name in cfg.scenarios:
@@ -397,16 +370,10 @@ def tune(cfg: Config, out: Path, quick: bool) -> dict[str, Any]:
         for method in METHODS:
             candidates = {(e, lr) for m, e, lr in cfg.base_grid if m == method}
             gaps = {
-                c: np.mean(
-                    [
-                        r["avg_gap"]
-                        for r in records
-                        if r["scenario"] == name
-                        and r["method"] == method
-                        and (r["epochs"], r["lr"]) == c
-                    ]
+                (e, lr): mean_where(
+                    records, "avg_gap", scenario=name, method=method, epochs=e, lr=lr
                 )
-                for c in candidates
+                for e, lr in candidates
             }
             best = min(sorted(gaps), key=lambda c: gaps[c])
             chosen_base[name][method] = [best[0], best[1]]
@@ -421,24 +388,13 @@ def tune(cfg: Config, out: Path, quick: bool) -> dict[str, Any]:
                     {"seed": seed, "scenario": name, "method": method, "candidate": index, **row}
                 )
                 logger.info(
-                    "tune seed %d %s MCU(%s) candidate %d: gap %.2f (t=%.3f)",
-                    seed,
-                    name,
-                    method,
-                    index,
-                    row["avg_gap"],
-                    row["t"],
+                    f"tune seed {seed} {name} MCU({method}) candidate {index}: "
+                    f"gap {row['avg_gap']:.2f} (t={row['t']:.3f})"
                 )
     chosen_mcu: dict[str, int] = {}
     for name in cfg.scenarios:
         means = [
-            np.mean(
-                [
-                    r["avg_gap"]
-                    for r in mcu_records
-                    if r["scenario"] == name and r["candidate"] == index
-                ]
-            )
+            mean_where(mcu_records, "avg_gap", scenario=name, candidate=index)
             for index in range(len(cfg.mcu_grid))
         ]
         chosen_mcu[name] = int(np.argmin(means))
@@ -514,18 +470,10 @@ def report(
                 mcu_row["total_time"] = row["time"] + mcu_row["time"]
                 sc.rows[f"MCU({method})"] = mcu_row
                 logger.info(
-                    "seed %d %s/%s %s: gap %.2f -> MCU %.2f at t=%.3f (%d points, MCU %.1fs = "
-                    "%.0f%% of retrain)",
-                    seed,
-                    arch,
-                    name,
-                    method,
-                    row["avg_gap"],
-                    mcu_row["avg_gap"],
-                    mcu_row["t"],
-                    mcu_row["evaluations"],
-                    mcu_row["time"],
-                    100 * mcu_row["fraction_of_retrain"],
+                    f"seed {seed} {arch}/{name} {method}: gap {row['avg_gap']:.2f} -> MCU "
+                    f"{mcu_row['avg_gap']:.2f} at t={mcu_row['t']:.3f} ({mcu_row['evaluations']} "
+                    f"points, MCU {mcu_row['time']:.1f}s = "
+                    f"{100 * mcu_row['fraction_of_retrain']:.0f}% of retrain)"
                 )
             record["scenarios"][f"{arch}/{name}"] = {
                 "targets": sc.targets.to_dict(),
@@ -533,12 +481,7 @@ def report(
                     "probe": sc.rows["Retrain"]["probe_acc"],
                     "forget": sc.rows["Retrain"]["forget_acc"],
                 },
-                "sizes": {
-                    "retain": len(sc.retain),
-                    "forget": len(sc.forget),
-                    "test": len(sc.test),
-                    "probe": len(sc.probe),
-                },
+                "sizes": {k: len(getattr(sc, k)) for k in ("retain", "forget", "test", "probe")},
                 "mcu_config": config.to_dict(),
                 "rows": sc.rows,
                 "paths": paths,
@@ -552,7 +495,7 @@ def report(
 
 
 # --------------------------------------------------------------------------- aggregate
-def aggregate(runs: list[dict[str, Any]], tuning: dict[str, Any]) -> dict[str, Any]:
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = sorted({key for run in runs for key in run["scenarios"]})
     summary: dict[str, Any] = {}
     for key in keys:
@@ -623,31 +566,17 @@ def target_error_markdown(result: dict[str, Any]) -> str:
         "model's forget accuracy, read after the fact, never by MCU; "
         f"{below} pairs have an error below {result['threshold']:g} points)",
         "",
-        *table(
+        *score_table(
             "method | Pearson r | p | mean Δ where error < threshold | mean Δ elsewhere",
-            (
-                [
-                    method,
-                    f"{m['pearson_r']:.2f}",
-                    f"{m['p']:.4f}",
-                    f"{m['mean_delta_below']:.2f}",
-                    f"{m['mean_delta_rest']:.2f}",
-                ]
-                for method, m in result["methods"].items()
-            ),
-            align="lrrrr",
+            result["methods"],
+            ("pearson_r", "p", "mean_delta_below", "mean_delta_rest"),
+            cell=lambda score, value: f"{value:.4f}" if score == "p" else f"{value:.2f}",
         ),
     ]
     return "\n".join(lines) + "\n"
 
 
-def markdown(
-    summary: dict[str, Any],
-    runs: list[dict[str, Any]],
-    cfg: Config,
-    tuning: dict[str, Any],
-    total: float | None,
-) -> str:
+def markdown(summary: dict[str, Any], runs: list[dict[str, Any]]) -> str:
     lines = []
     originals = {
         arch: (
@@ -673,16 +602,11 @@ def markdown(
             f"**{arch.upper()}, {titles.get(name, name)} (seeds {block['seeds']})**",
             "",
         ]
-        order = ["Retrain", "Original"] + [
-            m for method in METHODS for m in (method, f"MCU({method})")
-        ]
-        lines += table(
+        lines += score_table(
             CELL_COLUMNS,
-            (
-                [model, *(fmt(cells[model][m]) for m in SCORES), fmt(cells[model]["time"], 1)]
-                for model in order
-            ),
-            align="lrrrrrrr",
+            {model: cells[model] for model in MODELS},
+            (*SCORES, "time"),
+            cell=lambda score, cell: fmt(cell, 1 if score == "time" else 2),
         )
         lines += [
             "",
@@ -764,14 +688,8 @@ def tuning_markdown(tuning: dict[str, Any]) -> str:
             options = sorted({(r["epochs"], r["lr"]) for r in records if r["method"] == method})
             texts = []
             for epochs, lr in options:
-                gap = np.mean(
-                    [
-                        r["avg_gap"]
-                        for r in records
-                        if r["scenario"] == name
-                        and r["method"] == method
-                        and (r["epochs"], r["lr"]) == (epochs, lr)
-                    ]
+                gap = mean_where(
+                    records, "avg_gap", scenario=name, method=method, epochs=epochs, lr=lr
                 )
                 text = f"lr {lr:g}: {gap:.2f}"
                 texts.append(f"**{text}**" if (epochs, lr) == chosen else text)
@@ -783,13 +701,7 @@ def tuning_markdown(tuning: dict[str, Any]) -> str:
     for name in scenarios:
         for index, overrides in enumerate(tuning["mcu_candidates"]):
             gaps = [
-                np.mean(
-                    [
-                        r["avg_gap"]
-                        for r in mcu_records
-                        if r["scenario"] == name and r["candidate"] == index and r["method"] == m
-                    ]
-                )
+                mean_where(mcu_records, "avg_gap", scenario=name, candidate=index, method=m)
                 for m in METHODS
             ]
             label = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
@@ -858,9 +770,9 @@ def finish(
     command: str,
     quick: bool,
 ) -> None:
-    summary = aggregate(runs, tuning)
+    summary = aggregate(runs)
     errors = target_error(runs)
-    text = markdown(summary, runs, cfg, tuning, total) + "\n" + target_error_markdown(errors)
+    text = markdown(summary, runs) + "\n" + target_error_markdown(errors)
     print(text)
     if quick:
         return
