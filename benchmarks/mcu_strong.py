@@ -55,14 +55,15 @@ from _harness import (
     configure,
     environment,
     fmt,
+    marked,
     mean_cells,
     mean_ci,
     paired_differences,
     parser,
+    score_table,
     table,
     timed,
     tuned_lrs,
-    verdict,
     write_json,
     write_text,
 )
@@ -173,16 +174,7 @@ def scored(
     study: Study, sc: mcu_table.Scenario, model: torch.nn.Module, seed: int
 ) -> dict[str, Any]:
     """``mcu_table.score``'s columns and the relearning attack's forget accuracy."""
-    row = mcu_table.score(
-        model,
-        retain=sc.retain,
-        forget=sc.forget,
-        test=sc.test,
-        probe=sc.probe,
-        reference=sc.reference,
-        seed=seed,
-    )
-    return dict(row, relearn=relearned(study, model, sc.forget, seed))
+    return dict(sc.scored(model, seed), relearn=relearned(study, model, sc.forget, seed))
 
 
 def run_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]) -> dict[str, Any]:
@@ -244,17 +236,9 @@ def run_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]
                     ensemble = mcu.path_ensemble(result.curve, ts)
                     rows[f"{key}+ens"] = dict(scored(study, sc, ensemble, seed), t=result.best.t)
                 logger.info(
-                    "seed %d %s lr %g %s: gap %.2f -> %.2f (t=%.3f, keep=%s, MIA %.1f, %.1fs)",
-                    seed,
-                    method,
-                    lr,
-                    key.split("/")[1],
-                    base_row["avg_gap"],
-                    row["avg_gap"],
-                    result.t,
-                    keep,
-                    row["mia"],
-                    seconds.wall,
+                    f"seed {seed} {method} lr {lr:g} {key.split('/')[1]}: gap "
+                    f"{base_row['avg_gap']:.2f} -> {row['avg_gap']:.2f} (t={result.t:.3f}, "
+                    f"keep={keep}, MIA {row['mia']:.1f}, {seconds.wall:.1f}s)"
                 )
     return {
         "seed": seed,
@@ -351,10 +335,6 @@ def aggregate(records: list[dict[str, Any]], plan: dict[str, Any]) -> dict[str, 
     return {"seeds": [r["seed"] for r in records], "cells": cells, "paired": paired, **extras}
 
 
-# a paired difference in bold when it is a win, in italics when a loss
-MARKS = {"win": "**{}**", "loss": "_{}_", "tie": "{}"}
-
-
 def markdown(summary: dict[str, Any], command: str, world: str = "mlp") -> str:
     lines = [
         f"# MCU on every base method ({TITLES[world]})",
@@ -369,8 +349,9 @@ def markdown(summary: dict[str, Any], command: str, world: str = "mlp") -> str:
     gaps = []
     for method in METHODS:
         cells = [summary["paired"][f"{method}/{variant}"]["avg_gap"] for variant in VARIANTS]
-        marked = [MARKS[verdict(cell)].format(fmt(cell, sign=True)) for cell in cells]
-        gaps.append([method, f"{summary['cells'][method]['avg_gap']['mean']:.2f}", *marked])
+        gaps.append(
+            [method, f"{summary['cells'][method]['avg_gap']['mean']:.2f}", *map(marked, cells)]
+        )
     header = "base | base gap | " + " | ".join(VARIANTS)
     lines += table(header, gaps, align="lr" + "r" * len(VARIANTS))
     lines += [
@@ -399,13 +380,11 @@ def markdown(summary: dict[str, Any], command: str, world: str = "mlp") -> str:
         "",
         "## Scores (mean over seeds)",
         "",
-        *table(
+        *score_table(
             "model | " + " | ".join(SCORES),
-            (
-                [row, *(f"{cells[s]['mean']:.2f}" for s in SCORES)]
-                for row, cells in summary["cells"].items()
-            ),
-            align="l" + "r" * len(SCORES),
+            summary["cells"],
+            SCORES,
+            cell=lambda _, cell: f"{cell['mean']:.2f}",
         ),
     ]
     lines += ["", "## Share of seeds where the keep rule returned θ_u", ""]
