@@ -56,7 +56,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,7 @@ from _harness import (
     objective,
     paired_differences,
     parser,
+    score_table,
     table,
     timed,
     verdict,
@@ -477,6 +478,11 @@ def parse_mcu_name(name: str) -> tuple[str, str] | None:
     return None
 
 
+def base_rows(rows: Iterable[str]) -> list[str]:
+    """The base methods' rows among ``rows`` (neither a reference nor an MCU row)."""
+    return [n for n in rows if n not in ("Retrain", "Original") and parse_mcu_name(n) is None]
+
+
 #: The scores of a row, in table order, and their column titles.
 COLUMNS = {
     "forget_nll": "forget NLL",
@@ -536,16 +542,13 @@ def markdown(runs: list[dict[str, Any]], agg: dict[str, Any], header: str) -> st
             "",
             "All columns:",
             "",
-            *table(
+            *score_table(
                 "model | " + " | ".join(COLUMNS.values()),
-                (
-                    [
-                        f"{name} **(win)**" if paired.get(name, {}).get("win") else name,
-                        *(fmt(cells[c]) for c in COLUMNS),
-                    ]
-                    for name, cells in block["cells"].items()
+                block["cells"],
+                tuple(COLUMNS),
+                label=lambda name, won=paired: (
+                    f"{name} **(win)**" if won.get(name, {}).get("win") else name
                 ),
-                align="l" + "r" * len(COLUMNS),
             ),
             "",
             "Paired per-seed difference of Gap, MCU(base) - base (a win needs the 95 % CI "
@@ -582,7 +585,7 @@ def markdown(runs: list[dict[str, Any]], agg: dict[str, Any], header: str) -> st
 def summary_table(block: dict[str, Any]) -> list[str]:
     """Base -> MCU(ascent) -> MCU(match): Gap and Min-K%++ AUC (retraining's in the header)."""
     cells, paired = block["cells"], block["paired_gap_diff"]
-    bases = [b for b in cells if b not in ("Retrain", "Original") and parse_mcu_name(b) is None]
+    bases = base_rows(cells)
 
     def row(base: str) -> list[str]:
         names = [base, *(mcu_name(kind, base) for kind in CURVES)]
@@ -611,11 +614,7 @@ def figure(agg: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(agg), figsize=(7 * len(agg), 4), squeeze=False)
     for ax, (key, block) in zip(axes[0], agg.items(), strict=True):
-        bases = [
-            n
-            for n in block["cells"]
-            if parse_mcu_name(n) is None and n not in ("Retrain", "Original")
-        ]
+        bases = base_rows(block["cells"])
         x = np.arange(len(bases))
         for offset, label, names in (
             (-0.27, "base", bases),
@@ -739,9 +738,7 @@ def main(argv: list[str] | None = None) -> None:
         ],
     )
 
-    def log(message: str) -> None:
-        print(message, flush=True)
-
+    log = partial(print, flush=True)
     started = time.perf_counter()
     world = make_world(cfg)
     log(
