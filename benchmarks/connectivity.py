@@ -172,25 +172,15 @@ def condition_options(condition: str, method: str, sophia_lr: dict[str, float]) 
 
 
 def unlearn_one(
-    cfg: Config,
-    lr: float,
-    method: str,
-    original: nn.Module,
-    retain: Any,
-    forget: Any,
-    *,
-    seed: int,
-    options: dict[str, Any],
-    saliency: dict[str, torch.Tensor],
+    cfg: Config, sc: Scenario, method: str, tuned: float, original: nn.Module, **options: Any
 ) -> nn.Module:
-    """``method`` at the tuned ``lr`` under an optimisation condition's ``options``."""
-    base = Base(method, cfg.unlearn_epochs, lr, salun_sparsity=cfg.salun_sparsity)
+    """``method`` on ``sc`` at its ``tuned`` lr, with ``Base.run``'s ``options`` (seed, lr...)."""
+    base = Base(method, cfg.unlearn_epochs, tuned, salun_sparsity=cfg.salun_sparsity)
     return base.run(
         original,
-        retain,
-        forget,
-        seed=seed,
-        saliency=saliency,
+        sc.retain,
+        sc.forget,
+        saliency=sc.saliency,
         batch_size=cfg.unlearn_batch_size,
         **options,
     ).eval()
@@ -204,6 +194,15 @@ def point_scores(model: nn.Module, splits: dict[str, DataLoader[Any]]) -> dict[s
         metrics = evaluate(model, data)
         out[name] = [float(metrics.loss), 100.0 - float(metrics.accuracy)]
     return out
+
+
+def accuracies(scores: dict[str, list[float]]) -> dict[str, float]:
+    """UA, RA and TA (%) of a model's :func:`point_scores`."""
+    return {
+        "UA": scores["forget"][1],
+        "RA": 100.0 - scores["retain"][1],
+        "TA": 100.0 - scores["test"][1],
+    }
 
 
 def end_scores(
@@ -251,6 +250,7 @@ class Scenario:
     bn: DataLoader[Any]
     curve_data: Any
     retrained: dict[str, nn.Module]
+    saliency: dict[str, torch.Tensor]  # SalUn's mask: one per forget set
 
 
 def pairs_of(
@@ -319,17 +319,12 @@ def measure_pairs(
                 for metric, per_split in found.items()
             }
         record["seconds"] = round(time.perf_counter() - began, 2)
+        line_loss, curve_loss = record["linear"]["loss"], record["curve"]["loss"]
         log.info(
-            "%s %s %s-%s: linear retain %.3f forget %.3f | curve retain %.3f forget %.3f (%.1fs)",
-            label,
-            kind,
-            a,
-            b,
-            record["linear"]["loss"]["retain"]["height"],
-            record["linear"]["loss"]["forget"]["height"],
-            record["curve"]["loss"]["retain"]["height"],
-            record["curve"]["loss"]["forget"]["height"],
-            record["seconds"],
+            f"{label} {kind} {a}-{b}: linear retain {line_loss['retain']['height']:.3f} forget "
+            f"{line_loss['forget']['height']:.3f} | curve retain "
+            f"{curve_loss['retain']['height']:.3f} forget {curve_loss['forget']['height']:.3f} "
+            f"({record['seconds']:.1f}s)"
         )
         records.append(record)
     return records
@@ -340,7 +335,6 @@ def pick_sophia_lr(
     lrs: dict[str, float],
     original: nn.Module,
     sc: Scenario,
-    saliency: dict[str, torch.Tensor],
 ) -> dict[str, Any]:
     """Per method: the SophiaH lr whose forget accuracy is closest to the default run's.
 
@@ -355,24 +349,18 @@ def pick_sophia_lr(
     chosen: dict[str, float] = {}
     records: list[dict[str, Any]] = []
     for method in cfg.extra_methods:
-        args = (cfg, lrs[method], method, original, sc.retain, sc.forget)
-        target = forget_acc(unlearn_one(*args, seed=seed, options={}, saliency=saliency))
+        args = (cfg, sc, method, lrs[method], original)
+        target = forget_acc(unlearn_one(*args, seed=seed))
         scores = {}
         for lr in cfg.sophia_grid:
             options = {"optimizer": "sophiah", "create_graph": True, "lr": lr}
-            scores[lr] = forget_acc(
-                unlearn_one(*args, seed=seed, options=options, saliency=saliency)
-            )
+            scores[lr] = forget_acc(unlearn_one(*args, seed=seed, **options))
             records.append({"method": method, "lr": lr, "forget_acc": scores[lr]})
         chosen[method] = min(scores, key=lambda lr: (abs(scores[lr] - target), lr))
         records.append({"method": method, "lr": None, "default_forget_acc": target})
         log.info(
-            "%s: SophiaH lr for %s: %g (forget acc %.2f vs default %.2f)",
-            sc.name,
-            method,
-            chosen[method],
-            scores[chosen[method]],
-            target,
+            f"{sc.name}: SophiaH lr for {method}: {chosen[method]:g} "
+            f"(forget acc {scores[chosen[method]]:.2f} vs default {target:.2f})"
         )
     return {"chosen": chosen, "records": records}
 
@@ -393,28 +381,25 @@ def summarise(
     if methods is not None:
         allowed = {*methods, "original", "retrain"}
         records = [r for r in records if {method_of(r["a"]), method_of(r["b"])} <= allowed]
-    out: dict[str, Any] = {}
-    for path in PATHS:
-        out[path] = {}
-        for metric in METRICS:
-            out[path][metric] = {}
-            for split in SPLITS:
-                per_kind: dict[str, Any] = {}
-                for kind in KINDS:
-                    heights = [
-                        r[path][metric][split]["height"]
-                        for r in records
-                        if r["kind"] == kind and not r.get("identical")
-                    ]
-                    if heights:
-                        per_kind[kind] = {
-                            "mean": float(np.mean(heights)),
-                            "n": len(heights),
-                            "min": float(np.min(heights)),
-                            "max": float(np.max(heights)),
-                        }
-                out[path][metric][split] = per_kind
-    return out
+    measured = [r for r in records if not r.get("identical")]
+
+    def per_kind(path: str, metric: str, split: str) -> dict[str, Any]:
+        found = {}
+        for kind in KINDS:
+            heights = [r[path][metric][split]["height"] for r in measured if r["kind"] == kind]
+            if heights:
+                found[kind] = {
+                    "mean": float(np.mean(heights)),
+                    "n": len(heights),
+                    "min": float(np.min(heights)),
+                    "max": float(np.max(heights)),
+                }
+        return found
+
+    return {
+        path: {m: {split: per_kind(path, m, split) for split in SPLITS} for m in METRICS}
+        for path in PATHS
+    }
 
 
 def run(cfg: Config, quick: bool) -> dict[str, Any]:
@@ -446,7 +431,6 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
     log.info("original: %s", regime["original"])
 
     scenarios: dict[str, Scenario] = {}
-    saliency: dict[str, Any] = {}
     for name in cfg.scenarios:
         retain, forget, test = forget_split(train, test_full, name, cfg.world_seed)
         eval_retain = random_subset(retain, cfg.eval_size, seed=1)
@@ -457,28 +441,16 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
             "test": loader(random_subset(test, cfg.path_test_size, seed=2)),
         }
         retrained = {f"retrain/s{s}": train_model(cfg, retain, s) for s in cfg.retrain_seeds}
-        sc = Scenario(
-            name,
-            retain,
-            forget,
-            test,
-            splits,
-            bn,
-            random_subset(retain, cfg.curve_train_size, seed=3),
-            retrained,
-        )
-        scenarios[name] = sc
+        curve_data = random_subset(retain, cfg.curve_train_size, seed=3)
         # SalUn's mask depends only on the original and the forget set: one per forget set
-        saliency[name] = mcu.saliency_mask(original, forget, sparsity=cfg.salun_sparsity)
+        saliency = mcu.saliency_mask(original, forget, sparsity=cfg.salun_sparsity)
+        scenarios[name] = Scenario(
+            name, retain, forget, test, splits, bn, curve_data, retrained, saliency
+        )
         full = {"retain": loader(retain), "forget": loader(forget), "test": loader(test)}
         regime[name] = {}
         for label, model in {"original": original, **retrained}.items():
-            scores = end_scores(model, full, bn)
-            regime[name][label] = {
-                "UA": scores["forget"][1],
-                "RA": 100.0 - scores["retain"][1],
-                "TA": 100.0 - scores["test"][1],
-            }
+            regime[name][label] = accuracies(end_scores(model, full, bn))
             log.info("regime %s %s: %s", name, label, regime[name][label])
         lap(f"retrain_{name}")
 
@@ -490,9 +462,7 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
         "per_forget_set": {},
     }
     for name, sc in scenarios.items():
-        sophia["per_forget_set"][name] = pick_sophia_lr(
-            cfg, tuned_lr[name], original, sc, saliency[name]
-        )
+        sophia["per_forget_set"][name] = pick_sophia_lr(cfg, tuned_lr[name], original, sc)
     lap("sophia_lr")
 
     results: dict[str, Any] = {}
@@ -506,6 +476,7 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
                 cfg, [("retrain_seeds", a, b)], sc.retrained, ends, sc, name
             )
         results[name] = {}
+        sophia_lr = sophia["per_forget_set"][name]["chosen"]
         for condition in cfg.conditions:
             methods = cfg.methods if condition == "default" else cfg.extra_methods
             models: dict[str, nn.Module] = {"original": original, **sc.retrained}
@@ -515,30 +486,14 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
             for method, seed in itertools.product(methods, cfg.seeds):
                 label = f"{method}/s{seed}"
                 began = time.perf_counter()
+                options = condition_options(condition, method, sophia_lr)
                 models[label] = unlearn_one(
-                    cfg,
-                    tuned_lr[name][method],
-                    method,
-                    original,
-                    sc.retain,
-                    sc.forget,
-                    seed=seed,
-                    options=condition_options(
-                        condition, method, sophia["per_forget_set"][name]["chosen"]
-                    ),
-                    saliency=saliency[name],
+                    cfg, sc, method, tuned_lr[name][method], original, seed=seed, **options
                 )
                 seconds[label] = round(time.perf_counter() - began, 2)
                 groups[label] = method
                 ends[label] = end_scores(models[label], sc.splits, sc.bn)
-            accuracy = {
-                label: {
-                    "UA": ends[label]["forget"][1],
-                    "RA": 100.0 - ends[label]["retain"][1],
-                    "TA": 100.0 - ends[label]["test"][1],
-                }
-                for label in models
-            }
+            accuracy = {label: accuracies(ends[label]) for label in models}
             lap(f"unlearn_{name}_{condition}")
             records = measure_pairs(
                 cfg,
@@ -555,9 +510,7 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
                 "pairs": records,
                 "summary": summarise(records),
                 "summary_shared": summarise(records, cfg.extra_methods),
-                "sophia_lr": (
-                    sophia["per_forget_set"][name]["chosen"] if condition == "sophia" else None
-                ),
+                "sophia_lr": sophia_lr if condition == "sophia" else None,
             }
             lap(f"barriers_{name}_{condition}")
             for label in list(ends):
