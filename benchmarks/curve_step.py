@@ -41,7 +41,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -97,7 +97,6 @@ class Case:
     curve_target: float
     compile: bool
     shape: tuple[int, ...] = (3, 32, 32)
-    ratios: dict[str, list[float]] = field(default_factory=dict)
 
 
 def make_step(module: nn.Module, params: Iterable[nn.Parameter], x, y) -> tuple[Step, object]:
@@ -134,7 +133,7 @@ def covered(mask: dict[str, torch.Tensor]) -> float:
     return sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
 
 
-def variants(case: Case, compile_it: bool) -> tuple[dict[str, Step], dict[str, object]]:
+def variants(case: Case) -> tuple[dict[str, Step], dict[str, object]]:
     """Every variant's step on the same models and inputs (deterministic from seed 0)."""
     torch.manual_seed(0)
     start, end, plain = case.build(), case.build(), case.build()
@@ -157,7 +156,7 @@ def variants(case: Case, compile_it: bool) -> tuple[dict[str, Step], dict[str, o
     optimizers = {}
     for key, module in modules.items():
         steps[key], optimizers[key] = make_step(module, module.parameters(), x, y)
-    if compile_it:
+    if case.compile:
         compiled_curve = CurveModel(start, start=start, end=end)
         for key, module in (("compiled", compiled_curve), ("compiled_plain", case.build())):
             steps[key], _ = make_step(torch.compile(module), module.parameters(), x, y)
@@ -199,7 +198,7 @@ def serve(spec: dict[str, Any], key: str, connection: Connection) -> None:
     """Worker process: build the variants, keep ``key``'s, time it whenever asked."""
     torch.set_num_threads(spec["threads"])
     case = Case(spec["name"], BUILDERS[spec["build"]], spec["batch"], 0.0, spec["compile"])
-    steps, _ = variants(case, spec["compile"])
+    steps, _ = variants(case)
     step = steps.pop(key)
     del steps
     gc.collect()
@@ -228,22 +227,26 @@ class Remote:
         self.process.join()
 
 
+#: The ratios of step times, ``numerator/denominator`` by variant.
+RATIOS = ("curve/plain", "tensors/plain", "late/plain", "elements/curve")
+COMPILED_RATIOS = ("compiled/curve", "compiled/plain", "compiled_plain/plain")
+
+
 def measure(
     case: Case,
     repeats: int,
     rounds: int,
-    compile_it: bool,
     clock_name: str,
     threads: int,
     processes: str,
 ) -> dict[str, object]:
-    steps, facts = variants(case, compile_it)
+    steps, facts = variants(case)
     if processes == "per-variant":
         spec = {
             "name": case.name,
             "build": case.build.__name__,
             "batch": case.batch,
-            "compile": compile_it,
+            "compile": case.compile,
             "threads": threads,
             "clock": clock_name,
         }
@@ -267,19 +270,11 @@ def measure(
     for runner in runners.values():
         if isinstance(runner, Remote):
             runner.close()
-    pairs = {
-        "curve/plain": ("curve", "plain"),
-        "tensors/plain": ("tensors", "plain"),
-        "late/plain": ("late", "plain"),
-        "elements/curve": ("elements", "curve"),
-    }
-    if compile_it:
-        pairs["compiled/curve"] = ("compiled", "curve")
-        pairs["compiled/plain"] = ("compiled", "plain")
-        pairs["compiled_plain/plain"] = ("compiled_plain", "plain")
+    labels = [*RATIOS, *(COMPILED_RATIOS if case.compile else ())]
     ratios = {
         label: [a / b for a, b in zip(times[num], times[den], strict=True)]
-        for label, (num, den) in pairs.items()
+        for label in labels
+        for num, den in [label.split("/")]
     }
     return {
         "model": case.name,
@@ -387,7 +382,6 @@ def main() -> None:
             c,
             1 if args.quick else repeats.get(c.name, 3),
             rounds,
-            c.compile,
             clock_name,
             args.threads,
             args.processes,
@@ -406,16 +400,9 @@ def main() -> None:
     if not args.quick:
         write_json(args.out / "curve_step.json", rows)
         command = "python benchmarks/curve_step.py" + "".join(
-            f" --{name} {value}"
-            for name, value, default in (
-                ("threads", args.threads, 2),
-                ("rounds", args.rounds, 9),
-                ("compile", args.compile, "mlp"),
-                ("cases", args.cases, "all"),
-                ("processes", args.processes, "per-variant"),
-                ("clock", args.clock, None),
-            )
-            if value != default
+            f" --{name} {getattr(args, name)}"
+            for name in ("threads", "rounds", "compile", "cases", "processes", "clock")
+            if getattr(args, name) != cli.get_default(name)
         )
         write_text(
             args.out / "curve_step.md", f"Command: `{command}`\n\n{header}\n\n{text}\n\n{NOTES}"

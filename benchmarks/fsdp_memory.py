@@ -27,6 +27,7 @@ import gc
 import json
 import os
 import resource
+import shutil
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -182,9 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     scratch = args.out / f".{name}_ranks"
     scratch.mkdir(exist_ok=True)
     rows, took = timed(lambda: measure(config, scratch))
-    for path in scratch.iterdir():
-        path.unlink()
-    scratch.rmdir()
+    shutil.rmtree(scratch)
     run = command("fsdp_memory.py", argv)
     text = markdown(rows, config, run)
     print(text)

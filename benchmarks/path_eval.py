@@ -72,12 +72,11 @@ class Config:
 QUICK = dataclasses.replace(Config(), dataset="digits", width=4, epochs=2, probe_size=300)
 
 
-def load_data(cfg: Config) -> tuple[Any, Any, int]:
+def load_data(cfg: Config) -> tuple[Any, Any]:
     if cfg.dataset == "digits":
-        train, test = load_digits(flatten=False)
-        return train, test, 1
+        return load_digits(flatten=False)
     train = load_fashion_mnist(train=True, limit=cfg.pool_size)
-    return train, load_fashion_mnist(train=False, limit=cfg.test_size), 1
+    return train, load_fashion_mnist(train=False, limit=cfg.test_size)
 
 
 def plain_passes(model: nn.Module, splits: dict[str, DataLoader[Any]], bn: DataLoader[Any]) -> None:
@@ -89,7 +88,7 @@ def plain_passes(model: nn.Module, splits: dict[str, DataLoader[Any]], bn: DataL
 
 
 def path_overhead(cfg: Config, rounds: int, sizes: dict[str, int]) -> dict[str, Any]:
-    train, test, channels = load_data(cfg)
+    train, test = load_data(cfg)
     retain, forget = mcu.forget_retain_split(train, forget_ratio=cfg.forget_ratio, seed=0)
     splits = {
         "retain": loader(Subset(retain, range(sizes["retain"]))),
@@ -98,7 +97,7 @@ def path_overhead(cfg: Config, rounds: int, sizes: dict[str, int]) -> dict[str, 
     }
     bn = splits["retain"]
     torch.manual_seed(0)
-    start, end = SmallCNN(channels, 10, width=cfg.width), SmallCNN(channels, 10, width=cfg.width)
+    start, end = SmallCNN(1, 10, width=cfg.width), SmallCNN(1, 10, width=cfg.width)
     curve = mcu.CurveModel(start, start=start, end=end)
     plain = copy.deepcopy(start)
     times: dict[str, list[Seconds]] = {"path": [], "plain": []}
@@ -135,7 +134,7 @@ def make_model(cfg: Config) -> nn.Module:
 
 
 def mcu_vs_retrain(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
-    pool, _, _ = load_data(cfg)
+    pool, _ = load_data(cfg)
     train, holdout = carve_holdout(pool, fraction=0.1, seed=0)
     retain, forget = mcu.forget_retain_split(train, forget_ratio=cfg.forget_ratio, seed=0)
     probe = random_subset(retain, cfg.probe_size, 0)
@@ -219,19 +218,11 @@ def rows(
     """The table's rows: measurement, time (wall or cpu), value, target."""
     d, a = search["dense"], search["adaptive"]
     ratio = f"**{a['points'] / d['points']:.2f}; {search['t_difference']:.3f}**"
+    dense = f"dense grid: {d['points']} points, t = {d['t']:.3f} (s)"
+    adaptive = f"adaptive search: {a['points']} points, t = {a['t']:.3f} (s)"
     out = [
-        (
-            f"dense grid: {d['points']} points, t = {d['t']:.3f} (s)",
-            "wall",
-            f"{d['wall_s']:.2f}",
-            "",
-        ),
-        (
-            f"adaptive search: {a['points']} points, t = {a['t']:.3f} (s)",
-            "wall",
-            f"{a['wall_s']:.2f}",
-            "",
-        ),
+        (dense, "wall", f"{d['wall_s']:.2f}", ""),
+        (adaptive, "wall", f"{a['wall_s']:.2f}", ""),
         ("**adaptive / dense points; abs t difference**", "", ratio, "<= 0.5; <= 0.01"),
     ]
     for kind in ("cpu", "wall"):
@@ -241,23 +232,15 @@ def rows(
             statistics.median(o[k]) for k in ("evaluate_path_s", "plain_passes_s")
         )
         paired = f"**evaluate_path / plain** (median of {overhead['rounds']} paired rounds)"
+        plain = f"{POINTS} plain BN re-estimations + evaluation passes (s, median)"
+        end_to_end_mcu = "MCU end to end (s)" + (f": {stages}" if stages else "")
         out += [
             (f"evaluate_path, {POINTS} points (s, median)", kind, f"{median_path:.2f}", ""),
-            (
-                f"{POINTS} plain BN re-estimations + evaluation passes (s, median)",
-                kind,
-                f"{median_plain:.2f}",
-                "",
-            ),
+            (plain, kind, f"{median_plain:.2f}", ""),
             (paired, kind, f"**{o['ratio_median']:.3f}**", "<= 1.1"),
             ("retrain from scratch (s)", kind, f"{e['retrain_s']:.1f}", ""),
             ("RL, the base method (s)", kind, f"{e['base_rl_s']:.1f}", ""),
-            (
-                "MCU end to end (s)" + (f": {stages}" if stages else ""),
-                kind,
-                f"{e['mcu_s']:.1f}",
-                "",
-            ),
+            (end_to_end_mcu, kind, f"{e['mcu_s']:.1f}", ""),
             ("**MCU / retrain**", kind, f"**{e['mcu_over_retrain']:.2f}**", "< 1"),
             ("(RL + MCU) / retrain", kind, f"{e['rl_plus_mcu_over_retrain']:.2f}", "< 1"),
         ]
