@@ -9,11 +9,12 @@ long. An ``OMP_NUM_THREADS`` set by the caller is kept for the subprocesses.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 import torch
 from sklearn.datasets import load_digits
-from torch.utils.data import TensorDataset
+from torch.utils.data import Subset, TensorDataset
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -35,3 +36,11 @@ def digits() -> tuple[TensorDataset, TensorDataset]:
     perm = torch.randperm(len(y), generator=g)
     train, test = perm[:1400], perm[1400:]
     return TensorDataset(x[train], y[train]), TensorDataset(x[test], y[test])
+
+
+@pytest.fixture()
+def tiny() -> tuple[Subset[Any], Subset[Any]]:
+    """48 random 64-feature samples of 10 classes: 40 retain, 8 forget."""
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(48, 64, generator=g), torch.randint(0, 10, (48,), generator=g))
+    return Subset(data, list(range(40))), Subset(data, list(range(40, 48)))

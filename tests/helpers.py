@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Subset
 
 #: A hang guard for notebook cells and example scripts, not a speed limit: generous, so
 #: that a busy machine does not fail a run.
@@ -156,3 +157,22 @@ def output_text(notebook: Any) -> str:
         for cell in notebook["cells"]
         for output in cell.get("outputs", [])
     )
+
+
+def snapshot(module: nn.Module) -> dict[str, Tensor]:
+    """A detached copy of ``module``'s state dict, to compare two runs' results."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same_state(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
+    """Whether two :func:`snapshot` results hold the same keys and bit-identical tensors."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def tensors(dataset: Any) -> tuple[Tensor, Tensor]:
+    """The ``(x, y)`` tensors behind a ``TensorDataset`` or a ``Subset`` of one, in order."""
+    if isinstance(dataset, Subset):
+        x, y = tensors(dataset.dataset)
+        index = torch.as_tensor(dataset.indices)
+        return x[index], y[index]
+    return dataset.tensors

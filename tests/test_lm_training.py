@@ -14,9 +14,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_mlp
+from helpers import make_mlp, same_state, snapshot, tensors
 from torch import nn
-from torch.utils.data import Subset, TensorDataset
 
 import modeconn_unlearn as mcu
 from modeconn_unlearn.curve import CurveModel
@@ -31,21 +30,6 @@ from modeconn_unlearn.training import (
     warmup_schedule,
 )
 from modeconn_unlearn.training.loop import step_plan
-
-
-@pytest.fixture()
-def tiny():
-    g = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(48, 64, generator=g), torch.randint(0, 10, (48,), generator=g))
-    return Subset(data, list(range(40))), Subset(data, list(range(40, 48)))
-
-
-def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def recording_sgd(lrs: list[float]):
@@ -252,12 +236,6 @@ def one_sgd_step(retain, **overrides) -> tuple[nn.Module, nn.Module]:  # type: i
         **overrides,
     )
     return before, after
-
-
-def tensors(subset: Subset) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = subset.dataset.tensors
-    index = torch.as_tensor(subset.indices)
-    return x[index], y[index]
 
 
 @pytest.mark.parametrize("max_norm", [0.05, 1e3])

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_mlp
+from helpers import make_mlp, same_state, snapshot, tensors
 from torch import nn
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader, Subset
 
 from modeconn_unlearn.curve import CurveModel
 from modeconn_unlearn.data import forget_retain_split
@@ -25,14 +25,6 @@ from modeconn_unlearn.losses import (
 )
 from modeconn_unlearn.masks import layer_mask, saliency_mask
 from modeconn_unlearn.training import EpochRecord, History, TrainConfig, fit_curve, retrain, unlearn
-
-
-def tensors(dataset):
-    if isinstance(dataset, Subset):
-        x, y = tensors(dataset.dataset)
-        index = torch.as_tensor(dataset.indices)
-        return x[index], y[index]
-    return dataset.tensors
 
 
 def accuracy(model, dataset, t=None) -> float:
@@ -59,21 +51,6 @@ def setup(digits):
     retain, forget = forget_retain_split(train, forget_ratio=0.1, seed=0)
     original = full_batch_train(make_mlp(0), *train.tensors)
     return SimpleNamespace(train=train, test=test, retain=retain, forget=forget, original=original)
-
-
-@pytest.fixture()
-def tiny():
-    g = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(48, 64, generator=g), torch.randint(0, 10, (48,), generator=g))
-    return Subset(data, list(range(40))), Subset(data, list(range(40, 48)))
-
-
-def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 class Stop(Exception):
