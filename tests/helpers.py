@@ -176,3 +176,17 @@ def tensors(dataset: Any) -> tuple[Tensor, Tensor]:
         index = torch.as_tensor(dataset.indices)
         return x[index], y[index]
     return dataset.tensors
+
+
+class Stop(Exception):
+    """Raised by :func:`stop_at` to end a run early, as a killed process would."""
+
+
+def stop_at(epoch: int) -> Callable[[Any, nn.Module], None]:
+    """An epoch callback that raises :class:`Stop` after epoch ``epoch``."""
+
+    def callback(record: Any, model: nn.Module) -> None:
+        if record.epoch == epoch:
+            raise Stop
+
+    return callback

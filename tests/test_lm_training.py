@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_mlp, same_state, snapshot, tensors
+from helpers import Stop, make_mlp, same_state, snapshot, stop_at, tensors
 from torch import nn
 
 import modeconn_unlearn as mcu
@@ -23,7 +23,6 @@ from modeconn_unlearn.errors import ModeConnError
 from modeconn_unlearn.losses import finetune
 from modeconn_unlearn.recipe import RecipeConfig
 from modeconn_unlearn.training import (
-    EpochRecord,
     TrainConfig,
     fit_curve,
     unlearn,
@@ -52,18 +51,6 @@ def expected_lr(k: int, *, lr: float, warmup: int, total: int, decay: str) -> fl
     if decay == "cosine":
         return lr * 0.5 * (1.0 + math.cos(math.pi * (k - 1 - warmup) / (total - warmup)))
     return lr
-
-
-class Stop(Exception):
-    pass
-
-
-def stop_after(epoch: int):
-    def callback(record: EpochRecord, model: nn.Module) -> None:
-        if record.epoch == epoch:
-            raise Stop
-
-    return callback
 
 
 # --------------------------------------------------------------------------- per-step schedules
@@ -173,7 +160,7 @@ def test_a_run_killed_after_an_epoch_resumes_its_step_schedule_exactly(tiny, tmp
             forget,
             optimizer=recording_adamw(cut_lrs),
             checkpoint_dir=tmp_path,
-            callbacks=[stop_after(1)],
+            callbacks=[stop_at(1)],
             **common,
         )
     saved = torch.load(tmp_path / "unlearn.pt", weights_only=True)
@@ -201,7 +188,7 @@ def test_resume_refuses_other_clipping_or_precision(tiny, tmp_path):
             retain,
             None,
             checkpoint_dir=tmp_path,
-            callbacks=[stop_after(1)],
+            callbacks=[stop_at(1)],
             max_grad_norm=1.0,
             **common,
         )

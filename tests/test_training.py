@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_mlp, same_state, snapshot, tensors
+from helpers import Stop, make_mlp, same_state, snapshot, stop_at, tensors
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
@@ -51,18 +51,6 @@ def setup(digits):
     retain, forget = forget_retain_split(train, forget_ratio=0.1, seed=0)
     original = full_batch_train(make_mlp(0), *train.tensors)
     return SimpleNamespace(train=train, test=test, retain=retain, forget=forget, original=original)
-
-
-class Stop(Exception):
-    pass
-
-
-def stop_at(epoch: int):
-    def callback(record: EpochRecord, model: nn.Module) -> None:
-        if record.epoch == epoch:
-            raise Stop
-
-    return callback
 
 
 # --------------------------------------------------------------------------- unlearn
