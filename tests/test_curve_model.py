@@ -774,3 +774,37 @@ def test_custom_coefficients_by_hand(coefficients) -> None:
     expected = c0 * flat[0] + c1 * middle[0] + c2 * flat[1]
     w = curve.weights_at(0.3)
     torch.testing.assert_close(torch.cat([w["weight"].reshape(-1), w["bias"]]), expected)
+
+
+def test_a_template_on_the_meta_device_builds_the_same_curve_without_a_host_copy(tmp_path):
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+    torch.manual_seed(0)
+    a, b = net(), net()
+    for model in (a, b):  # the first layer frozen and shared, as a PEFT base is
+        model[0].weight.requires_grad_(False)
+    b[0].weight.data.copy_(a[0].weight)
+    torch.save(b.state_dict(), tmp_path / "end.pt")
+    with torch.device("meta"):
+        template = net()
+    template[0].weight.requires_grad_(False)
+    mask = {"3.weight": torch.rand(3, 8) > 0.5}
+    curve = CurveModel(template, start=a.state_dict(), end=tmp_path / "end.pt", mask=mask)
+    reference = CurveModel(a, end=b, mask=mask)
+    x = torch.randn(6, 4)
+    for mode in ("train", "eval"):
+        curve.train(mode == "train")
+        reference.train(mode == "train")
+        for t in (0.0, 0.35, 1.0):
+            torch.testing.assert_close(curve(x, t=t), reference(x, t=t))
+    torch.testing.assert_close(curve.export(0.6).eval()(x), reference.export(0.6).eval()(x))
+    assert all(p.is_meta for p in template.parameters())  # the user's template is left alone
+    # The curved weights of the curve's own template are views of the anchors, not copies.
+    anchors = curve.groups["float32"].anchors
+    lo, hi = anchors.data_ptr(), anchors.data_ptr() + anchors.numel() * anchors.element_size()
+    curved = [p for p in curve.template.parameters() if p.requires_grad]
+    assert curved and all(lo <= p.data_ptr() < hi for p in curved)
+    assert not curve.template[0].weight.is_meta  # the frozen weight came from the start
+    with pytest.raises(ModeConnError, match="meta device"):
+        CurveModel(template, end=b.state_dict())

@@ -79,7 +79,8 @@ class CurveModel(nn.Module):
 
     Args:
         model: The architecture; any ``nn.Module`` (a ``torch.compile``-d module
-            or DDP-wrapped module is unwrapped).
+            or DDP-wrapped module is unwrapped). It may live on the meta device (no host
+            copy of a large model) when ``start`` and ``end`` are given as weights.
         start: The start weights (an ``nn.Module``, a state dict, or a checkpoint
             path). Defaults to ``model``'s own weights.
         end: The end weights, same forms as ``start``. Required, by keyword.
@@ -168,10 +169,20 @@ class CurveModel(nn.Module):
 
         template = self.template
         expected = template.state_dict()
+        on_meta = any(t.is_meta for t in expected.values())
+        if on_meta and start is None:
+            raise ModeConnError(
+                "The model is on the meta device and holds no weights: pass both ends as "
+                "state dicts or checkpoint files, CurveModel(model, start=..., end=...)."
+            )
         start_state = load_checkpoint(endpoint_source(model if start is None else start))
         end_state = load_checkpoint(endpoint_source(end))
         check_endpoint(expected, start_state, "start")
         check_endpoint(expected, end_state, "end")
+        if on_meta:
+            # A template built on the meta device (no host copy of a large model) takes the
+            # start's tensors by reference; the curved ones move to the anchors' storage below.
+            template.load_state_dict(start_state, assign=True)
 
         all_parameters = dict(template.named_parameters())
         parameters = {n: p for n, p in all_parameters.items() if p.requires_grad}
