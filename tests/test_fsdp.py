@@ -353,6 +353,40 @@ def _full_worker(out: Path) -> None:
         dist.destroy_process_group()
 
 
+def _killed_worker(out: Path, resume: bool) -> None:
+    """The plain full-parameter run of ``_full_worker``, SIGKILLed on every rank after epoch 2
+    (both checkpoints written), or resumed from those checkpoints to the end."""
+    import os
+    import signal
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=300))
+    try:
+        mesh = init_device_mesh("cpu", (2,))
+        checkpoints = out / f"killed{dist.get_rank()}"
+
+        def kill_after_two(record, module):  # type: ignore[no-untyped-def]
+            if record.epoch == 2:
+                dist.barrier()  # both ranks have written their epoch-2 checkpoint
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        curve = shard_curve(make_full_curve(), mesh)
+        if not resume:
+            run_full_calls(curve, checkpoints, callbacks=[kill_after_two])
+            return
+        ran: list[int] = []
+        result = run_full_calls(
+            curve, checkpoints, resume=True, callbacks=[lambda r, _: ran.append(r.epoch)]
+        )
+        torch.save({**result, "epochs run": ran}, out / f"rank{dist.get_rank()}.pt")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 @pytest.fixture(scope="module")
 def full_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp_full")
@@ -402,6 +436,29 @@ def test_each_rank_holds_half_the_bends_gradients_and_optimizer_state(full_ranks
     whole = full_single["plain"]["bytes"]
     for rank in full_ranks:
         assert 0.45 * whole <= rank["plain"]["bytes"] <= 0.55 * whole
+
+
+@pytest.mark.slow  # two 2-process launches, about 40 s
+def test_a_sharded_run_sigkilled_under_torchrun_resumes_to_the_uninterrupted_one(
+    full_ranks, tmp_path
+):
+    launch(__file__, tmp_path, 2, "--killed", killed=True)
+    for rank in range(2):  # killed after its epoch-2 checkpoint, before any result
+        assert not (tmp_path / f"rank{rank}.pt").exists()
+        assert [p.name for p in (tmp_path / f"killed{rank}").iterdir()] == [
+            f"fit_curve.rank{rank}-of-2.pt"
+        ]
+    launch(__file__, tmp_path, 2, "--killed", "--resume")
+    for rank in range(2):
+        resumed = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        plain = full_ranks[rank]["plain"]
+        assert resumed["epochs run"] == [3, 4]  # continued from the checkpoint, not from 0
+        assert resumed["loss"] == plain["loss"]
+        for key, value in plain["bends"].items():
+            assert torch.equal(resumed["bends"][key], value)
+        for t in FULL_TS:
+            exported = resumed["exports"][t]
+            assert all(torch.equal(exported[k], v) for k, v in plain["exports"][t].items())
 
 
 @pytest.mark.slow  # the 2-process launch takes about 20 s
@@ -746,7 +803,12 @@ if __name__ == "__main__":
     parser.add_argument("--full", action="store_true")
     parser.add_argument("--path", action="store_true")
     parser.add_argument("--recipe", action="store_true")
+    parser.add_argument("--killed", action="store_true")
+    parser.add_argument("--resume", action="store_true")
     arguments = parser.parse_args()
+    if arguments.killed:
+        _killed_worker(arguments.worker, arguments.resume)
+        raise SystemExit
     worker = _worker
     if arguments.recipe:
         worker = _recipe_worker

@@ -26,8 +26,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launch(script: str, out: Path, nproc: int, *args: str) -> None:
-    """Run ``python -m torch.distributed.run ... script --worker out *args``; fail on error."""
+def launch(script: str, out: Path, nproc: int, *args: str, killed: bool = False) -> None:
+    """Run ``python -m torch.distributed.run ... script --worker out *args``; fail on error.
+
+    With ``killed=True`` the workers are expected to die (e.g. by SIGKILL, as a preempted
+    job does): a run that exits cleanly fails the test instead.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run",
@@ -44,5 +48,8 @@ def launch(script: str, out: Path, nproc: int, *args: str) -> None:
         os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers
         output, _ = process.communicate()
         pytest.fail(f"torchrun did not finish in {LAUNCH_TIMEOUT_S}s:\n{output.decode()[-4000:]}")
-    if process.returncode != 0:
+    if killed:
+        if process.returncode == 0:
+            pytest.fail(f"torchrun was to be killed but finished:\n{output.decode()[-4000:]}")
+    elif process.returncode != 0:
         pytest.fail(f"torchrun failed ({process.returncode}):\n{output.decode()[-4000:]}")
