@@ -149,11 +149,15 @@ def _ddp_on_top_gap() -> float:
     return max(float((a - b).abs().max()) for a, b in zip(*grads, strict=True))
 
 
+def launched(out: Path, *flags: str) -> list[dict]:
+    """Run this file's worker (chosen by ``flags``) on 2 processes; each rank's saved result."""
+    launch(__file__, out, 2, *flags)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp")
-    launch(__file__, out, 2)
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    return launched(tmp_path_factory.mktemp("fsdp"))
 
 
 @pytest.fixture(scope="module")
@@ -389,9 +393,7 @@ def _killed_worker(out: Path, resume: bool) -> None:
 
 @pytest.fixture(scope="module")
 def full_ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp_full")
-    launch(__file__, out, 2, "--full")
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    return launched(tmp_path_factory.mktemp("fsdp_full"), "--full")
 
 
 @pytest.fixture(scope="module")
@@ -448,9 +450,7 @@ def test_a_sharded_run_sigkilled_under_torchrun_resumes_to_the_uninterrupted_one
         assert [p.name for p in (tmp_path / f"killed{rank}").iterdir()] == [
             f"fit_curve.rank{rank}-of-2.pt"
         ]
-    launch(__file__, tmp_path, 2, "--killed", "--resume")
-    for rank in range(2):
-        resumed = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+    for rank, resumed in enumerate(launched(tmp_path, "--killed", "--resume")):
         plain = full_ranks[rank]["plain"]
         assert resumed["epochs run"] == [3, 4]  # continued from the checkpoint, not from 0
         assert resumed["loss"] == plain["loss"]
@@ -603,9 +603,7 @@ def _path_worker(out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def path_ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp_path")
-    launch(__file__, out, 2, "--path")
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    return launched(tmp_path_factory.mktemp("fsdp_path"), "--path")
 
 
 @pytest.mark.slow  # the 2-process launch takes about 15 s
@@ -752,9 +750,7 @@ def _recipe_worker(out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def recipe_ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp_recipe")
-    launch(__file__, out, 2, "--recipe")
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    return launched(tmp_path_factory.mktemp("fsdp_recipe"), "--recipe")
 
 
 @pytest.mark.slow  # the 2-process launch takes about 15 s

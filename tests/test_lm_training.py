@@ -31,11 +31,11 @@ from modeconn_unlearn.training import (
 from modeconn_unlearn.training.loop import step_plan
 
 
-def recording_sgd(lrs: list[float]):
-    """SGD that records the learning rate of every step it takes, as the step applies it."""
+def recording(lrs: list[float], optimizer_class: type = torch.optim.SGD):
+    """An optimizer factory that records the learning rate of every step, as the step applies it."""
 
     def make(params, lr):  # type: ignore[no-untyped-def]
-        optimizer = torch.optim.SGD(params, lr=lr)
+        optimizer = optimizer_class(params, lr=lr)
         optimizer.register_step_pre_hook(lambda opt, *_: lrs.append(opt.param_groups[0]["lr"]))
         return optimizer
 
@@ -67,7 +67,7 @@ def test_every_optimizer_step_runs_at_the_hand_computed_warmup_schedule(tiny, de
         epochs=3,
         batch_size=8,
         grad_accumulation=2,
-        optimizer=recording_sgd(lrs),
+        optimizer=recording(lrs),
         scheduler=warmup_schedule(2, decay=decay),
         scheduler_interval="step",
         progress=False,
@@ -96,7 +96,7 @@ def test_a_step_schedule_spans_max_steps_and_a_fraction_of_it(tiny):
         lr=0.1,
         max_steps=8,  # 5 batches per epoch: the run stops in its second epoch
         batch_size=8,
-        optimizer=recording_sgd(lrs),
+        optimizer=recording(lrs),
         scheduler=factory,
         scheduler_interval="step",
         progress=False,
@@ -117,20 +117,11 @@ def test_an_epoch_schedule_still_steps_once_per_epoch(tiny):
         lr=0.1,
         epochs=2,
         batch_size=20,
-        optimizer=recording_sgd(lrs),
+        optimizer=recording(lrs),
         scheduler=lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5),
         progress=False,
     )
     assert lrs == pytest.approx([0.1, 0.1, 0.05, 0.05])
-
-
-def recording_adamw(lrs: list[float]):
-    def make(params, lr):  # type: ignore[no-untyped-def]
-        optimizer = torch.optim.AdamW(params, lr=lr)
-        optimizer.register_step_pre_hook(lambda opt, *_: lrs.append(opt.param_groups[0]["lr"]))
-        return optimizer
-
-    return make
 
 
 def test_a_run_killed_after_an_epoch_resumes_its_step_schedule_exactly(tiny, tmp_path):
@@ -148,7 +139,8 @@ def test_a_run_killed_after_an_epoch_resumes_its_step_schedule_exactly(tiny, tmp
         progress=False,
     )
     full_lrs: list[float] = []
-    full = unlearn(make_mlp(0), retain, forget, optimizer=recording_adamw(full_lrs), **common)
+    adamw = recording(full_lrs, torch.optim.AdamW)
+    full = unlearn(make_mlp(0), retain, forget, optimizer=adamw, **common)
     assert full_lrs == pytest.approx(
         [expected_lr(k, lr=0.05, warmup=3, total=9, decay="cosine") for k in range(1, 10)]
     )
@@ -158,7 +150,7 @@ def test_a_run_killed_after_an_epoch_resumes_its_step_schedule_exactly(tiny, tmp
             make_mlp(0),
             retain,
             forget,
-            optimizer=recording_adamw(cut_lrs),
+            optimizer=recording(cut_lrs, torch.optim.AdamW),
             checkpoint_dir=tmp_path,
             callbacks=[stop_at(1)],
             **common,
@@ -170,7 +162,7 @@ def test_a_run_killed_after_an_epoch_resumes_its_step_schedule_exactly(tiny, tmp
         make_mlp(0),  # a new process starts from a fresh model
         retain,
         forget,
-        optimizer=recording_adamw(resumed_lrs),
+        optimizer=recording(resumed_lrs, torch.optim.AdamW),
         checkpoint_dir=tmp_path,
         resume=True,
         **common,

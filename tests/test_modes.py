@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import modeconn_unlearn as mcu
+from modeconn_unlearn.batchnorm import with_bn_from
 from modeconn_unlearn.lm import lm_outputs
 from modeconn_unlearn.mia import svc_mia, threshold_attack
 from modeconn_unlearn.modes import evaluating, keeping_modes
@@ -111,6 +112,20 @@ CASES: list[tuple[str, Callable[[], nn.Module], Callable[[nn.Module], object], b
         True,
     ),
     ("lm_outputs", TinyLM, lambda m: lm_outputs(m, LM_DATA), True),
+    ("with_bn_from", frozen_bn_model, lambda m: with_bn_from(m, DataLoader(DATA, 8)), True),
+    ("loss_barrier", frozen_bn_model, lambda m: mcu.loss_barrier(m, m, {"retain": DATA}), True),
+    (
+        "search_path",
+        frozen_bn_model,
+        lambda m: mcu.search_path(
+            mcu.CurveModel(m, end=m),
+            {"retain": DATA, "forget": DATA},
+            retain_target=90.0,
+            forget_target=50.0,
+            progress=False,
+        ),
+        True,
+    ),
 ]
 
 
