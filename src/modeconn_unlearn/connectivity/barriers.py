@@ -198,18 +198,15 @@ def linear_curve(template: nn.Module, start: ModelLike, end: ModelLike) -> Curve
     return CurveModel(template, start=start, end=end, curve="bezier", num_bends=2)
 
 
-def _values_of(
+def _measured(
     model: nn.Module,
     splits: Mapping[str, DataLoader[Any]],
     *,
-    metric: str,
     task: Task | None,
     device: DeviceLike,
-) -> dict[str, float]:
-    return {
-        split: _metric_value(evaluate(model, loader, task=task, device=device), metric)
-        for split, loader in splits.items()
-    }
+) -> dict[str, Metrics]:
+    """One evaluation pass per split; every barrier metric is read from its result."""
+    return {name: evaluate(model, data, task=task, device=device) for name, data in splits.items()}
 
 
 def end_values(
@@ -224,7 +221,8 @@ def end_values(
     """The metric of a model evaluated exactly as a path end (BatchNorm re-estimated)."""
     if bn_loader is not None:
         model = with_bn_from(model, bn_loader)
-    return _values_of(model, splits, metric=metric, task=task, device=device)
+    measured = _measured(model, splits, task=task, device=device)
+    return {split: _metric_value(metrics, metric) for split, metrics in measured.items()}
 
 
 def barriers_on_curve(
@@ -284,8 +282,7 @@ def barriers_by_metric(
         curve, ts[todo], bn_loader=bn_loader, device=device, progress=progress, desc="barrier"
     )
     for i, (_, model) in zip(todo, walk, strict=True):
-        for split, loader in splits.items():
-            measured = evaluate(model, loader, task=task)
+        for split, measured in _measured(model, splits, task=task, device=None).items():
             for m in metrics:
                 values[m][split][i] = _metric_value(measured, m)
     results = {
