@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 import torch
 from _harness import (
+    METHODS,
     Base,
     configure,
     cosine,
@@ -106,8 +107,8 @@ class Config:
     world_seed: int = 0
     scenarios: tuple[str, ...] = ("random1", "random10", "class")
     conditions: tuple[str, ...] = ("default", "curriculum", "sophia")
-    methods: tuple[str, ...] = ("FT", "GA", "NegGrad+", "RL", "SalUn")
-    extra_methods: tuple[str, ...] = ("GA", "NegGrad+", "RL", "SalUn")
+    methods: tuple[str, ...] = METHODS
+    extra_methods: tuple[str, ...] = tuple(m for m in METHODS if m != "FT")
     seeds: tuple[int, ...] = (0, 1)
     retrain_seeds: tuple[int, ...] = (0, 1)
     # the epochs of mcu_table.py's tuned settings; their learning rates come from its tuning
