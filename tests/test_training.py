@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from helpers import Stop, make_mlp, same_state, snapshot, stop_at, tensors
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from modeconn_unlearn.curve import CurveModel
 from modeconn_unlearn.data import forget_retain_split
@@ -1312,3 +1312,36 @@ def test_a_curve_curriculum_ranks_forget_samples_by_the_curve_start(tiny):
         progress=False,
     )
     assert torch.equal(torch.stack(order), x[expected])
+
+
+# --------------------------------------------------------------------------- last batch
+def _net(batchnorm: bool, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    norm = nn.BatchNorm1d(8) if batchnorm else nn.Identity()
+    return nn.Sequential(nn.Linear(4, 8), norm, nn.ReLU(), nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_an_epoch_ending_in_one_sample_drops_it_only_for_batchnorm(batchnorm):
+    # 9 retain + 4 forget samples in batches of 4: both epochs end in a one-sample batch,
+    # which BatchNorm cannot train on ("Expected more than 1 value per channel").
+    data = TensorDataset(torch.randn(13, 4), torch.randint(0, 3, (13,)))
+    retain, forget = Subset(data, range(9)), Subset(data, range(9, 13))
+    model = _net(batchnorm, 0)
+    sizes: list[int] = []
+    model.register_forward_pre_hook(lambda _, args: sizes.append(len(args[0])))
+    retrain(model, retain, epochs=1, lr=0.01, batch_size=4, progress=False)
+    assert sizes == ([4, 4] if batchnorm else [4, 4, 1])
+    curve = CurveModel(model, start=model, end=_net(batchnorm, 1))
+    sizes.clear()
+    fit_curve(
+        curve,
+        retain,
+        forget,
+        loss=mcu_objective(1.0),
+        epochs=1,
+        lr=0.01,
+        batch_size=4,
+        progress=False,
+    )
+    assert sizes == ([4, 4, 4] if batchnorm else [4, 4, 4, 1])

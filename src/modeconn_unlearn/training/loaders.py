@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from ..batchnorm import has_batchnorm
 from ..curve import CurveModel
 from ..data import (
     UnlearnCollate,
@@ -17,7 +18,6 @@ from ..data import (
     as_dataset,
     collate_of,
     move_to_device,
-    unlearn_loader,
 )
 from ..errors import ModeConnError
 from ..modes import evaluating
@@ -148,64 +148,64 @@ def build_loader(
 ) -> RunLoader:
     """The run's loader over the parts of the data the objective ``needs``.
 
-    In one process without a curriculum this is :func:`~modeconn_unlearn.data.unlearn_loader`
-    (the order of earlier releases, bit for bit). Samples are batched with the
-    collate of a given ``DataLoader``, else the task's ``collate`` (token sequences are
-    padded), else stacked. Under ``torchrun`` a
+    In one process without a curriculum the order is
+    :func:`~modeconn_unlearn.data.unlearn_loader`'s (that of earlier releases, bit for
+    bit). Samples are batched with the collate of a given ``DataLoader``, else the task's
+    ``collate`` (token sequences are padded), else stacked. Under ``torchrun`` a
     ``DistributedSampler`` (seeded with ``config.seed``) gives each rank
-    ``batch_size / world_size`` samples of every global batch.
+    ``batch_size / world_size`` samples of every global batch. For a model with
+    BatchNorm, an epoch that would end in a one-sample batch drops it.
     """
     retain, forget = _check_parts(loss, retain, forget, kind)
     seed = int(config.seed)
-    collate_fn = collate_of(retain) or collate_of(forget) or task_collate(task)
-    collate = UnlearnCollate(collate_fn)
+    collate = UnlearnCollate(collate_of(retain) or collate_of(forget) or task_collate(task))
+    dataset = UnlearnDataset(retain, forget, retain_ratio=config.retain_ratio, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    sampler: Sampler[int] | None = None
+    batch_size = config.batch_size
     if is_distributed():
         world = world_size()
         if config.curriculum is not None:
             raise ModeConnError(
                 "curriculum= is not supported under torchrun; run it in one process."
             )
-        if config.batch_size % world:
+        if batch_size % world:
             raise ModeConnError(
-                f"batch_size={config.batch_size} is the global batch and must be divisible by the "
+                f"batch_size={batch_size} is the global batch and must be divisible by the "
                 f"{world} ranks."
             )
-        dataset = UnlearnDataset(retain, forget, retain_ratio=config.retain_ratio, seed=seed)
-        sampler: DistributedSampler[Any] = DistributedSampler(
+        batch_size //= world
+        sampler = DistributedSampler(
             dataset, num_replicas=world, rank=rank(), shuffle=True, seed=seed
         )
-        loader = DataLoader(
-            dataset,
-            batch_size=config.batch_size // world,
-            sampler=sampler,
-            collate_fn=collate,
-            # Without a generator each epoch's iterator draws its base seed from the global
-            # RNG, which would shift the curve's t draws away from a single-process run's.
-            generator=torch.Generator().manual_seed(seed),
+    elif config.curriculum is not None:
+        if forget is None:
+            raise ModeConnError("curriculum orders forget samples, but the objective uses none.")
+        order = curriculum_order(
+            model, forget, task, device=device, hard_first=config.curriculum == "hard_first"
         )
-        return RunLoader(loader, None, sampler)
-    if config.curriculum is None:
-        plain = unlearn_loader(
-            retain,
-            forget,
-            batch_size=config.batch_size,
-            retain_ratio=config.retain_ratio,
-            shuffle=True,
-            seed=seed,
-            collate_fn=collate_fn,
-        )
-        if plain.generator is None:  # unlearn_loader always sets one
-            raise ModeConnError("internal: the training loader has no generator.")
-        return RunLoader(plain, plain.generator, None)
-    if forget is None:
-        raise ModeConnError("curriculum orders forget samples, but the objective uses none.")
-    dataset = UnlearnDataset(retain, forget, retain_ratio=config.retain_ratio, seed=seed)
-    order = curriculum_order(
-        model, forget, task, device=device, hard_first=config.curriculum == "hard_first"
-    )
-    generator = torch.Generator().manual_seed(seed)
-    curriculum = CurriculumSampler(dataset.num_retain, order, generator)
+        sampler = CurriculumSampler(dataset.num_retain, order, generator)
+    samples = len(dataset) if sampler is None else len(sampler)
     loader = DataLoader(
-        dataset, batch_size=config.batch_size, sampler=curriculum, collate_fn=collate
+        dataset,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        # A distributed sampler's order depends on the epoch only; the generator still fixes
+        # each epoch iterator's base seed, which the global RNG would otherwise draw (and so
+        # shift the curve's t draws away from a single-process run's). The curriculum's
+        # sampler draws from it itself.
+        generator=None if isinstance(sampler, CurriculumSampler) else generator,
+        collate_fn=collate,
+        # BatchNorm cannot train on a batch of one sample: an epoch that would end in one
+        # drops that sample (otherwise the last, smaller batch is kept).
+        drop_last=samples % batch_size == 1 and _has_batchnorm(model),
     )
+    if isinstance(sampler, DistributedSampler):
+        return RunLoader(loader, None, sampler)
     return RunLoader(loader, generator, None)
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` (or the network a curve runs) has running-statistics normalisation."""
+    return has_batchnorm(model.template if isinstance(model, CurveModel) else model)
