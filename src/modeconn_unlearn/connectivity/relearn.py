@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from functools import partial
+from typing import Any
 
 import numpy as np
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from typing_extensions import Unpack
 
+from ..checks import as_float, positive_int
 from ..cloning import clone_module
 from ..curve import CurveModel, path_points
 from ..data import as_loader, seeded_order, stack_collate
@@ -25,25 +27,6 @@ from ..training import TrainConfig, unlearn
 from .results import RelearnPathResult, RelearnResult
 
 __all__ = ["relearn_attack", "relearn_path"]
-
-
-def _forget_samples(
-    forget_data: DataLike, samples: int, seed: int, need_rest: bool, task: Task | None
-) -> tuple[Any, np.ndarray, np.ndarray, Callable[[list[Any]], Any]]:
-    loader = as_loader(forget_data, name="forget_data")
-    dataset = loader.dataset
-    n = len(dataset)  # type: ignore[arg-type]
-    limit = n - 1 if need_rest else n
-    if not 1 <= samples <= limit:
-        hint = " (and leave at least one to evaluate on, or pass eval_data)" if need_rest else ""
-        raise ModeConnError(
-            f"samples must be between 1 and {limit} for a forget set of {n}{hint}, got {samples}."
-        )
-    order = np.array(seeded_order(n, seed))
-    chosen, rest = np.sort(order[:samples]), np.sort(order[samples:])
-    own = loader.collate_fn if isinstance(forget_data, DataLoader) else None
-    collate = own or task_collate(task) or stack_collate
-    return dataset, chosen, rest, collate
 
 
 class _FrozenModes(nn.Module):
@@ -64,7 +47,7 @@ class _FrozenModes(nn.Module):
 
 def _relearn(
     model: nn.Module,
-    finetune_data: _FinetuneData,
+    finetune_loader: DataLoader[Any],
     eval_loader: DataLoader[Any],
     *,
     steps: int,
@@ -81,7 +64,7 @@ def _relearn(
         metrics = evaluate(module, eval_loader, task=task)
         accuracy[step], loss[step] = float(metrics.accuracy), float(metrics.loss)
         if step < steps:  # the loss the next step descends from
-            train_loss[step] = evaluate(module, finetune_data.loader, task=task).loss
+            train_loss[step] = evaluate(module, finetune_loader, task=task).loss
 
     # Eval mode throughout: the fine-tuning batch holds forget samples only (for class-wise
     # forgetting, one class), whose batch statistics would let BatchNorm in training mode
@@ -91,26 +74,25 @@ def _relearn(
         attacked.to(device)
     record(0, attacked)
     if steps > 0:
+        chosen = finetune_loader.dataset
         config = TrainConfig(
             lr=lr,
             max_steps=steps,
             momentum=momentum,
             weight_decay=0.0,
-            batch_size=len(finetune_data.dataset),
+            batch_size=len(chosen),
             progress=False,
             device=device,
             step_callback=record,
         )
-        unlearn(attacked, finetune_data.dataset, None, loss=finetune(task=task), config=config)
+        unlearn(attacked, chosen, None, loss=finetune(task=task), config=config)
     return accuracy, loss, train_loss
 
 
-class _FinetuneData(NamedTuple):
-    dataset: Subset[Any]
-    loader: DataLoader[Any]
+_Attack = Callable[[nn.Module], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
-def _prepare_relearn(
+def _prepared(
     forget_data: DataLike,
     *,
     steps: int,
@@ -118,24 +100,44 @@ def _prepare_relearn(
     samples: int,
     seed: int,
     eval_data: DataLike | None,
+    momentum: float,
     task: Task | None,
-) -> tuple[_FinetuneData, DataLoader[Any], np.ndarray]:
-    if steps < 0:
-        raise ModeConnError(f"steps must be >= 0, got {steps}.")
-    if not lr > 0:
-        raise ModeConnError(f"lr must be positive, got {lr}.")
-    dataset, chosen, rest, collate = _forget_samples(
-        forget_data, samples, seed, need_rest=eval_data is None, task=task
+    device: DeviceLike,
+) -> tuple[_Attack, np.ndarray]:
+    """The attack on one model (:func:`_relearn` on the drawn samples) and the samples' indices."""
+    positive_int(steps, "steps", minimum=0)
+    as_float(lr, "lr", positive=True)
+    loader = as_loader(forget_data, name="forget_data")
+    dataset = loader.dataset
+    n = len(dataset)  # type: ignore[arg-type]
+    need_rest = eval_data is None
+    limit = n - 1 if need_rest else n
+    if not 1 <= samples <= limit:
+        hint = " (and leave at least one to evaluate on, or pass eval_data)" if need_rest else ""
+        raise ModeConnError(
+            f"samples must be between 1 and {limit} for a forget set of {n}{hint}, got {samples}."
+        )
+    order = np.array(seeded_order(n, seed))
+    chosen, rest = np.sort(order[:samples]), np.sort(order[samples:])
+    own = loader.collate_fn if isinstance(forget_data, DataLoader) else None
+    finetune_loader = DataLoader(
+        Subset(dataset, chosen.tolist()),
+        batch_size=samples,
+        collate_fn=own or task_collate(task) or stack_collate,
     )
-    chosen_set = Subset(dataset, chosen.tolist())
-    batch = _FinetuneData(
-        chosen_set, DataLoader(chosen_set, batch_size=len(chosen_set), collate_fn=collate)
+    held_out = Subset(dataset, rest.tolist()) if need_rest else eval_data
+    eval_loader = as_loader(held_out, name="eval_data", collate_fn=task_collate(task))
+    attack = partial(
+        _relearn,
+        finetune_loader=finetune_loader,
+        eval_loader=eval_loader,
+        steps=steps,
+        lr=lr,
+        momentum=momentum,
+        task=resolve_task(task),
+        device=device,
     )
-    if eval_data is None:
-        eval_loader = as_loader(Subset(dataset, rest.tolist()), collate_fn=task_collate(task))
-    else:
-        eval_loader = as_loader(eval_data, name="eval_data", collate_fn=task_collate(task))
-    return batch, eval_loader, chosen
+    return attack, chosen
 
 
 def relearn_attack(
@@ -193,25 +195,18 @@ def relearn_attack(
         >>> result.accuracy.shape, len(result.samples)
         ((6,), 8)
     """
-    batch, eval_loader, chosen = _prepare_relearn(
+    attack, chosen = _prepared(
         forget_data,
         steps=steps,
         lr=lr,
         samples=samples,
         seed=seed,
         eval_data=eval_data,
-        task=task,
-    )
-    accuracy, loss, train_loss = _relearn(
-        model,
-        batch,
-        eval_loader,
-        steps=steps,
-        lr=lr,
         momentum=momentum,
-        task=resolve_task(task),
+        task=task,
         device=device,
     )
+    accuracy, loss, train_loss = attack(model)
     return RelearnResult(
         steps=np.arange(steps + 1),
         accuracy=accuracy,
@@ -276,35 +271,26 @@ def relearn_path(
     settings = path_settings(
         options, caller="relearn_path", allowed=[name for name in PATH_OPTIONS if name != "ts"]
     )
-    task = settings.task
-    chosen_task = resolve_task(task)
     t_values = path_points(ts)
     bn = bn_data(
         curve.template, bn_loader=settings.bn_loader, bn_samples=settings.bn_samples, seed=seed
     ).loader
-    batch, eval_loader, chosen = _prepare_relearn(
+    attack, chosen = _prepared(
         forget_data,
         steps=steps,
         lr=lr,
         samples=samples,
         seed=seed,
         eval_data=eval_data,
-        task=task,
+        momentum=momentum,
+        task=settings.task,
+        device=settings.device,
     )
     accuracy = np.empty((len(t_values), steps + 1))
     loss = np.empty((len(t_values), steps + 1))
     walk = walk_path(curve, t_values, bn_loader=bn, progress=settings.progress, desc="relearn")
     for i, (_, model) in enumerate(walk):
-        accuracy[i], loss[i], _ = _relearn(
-            model,
-            batch,
-            eval_loader,
-            steps=steps,
-            lr=lr,
-            momentum=momentum,
-            task=chosen_task,
-            device=settings.device,
-        )
+        accuracy[i], loss[i], _ = attack(model)
     return RelearnPathResult(
         t=t_values, steps=np.arange(steps + 1), accuracy=accuracy, loss=loss, samples=chosen
     )
