@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -11,6 +11,12 @@ import numpy as np
 from ..errors import ModeConnError
 
 __all__ = ["BarrierResult", "ConnectivityMatrix", "RelearnPathResult", "RelearnResult"]
+
+
+def _plain(result: Any) -> dict[str, Any]:
+    """Every field of a result dataclass, arrays as lists."""
+    values = {f.name: getattr(result, f.name) for f in fields(result)}
+    return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in values.items()}
 
 
 @dataclass(frozen=True, repr=False)
@@ -65,13 +71,10 @@ class BarrierResult:
         peak = int(np.argmax(excess))  # NaN wins argmax, so a broken path is not hidden
         for array in (t, values, excess):
             array.flags.writeable = False
-        object.__setattr__(self, "t", t)
-        object.__setattr__(self, "values", values)
-        object.__setattr__(self, "start", start)
-        object.__setattr__(self, "end", end)
-        object.__setattr__(self, "excess", excess)
-        object.__setattr__(self, "height", float(excess[peak]))
-        object.__setattr__(self, "t_peak", float(t[peak]))
+        derived = {"t": t, "values": values, "start": start, "end": end, "excess": excess}
+        derived.update(height=float(excess[peak]), t_peak=float(t[peak]))
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
         split = "" if self.split is None else f"split={self.split!r}, "
@@ -90,17 +93,7 @@ class BarrierResult:
             ...               metric="loss").to_dict()["height"]
             0.0
         """
-        return {
-            "split": self.split,
-            "metric": self.metric,
-            "height": self.height,
-            "t_peak": self.t_peak,
-            "start": self.start,
-            "end": self.end,
-            "t": self.t.tolist(),
-            "values": self.values.tolist(),
-            "excess": self.excess.tolist(),
-        }
+        return _plain(self)
 
 
 @dataclass(frozen=True, repr=False)
@@ -143,9 +136,7 @@ class ConnectivityMatrix:
 
     def __getitem__(self, split: str) -> np.ndarray:
         """The ``(n, n)`` matrix of one split."""
-        if split not in self.heights:
-            raise ModeConnError(f"unknown split {split!r}; available: {list(self.heights)}.")
-        return self.heights[split]
+        return self.heights[self._split(split)]
 
     def height(self, name_a: str, name_b: str, split: str | None = None) -> float:
         """The barrier height between two named models on a split.
@@ -264,14 +255,10 @@ class RelearnResult:
         return int(self.steps[hits[0]]) if len(hits) else None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict."""
-        return {
-            "steps": self.steps.tolist(),
-            "accuracy": self.accuracy.tolist(),
-            "loss": self.loss.tolist(),
-            "train_loss": [None if math.isnan(v) else v for v in self.train_loss.tolist()],
-            "samples": self.samples.tolist(),
-        }
+        """Plain JSON-ready dict (``None`` for the final ``nan`` of ``train_loss``)."""
+        plain = _plain(self)
+        plain["train_loss"] = [None if math.isnan(v) else v for v in plain["train_loss"]]
+        return plain
 
 
 @dataclass(frozen=True, repr=False)
@@ -315,10 +302,4 @@ class RelearnPathResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
-        return {
-            "t": self.t.tolist(),
-            "steps": self.steps.tolist(),
-            "accuracy": self.accuracy.tolist(),
-            "loss": self.loss.tolist(),
-            "samples": self.samples.tolist(),
-        }
+        return _plain(self)
