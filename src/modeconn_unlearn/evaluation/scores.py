@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -180,13 +180,10 @@ def unlearning_scores(
         model = with_bn_from(model, as_loader(bn_loader, name="bn_loader"))
     target = resolve_device(model, device)
     collate = task_collate(chosen)
-    loaders = {
-        "retain": as_loader(retain, name="retain", collate_fn=collate),
-        "forget": as_loader(forget, name="forget", collate_fn=collate),
-        "test": as_loader(test, name="test", collate_fn=collate),
-    }
+    given = {"retain": retain, "forget": forget, "test": test}
     if mia_shadow is not None:
-        loaders["mia_shadow"] = as_loader(mia_shadow, name="mia_shadow", collate_fn=collate)
+        given["mia_shadow"] = mia_shadow
+    loaders = {name: as_loader(data, name=name, collate_fn=collate) for name, data in given.items()}
     with evaluating(model), torch.no_grad():
         passes = {
             name: run_pass(
@@ -230,14 +227,7 @@ def unlearning_scores(
         )
     ref = _reference_scores(reference)
     gaps = {name: abs(getattr(scores, name) - ref[name]) for name in SCORE_NAMES}
-    return UnlearningScores(
-        ua=scores.ua,
-        ra=scores.ra,
-        ta=scores.ta,
-        mia=scores.mia,
-        gaps=gaps,
-        avg_gap=sum(gaps.values()) / len(gaps),
-    )
+    return replace(scores, gaps=gaps, avg_gap=sum(gaps.values()) / len(gaps))
 
 
 def _reference_scores(reference: UnlearningScores | Mapping[str, float]) -> dict[str, float]:
