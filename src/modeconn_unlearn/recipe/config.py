@@ -200,14 +200,16 @@ class RecipeConfig:
             object.__setattr__(self, name, (low, high))
         for name in ("probe_size", "bn_samples", "forget_samples"):
             positive_int(getattr(self, name), name, optional=True)
-        TrainConfig(
-            lr=self.lr,
-            epochs=self.epochs,
-            scheduler=self.scheduler,
-            scheduler_interval=self.scheduler_interval,
-            max_grad_norm=self.max_grad_norm,
-            precision=self.precision,
-        )
+        TrainConfig(**self._train_settings())
+
+    def _train_settings(self) -> dict[str, Any]:
+        """Curve training's :class:`~modeconn_unlearn.training.TrainConfig` fields.
+
+        Every field the two configs share is a setting of curve training, passed on as it is.
+        """
+        shared = TrainConfig.__dataclass_fields__.keys() & self.__dataclass_fields__.keys()
+        settings = {name: getattr(self, name) for name in shared}
+        return {**settings, "t_sampler": self.train_t_range or self.t_range}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict (the scheduler, a callable, as its ``repr``).
@@ -265,10 +267,7 @@ class RecipeConfig:
         }
         if scenario not in tuned:
             raise ModeConnError(f'scenario must be "random" or "class", got {scenario!r}.')
-        unknown = sorted(set(overrides) - {f for f in cls.__dataclass_fields__})
-        if unknown:
-            raise ModeConnError(f"Unknown RecipeConfig fields {unknown}.")
-        return cls(**{**tuned[scenario], **overrides})
+        return cls._with(tuned[scenario], overrides)
 
     @classmethod
     def for_task(cls, task: str | Task, **overrides: Any) -> RecipeConfig:
@@ -311,7 +310,11 @@ class RecipeConfig:
                 f"no settings for task {name!r}; known tasks: {sorted(_TASK_SETTINGS)} (or build "
                 "RecipeConfig(...) yourself)."
             )
-        unknown = sorted(set(overrides) - {f for f in cls.__dataclass_fields__})
+        return cls._with(_TASK_SETTINGS[name], overrides)
+
+    @classmethod
+    def _with(cls, settings: dict[str, Any], overrides: dict[str, Any]) -> RecipeConfig:
+        unknown = sorted(set(overrides) - set(cls.__dataclass_fields__))
         if unknown:
             raise ModeConnError(f"Unknown RecipeConfig fields {unknown}.")
-        return cls(**{**_TASK_SETTINGS[name], **overrides})
+        return cls(**{**settings, **overrides})

@@ -299,21 +299,10 @@ def mcu_unlearn(
             forget,
             loss=_objective(config, targets, task),
             task=task,
-            epochs=config.epochs,
-            lr=config.lr,
-            optimizer=config.optimizer,
-            weight_decay=config.weight_decay,
-            grad_accumulation=config.grad_accumulation,
-            scheduler=config.scheduler,
-            scheduler_interval=config.scheduler_interval,
-            max_grad_norm=config.max_grad_norm,
-            precision=config.precision,
-            retain_ratio=config.retain_ratio,
-            t_sampler=config.train_t_range or config.t_range,
-            batch_size=config.batch_size,
             seed=seed,
             progress=progress,
             device=device,
+            **config._train_settings(),
         )
     )
     seconds["fit"] = time.perf_counter() - began
