@@ -74,61 +74,63 @@ class _IDK(_WeightedParts):
         return f"idk(retain_weight={self.retain_weight})"
 
 
-class _NPO(Objective):
-    def __init__(
-        self, beta: float, reference: nn.Module | None, retain_weight: float, task: Task | None
-    ) -> None:
+class _Preference(Objective):
+    """NPO and SimNPO: losses of one reduction, ``retain_weight`` on the task's own retain loss."""
+
+    reduction = "sum"
+
+    def __init__(self, beta: float, retain_weight: float, task: Task | None) -> None:
         super().__init__(task)
-        self.beta, self.reference, self.retain_weight = beta, reference, retain_weight
-        self.summed = _with_reduction(self.task, "sum")
+        self.beta, self.retain_weight = beta, retain_weight
+        self.scored = _with_reduction(self.task, self.reduction)
 
     def forward(self, model: nn.Module, batch: Batch) -> SampleOutputs:
         assert batch.targets is not None
-        return self.summed(model, batch.inputs, batch.targets)
+        return self.scored(model, batch.inputs, batch.targets)
 
-    def _reference_logp(self, model: nn.Module, inputs: Any, targets: Tensor) -> Tensor:
-        out = reference_outputs(model, self.reference, self.summed, inputs, targets, name="npo")
-        return -out.loss
-
-    def combine(self, model: nn.Module, p: Parts) -> Tensor:
+    def retain_term(self, p: Parts) -> Tensor:
         p.stats["beta"] = self.beta
         assert p.batch.targets is not None
-        forget = p.is_forget
-        retain_losses = _converted(p.out.loss, p.batch.targets, self.task, self.summed)
-        loss = self.retain_weight * p.retain_mean(retain_losses)
-        if bool(forget.any()):
-            rows = forget.to(p.batch.targets.device)
-            ref = self._reference_logp(
-                model, select_rows(p.batch.inputs, rows), p.batch.targets[rows]
-            )
-            logp = -p.out.loss[forget]
-            ratio = self.beta * (logp - ref.to(logp.device))
-            loss = loss + (2.0 / self.beta) * F.softplus(ratio).mean()
-        else:
-            loss = loss + 0.0 * p.out.loss.sum()
-        return loss
+        losses = _converted(p.out.loss, p.batch.targets, self.task, self.scored)
+        return self.retain_weight * p.retain_mean(losses)
+
+
+class _NPO(_Preference):
+    def __init__(
+        self, beta: float, reference: nn.Module | None, retain_weight: float, task: Task | None
+    ) -> None:
+        super().__init__(beta, retain_weight, task)
+        self.reference = reference
+
+    def combine(self, model: nn.Module, p: Parts) -> Tensor:
+        loss = self.retain_term(p)
+        forget, targets = p.is_forget, p.batch.targets
+        assert targets is not None
+        if not bool(forget.any()):
+            return loss + 0.0 * p.out.loss.sum()
+        rows = forget.to(targets.device)
+        inputs = select_rows(p.batch.inputs, rows)
+        ref = reference_outputs(
+            model, self.reference, self.scored, inputs, targets[rows], name="npo"
+        )
+        ratio = self.beta * (ref.loss.to(p.out.loss.device) - p.out.loss[forget])
+        return loss + (2.0 / self.beta) * F.softplus(ratio).mean()
 
     def __repr__(self) -> str:
         ref = "curve start" if self.reference is None else type(self.reference).__name__
         return f"npo(beta={self.beta}, reference={ref}, retain_weight={self.retain_weight})"
 
 
-class _SimNPO(Objective):
-    def __init__(self, beta: float, gamma: float, retain_weight: float, task: Task | None):
-        super().__init__(task)
-        self.beta, self.gamma, self.retain_weight = beta, gamma, retain_weight
-        self.averaged = _with_reduction(self.task, "mean")
+class _SimNPO(_Preference):
+    reduction = "mean"
 
-    def forward(self, model: nn.Module, batch: Batch) -> SampleOutputs:
-        assert batch.targets is not None
-        return self.averaged(model, batch.inputs, batch.targets)
+    def __init__(self, beta: float, gamma: float, retain_weight: float, task: Task | None):
+        super().__init__(beta, retain_weight, task)
+        self.gamma = gamma
 
     def combine(self, model: nn.Module, p: Parts) -> Tensor:
-        p.stats["beta"] = self.beta
-        assert p.batch.targets is not None
-        retain_losses = _converted(p.out.loss, p.batch.targets, self.task, self.averaged)
         forget_term = -(2.0 / self.beta) * F.logsigmoid(self.beta * p.out.loss - self.gamma)
-        return self.retain_weight * p.retain_mean(retain_losses) + p.forget_mean(forget_term)
+        return self.retain_term(p) + p.forget_mean(forget_term)
 
     def __repr__(self) -> str:
         return f"simnpo(beta={self.beta}, gamma={self.gamma}, retain_weight={self.retain_weight})"
