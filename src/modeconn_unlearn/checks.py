@@ -11,9 +11,12 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import ModeConnError
+import torch
+from torch import Tensor, nn
 
-__all__ = ["as_float", "check_percentages", "positive_int"]
+from .errors import ModeConnError, listed
+
+__all__ = ["as_float", "check_percentages", "positive_int", "validate_mask"]
 
 
 def positive_int(value: Any, name: str, *, optional: bool = False, minimum: int = 1) -> None:
@@ -102,3 +105,60 @@ def check_percentages(values: Mapping[str, float]) -> None:
             f"{given} look like fractions, but accuracies are percentages in [0, 100]: "
             f"did you mean {meant}?"
         )
+
+
+def validate_mask(mask: Mapping[str, Tensor | bool], model: nn.Module) -> dict[str, Tensor]:
+    """Check ``mask`` against ``model`` and return it complete, with bool tensors.
+
+    Args:
+        mask: ``{param_name: bool tensor | bool}``; ``True`` marks trainable entries.
+        model: The model the mask applies to.
+
+    Returns:
+        ``{param_name: bool tensor}`` for **every** parameter of ``model``, on the
+        parameter's device; parameters absent from ``mask`` are all ``False``.
+
+    Raises:
+        ModeConnError: If the mask names unknown parameters, or an entry is not a
+            bool (tensor) of the parameter's shape.
+
+    Example:
+        >>> from torch import nn
+        >>> full = validate_mask({"weight": True}, nn.Linear(2, 2))
+        >>> bool(full["weight"].all()), bool(full["bias"].any())
+        (True, False)
+    """
+    if not isinstance(mask, Mapping):
+        raise ModeConnError(
+            f"a mask is a dict {{param_name: bool tensor}}, got {type(mask).__name__}."
+        )
+    params = dict(model.named_parameters())
+    aliases = {n: n for n in params}
+    canonical = {id(p): n for n, p in params.items()}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(n, canonical[id(p)])
+    unknown = [n for n in mask if n not in aliases]
+    if unknown:
+        raise ModeConnError(
+            f"the mask names parameters the model does not have: {listed(unknown)}; valid "
+            f"names include {listed(list(params))}. Build masks from model.named_parameters()."
+        )
+    full: dict[str, Tensor] = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in params.items()}
+    for n, value in mask.items():
+        target = aliases[n]
+        p = params[target]
+        if isinstance(value, bool):
+            full[target] = torch.full_like(p, value, dtype=torch.bool)
+            continue
+        if not isinstance(value, Tensor) or value.dtype != torch.bool:
+            kind = value.dtype if isinstance(value, Tensor) else type(value).__name__
+            raise ModeConnError(
+                f"mask entry {n!r} must be a bool or a bool tensor, got {kind}; use .bool()."
+            )
+        if value.shape != p.shape:
+            raise ModeConnError(
+                f"mask entry {n!r} has shape {tuple(value.shape)} but the parameter has shape "
+                f"{tuple(p.shape)}."
+            )
+        full[target] = value.detach().to(p.device)
+    return full

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .checks import validate_mask
 from .curve import CurveModel
 from .data import as_loader
 from .errors import ModeConnError, listed
@@ -160,14 +161,7 @@ def saliency_mask(
     scores = torch.cat([g.abs().reshape(-1) for g in grads.values()])
     total = scores.numel()
     keep = total - round(sparsity * total)
-    order = torch.argsort(scores, descending=True, stable=True)
-    flat = torch.zeros(total, dtype=torch.bool, device=scores.device)
-    flat[order[:keep]] = True
-    mask: Mask = {}
-    offset = 0
-    for name, g in grads.items():
-        mask[name] = flat[offset : offset + g.numel()].reshape(g.shape).clone()
-        offset += g.numel()
+    mask = _first_entries(torch.argsort(scores, descending=True, stable=True), keep, grads)
     logger.info("saliency_mask: %d of %d entries trainable", keep, total)
     return _with_frozen(mask, model)
 
@@ -304,14 +298,19 @@ def random_mask(model: nn.Module, *, sparsity: float, seed: int = 0) -> Mask:
     total = sum(p.numel() for p in params.values())
     keep = total - round(sparsity * total)
     generator = torch.Generator().manual_seed(int(seed))
-    flat = torch.zeros(total, dtype=torch.bool)
-    flat[torch.randperm(total, generator=generator)[:keep]] = True
-    mask: Mask = {}
-    offset = 0
-    for name, p in params.items():
-        mask[name] = flat[offset : offset + p.numel()].reshape(p.shape).to(p.device)
-        offset += p.numel()
+    mask = _first_entries(torch.randperm(total, generator=generator), keep, params)
     return _with_frozen(mask, model)
+
+
+def _first_entries(order: Tensor, keep: int, like: Mapping[str, Tensor]) -> Mask:
+    """``order[:keep]`` (flat indices) ``True``, cut into tensors shaped as those of ``like``."""
+    flat = torch.zeros(order.numel(), dtype=torch.bool, device=order.device)
+    flat[order[:keep]] = True
+    pieces = flat.split([t.numel() for t in like.values()])
+    return {
+        name: piece.reshape(t.shape).to(t.device, copy=True)
+        for (name, t), piece in zip(like.items(), pieces, strict=True)
+    }
 
 
 def _with_frozen(mask: Mask, model: nn.Module) -> Mask:
@@ -320,63 +319,6 @@ def _with_frozen(mask: Mask, model: nn.Module) -> Mask:
         name: mask[name] if name in mask else torch.zeros_like(p, dtype=torch.bool)
         for name, p in model.named_parameters()
     }
-
-
-def validate_mask(mask: Mapping[str, Tensor | bool], model: nn.Module) -> Mask:
-    """Check ``mask`` against ``model`` and return it complete, with bool tensors.
-
-    Args:
-        mask: ``{param_name: bool tensor | bool}``; ``True`` marks trainable entries.
-        model: The model the mask applies to.
-
-    Returns:
-        ``{param_name: bool tensor}`` for **every** parameter of ``model``, on the
-        parameter's device; parameters absent from ``mask`` are all ``False``.
-
-    Raises:
-        ModeConnError: If the mask names unknown parameters, or an entry is not a
-            bool (tensor) of the parameter's shape.
-
-    Example:
-        >>> from torch import nn
-        >>> full = validate_mask({"weight": True}, nn.Linear(2, 2))
-        >>> bool(full["weight"].all()), bool(full["bias"].any())
-        (True, False)
-    """
-    if not isinstance(mask, Mapping):
-        raise ModeConnError(
-            f"a mask is a dict {{param_name: bool tensor}}, got {type(mask).__name__}."
-        )
-    params = dict(model.named_parameters())
-    aliases = {n: n for n in params}
-    canonical = {id(p): n for n, p in params.items()}
-    for n, p in model.named_parameters(remove_duplicate=False):
-        aliases.setdefault(n, canonical[id(p)])
-    unknown = [n for n in mask if n not in aliases]
-    if unknown:
-        raise ModeConnError(
-            f"the mask names parameters the model does not have: {listed(unknown)}; valid "
-            f"names include {listed(list(params))}. Build masks from model.named_parameters()."
-        )
-    full: Mask = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in params.items()}
-    for n, value in mask.items():
-        target = aliases[n]
-        p = params[target]
-        if isinstance(value, bool):
-            full[target] = torch.full_like(p, value, dtype=torch.bool)
-            continue
-        if not isinstance(value, Tensor) or value.dtype != torch.bool:
-            kind = value.dtype if isinstance(value, Tensor) else type(value).__name__
-            raise ModeConnError(
-                f"mask entry {n!r} must be a bool or a bool tensor, got {kind}; use .bool()."
-            )
-        if value.shape != p.shape:
-            raise ModeConnError(
-                f"mask entry {n!r} has shape {tuple(value.shape)} but the parameter has shape "
-                f"{tuple(p.shape)}."
-            )
-        full[target] = value.detach().to(p.device)
-    return full
 
 
 def save_mask(mask: Mapping[str, Tensor], path: str | os.PathLike[str]) -> None:

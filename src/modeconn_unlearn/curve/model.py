@@ -36,8 +36,9 @@ from torch.func import functional_call
 
 from ..batchnorm import update_bn as _update_module_bn
 from ..checkpoint import StateSource, load_checkpoint
+from ..checks import validate_mask
 from ..cloning import clone_module
-from ..errors import NAMES_SHOWN, IncompatibleModelsError, ModeConnError, listed
+from ..errors import IncompatibleModelsError, ModeConnError, listed
 from ..optional import require
 from ..wrappers import unwrap
 from .bends import BendGroup, BufferPair
@@ -273,51 +274,16 @@ class CurveModel(nn.Module):
     def _flat_masks(
         mask: MaskSpec, template: nn.Module, parameters: Mapping[str, Tensor]
     ) -> dict[str, Tensor]:
-        canonical = {id(p): name for name, p in template.named_parameters()}
-        aliases = {
-            name: canonical[id(p)] for name, p in template.named_parameters(remove_duplicate=False)
-        }
-        unknown = [name for name in mask if name not in aliases]
-        if unknown:
-            valid = sorted(list(aliases)[:NAMES_SHOWN])
-            raise ModeConnError(
-                f"The mask names parameters the model does not have: {listed(sorted(unknown))}. "
-                f"Valid names include {listed(valid)}; build masks from "
-                "model.named_parameters() (e.g. with mcu.layer_mask or mcu.saliency_mask)."
-            )
-        everything = dict(template.named_parameters())
-        flat: dict[str, Tensor] = {}
-        for name, param in parameters.items():
-            flat[name] = torch.zeros(param.numel(), dtype=torch.bool, device=param.device)
-        frozen_marked = []
-        for name, value in mask.items():
-            param = everything[aliases[name]]
-            if isinstance(value, bool):
-                entries = torch.full((param.numel(),), value, dtype=torch.bool, device=param.device)
-            elif not isinstance(value, Tensor) or value.dtype != torch.bool:
-                kind = value.dtype if isinstance(value, Tensor) else type(value).__name__
-                raise ModeConnError(
-                    f"Mask entry {name!r} must be a bool or a bool tensor, got {kind}; "
-                    "convert it with .bool()."
-                )
-            elif value.shape != param.shape:
-                raise ModeConnError(
-                    f"Mask entry {name!r} has shape {tuple(value.shape)} but the parameter has "
-                    f"shape {tuple(param.shape)}."
-                )
-            else:
-                entries = value.detach().reshape(-1).to(param.device)
-            if aliases[name] in parameters:
-                flat[aliases[name]] = entries
-            elif bool(entries.any()):
-                frozen_marked.append(name)
+        """The mask of every curved parameter, flat; frozen ones must be all ``False``."""
+        full = validate_mask(mask, template)
+        frozen_marked = [n for n, m in full.items() if n not in parameters and bool(m.any())]
         if frozen_marked:
             raise ModeConnError(
                 f"The mask marks entries of frozen parameters (requires_grad=False) as trainable: "
-                f"{listed(sorted(frozen_marked))}. Only parameters with requires_grad=True are "
+                f"{listed(frozen_marked)}. Only parameters with requires_grad=True are "
                 "curved; drop them from the mask or set them to False."
             )
-        return flat
+        return {name: full[name].reshape(-1) for name in parameters}
 
     @property
     def template(self) -> nn.Module:
