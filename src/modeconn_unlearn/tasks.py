@@ -154,7 +154,8 @@ def cast_inputs(model: Callable[..., Any], inputs: Any) -> Any:
         >>> cast_inputs(model, {"x": torch.ones(1), "ids": torch.tensor([1])})["ids"].dtype
         torch.int64
     """
-    dtype = _floating_dtype(model)
+    params = model.parameters() if isinstance(model, nn.Module) else ()
+    dtype = next((p.dtype for p in params if p.is_floating_point()), None)
     if dtype is None:
         return inputs
     if isinstance(inputs, Mapping):
@@ -175,14 +176,6 @@ def call_model(model: Callable[..., Any], inputs: Any) -> Any:
     if isinstance(inputs, Mapping):
         return model(**inputs)
     return model(inputs)
-
-
-def _floating_dtype(model: Callable[..., Any]) -> torch.dtype | None:
-    if isinstance(model, nn.Module):
-        for parameter in model.parameters():
-            if parameter.is_floating_point():
-                return parameter.dtype
-    return None
 
 
 def _cast(value: Any, dtype: torch.dtype) -> Any:
