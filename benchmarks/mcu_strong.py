@@ -25,6 +25,10 @@ Protocol: ``--phase tune`` picks each base method's learning rate and the matchi
 runs the choice on fresh seeds (one JSON per seed, so a partial run still counts);
 ``--phase aggregate`` writes ``mcu_strong.json``/``.md``: mean ± 95 % t-interval per
 cell and the paired per-seed difference of each variant against the base method.
+``--phase relearn`` reruns the tuned base methods, MCU(match) and its ensemble on fresh
+seeds and attacks each model harder (:data:`ATTACKS`): a gradient through the ensemble's
+average reaches each of its members with about ``1/members`` of the weight, so a fixed
+learning rate moves each member less than it moves a single model.
 
 Usage:
     python benchmarks/mcu_strong.py --phase tune
@@ -37,6 +41,7 @@ Usage:
     python benchmarks/mcu_strong.py --phase tune --world cnn20   # 20k BN-CNN: base lrs
     python benchmarks/mcu_strong.py --phase report --world cnn20 # 20k BN-CNN, random 10 %
     python benchmarks/mcu_strong.py --phase report --world cnn20r1  # random 1 %, its tuning
+    python benchmarks/mcu_strong.py --phase relearn --world mlpc  # longer relearning attacks
     python benchmarks/mcu_strong.py --quick     # smoke run on digits, writes nothing
 """
 
@@ -179,10 +184,18 @@ def variant_config(name: str, match: int, study: Study) -> RecipeConfig:
     return RecipeConfig(keep_base=False, **extra)
 
 
-def relearned(study: Study, model: torch.nn.Module, forget: Any, seed: int) -> float:
+def relearned(
+    study: Study, model: torch.nn.Module, forget: Any, seed: int, steps: int = 0, lr: float = 0.0
+) -> float:
+    """Forget accuracy after the relearning attack (the study's steps and lr unless given)."""
     samples = max(1, round(study.relearn_fraction * len(forget)))
     result = mcu.relearn_attack(
-        model, forget, steps=study.relearn_steps, lr=study.relearn_lr, samples=samples, seed=seed
+        model,
+        forget,
+        steps=steps or study.relearn_steps,
+        lr=lr or study.relearn_lr,
+        samples=samples,
+        seed=seed,
     )
     return float(result.accuracy[-1])
 
@@ -249,8 +262,7 @@ def run_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]
                 rows[key] = row
                 rows[f"{key}+keep"] = dict(base_row, t=1.0) if keep else row
                 if name == "match":
-                    ts = sorted({min(max(result.best.t + d, 0.0), 1.0) for d in ENSEMBLE_OFFSETS})
-                    ensemble = mcu.path_ensemble(result.curve, ts)
+                    ensemble = ensemble_of(result)
                     rows[f"{key}+ens"] = dict(scored(study, sc, ensemble, seed), t=result.best.t)
                 logger.info(
                     f"seed {seed} {method} lr {lr:g} {key.split('/')[1]}: gap "
@@ -271,6 +283,78 @@ def run_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]
         "sizes": {"retain": len(sc.retain), "forget": len(sc.forget), "test": len(sc.test)},
         "rows": rows,
     }
+
+
+def ensemble_of(result: mcu.RecipeResult) -> mcu.PathEnsemble:
+    """The curve's models at the optimum and :data:`ENSEMBLE_OFFSETS` around it."""
+    ts = sorted({min(max(result.best.t + d, 0.0), 1.0) for d in ENSEMBLE_OFFSETS})
+    return mcu.path_ensemble(result.curve, ts)
+
+
+#: The attacks of ``--phase relearn``: steps, and the learning rate as a multiple of the
+#: study's (``"member"``: times an ensemble's number of members, so that each member moves
+#: about as far as a single model does; 1 for single models).
+ATTACKS = {"10 steps": (10, 1), "50 steps": (50, 1), "10 steps, lr x members": (10, "member")}
+
+
+def relearn_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]) -> dict:
+    """Forget accuracy after each of :data:`ATTACKS` on retraining, the original, the tuned
+    base methods, MCU(match) and its ensemble, on one seed."""
+    cfg = study.world
+    world = mcu_table.make_world(cfg, seed, pool, test)
+    sc = mcu_table.make_scenario(cfg, world, cfg.scenarios[0], cfg.arch)
+    original = world.originals[cfg.arch]
+    models: dict[str, torch.nn.Module] = {"Retrain": sc.retrained, "Original": original}
+    for method in METHODS:
+        lr = float(plan["base_lr"][method][0])
+        theta_u, _ = mcu_table.run_base(world, sc, Base(method, 1, lr))
+        result = mcu.recipe.mcu_unlearn(
+            original,
+            theta_u,
+            sc.retain,
+            sc.forget,
+            targets=sc.targets,
+            config=variant_config("match", plan["match"][0], study),
+            probe=sc.probe,
+            seed=seed,
+            progress=False,
+        )
+        models |= {
+            method: theta_u,
+            f"{method}/match": result.model,
+            f"{method}/match+ens": ensemble_of(result),
+        }
+    rows = {}
+    for name, model in models.items():
+        members = len(model.members) if isinstance(model, mcu.PathEnsemble) else 1
+        rows[name] = {
+            attack: relearned(
+                study,
+                model,
+                sc.forget,
+                seed,
+                steps=steps,
+                lr=study.relearn_lr * (members if scale == "member" else scale),
+            )
+            for attack, (steps, scale) in ATTACKS.items()
+        }
+        logger.info("seed %d %s: %s", seed, name, rows[name])
+    return {"seed": seed, "rows": rows}
+
+
+def relearn_markdown(records: list[dict[str, Any]], command: str, world: str) -> str:
+    cells = mean_cells([r["rows"] for r in records], list(ATTACKS))
+    lines = [
+        f"# Relearning attacks, longer and per member ({TITLES[world]})",
+        "",
+        f"Seeds {[r['seed'] for r in records]}; `{command}`. Forget accuracy (%) after each "
+        f"attack, mean ± 95 % t-interval; fine-tuning on {Study.relearn_fraction:.0%} of the "
+        "forget set, accuracy on the rest. `lr x members`: an ensemble of k models attacked "
+        "with k times the learning rate (single models: the same attack as `10 steps`).",
+        "",
+        *score_table("model | " + " | ".join(ATTACKS), cells, list(ATTACKS)),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def tune(study: Study, record: dict[str, Any], settings: list[int]) -> dict[str, Any]:
@@ -417,7 +501,9 @@ def markdown(summary: dict[str, Any], command: str, world: str = "mlp") -> str:
 
 def main(argv: list[str] | None = None) -> None:
     cli = parser(__doc__, quick="smoke run on digits, writes nothing")
-    cli.add_argument("--phase", choices=("tune", "report", "aggregate"), default="report")
+    cli.add_argument(
+        "--phase", choices=("tune", "report", "aggregate", "relearn"), default="report"
+    )
     cli.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     cli.add_argument(
         "--world",
@@ -458,6 +544,8 @@ def main(argv: list[str] | None = None) -> None:
         record = run_seed(study, 100, pool, test, plan)
         plan = tune(study, record, plan["match"])
         print(markdown(aggregate([record, record], plan), "--quick"))
+        relearn = relearn_seed(study, 100, pool, test, plan)
+        print(relearn_markdown([relearn, relearn], "--quick", "mlp"))
         return
     if args.phase == "tune":
         if args.world not in TUNED:
@@ -485,6 +573,17 @@ def main(argv: list[str] | None = None) -> None:
         plan["match"] = [args.match]
     if args.world == "cnn":
         plan["base_lr"] = {m: [lr] for m, lr in tuned_lrs()["random10"].items()}
+    if args.phase == "relearn":
+        pool, test = mcu_table.load_data(study.world)
+        runs = args.out / f"{name}_relearn_runs"
+        for seed in args.seeds:
+            write_json(runs / f"seed_{seed}.json", relearn_seed(study, seed, pool, test, plan))
+        records = [json.loads(p.read_text()) for p in sorted(runs.glob("seed_*.json"))]
+        command = f"python benchmarks/mcu_strong.py --phase relearn --world {args.world}"
+        text = relearn_markdown(records, command, args.world)
+        write_text(args.out / f"{name}_relearn.md", text)
+        print(text)
+        return
     if args.phase == "report":
         pool, test = mcu_table.load_data(study.world)
         for seed in args.seeds:
