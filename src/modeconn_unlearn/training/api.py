@@ -223,8 +223,8 @@ def _fit_model(
     *,
     loss: UnlearnLoss,
     config: TrainConfig,
-    task: Task,
-    mask: Mapping[str, Tensor | bool] | None,
+    task: Task | None,
+    mask: Mapping[str, Tensor | bool] | None = None,
 ) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}.")
@@ -243,7 +243,7 @@ def _fit_model(
             data,
             loss=loss,
             config=config,
-            task=task,
+            task=_task_of(loss, task),
             weight_decay=config.decay(_UNLEARN_DECAY),
             after_step=trainable.repin,
             device=device,
@@ -326,15 +326,8 @@ def unlearn(
     """
     loss = _check_objective(loss)
     cfg = resolve_config(config, overrides, where="unlearn", exclude=("t_sampler",))
-    return _fit_model(
-        "unlearn",
-        model,
-        (retain_data, forget_data),
-        loss=loss,
-        config=cfg,
-        task=_task_of(loss, task),
-        mask=mask,
-    )
+    data = (retain_data, forget_data)
+    return _fit_model("unlearn", model, data, loss=loss, config=cfg, task=task, mask=mask)
 
 
 def retrain(
@@ -382,16 +375,8 @@ def retrain(
     )
     with seeded(int(cfg.seed), torch.device("cpu")):
         fresh = _fresh_model(model_or_factory)
-    objective = finetune(task=task)
-    return _fit_model(
-        "retrain",
-        fresh,
-        (retain_data, None),
-        loss=objective,
-        config=cfg,
-        task=_task_of(objective, task),
-        mask=None,
-    )
+    loss = finetune(task=task)
+    return _fit_model("retrain", fresh, (retain_data, None), loss=loss, config=cfg, task=task)
 
 
 def fit_curve(
