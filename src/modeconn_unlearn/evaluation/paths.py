@@ -27,7 +27,7 @@ from .outputs import DataLike, DeviceLike, Metrics, Outputs, run_pass
 from .report import PathReport
 from .sharding import gather_outputs, global_metrics, shard_loader
 
-__all__ = ["MIA_SPLITS", "check_curve", "evaluate_path", "walk_path"]
+__all__ = ["MIA_SPLITS", "check_curve", "evaluate_path", "segment_lengths", "walk_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def evaluate_path(
     return PathReport(
         points,
         values,
-        segment_lengths=_segment_lengths(curve, points),
+        segment_lengths=segment_lengths(curve, points),
         meta={
             "counts": counts,
             "bn_data": bn.source,
@@ -235,8 +235,14 @@ def _measure(
     return result
 
 
-def _segment_lengths(curve: CurveModel, points: Iterable[float]) -> list[float]:
-    """``||w(t_i) - w(t_{i-1})||`` over the parameters, for consecutive points."""
+def segment_lengths(curve: CurveModel, points: Iterable[float]) -> list[float]:
+    """``||w(t_i) - w(t_{i-1})||`` over the curve's parameters, for consecutive points.
+
+    Example:
+        >>> curve = CurveModel(nn.Linear(2, 1), end=nn.Linear(2, 1))
+        >>> len(segment_lengths(curve, [0.0, 0.5, 1.0]))
+        2
+    """
     lengths: list[float] = []
     previous: dict[str, Tensor] | None = None
     for t in points:

@@ -17,14 +17,11 @@ dense 21-point grid to within 0.01 with at most half the model evaluations
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
-from torch import Tensor
 from typing_extensions import Unpack
 
 from ..checks import as_float, positive_int
@@ -32,6 +29,7 @@ from ..curve import CurveModel
 from ..errors import ModeConnError
 from ..evaluation import DataLike, PathOptions, PathReport, evaluate_path
 from ..evaluation.options import PATH_OPTIONS, path_settings
+from ..evaluation.paths import segment_lengths
 from .optimal import Interpolation, OptimalT, avg_gap, find_optimal_t
 
 __all__ = ["PathSearch", "TSearch", "merge_reports", "refine_optimal_t", "search_path"]
@@ -269,21 +267,9 @@ def merge_reports(curve: CurveModel, reports: Sequence[PathReport]) -> PathRepor
         }
         for split, names in layout.items()
     }
-    segments: list[float] = []
-    previous: dict[str, Tensor] | None = None
-    with torch.no_grad():
-        for point in t:
-            weights = {name: w.detach() for name, w in curve.weights_at(float(point)).items()}
-            if previous is not None:
-                squared = sum(
-                    float(torch.sum((weights[name].double() - previous[name].double()) ** 2))
-                    for name in weights
-                )
-                segments.append(math.sqrt(squared))
-            previous = weights
     meta = dict(reports[0].meta)
     meta["rounds"] = [report.t.tolist() for report in reports]
-    return PathReport(t, metrics, segment_lengths=segments, meta=meta)
+    return PathReport(t, metrics, segment_lengths=segment_lengths(curve, t), meta=meta)
 
 
 def search_path(
@@ -332,6 +318,7 @@ def search_path(
             unknown keyword (``ts`` included).
 
     Example:
+        >>> import torch
         >>> from torch import nn
         >>> from torch.utils.data import TensorDataset
         >>> _ = torch.manual_seed(0)
