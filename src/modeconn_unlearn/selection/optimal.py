@@ -302,37 +302,29 @@ def _region(
     reference_t: float,
 ) -> list[tuple[float, float]]:
     grid = np.union1d(np.linspace(ts[0], ts[-1], dense), ts)
+    points = np.append(grid, reference_t)
     gaps = np.asarray(
         avg_gap(
-            retain_fn(grid),
-            forget_fn(grid),
+            retain_fn(points),
+            forget_fn(points),
             retain_target=retain_target,
             forget_target=forget_target,
         )
     )
-    point = np.array([reference_t])
-    reference = avg_gap(
-        retain_fn(point), forget_fn(point), retain_target=retain_target, forget_target=forget_target
-    )
-    diff = gaps - float(np.asarray(reference)[0])
+    reference = float(gaps[-1])
+    diff = gaps[:-1] - reference
     # A tolerance keeps rounding noise of the spline from opening zero-width intervals.
-    inside = diff < -1e-9 * (1.0 + abs(float(np.asarray(reference)[0])))
-    intervals: list[tuple[float, float]] = []
-    index = 0
-    n = len(grid)
-    while index < n:
-        if not inside[index]:
-            index += 1
-            continue
-        first = index
-        while index + 1 < n and inside[index + 1]:
-            index += 1
-        last = index
-        start = grid[first] if first == 0 else _crossing(grid, diff, first - 1, first)
-        end = grid[last] if last == n - 1 else _crossing(grid, diff, last, last + 1)
-        intervals.append((float(start), float(end)))
-        index += 1
-    return intervals
+    inside = diff < -1e-9 * (1.0 + abs(reference))
+    # The first and last grid index of each run of points inside.
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], inside.astype(np.int8), [0]])))
+    last = len(grid) - 1
+    return [
+        (
+            float(grid[a] if a == 0 else _crossing(grid, diff, a - 1, a)),
+            float(grid[b] if b == last else _crossing(grid, diff, b, b + 1)),
+        )
+        for a, b in zip(edges[::2], edges[1::2] - 1, strict=True)
+    ]
 
 
 def _crossing(grid: NDArray[np.float64], diff: NDArray[np.float64], i: int, j: int) -> float:
