@@ -215,26 +215,21 @@ class QADataset(Dataset[tuple[dict[str, Tensor], Tensor]]):
         if max_length is not None and int(max_length) < 2:
             raise ModeConnError(f"max_length must be an int >= 2, got {max_length!r}.")
         self.tokenizer = tokenizer
-        self.options: dict[str, Any] = {
+        tokenizing: dict[str, Any] = {
             "prompt_template": prompt_template,
             "chat_template": chat_template,
             "system_prompt": system_prompt,
             "add_eos": add_eos,
+        }
+        self.options = {
+            **tokenizing,
             "max_length": max_length,
             "pad_to_max_length": pad_to_max_length,
         }
         self.pad_token_id = _pad_id(tokenizer)
         self._examples: list[tuple[list[int], list[int]]] = []
         for i, pair in enumerate(self.pairs):
-            ids, labels = tokenize_qa(
-                tokenizer,
-                pair.question,
-                pair.answer,
-                prompt_template=prompt_template,
-                chat_template=chat_template,
-                system_prompt=system_prompt,
-                add_eos=add_eos,
-            )
+            ids, labels = tokenize_qa(tokenizer, pair.question, pair.answer, **tokenizing)
             if max_length is not None and len(ids) > int(max_length):
                 raise ModeConnError(
                     f"pair {i} has {len(ids)} tokens, more than max_length={max_length}; "
