@@ -300,10 +300,7 @@ def tiny_causal_lm(
         positive_int(size, name)
     if hidden_size % num_heads:
         raise ModeConnError(f"num_heads={num_heads} must divide hidden_size={hidden_size}.")
-    ids = {
-        name: getattr(tokenizer, name, None)
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id")
-    }
+    ids = {n: getattr(tokenizer, n, None) for n in ("pad_token_id", "bos_token_id", "eos_token_id")}
     ids = {k: v for k, v in ids.items() if v is not None}
     if arch == "llama":
         config = transformers.LlamaConfig(
@@ -329,10 +326,7 @@ def tiny_causal_lm(
         cls = transformers.GPT2LMHeadModel
     else:
         raise ModeConnError(f"arch must be 'llama' or 'gpt2', got {arch!r}.")
-    state = torch.random.get_rng_state()
-    try:
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model: nn.Module = cls(config)
-    finally:
-        torch.random.set_rng_state(state)
     return model
