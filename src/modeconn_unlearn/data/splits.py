@@ -46,10 +46,7 @@ def _targets_of(dataset: Any) -> Tensor:
     targets = getattr(dataset, "targets", None)
     if targets is not None and len(targets) == len(dataset):
         return torch.as_tensor(targets).reshape(len(dataset)).long()
-    labels = []
-    for i in range(len(dataset)):
-        _, y = read_sample(dataset[i])
-        labels.append(int(y))
+    labels = [int(read_sample(dataset[i])[1]) for i in range(len(dataset))]
     return torch.tensor(labels, dtype=torch.long)
 
 
