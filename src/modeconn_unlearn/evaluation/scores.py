@@ -167,8 +167,7 @@ def unlearning_scores(
     Example:
         >>> import torch
         >>> from torch.utils.data import TensorDataset
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> data = TensorDataset(torch.randn(40, 4), torch.randint(0, 2, (40,)))
         >>> scores = unlearning_scores(nn.Linear(4, 2), retain=data, forget=data, test=data,
         ...                            reference={"UA": 0, "RA": 100, "TA": 90, "MIA": 10})

@@ -61,8 +61,7 @@ def svc_mia(
     Example:
         >>> import torch
         >>> from torch.utils.data import TensorDataset
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> data = TensorDataset(torch.randn(40, 4), torch.randint(0, 2, (40,)))
         >>> scores = svc_mia(nn.Linear(4, 2), shadow_train=data, shadow_test=data,
         ...                  target_test=data, features=("confidence", "entropy"))
@@ -75,11 +74,9 @@ def svc_mia(
             "svc_mia needs targets: pass target_train (should be members) and/or target_test "
             "(should be non-members, e.g. the forget set)."
         )
+    targets = {"target_train": target_train, "target_test": target_test}
     sets = {"shadow_train": shadow_train, "shadow_test": shadow_test}
-    if target_train is not None:
-        sets["target_train"] = target_train
-    if target_test is not None:
-        sets["target_test"] = target_test
+    sets |= {name: data for name, data in targets.items() if data is not None}
     feats = {
         name: feature_arrays(
             collect_outputs(model, data, task=task, signals=True, device=device, name=name),
