@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..checks import positive_int
 from ..errors import ModeConnError, listed
 from ..optional import require
 from .data import QAPair
@@ -172,10 +173,7 @@ def qa_pairs(
     """
     if group_key is not None and group_size is not None:
         raise ModeConnError("give at most one of group_key (a field) and group_size (a count).")
-    if group_size is not None and (
-        isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1
-    ):
-        raise ModeConnError(f"group_size must be a positive int, got {group_size!r}.")
+    positive_int(group_size, "group_size", optional=True)
     pairs = []
     for index, record in enumerate(_records(source)):
         if not isinstance(record, Mapping):

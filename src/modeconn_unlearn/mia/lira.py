@@ -19,6 +19,7 @@ from scipy.stats import norm
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
+from ..checks import positive_int
 from ..errors import ModeConnError
 from ..evaluation.features import class_probs, logit_confidence
 from ..evaluation.outputs import DataLike, DeviceLike, Outputs, collect_outputs
@@ -168,8 +169,7 @@ def lira(
 
     Example:
         >>> from torch.utils.data import TensorDataset
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> data = TensorDataset(torch.randn(6, 3), torch.randint(0, 2, (6,)))
         >>> refs = [nn.Linear(3, 2) for _ in range(4)]
         >>> mask = [[1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]] * 2
@@ -262,8 +262,7 @@ def train_reference_models(
         ((2, 10), True)
     """
     dataset = _dataset_of(data)
-    if isinstance(k, bool) or int(k) != k or k < 2:
-        raise ModeConnError(f"k must be an integer >= 2 (models per IN/OUT side), got {k!r}.")
+    positive_int(k, "k", minimum=2)
     n = len(dataset)  # type: ignore[arg-type]
     if n < 2:
         raise ModeConnError(f"Need at least 2 examples to split into halves, got {n}.")
