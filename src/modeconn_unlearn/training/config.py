@@ -180,9 +180,8 @@ class TrainConfig:
         if isinstance(self.optimizer, str):
             if self.optimizer.lower() not in _OPTIMIZERS:
                 raise ModeConnError(
-                    f"unknown optimizer {self.optimizer!r}; use 'sgd', 'adam', 'adamw', "
-                    "'sophiah' or a "
-                    "callable (params, lr=...) -> torch.optim.Optimizer such as "
+                    f"unknown optimizer {self.optimizer!r}; use 'sgd', 'adam', 'adamw', 'sophiah' "
+                    "or a callable (params, lr=...) -> torch.optim.Optimizer such as "
                     "torch.optim.RMSprop."
                 )
         elif not callable(self.optimizer):
@@ -253,10 +252,9 @@ class TrainConfig:
                     "scheduler=warmup_schedule(0.1); leave it 'epoch' without one."
                 )
             return
+        per_epoch = interval == "epoch"
         wanted = (
-            "optimizer -> LRScheduler"
-            if interval == "epoch"
-            else ("(optimizer, total_steps) -> LRScheduler")
+            "optimizer -> LRScheduler" if per_epoch else "(optimizer, total_steps) -> LRScheduler"
         )
         if not callable(factory):
             raise ModeConnError(f"scheduler must be a factory {wanted} or None.")
@@ -264,13 +262,13 @@ class TrainConfig:
             signature = inspect.signature(factory)
         except (TypeError, ValueError):  # a callable whose signature Python cannot read
             return
-        arguments = (None,) if interval == "epoch" else (None, 0)
+        arguments = (None,) if per_epoch else (None, 0)
         try:
             signature.bind(*arguments)
         except TypeError:
             hint = (
                 "it takes (optimizer, total_steps): pass scheduler_interval='step'"
-                if interval == "epoch"
+                if per_epoch
                 else "a per-epoch factory optimizer -> LRScheduler needs scheduler_interval='epoch'"
             )
             raise ModeConnError(
@@ -291,11 +289,8 @@ class TrainConfig:
                 "differentiated once only (no double backward). Drop compile for a "
                 "second-order optimizer."
             )
-        if (
-            isinstance(self.optimizer, str)
-            and self.optimizer.lower() == "sophiah"
-            and not self.create_graph
-        ):
+        sophia = isinstance(self.optimizer, str) and self.optimizer.lower() == "sophiah"
+        if sophia and not self.create_graph:
             raise ModeConnError(
                 "optimizer='sophiah' estimates the Hessian from the graph of the gradients: "
                 "pass create_graph=True as well."
