@@ -251,14 +251,10 @@ def mcu_unlearn(
         )
     seconds: dict[str, float] = {}
     collate = task_collate(task)
-    probe_data = probe
-    if probe_data is None:
-        retain_set = as_dataset(retain, "retain")
-        probe_data = seeded_subset(retain_set, config.probe_size, seed, salt=10_000)
-    probe_loader = as_loader(probe_data, name="probe", collate_fn=collate)
-    bn_samples = seeded_subset(
-        as_dataset(probe_data, "probe"), config.bn_samples, seed, salt=20_000
-    )
+    if probe is None:
+        probe = seeded_subset(as_dataset(retain, "retain"), config.probe_size, seed, salt=10_000)
+    probe_loader = as_loader(probe, name="probe", collate_fn=collate)
+    bn_samples = seeded_subset(as_dataset(probe, "probe"), config.bn_samples, seed, salt=20_000)
     bn_loader = as_loader(bn_samples, name="probe", collate_fn=collate)
     forget_set = as_dataset(forget, "forget")
     forget_scored = seeded_subset(forget_set, config.forget_samples, seed, salt=30_000)
