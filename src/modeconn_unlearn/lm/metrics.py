@@ -331,14 +331,8 @@ def rouge_l_recall(
     texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
     references = [base.pairs[i].answer for i in indices]
     scorer = scorer_module.RougeScorer(["rougeL"], use_stemmer=bool(use_stemmer))
-    recall = np.array(
-        [
-            scorer.score(ref, gen)["rougeL"].recall
-            for ref, gen in zip(references, texts, strict=True)
-        ],
-        dtype=np.float64,
-    )
-    return RougeResult(recall=recall, generations=texts, references=references)
+    scores = [scorer.score(r, g)["rougeL"].recall for r, g in zip(references, texts, strict=True)]
+    return RougeResult(np.array(scores, dtype=np.float64), generations=texts, references=references)
 
 
 # --------------------------------------------------------------------------- truth ratio
@@ -419,17 +413,13 @@ def truth_ratios(
             f"got {sorted(counts)}."
         )
     questions = base.subset(indices)
-    options = {"task": task, "device": device, "batch_size": batch_size}
-    para = questions.with_answers([str(p.paraphrased_answer) for p in pairs])
-    para_nll = lm_outputs(model, para, **options).nll  # type: ignore[arg-type]
-    perturbed = [
-        lm_outputs(
-            model,
-            questions.with_answers([p.perturbed_answers[j] for p in pairs]),
-            **options,  # type: ignore[arg-type]
-        ).nll
-        for j in range(counts.pop())
-    ]
+
+    def nll(answers: list[str]) -> NDArray[np.float64]:
+        data = questions.with_answers(answers)
+        return lm_outputs(model, data, task=task, device=device, batch_size=batch_size).nll
+
+    para_nll = nll([str(p.paraphrased_answer) for p in pairs])
+    perturbed = [nll([p.perturbed_answers[j] for p in pairs]) for j in range(counts.pop())]
     return truth_ratio(para_nll, np.stack(perturbed, axis=1))
 
 
