@@ -66,9 +66,6 @@ def _relearn(
         if step < steps:  # the loss the next step descends from
             train_loss[step] = evaluate(module, finetune_loader, task=task).loss
 
-    # Eval mode throughout: the fine-tuning batch holds forget samples only (for class-wise
-    # forgetting, one class), whose batch statistics would let BatchNorm in training mode
-    # normalise away the very signal to relearn; frozen statistics keep the model's own.
     attacked = _FrozenModes(clone_module(model))
     if device is not None:
         attacked.to(device)
