@@ -374,8 +374,7 @@ def loss_barrier(
     Example:
         >>> import torch
         >>> from torch.utils.data import TensorDataset
-        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-        <...>
+        >>> _ = torch.manual_seed(0)
         >>> data = TensorDataset(torch.randn(32, 4), torch.randint(0, 3, (32,)))
         >>> a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
         >>> result = loss_barrier(a, b, data, ts=5)
@@ -392,7 +391,6 @@ def loss_barrier(
     if isinstance(path, CurveModel):
         curve = path
         _check_curve_ends(curve, model_a, model_b)
-        template = curve.template
     elif isinstance(path, str) and path == "linear":
         if not isinstance(model_a, nn.Module):
             raise TypeError(
@@ -404,12 +402,11 @@ def loss_barrier(
         curve = linear_curve(model_a, model_a, model_b)
         if settings.device is not None:
             curve.to(settings.device)
-        template = model_a
     else:
         raise ModeConnError(
             f"path must be 'linear' or a CurveModel (e.g. from connect()), got {path!r}."
         )
-    bn = bn_for(template, splits if named else None, settings.bn_loader)
+    bn = bn_for(curve.template, splits if named else None, settings.bn_loader)
     results = barriers_on_curve(
         curve,
         splits,
@@ -484,15 +481,7 @@ def connect(
             f"num_bends={num_bends} has no trainable bend: use num_bends >= 3 (2 is the "
             "straight line, which loss_barrier(path='linear') measures without training)."
         )
-    path = CurveModel(
-        model_a,
-        start=model_a,
-        end=model_b,
-        curve=curve,
-        num_bends=num_bends,
-        fix_start=True,
-        fix_end=True,
-    )
+    path = CurveModel(model_a, start=model_a, end=model_b, curve=curve, num_bends=num_bends)
     fit_curve(
         path,
         retain_data,
