@@ -59,7 +59,7 @@ def test_curve_holds_only_adapter_sized_tensors_and_one_base() -> None:
         b.numel() for b in curve.groups.buffers()
     )
     assert held == 3 * adapter_numel  # two anchors and one middle bend
-    names = [n for key in curve._param_names.values() for n in key]
+    names = [n for group in curve.groups.values() for n in group.names]
     assert names and all("lora_" in n for n in names)
     # The frozen base weight used at every t is the template's single copy.
     base_layer = curve.template.base_model.model.model.layers[0].self_attn.q_proj.base_layer
