@@ -84,8 +84,7 @@ def gather_outputs(outputs: Outputs) -> Outputs:
     total = sum(len(part) for part in parts)
     # Rank r holds samples r, r + W, ...: position i of rank r is sample r + i * W.
     order = torch.cat([torch.arange(r, total, world) for r in range(world)])
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(total)
+    inverse = torch.argsort(order)
 
     def merge(tensors: list[torch.Tensor]) -> torch.Tensor:
         return concat_signals(tensors)[inverse]
