@@ -93,21 +93,15 @@ def _without_eos(outputs: LMOutputs, eos_token_id: int | None) -> LMOutputs:
         len(ids) - 1 if len(ids) and int(ids[-1]) == eos_token_id else len(ids)
         for ids in outputs.answer_ids
     ]
-    logprobs = [v[:n] for v, n in zip(outputs.token_logprobs, keep, strict=True)]
-    nll_sum = np.array([-float(v.sum()) for v in logprobs], dtype=np.float64)
+    cut = {
+        name: [v[:n] for v, n in zip(getattr(outputs, name), keep, strict=True)]
+        for name in ("token_logprobs", "mink_pp", "answer_ids", "token_correct")
+    }
+    nll_sum = np.array([-float(v.sum()) for v in cut["token_logprobs"]], dtype=np.float64)
     num = np.array(keep, dtype=np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         nll = np.where(num > 0, nll_sum / np.maximum(num, 1), np.nan)
-    return replace(
-        outputs,
-        nll=nll,
-        nll_sum=nll_sum,
-        num_tokens=num,
-        token_logprobs=logprobs,
-        mink_pp=[v[:n] for v, n in zip(outputs.mink_pp, keep, strict=True)],
-        answer_ids=[v[:n] for v, n in zip(outputs.answer_ids, keep, strict=True)],
-        token_correct=[v[:n] for v, n in zip(outputs.token_correct, keep, strict=True)],
-    )
+    return replace(outputs, nll=nll, nll_sum=nll_sum, num_tokens=num, **cut)
 
 
 def _hits(outputs: LMOutputs, eos_token_id: int | None, name: str) -> list[NDArray[np.bool_]]:
