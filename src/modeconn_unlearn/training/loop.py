@@ -215,12 +215,6 @@ def _clip(run: Run, params: list[Tensor]) -> None:
     torch.nn.utils.clip_grads_with_norm_(with_grad, float(max_norm), norm)
 
 
-def _autocast(run: Run) -> torch.autocast:
-    return torch.autocast(
-        run.device.type, dtype=torch.bfloat16, enabled=run.config.precision == "bf16"
-    )
-
-
 def _check_precision(run: Run) -> None:
     if run.config.precision == "fp32":
         return
@@ -289,7 +283,8 @@ def _step(
     buffers = [(b, b.detach().clone()) for b in run.module.buffers()]
     create_graph = run.config.create_graph
     try:
-        with _autocast(run):
+        bf16 = run.config.precision == "bf16"
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=bf16):
             value = run.loss(forward, move_to_device(batch, run.device))
         scalar = _checked_scalar(value, where, run.module)
         if part.first:
