@@ -8,6 +8,8 @@ carries their key prefixes instead, which
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -40,8 +42,5 @@ def module_device(model: nn.Module) -> torch.device:
         >>> module_device(nn.Linear(2, 2)), module_device(nn.ReLU())
         (device(type='cpu'), device(type='cpu'))
     """
-    for parameter in model.parameters():
-        return parameter.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if tensor is None else tensor.device

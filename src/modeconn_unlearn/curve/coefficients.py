@@ -73,10 +73,9 @@ def polychain(t: T, num_bends: int) -> list[T]:
         [0.5, 0.5, 0.0]
     """
     segments = num_bends - 1
-    if isinstance(t, Tensor):
-        position = t * segments
-        return [torch.clamp(1.0 - torch.abs(position - j), min=0.0) for j in range(num_bends)]
     position = t * segments
+    if isinstance(position, Tensor):
+        return [torch.clamp(1.0 - torch.abs(position - j), min=0.0) for j in range(num_bends)]
     left = min(int(position), segments - 1)
     weight = position - left
     coefficients = [0.0] * num_bends
