@@ -237,20 +237,19 @@ def layer_mask(
     retain_score = {n: float(torch.linalg.vector_norm(retain_grads[n])) / numel[n] for n in names}
     forget_score = {n: float(torch.linalg.vector_norm(forget_grads[n])) / numel[n] for n in names}
 
-    excluded: set[str] = set()
-    covered = 0
-    for n in sorted(names, key=lambda n: -retain_score[n]):
-        if covered >= kr * total:
-            break
-        excluded.add(n)
-        covered += numel[n]
-    selected: set[str] = set()
-    covered = 0
-    for n in sorted((n for n in names if n not in excluded), key=lambda n: -forget_score[n]):
-        if covered >= k * total:
-            break
-        selected.add(n)
-        covered += numel[n]
+    def cover(candidates: list[str], score: dict[str, float], share: float) -> tuple[set[str], int]:
+        """By decreasing score, the tensors taken while fewer than ``share`` of all entries are."""
+        taken: set[str] = set()
+        covered = 0
+        for n in sorted(candidates, key=lambda n: -score[n]):
+            if covered >= share * total:
+                break
+            taken.add(n)
+            covered += numel[n]
+        return taken, covered
+
+    excluded, _ = cover(names, retain_score, kr)
+    selected, covered = cover([n for n in names if n not in excluded], forget_score, k)
     if not selected:
         raise ModeConnError(
             f"kr={kr} excludes every parameter tensor, so nothing would be trainable; lower kr."
