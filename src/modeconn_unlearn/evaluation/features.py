@@ -11,7 +11,7 @@ classification task; ``"loss"`` works for every task.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -132,21 +132,14 @@ def sample_features(
     unknown = [f for f in chosen if f not in FEATURES]
     if unknown or not chosen:
         raise ModeConnError(f"Unknown MIA features {unknown}; choose from {list(FEATURES)}.")
-    result: dict[str, Tensor] = {}
-    for feature in chosen:
-        if feature == "correctness":
-            value = (probs.argmax(dim=1) == labels).double()
-        elif feature == "confidence":
-            value = probs.gather(1, labels[:, None]).squeeze(1)
-        elif feature == "entropy":
-            value = _entropy(probs)
-        elif feature == "m_entropy":
-            value = modified_entropy(probs, labels)
-        else:
-            result[feature] = probs
-            continue
-        result[feature] = value[:, None]
-    return result
+    compute: dict[str, Callable[[], Tensor]] = {
+        "correctness": lambda: (probs.argmax(dim=1) == labels).double()[:, None],
+        "confidence": lambda: probs.gather(1, labels[:, None]),
+        "entropy": lambda: _entropy(probs)[:, None],
+        "m_entropy": lambda: modified_entropy(probs, labels)[:, None],
+        "prob": lambda: probs,
+    }
+    return {feature: compute[feature]() for feature in chosen}
 
 
 def check_features(features: Sequence[str] | str) -> tuple[str, ...]:
