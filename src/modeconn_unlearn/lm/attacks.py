@@ -103,17 +103,8 @@ def attack_scores(
             raise ModeConnError(
                 "the zlib attack needs the text: pass tokenizer= (the data's tokenizer)."
             )
-        sizes = np.array(
-            [
-                len(
-                    zlib.compress(
-                        tokenizer.decode(ids.tolist(), skip_special_tokens=True).encode("utf-8")
-                    )
-                )
-                for ids in outputs.answer_ids
-            ],
-            dtype=np.float64,
-        )
+        texts = [tokenizer.decode(i.tolist(), skip_special_tokens=True) for i in outputs.answer_ids]
+        sizes = np.array([len(zlib.compress(t.encode("utf-8"))) for t in texts], dtype=np.float64)
         return -np.asarray(outputs.nll, dtype=np.float64) / sizes
     per_token = outputs.token_logprobs if attack == "min_k" else outputs.mink_pp
     kk = _check_k(k)
