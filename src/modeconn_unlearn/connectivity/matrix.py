@@ -155,12 +155,9 @@ def _check_request(
         raise ModeConnError("models must be a dict {name: model or state dict} of >= 2 entries.")
     if path not in ("linear", "curve"):
         raise ModeConnError(f"path must be 'linear' or 'curve', got {path!r}.")
-    if path == "linear" and (connect_kwargs or retain_data is not None or forget_data is not None):
-        extra = sorted(connect_kwargs) + [
-            n
-            for n, v in (("retain_data", retain_data), ("forget_data", forget_data))
-            if v is not None
-        ]
+    data = {"retain_data": retain_data, "forget_data": forget_data}
+    extra = sorted(connect_kwargs) + [name for name, value in data.items() if value is not None]
+    if path == "linear" and extra:
         raise ModeConnError(f"{extra} only apply to path='curve'; remove them or set path='curve'.")
     if template is None:
         template = next((m for m in models.values() if isinstance(m, nn.Module)), None)
