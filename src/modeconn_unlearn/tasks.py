@@ -230,9 +230,7 @@ class ClassificationTask:
         targets = targets.to(logits.device)
         loss = F.cross_entropy(logits, targets, reduction="none")
         correct = (logits.detach().argmax(dim=1) == targets).to(torch.float32)
-        extra: dict[str, Tensor] = {}
-        if signals:
-            extra = {"logits": logits.detach().float(), "labels": targets.detach()}
+        extra = {"logits": logits.detach().float(), "labels": targets.detach()} if signals else {}
         return SampleOutputs(loss=loss, correct=correct, signals=extra)
 
     @staticmethod
@@ -376,10 +374,8 @@ class CausalLMTask:
                 "task=ClassificationTask()."
             )
         expected = f"({targets.shape[0]}, {targets.shape[1]}, V)"
-        if (
-            not isinstance(logits, Tensor)
-            or logits.ndim != 3
-            or tuple(logits.shape[:2]) != tuple(targets.shape)
+        if not (
+            isinstance(logits, Tensor) and logits.ndim == 3 and logits.shape[:2] == targets.shape
         ):
             raise ModeConnError(
                 f"CausalLMTask expects logits of shape (batch, seq, vocab) = {expected} (or an "
