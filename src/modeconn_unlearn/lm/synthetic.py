@@ -94,16 +94,12 @@ ATTRIBUTES: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
 
 def _names(count: int, rng: random.Random) -> list[str]:
     syllables = [o + v + c for o in _ONSETS for v in _VOWELS for c in _CODAS]
-    seen: set[str] = set()
-    names: list[str] = []
+    names: dict[str, None] = {}  # distinct, in the order drawn
     while len(names) < count:
         first = "".join(rng.choice(syllables) for _ in range(2)).capitalize()
         last = "".join(rng.choice(syllables) for _ in range(rng.choice((2, 3)))).capitalize()
-        name = f"{first} {last}"
-        if name not in seen:
-            seen.add(name)
-            names.append(name)
-    return names
+        names[f"{first} {last}"] = None
+    return list(names)
 
 
 def fictitious_qa(
