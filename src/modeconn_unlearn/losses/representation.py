@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..checks import as_float
 from ..curve import CurveModel
-from ..errors import ModeConnError
+from ..errors import ModeConnError, listed
 from ..tasks import Batch, SampleOutputs, Task
 from ..wrappers import unwrap
 from .base import (
@@ -48,10 +48,9 @@ def _layer_of(model: nn.Module, layer: str) -> nn.Module:
         return owner.get_submodule(layer)
     except AttributeError:
         names = [name for name, _ in owner.named_modules() if name]
-        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         raise ModeConnError(
             f"rmu: the model has no submodule {layer!r}; give a name from "
-            f"model.named_modules(), e.g. {shown}."
+            f"model.named_modules(), e.g. {listed(names)}."
         ) from None
 
 
