@@ -23,7 +23,7 @@ from .bn import bn_data
 from .efficacy import mia_efficacy
 from .features import check_features
 from .options import PathOptions, path_settings
-from .outputs import DataLike, DeviceLike, Metrics, Outputs, run_pass
+from .outputs import DataLike, DeviceLike, Metrics, run_pass
 from .report import PathReport
 from .sharding import gather_outputs, global_metrics, shard_loader
 
@@ -227,11 +227,12 @@ def _measure(
     result: dict[str, tuple[Metrics, dict[str, float]]] = {
         name: (global_metrics(outputs), {}) for name, outputs in passes.items()
     }
-    if features:
-        gathered = {name: gather_outputs(passes[name]) for name in MIA_SPLITS}
-        result["forget"][1].update(
-            {f"mia_{feature}": _path_mia(gathered, feature) for feature in features}
-        )
+    if features:  # the shadow subset (subsample) is the same at every t
+        shadow, forget, test = (gather_outputs(passes[n]) for n in ("retain", "forget", "test"))
+        for feature in features:
+            result["forget"][1][f"mia_{feature}"] = mia_efficacy(
+                shadow, test, forget, feature=feature, subsample=True
+            )
     return result
 
 
@@ -256,10 +257,3 @@ def segment_lengths(curve: CurveModel, points: Iterable[float]) -> list[float]:
             lengths.append(math.sqrt(squared))
         previous = weights
     return lengths
-
-
-def _path_mia(passes: Mapping[str, Outputs], feature: str) -> float:
-    """MIA-efficacy at one ``t``; the shadow subset is the same at every ``t``."""
-    return mia_efficacy(
-        passes["retain"], passes["test"], passes["forget"], feature=feature, subsample=True
-    )

@@ -37,17 +37,13 @@ def _with_reduction(task: Task, reduction: str) -> Task:
     return task
 
 
-def _token_counts(targets: Tensor) -> Tensor:
-    return (targets[:, 1:] != IGNORE_INDEX).sum(dim=1)
-
-
 def _converted(values: Tensor, targets: Tensor, task: Task, used: Task) -> Tensor:
     """Per-sample losses computed with ``used`` expressed in ``task``'s reduction."""
     if not isinstance(task, CausalLMTask) or not isinstance(used, CausalLMTask):
         return values
     if task.reduction == used.reduction:
         return values
-    counts = _token_counts(targets.to(values.device)).to(values.dtype)
+    counts = (targets[:, 1:] != IGNORE_INDEX).sum(dim=1).to(values.device, values.dtype)
     return values / counts if task.reduction == "mean" else values * counts
 
 

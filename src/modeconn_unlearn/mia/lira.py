@@ -53,15 +53,6 @@ def lira_statistic(outputs: Outputs) -> NDArray[np.float64]:
     return (-outputs.loss.double()).numpy()
 
 
-def _fixed_order(data: DataLike, name: str) -> Any:
-    if isinstance(data, DataLoader) and isinstance(data.sampler, RandomSampler):
-        raise ModeConnError(
-            f"{name} is a shuffling DataLoader; LiRA matches examples across models by "
-            "position, so pass the Dataset or a DataLoader with shuffle=False."
-        )
-    return data
-
-
 def lira_scores(
     target: NDArray[np.float64],
     reference: NDArray[np.float64],
@@ -176,7 +167,11 @@ def lira(
         >>> lira(nn.Linear(3, 2), refs, data, mask).shape
         (6,)
     """
-    data = _fixed_order(data, "data")
+    if isinstance(data, DataLoader) and isinstance(data.sampler, RandomSampler):
+        raise ModeConnError(
+            "data is a shuffling DataLoader; LiRA matches examples across models by "
+            "position, so pass the Dataset or a DataLoader with shuffle=False."
+        )
     if len(reference_models) == 0:
         raise ModeConnError("lira needs reference models; see train_reference_models().")
     mask = np.asarray(in_mask)
@@ -201,16 +196,6 @@ class ReferenceModels(NamedTuple):
 
     models: list[nn.Module]
     in_mask: NDArray[np.bool_]
-
-
-def _dataset_of(data: DataLike) -> Dataset[Any]:
-    dataset = data.dataset if isinstance(data, DataLoader) else data
-    if not isinstance(dataset, Dataset) or not hasattr(dataset, "__len__"):
-        raise TypeError(
-            "train_reference_models needs a map-style Dataset (or a DataLoader over one) to "
-            f"draw random halves from, got {type(data).__name__}."
-        )
-    return dataset
 
 
 def train_reference_models(
@@ -261,7 +246,12 @@ def train_reference_models(
         >>> refs.in_mask.shape, refs.in_mask.sum(axis=0).tolist() == [1] * 10
         ((2, 10), True)
     """
-    dataset = _dataset_of(data)
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    if not isinstance(dataset, Dataset) or not hasattr(dataset, "__len__"):
+        raise TypeError(
+            "train_reference_models needs a map-style Dataset (or a DataLoader over one) to "
+            f"draw random halves from, got {type(data).__name__}."
+        )
     positive_int(k, "k", minimum=2)
     n = len(dataset)  # type: ignore[arg-type]
     if n < 2:

@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.interpolate import CubicSpline, PchipInterpolator
 
-from ..checks import check_percentages
+from ..checks import check_percentages, positive_int
 from ..errors import ModeConnError
 
 __all__ = [
@@ -196,7 +196,7 @@ def find_optimal_t(
     ts, retain, forget = _check_series(t, retain_acc, forget_acc)
     check_targets(retain_target, forget_target)
     low, high = _check_range(t_range, ts)
-    dense = _check_dense(dense)
+    positive_int(dense, "dense", minimum=2)
     used, notes = resolve_kind(kind, len(ts))
     retain_fn = interpolant(ts, retain, used)
     forget_fn = interpolant(ts, forget, used)
@@ -272,7 +272,7 @@ def effective_region(
     """
     ts, retain, forget = _check_series(t, retain_acc, forget_acc)
     check_targets(retain_target, forget_target)
-    dense = _check_dense(dense)
+    positive_int(dense, "dense", minimum=2)
     if not (math.isfinite(reference_t) and ts[0] <= reference_t <= ts[-1]):
         raise ModeConnError(
             f"reference_t={reference_t} lies outside the measured t in [{ts[0]}, {ts[-1]}]; "
@@ -423,9 +423,3 @@ def _check_range(
             "measure the path there or narrow t_range (no extrapolation)."
         )
     return low, high
-
-
-def _check_dense(dense: int) -> int:
-    if isinstance(dense, bool) or int(dense) != dense or dense < 2:
-        raise ModeConnError(f"dense must be an integer >= 2, got {dense!r}.")
-    return int(dense)

@@ -82,22 +82,6 @@ class PathSearch:
         return len(self.report.t)
 
 
-def _check_settings(coarse: int, max_points: int, tol: float) -> None:
-    positive_int(coarse, "coarse", minimum=2)
-    positive_int(max_points, "max_points", minimum=coarse)
-    as_float(tol, "tol", positive=True)
-
-
-def _check_t_range(t_range: tuple[float, float]) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in t_range)
-    except (TypeError, ValueError) as error:
-        raise ModeConnError(f"t_range must be a pair (low, high), got {t_range!r}.") from error
-    if not (0.0 <= low < high <= 1.0):
-        raise ModeConnError(f"t_range must satisfy 0 <= low < high <= 1, got {t_range!r}.")
-    return low, high
-
-
 def _next_points(
     best_t: float, measured: NDArray[np.float64], gaps: NDArray[np.float64], tol: float
 ) -> list[float]:
@@ -170,8 +154,15 @@ def refine_optimal_t(
         >>> round(found.best.t, 3), found.evaluations <= 10
         (0.65, True)
     """
-    _check_settings(coarse, max_points, tol)
-    low, high = _check_t_range(t_range)
+    positive_int(coarse, "coarse", minimum=2)
+    positive_int(max_points, "max_points", minimum=coarse)
+    as_float(tol, "tol", positive=True)
+    try:
+        low, high = (float(v) for v in t_range)
+    except (TypeError, ValueError) as error:
+        raise ModeConnError(f"t_range must be a pair (low, high), got {t_range!r}.") from error
+    if not (0.0 <= low < high <= 1.0):
+        raise ModeConnError(f"t_range must satisfy 0 <= low < high <= 1, got {t_range!r}.")
     ts: list[float] = []
     retain: list[float] = []
     forget: list[float] = []
