@@ -75,6 +75,7 @@ from _harness import (
     write_json,
     write_text,
 )
+from torch.utils.data import Subset
 
 import modeconn_unlearn as mcu
 from modeconn_unlearn import RecipeConfig
@@ -291,10 +292,42 @@ def ensemble_of(result: mcu.RecipeResult) -> mcu.PathEnsemble:
     return mcu.path_ensemble(result.curve, ts)
 
 
-#: The attacks of ``--phase relearn``: steps, and the learning rate as a multiple of the
-#: study's (``"member"``: times an ensemble's number of members, so that each member moves
-#: about as far as a single model does; 1 for single models).
-ATTACKS = {"10 steps": (10, 1), "50 steps": (50, 1), "10 steps, lr x members": (10, "member")}
+#: The attacks of ``--phase relearn``: steps, and how an ensemble is attacked: ``1``, through
+#: its average at the study's learning rate; ``"k"``, the same at k times it (k members);
+#: ``"each"``, each member fine-tuned on its own, as an attacker holding every member's
+#: weights can, then averaged again. A single model gets the plain attack in every form.
+ATTACKS = {
+    "10 steps": (10, 1),
+    "50 steps": (50, 1),
+    "10 steps, lr x k": (10, "k"),
+    "10 steps, each member": (10, "each"),
+}
+
+
+def relearned_members(
+    study: Study, ensemble: mcu.PathEnsemble, forget: Any, seed: int, steps: int
+) -> float:
+    """Forget accuracy of the ensemble after each member was attacked on its own.
+
+    The same samples and steps as :func:`relearned` (``relearn_attack`` with 0 steps
+    draws them); each member is fine-tuned like ``relearn_attack`` does. The worlds of this
+    phase have no BatchNorm or dropout, so the members' train/eval mode does not matter.
+    """
+    samples = max(1, round(study.relearn_fraction * len(forget)))
+    chosen = mcu.relearn_attack(ensemble, forget, steps=0, lr=1.0, samples=samples, seed=seed)
+    rest = np.setdiff1d(np.arange(len(forget)), chosen.samples)
+    part = Subset(forget, chosen.samples.tolist())
+    config = mcu.TrainConfig(
+        lr=study.relearn_lr,
+        max_steps=steps,
+        momentum=0.0,
+        weight_decay=0.0,
+        batch_size=len(part),
+        progress=False,
+    )
+    loss = mcu.losses.finetune()
+    members = [mcu.unlearn(m, part, None, loss=loss, config=config) for m in ensemble.members]
+    return mcu.evaluate(mcu.PathEnsemble(members), Subset(forget, rest.tolist())).accuracy
 
 
 def relearn_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]) -> dict:
@@ -326,18 +359,15 @@ def relearn_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, 
         }
     rows = {}
     for name, model in models.items():
-        members = len(model.members) if isinstance(model, mcu.PathEnsemble) else 1
-        rows[name] = {
-            attack: relearned(
-                study,
-                model,
-                sc.forget,
-                seed,
-                steps=steps,
-                lr=study.relearn_lr * (members if scale == "member" else scale),
-            )
-            for attack, (steps, scale) in ATTACKS.items()
-        }
+        ensemble = model if isinstance(model, mcu.PathEnsemble) else None
+        rows[name] = {}
+        for attack, (steps, form) in ATTACKS.items():
+            if ensemble is not None and form == "each":
+                accuracy = relearned_members(study, ensemble, sc.forget, seed, steps)
+            else:
+                k = len(ensemble.members) if ensemble is not None and form == "k" else 1
+                accuracy = relearned(study, model, sc.forget, seed, steps, study.relearn_lr * k)
+            rows[name][attack] = accuracy
         logger.info("seed %d %s: %s", seed, name, rows[name])
     return {"seed": seed, "rows": rows}
 
@@ -349,8 +379,10 @@ def relearn_markdown(records: list[dict[str, Any]], command: str, world: str) ->
         "",
         f"Seeds {[r['seed'] for r in records]}; `{command}`. Forget accuracy (%) after each "
         f"attack, mean ± 95 % t-interval; fine-tuning on {Study.relearn_fraction:.0%} of the "
-        "forget set, accuracy on the rest. `lr x members`: an ensemble of k models attacked "
-        "with k times the learning rate (single models: the same attack as `10 steps`).",
+        "forget set, accuracy on the rest. An ensemble of k models is attacked through its "
+        "average (`lr x k`: at k times the learning rate) or member by member (`each "
+        "member`: fine-tuned on their own, then averaged); single models get the plain attack "
+        "in every column.",
         "",
         *score_table("model | " + " | ".join(ATTACKS), cells, list(ATTACKS)),
     ]
