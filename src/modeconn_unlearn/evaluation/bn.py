@@ -41,20 +41,6 @@ class BNData(NamedTuple):
 BN_SALT = 40_000
 
 
-def _subset(loader: DataLoader[Any], samples: int, seed: int) -> tuple[DataLoader[Any], int]:
-    dataset = loader.dataset
-    n = len(dataset)  # type: ignore[arg-type]
-    if samples >= n:
-        return loader, n
-    subset = DataLoader(
-        seeded_subset(dataset, samples, seed, salt=BN_SALT),
-        batch_size=loader.batch_size or DEFAULT_EVAL_BATCH_SIZE,
-        shuffle=False,
-        collate_fn=loader.collate_fn,
-    )
-    return subset, samples
-
-
 def bn_data(
     template: nn.Module,
     *,
@@ -105,6 +91,9 @@ def bn_data(
             "explicitly."
         )
     if bn_samples is not None:
-        loader, used = _subset(loader, int(bn_samples), seed)
-        source = f"{source} ({used} samples)"
+        subset = seeded_subset(loader.dataset, int(bn_samples), seed, salt=BN_SALT)
+        if subset is not loader.dataset:
+            batch_size = loader.batch_size or DEFAULT_EVAL_BATCH_SIZE
+            loader = DataLoader(subset, batch_size=batch_size, collate_fn=loader.collate_fn)
+        source = f"{source} ({len(subset)} samples)"  # type: ignore[arg-type]
     return BNData(loader, source)
