@@ -235,16 +235,14 @@ def greedy_generate(
             for start in range(0, len(members), int(batch_size)):
                 chunk = members[start : start + int(batch_size)]
                 ids = torch.tensor([list(prompts[i]) for i in chunk], device=device)
-                done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
+                done = [False] * len(chunk)
                 for _ in range(int(max_new_tokens)):
                     nxt = _logits(model, ids)[:, -1].argmax(dim=-1)
                     for row, token in enumerate(nxt.tolist()):
+                        done[row] = done[row] or token == eos_token_id
                         if not done[row]:
-                            if eos_token_id is not None and token == eos_token_id:
-                                done[row] = True
-                            else:
-                                results[chunk[row]].append(int(token))
-                    if bool(done.all()):
+                            results[chunk[row]].append(token)
+                    if all(done):
                         break
                     ids = torch.cat([ids, nxt[:, None]], dim=1)
     return results
