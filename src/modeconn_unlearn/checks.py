@@ -133,10 +133,8 @@ def validate_mask(mask: Mapping[str, Tensor | bool], model: nn.Module) -> dict[s
             f"a mask is a dict {{param_name: bool tensor}}, got {type(mask).__name__}."
         )
     params = dict(model.named_parameters())
-    aliases = {n: n for n in params}
     canonical = {id(p): n for n, p in params.items()}
-    for n, p in model.named_parameters(remove_duplicate=False):
-        aliases.setdefault(n, canonical[id(p)])
+    aliases = {n: canonical[id(p)] for n, p in model.named_parameters(remove_duplicate=False)}
     unknown = [n for n in mask if n not in aliases]
     if unknown:
         raise ModeConnError(
