@@ -148,14 +148,6 @@ def tokenize_qa(
     return prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
 
 
-def _pad_id(tokenizer: Any) -> int:
-    for name in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None)
-        if value is not None:
-            return int(value)
-    return 0
-
-
 class QADataset(Dataset[tuple[dict[str, Tensor], Tensor]]):
     """Tokenized question-answer examples: items ``({"input_ids", "attention_mask"}, labels)``.
 
@@ -226,7 +218,8 @@ class QADataset(Dataset[tuple[dict[str, Tensor], Tensor]]):
             "max_length": max_length,
             "pad_to_max_length": pad_to_max_length,
         }
-        self.pad_token_id = _pad_id(tokenizer)
+        ids = (getattr(tokenizer, name, None) for name in ("pad_token_id", "eos_token_id"))
+        self.pad_token_id = int(next((i for i in ids if i is not None), 0))
         self._examples: list[tuple[list[int], list[int]]] = []
         for i, pair in enumerate(self.pairs):
             ids, labels = tokenize_qa(tokenizer, pair.question, pair.answer, **tokenizing)
