@@ -216,12 +216,6 @@ def collect_outputs(
     else:
         target = None if device is None else torch.device(device)
         modes = nullcontext()
+    loader = as_loader(data, name=name, collate_fn=task_collate(chosen))
     with modes, torch.no_grad():
-        return run_pass(
-            model,
-            as_loader(data, name=name, collate_fn=task_collate(chosen)),
-            task=chosen,
-            device=target,
-            signals=signals,
-            name=name,
-        )
+        return run_pass(model, loader, task=chosen, device=target, signals=signals, name=name)
