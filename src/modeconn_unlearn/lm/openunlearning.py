@@ -93,7 +93,7 @@ def _without_eos(outputs: LMOutputs, eos_token_id: int | None) -> LMOutputs:
         len(ids) - 1 if len(ids) and int(ids[-1]) == eos_token_id else len(ids)
         for ids in outputs.answer_ids
     ]
-    cut = {
+    cut: dict[str, Any] = {
         name: [v[:n] for v, n in zip(getattr(outputs, name), keep, strict=True)]
         for name in ("token_logprobs", "mink_pp", "answer_ids", "token_correct")
     }

@@ -303,14 +303,8 @@ def _region(
 ) -> list[tuple[float, float]]:
     grid = np.union1d(np.linspace(ts[0], ts[-1], dense), ts)
     points = np.append(grid, reference_t)
-    gaps = np.asarray(
-        avg_gap(
-            retain_fn(points),
-            forget_fn(points),
-            retain_target=retain_target,
-            forget_target=forget_target,
-        )
-    )
+    targets = {"retain_target": retain_target, "forget_target": forget_target}
+    gaps = np.asarray(avg_gap(retain_fn(points), forget_fn(points), **targets))
     reference = float(gaps[-1])
     diff = gaps[:-1] - reference
     # A tolerance keeps rounding noise of the spline from opening zero-width intervals.

@@ -163,6 +163,7 @@ def refine_optimal_t(
         raise ModeConnError(f"t_range must be a pair (low, high), got {t_range!r}.") from error
     if not (0.0 <= low < high <= 1.0):
         raise ModeConnError(f"t_range must satisfy 0 <= low < high <= 1, got {t_range!r}.")
+    targets = {"retain_target": retain_target, "forget_target": forget_target}
     ts: list[float] = []
     retain: list[float] = []
     forget: list[float] = []
@@ -200,10 +201,7 @@ def refine_optimal_t(
     take([float(v) for v in np.linspace(low, high, coarse)])
     best, t_arr, ra_arr, fa_arr = optimum()
     while len(ts) < max_points:
-        gaps = np.asarray(
-            avg_gap(ra_arr, fa_arr, retain_target=retain_target, forget_target=forget_target),
-            dtype=np.float64,
-        )
+        gaps = np.asarray(avg_gap(ra_arr, fa_arr, **targets), dtype=np.float64)
         points = _next_points(best.t, t_arr, gaps, tol)
         if not points:
             break
