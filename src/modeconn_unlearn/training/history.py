@@ -73,17 +73,10 @@ class History:
             ``{"epoch": [...], "loss": [...], ..., **extra}``; a column of an
             ``extra`` key absent from some epochs holds NaN there.
         """
-        columns: dict[str, list[float]] = {
-            name: [] for name in EpochRecord.__dataclass_fields__ if name != "extra"
-        }
-        extra_keys = sorted({key for r in self.records for key in r.extra})
-        columns.update({key: [] for key in extra_keys})
-        for r in self.records:
-            for name, value in asdict(r).items():
-                if name != "extra":
-                    columns[name].append(value)
-            for key in extra_keys:
-                columns[key].append(r.extra.get(key, math.nan))
+        fields = [name for name in EpochRecord.__dataclass_fields__ if name != "extra"]
+        columns = {name: [getattr(r, name) for r in self.records] for name in fields}
+        for key in sorted({key for r in self.records for key in r.extra}):
+            columns[key] = [r.extra.get(key, math.nan) for r in self.records]
         return columns
 
     def state(self) -> list[dict[str, Any]]:
@@ -152,19 +145,9 @@ class EpochMeter:
         )
 
     def _all_reduce(self) -> None:
-        sums = torch.tensor(
-            [
-                self.loss_sum,
-                self.loss_count,
-                *self.acc["retain"],
-                *self.acc["forget"],
-                self.beta[0],
-                float(self.beta[1]),
-            ],
-            dtype=torch.float64,
-        )
-        reduced: list[float] = all_reduce_sum(sums).tolist()
-        sums_list = reduced
-        self.loss_sum, self.loss_count = sums_list[0], sums_list[1]
-        self.acc = {"retain": sums_list[2:4], "forget": sums_list[4:6]}
-        self.beta = [sums_list[6], int(sums_list[7])]
+        sums = [self.loss_sum, self.loss_count, *self.acc["retain"], *self.acc["forget"]]
+        sums += [self.beta[0], float(self.beta[1])]
+        reduced: list[float] = all_reduce_sum(torch.tensor(sums, dtype=torch.float64)).tolist()
+        self.loss_sum, self.loss_count = reduced[0], reduced[1]
+        self.acc = {"retain": reduced[2:4], "forget": reduced[4:6]}
+        self.beta = [reduced[6], int(reduced[7])]
