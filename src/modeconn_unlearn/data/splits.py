@@ -100,7 +100,6 @@ def forget_retain_split(
         )
     dataset = as_dataset(dataset, "dataset")
     n = len(dataset)
-    generator = torch.Generator().manual_seed(int(seed))
     if forget_ratio is not None:
         ratio = float(forget_ratio)
         if not (math.isfinite(ratio) and 0.0 < ratio < 1.0):
@@ -117,9 +116,8 @@ def forget_retain_split(
                 f"forget_ratio={ratio} of {n} samples leaves the {part} set empty; "
                 "choose a ratio that selects at least one sample for each set."
             )
-        perm = torch.randperm(n, generator=generator)
         is_forget = torch.zeros(n, dtype=torch.bool)
-        is_forget[perm[:n_forget]] = True
+        is_forget[seeded_order(n, int(seed))[:n_forget]] = True
     else:
         targets = _targets_of(dataset)
         classes = torch.unique(targets)
@@ -128,6 +126,7 @@ def forget_retain_split(
                 raise ModeConnError(
                     f"forget_class must be an int or 'random', got {forget_class!r}."
                 )
+            generator = torch.Generator().manual_seed(int(seed))
             pick = int(torch.randint(len(classes), (1,), generator=generator))
             chosen = int(classes[pick])
             logger.info("forget_retain_split: seed %d picked class %d to forget", seed, chosen)
