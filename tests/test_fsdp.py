@@ -5,7 +5,8 @@ The workers run this file as a script (launched by :mod:`torchrun_launch`). The
 under FSDP2), runs ``fit_curve``, ``evaluate_path`` and ``export`` on it, and saves
 what the tests compare with a single-process run of the same calls. The ``full``
 worker shards the bends of a full-parameter curve (a tied-embedding model with
-blocks) and does the same with ``fit_curve``, ``export``, masks and a resume.
+blocks) and does the same with ``fit_curve``, ``export``, masks and a resume, and
+compares a step with and without ``reshard_after_forward``.
 """
 
 from __future__ import annotations
@@ -217,6 +218,11 @@ def test_sharding_needs_a_process_group_and_a_curve():
         shard_curve(nn.Linear(2, 2))  # type: ignore[arg-type]
 
 
+def test_reshard_after_forward_must_be_a_bool():
+    with pytest.raises(ModeConnError, match="reshard_after_forward must be True or False"):
+        shard_curve(make_curve(), reshard_after_forward=1)  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------- full-parameter curves
 class TiedBlocks(nn.Module):
     """Tokens -> a tied embedding, two blocks in a ModuleList, a norm, the tied head.
@@ -321,6 +327,38 @@ def run_full_calls(
     }
 
 
+def one_step(curve: CurveModel) -> dict[str, object]:
+    """One forward and backward pass of this rank's half of the retain set, probed.
+
+    Before the backward pass, ``kept`` names the layers whose gathered weights are
+    still alive (a weak reference to the flat tensor they are views of); then the
+    bends' gradients. gloo's worker thread lets go of an all-gather's output a moment
+    after the call returns, so ``kept`` is read again for up to 2 s until it is empty.
+    """
+    import time
+    import weakref
+
+    import torch.distributed as dist
+
+    retain, _ = make_full_data()
+    first = 8 * dist.get_rank()
+    tokens, labels = (t[first : first + 8] for t in retain.tensors)
+    gathered: list[tuple[str, weakref.ref[torch.Tensor]]] = []
+    for name, module in curve.template.named_modules():
+        if isinstance(module, (nn.Linear, nn.LayerNorm)):
+            module.register_forward_pre_hook(
+                lambda m, _, name=name: gathered.append((name, weakref.ref(m.weight._base)))
+            )
+    loss = nn.functional.cross_entropy(curve.train()(tokens, t=0.3), labels)
+    deadline = time.monotonic() + 2.0
+    while (kept := [name for name, ref in gathered if ref() is not None]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.01)
+    loss.backward()
+    return {"kept": kept, "grads": [p.grad.clone() for p in curve.parameters()]}
+
+
 def _full_worker(out: Path) -> None:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
@@ -334,6 +372,16 @@ def _full_worker(out: Path) -> None:
         for run, (mask, kwargs) in FULL_RUNS.items():
             curve = shard_curve(make_full_curve(mask, **kwargs), mesh)
             result[run] = run_full_calls(curve, out / f"{run}{me}")
+            result[f"{run}, one step"] = {
+                reshard: one_step(
+                    shard_curve(
+                        make_full_curve(mask, **kwargs), mesh, reshard_after_forward=reshard
+                    )
+                )
+                for reshard in (True, False)
+            }
+        kept = shard_curve(make_full_curve(), mesh, reshard_after_forward=False)
+        result["kept"] = run_full_calls(kept, out / f"kept{me}")
         # Stopped after 2 of 4 epochs (as if killed), then resumed from the rank's own file.
         checkpoints = out / f"resumed{me}"
         run_full_calls(shard_curve(make_full_curve(), mesh), checkpoints, epochs=2)
@@ -351,6 +399,15 @@ def _full_worker(out: Path) -> None:
             shard_curve(make_full_curve(), mesh, blocks=lambda model: [nn.Linear(2, 2)])
         except ModeConnError as error:
             refused["foreign block"] = str(error)
+        curve = shard_curve(make_full_curve(), mesh).train()
+        loss = curve(make_full_data()[0].tensors[0][:4], t=0.5).sum()
+        with torch.no_grad():  # a step between forward and backward
+            for param in curve.parameters():
+                param.add_(1.0)
+        try:
+            loss.backward()
+        except ModeConnError as error:
+            refused["changed before backward"] = str(error)
         result["refused"] = refused
         torch.save(result, out / f"rank{dist.get_rank()}.pt")
     finally:
@@ -479,6 +536,31 @@ def test_full_curve_refusals_say_what_to_do(full_ranks):
     refused = full_ranks[0]["refused"]
     assert "without compile" in refused["compile"]
     assert "not part of the curve's model" in refused["foreign block"]
+    assert "reshard_after_forward=False" in refused["changed before backward"]
+
+
+@pytest.mark.slow  # the 2-process launch takes about 20 s
+@pytest.mark.parametrize("run", FULL_RUNS)
+def test_resharding_frees_the_gathered_weights_and_changes_no_gradient(full_ranks, run):
+    for rank in full_ranks:
+        resharded, kept = rank[f"{run}, one step"][True], rank[f"{run}, one step"][False]
+        # Autograd holds no gathered weight once the forward pass is over...
+        assert resharded["kept"] == []
+        # ... where without resharding it holds those of every layer it needs for backward.
+        assert "norm" in kept["kept"] and "head" in kept["kept"]
+        if run != "per-tensor":  # there the blocks' linear weights are constants of no use
+            assert {"blocks.0.0", "blocks.1.0"} <= set(kept["kept"])
+        assert len(resharded["grads"]) == len(kept["grads"]) > 0
+        for a, b in zip(resharded["grads"], kept["grads"], strict=True):
+            assert torch.equal(a, b)  # the same gather again: bit-identical values
+
+
+@pytest.mark.slow  # the 2-process launch takes about 20 s
+def test_a_run_that_keeps_the_gathered_weights_trains_the_same(full_ranks):
+    for rank in full_ranks:
+        assert rank["kept"]["loss"] == rank["plain"]["loss"]
+        for key, value in rank["plain"]["bends"].items():
+            assert torch.equal(rank["kept"]["bends"][key], value)
 
 
 # ------------------------------------------------------------------- the path on a sharded curve

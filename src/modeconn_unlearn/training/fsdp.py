@@ -59,6 +59,7 @@ def shard_curve(
     mesh: DeviceMesh | None = None,
     *,
     blocks: Callable[[nn.Module], Iterable[nn.Module]] | None = None,
+    reshard_after_forward: bool = True,
 ) -> CurveModel:
     """Shard a curve over the ranks; in place.
 
@@ -70,6 +71,12 @@ def shard_curve(
     block runs (:mod:`~modeconn_unlearn.training.sharded_bends`); its gradients
     are reduce-scattered and averaged, and the optimizer holds only the local
     slices. See ``docs/scale_out.md``.
+
+    ``reshard_after_forward`` (as in FSDP2) frees each unit's gathered weights
+    when its forward pass ends and gathers them again in the backward pass, so a
+    training step holds about one unit's full weights at a time instead of every
+    unit's (autograd saves a layer's weight for the input's gradient), for one
+    all-gather more per unit and step. The gradients are the same either way.
 
     For a LoRA curve, each block of the curve's model (by default the children of its largest
     ``nn.ModuleList``, e.g. a Llama's decoder layers) and then the model itself
@@ -94,6 +101,11 @@ def shard_curve(
             of the ``nn.ModuleList`` that holds most parameters (for a
             full-parameter curve, none: then every module owning parameters is
             a unit of its own).
+        reshard_after_forward: Free the gathered weights after each unit's
+            forward pass and gather them again for its backward pass (a LoRA
+            curve passes it to ``fully_shard``). ``False`` keeps them until
+            the backward pass: faster, but every unit's full weights are alive
+            at the end of the forward pass.
 
     Returns:
         ``curve`` itself, sharded.
@@ -102,8 +114,9 @@ def shard_curve(
         TypeError: ``curve`` is not a :class:`CurveModel`.
         ModeConnError: No process group, a mesh that is not 1-D, not over
             every rank or not on the curve's device type, a curve already
-            sharded, no blocks found in a LoRA curve, or ``blocks`` that are not
-            disjoint submodules of the model.
+            sharded, no blocks found in a LoRA curve, ``blocks`` that are not
+            disjoint submodules of the model, or a ``reshard_after_forward``
+            that is not a bool.
 
     Example:
         >>> import torch.distributed as dist
@@ -115,6 +128,10 @@ def shard_curve(
         raise TypeError(f"shard_curve takes a CurveModel, got {type(curve).__name__}.")
     if is_sharded(curve):
         raise ModeConnError("shard_curve was already called on this curve; call it once.")
+    if not isinstance(reshard_after_forward, bool):
+        raise ModeConnError(
+            f"reshard_after_forward must be True or False, got {reshard_after_forward!r}."
+        )
     if not (dist.is_available() and dist.is_initialized()):
         raise ModeConnError(
             "shard_curve needs a torch.distributed process group: run under torchrun and call "
@@ -125,7 +142,9 @@ def shard_curve(
     if all(p.requires_grad for p in template.parameters()):
         units = list(blocks(template) if blocks is not None else _largest_module_list(template))
         _replicate(curve, mesh)
-        skeleton = shard_bends(curve, units, mesh.get_group())
+        skeleton = shard_bends(
+            curve, units, mesh.get_group(), reshard_after_forward=reshard_after_forward
+        )
         curve.__dict__[UNSHARDED_COPY] = FullCopy(skeleton, template, lambda: module_device(curve))
         return curve
     curved = {p for p in template.parameters() if p.requires_grad}
@@ -137,9 +156,10 @@ def shard_curve(
         )
     _replicate(curve, mesh)
     skeleton = meta_copy(template)
-    for unit in units:
-        fully_shard(unit, mesh=mesh, ignored_params=curved)
-    fully_shard(template, mesh=mesh, ignored_params=curved)
+    for module in [*units, template]:
+        fully_shard(
+            module, mesh=mesh, ignored_params=curved, reshard_after_forward=reshard_after_forward
+        )
     group, world = mesh.get_group(), mesh.size()
     for param in curve.parameters():
         param.register_post_accumulate_grad_hook(_averaging_hook(group, world))

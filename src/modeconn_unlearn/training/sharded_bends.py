@@ -15,6 +15,12 @@ weights' gradient is reduce-scattered and averaged over the ranks, and each
 rank scales its slice by the bends' coefficients (the curve's fused
 :class:`~modeconn_unlearn.curve.Combine`). The template keeps no full copy of a
 curved weight: between forward passes they are placeholders on the meta device.
+
+A layer saves its weight for the input's gradient, so autograd would keep every
+unit's gathered weights until the backward pass. With ``reshard_after_forward``
+(the default) saved-tensor hooks (:class:`_Resharder`) keep only a reference to
+the gather instead, and the backward pass gathers the unit's weights again when
+it needs them: about one unit's full weights are alive at a time.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+from torch.autograd.graph import saved_tensors_hooks
 from torch.utils.hooks import RemovableHandle
 
 from ..curve import BendGroup, CurveModel
@@ -141,11 +148,22 @@ class ShardedBends(nn.Module):
 
     def weights(self, coefs: list[float]) -> tuple[Tensor, ...]:
         """The unit's full tensors at the bend coefficients ``coefs`` (collective)."""
+        return self.split(self.gather(coefs))
+
+    def gather(self, coefs: list[float]) -> Tensor:
+        """The unit's flat entries at ``coefs``, padding included, from every rank (collective)."""
         pieces = self.bends.weights(coefs)
         token = torch.empty(0, requires_grad=self.trainable and torch.is_grad_enabled())
-        full = GatherShards.apply(self.group, self.world, token, *pieces)  # type: ignore[no-untyped-call]
+        return cast(Tensor, GatherShards.apply(self.group, self.world, token, *pieces))  # type: ignore[no-untyped-call]
+
+    def split(self, full: Tensor) -> tuple[Tensor, ...]:
+        """The unit's tensors, as views of the flat entries ``full`` from :meth:`gather`."""
         flat = torch.split(full[: sum(self.numels)], self.numels)
         return tuple(piece.view(shape) for piece, shape in zip(flat, self.shapes, strict=True))
+
+    def versions(self) -> tuple[int, ...]:
+        """The version counters of the local bends (bumped by every in-place change)."""
+        return tuple(t._version for t in (*self.parameters(), *self.buffers()))
 
     def traced_weights(self, coefs: Tensor) -> tuple[Tensor, ...]:
         """Not supported: a compiled curve cannot run the per-block gathers."""
@@ -170,13 +188,19 @@ class _Install:
 
 
 def shard_bends(
-    curve: CurveModel, blocks: Iterable[nn.Module], group: dist.ProcessGroup
+    curve: CurveModel,
+    blocks: Iterable[nn.Module],
+    group: dist.ProcessGroup,
+    *,
+    reshard_after_forward: bool = True,
 ) -> nn.Module:
     """Replace ``curve``'s bend storage by per-unit slices and hook the units; in place.
 
     A unit is a block of ``blocks`` (with everything inside it), or any other
     module that owns a curved parameter (its own parameters only). A tensor
     tied into several units is stored once and gathered by each of them.
+    With ``reshard_after_forward``, autograd keeps no gathered weight: the
+    backward pass gathers each unit's weights again (see :class:`_Resharder`).
 
     Returns:
         An empty copy of the template (its parameters on the meta device), for
@@ -227,9 +251,10 @@ def shard_bends(
             delattr(item.module, item.attr)
             setattr(item.module, item.attr, item.placeholder)
     curve.groups = nn.ModuleDict(groups)
+    resharder = _Resharder() if reshard_after_forward else None
     for unit_id, (unit, _) in units.items():
         needed = sorted({group_of[item.name] for item in installs[unit_id]})
-        _hook_unit(curve, unit, installs[unit_id], [groups[k] for k in needed])
+        _hook_unit(curve, unit, installs[unit_id], [groups[k] for k in needed], resharder)
     return skeleton
 
 
@@ -331,7 +356,11 @@ def _path_of(root: nn.Module, target: nn.Module) -> str:
 
 
 def _hook_unit(
-    curve: CurveModel, unit: nn.Module, installs: list[_Install], groups: list[ShardedBends]
+    curve: CurveModel,
+    unit: nn.Module,
+    installs: list[_Install],
+    groups: list[ShardedBends],
+    resharder: _Resharder | None,
 ) -> list[RemovableHandle]:
     """Put the unit's weights at the curve's ``t`` in place around each of its forward calls."""
 
@@ -342,17 +371,124 @@ def _hook_unit(
                 "a sharded curve's model runs through the curve: call curve(x, t=)."
             )
         coefs = [float(c) for c in curve.coefficients(t, curve.num_bends)]
+        gathered = [(group, coefs, group.gather(coefs)) for group in groups]
         weights: dict[str, Tensor] = {}
-        for group in groups:
-            weights.update(zip(group.names, group.weights(coefs), strict=True))
+        for group, _, full in gathered:
+            weights.update(zip(group.names, group.split(full), strict=True))
         for item in installs:
             setattr(item.module, item.attr, weights[item.name])
+        if resharder is not None:
+            resharder.enter(unit, gathered)
 
     def release(module: nn.Module, args: Any, output: Any) -> None:
         for item in installs:
             setattr(item.module, item.attr, item.placeholder)
+        if resharder is not None:
+            resharder.exit(unit)
 
-    return [unit.register_forward_pre_hook(install), unit.register_forward_hook(release)]
+    # always_call: an exception in the unit's forward must still pop the saved-tensor hooks.
+    return [
+        unit.register_forward_pre_hook(install),
+        unit.register_forward_hook(release, always_call=True),
+    ]
+
+
+class _Regather:
+    """One gather of one unit's weights, repeated in backward for the views autograd saved.
+
+    The gathered entries are kept from the first unpacked view until every view
+    packed in the forward pass has been unpacked, so a unit whose backward reads
+    several of its weights gathers once.
+    """
+
+    def __init__(self, group: ShardedBends, coefs: list[float], dtype: torch.dtype) -> None:
+        self.group, self.coefs, self.dtype = group, coefs, dtype
+        self.versions = group.versions()
+        self.saved = self.unpacked = 0
+        self.full: Tensor | None = None
+
+    def view(self, size: torch.Size, stride: tuple[int, ...], offset: int) -> Tensor:
+        """The saved view, from the unit's weights gathered again (collective)."""
+        if self.full is None:
+            if self.group.versions() != self.versions:
+                raise ModeConnError(
+                    "the sharded bends were changed in place between the forward and the "
+                    "backward pass (e.g. an optimizer step), so their gathered weights cannot be "
+                    "rebuilt; step after backward, or shard with reshard_after_forward=False."
+                )
+            with torch.no_grad():
+                self.full = self.group.gather(self.coefs)
+        view = self.full.as_strided(size, stride, offset)
+        self.unpacked += 1
+        if self.unpacked % self.saved == 0:  # every saved view unpacked, once per backward
+            self.full = None
+        return view
+
+
+@dataclass(frozen=True)
+class _Saved:
+    """What autograd keeps of a saved view of gathered weights: where it lies in them."""
+
+    regather: _Regather
+    size: torch.Size
+    stride: tuple[int, ...]
+    offset: int
+
+
+class _Resharder:
+    """Saved-tensor hooks that let autograd keep no gathered weight between forward and backward.
+
+    While a unit runs, the flat weights it gathered are registered by their
+    storage; a tensor autograd saves from that storage (a layer's weight, its
+    transpose) is packed as a :class:`_Saved` instead, and unpacked in the
+    backward pass by gathering the unit's weights again. The gathers run in the
+    order autograd unpacks, the same on every rank, and give the same values.
+    The cost is one all-gather more per unit and training step. Units nest (a
+    module owning a parameter around the blocks), so registrations and hooks
+    form a stack.
+    """
+
+    def __init__(self) -> None:
+        self.live: dict[int, _Regather] = {}
+        self.stack: list[tuple[nn.Module, saved_tensors_hooks, list[int]]] = []
+
+    def enter(
+        self, unit: nn.Module, gathered: list[tuple[ShardedBends, list[float], Tensor]]
+    ) -> None:
+        """Register a unit's gathered flat weights and push the hooks (before its forward)."""
+        keys = []
+        for group, coefs, full in gathered:
+            keys.append(full.untyped_storage().data_ptr())
+            self.live[keys[-1]] = _Regather(group, coefs, full.dtype)
+        hooks = saved_tensors_hooks(self.pack, self.unpack)
+        hooks.__enter__()
+        self.stack.append((unit, hooks, keys))
+
+    def exit(self, unit: nn.Module) -> None:
+        """Pop the hooks and forget the registrations of ``unit`` (after its forward)."""
+        if not self.stack or self.stack[-1][0] is not unit:
+            return  # its pre-hook raised before entering
+        _, hooks, keys = self.stack.pop()
+        hooks.__exit__(None, None, None)
+        for key in keys:
+            del self.live[key]
+
+    def pack(self, tensor: Tensor) -> Tensor | _Saved:
+        """A saved view of gathered weights as a :class:`_Saved`; any other tensor unchanged."""
+        if type(tensor) is not Tensor or tensor.layout != torch.strided:
+            return tensor
+        regather = self.live.get(tensor.untyped_storage().data_ptr())
+        if regather is None or tensor.dtype != regather.dtype:
+            return tensor
+        regather.saved += 1
+        return _Saved(regather, tensor.shape, tensor.stride(), tensor.storage_offset())
+
+    @staticmethod
+    def unpack(packed: Tensor | _Saved) -> Tensor:
+        """The saved tensor back: a :class:`_Saved` view from a new gather (collective)."""
+        if isinstance(packed, Tensor):
+            return packed
+        return packed.regather.view(packed.size, packed.stride, packed.offset)
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
