@@ -34,9 +34,9 @@ import gc
 import json
 import os
 import resource
-import shutil
 import socket
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -148,6 +148,7 @@ def worker(rank: int, world: int, port: int, layout: str, config: dict, out: Pat
         (out / f"{layout}_{world}_{rank}.json").write_text(json.dumps(record))
     finally:
         dist.destroy_process_group()
+    _leave()
 
 
 def timing_worker(rank: int, world: int, port: int, config: dict, out: Path) -> None:
@@ -170,6 +171,14 @@ def timing_worker(rank: int, world: int, port: int, config: dict, out: Path) -> 
         (out / f"timing_{world}_{rank}.json").write_text(json.dumps(record))
     finally:
         dist.destroy_process_group()
+    _leave()
+
+
+def _leave() -> None:
+    """End a worker whose record is written: skip the interpreter's teardown, where gloo's
+    threads sometimes abort the process ("terminate called without an active exception")
+    after the run has succeeded."""
+    os._exit(0)
 
 
 def free_port() -> int:
@@ -269,10 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     config["params"] = sum(p.numel() for p in Blocks(config["width"], config["depth"]).parameters())
     args.out.mkdir(parents=True, exist_ok=True)
     name = "fsdp_memory_quick" if args.quick else "fsdp_memory"
-    scratch = args.out / f".{name}_ranks"
-    scratch.mkdir(exist_ok=True)
-    (rows, timings), took = timed(lambda: measure(config, scratch))
-    shutil.rmtree(scratch)
+    with tempfile.TemporaryDirectory() as scratch:
+        (rows, timings), took = timed(lambda: measure(config, Path(scratch)))
     run = command("fsdp_memory.py", argv)
     text = markdown(rows, timings, config, run)
     print(text)
