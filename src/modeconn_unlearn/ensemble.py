@@ -2,8 +2,9 @@
 
 A model unlearned along a curve can be replaced by the average of the models at a
 few nearby points of the same curve. Their errors on the forget set differ, so the
-average is less confidently right on it, and a relearning attack has to move every
-member at once (see ``benchmarks/mcu_strong.py`` for what it buys).
+average is less confidently right on it. It is no defence against relearning: an
+attacker holding the members' weights fine-tunes them one by one, and they relearn
+like single models (``benchmarks/results/mcu_strong_mlpc_relearn.md``).
 """
 
 from __future__ import annotations
