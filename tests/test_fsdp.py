@@ -6,7 +6,9 @@ under FSDP2), runs ``fit_curve``, ``evaluate_path`` and ``export`` on it, and sa
 what the tests compare with a single-process run of the same calls. The ``full``
 worker shards the bends of a full-parameter curve (a tied-embedding model with
 blocks) and does the same with ``fit_curve``, ``export``, masks and a resume, and
-compares a step with and without ``reshard_after_forward``.
+compares a step with and without ``reshard_after_forward``. The ``trainer`` worker trains
+the sharded LoRA curve with a ``transformers.Trainer`` (which wraps it in DDP), as
+docs/scale_out.md shows.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch.utils.data import TensorDataset
 from torchrun_launch import launch
 
 from modeconn_unlearn.curve import CurveModel
+from modeconn_unlearn.data import PadCollator, UnlearnDataset
 from modeconn_unlearn.errors import ModeConnError
 from modeconn_unlearn.evaluation import evaluate_path
 from modeconn_unlearn.losses import finetune
@@ -468,7 +471,7 @@ def _assert_close_states(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[key], value, rtol=0, atol=1e-5)
 
 
-@pytest.mark.slow  # the 2-process launch takes about 20 s
+@pytest.mark.slow  # the 2-process launch and the single run take about 15 s
 @pytest.mark.parametrize("run", FULL_RUNS)
 def test_sharded_full_curve_fits_and_exports_as_one_process(full_ranks, full_single, run):
     single = full_single[run]
@@ -483,14 +486,14 @@ def test_sharded_full_curve_fits_and_exports_as_one_process(full_ranks, full_sin
         assert all(torch.equal(exports[0][k], exports[1][k]) for k in exports[0])
 
 
-@pytest.mark.slow  # the 2-process launch takes about 20 s
+@pytest.mark.slow  # the 2-process launch and the single run take about 15 s
 def test_the_export_keeps_the_tie_and_the_loss_moved(full_ranks, full_single):
     export = full_ranks[0]["plain"]["exports"][0.6]
     assert "head.weight" not in export or torch.equal(export["head.weight"], export["embed.weight"])
     assert full_single["plain"]["loss"][-1] < full_single["plain"]["loss"][0]
 
 
-@pytest.mark.slow  # the 2-process launch takes about 20 s
+@pytest.mark.slow  # the 2-process launch and the single run take about 15 s
 def test_each_rank_holds_half_the_bends_gradients_and_optimizer_state(full_ranks, full_single):
     whole = full_single["plain"]["bytes"]
     for rank in full_ranks:
@@ -518,7 +521,7 @@ def test_a_sharded_run_sigkilled_under_torchrun_resumes_to_the_uninterrupted_one
             assert all(torch.equal(exported[k], v) for k, v in plain["exports"][t].items())
 
 
-@pytest.mark.slow  # the 2-process launch takes about 20 s
+@pytest.mark.slow  # the 2-process launch and the single run take about 15 s
 def test_a_resumed_sharded_run_matches_the_uninterrupted_one(full_ranks):
     for rank in full_ranks:
         assert rank["resumed"]["loss"] == rank["plain"]["loss"]
@@ -531,7 +534,7 @@ def test_a_resumed_sharded_run_matches_the_uninterrupted_one(full_ranks):
     assert full_ranks[1]["files"] == ["fit_curve.rank1-of-2.pt"]
 
 
-@pytest.mark.slow  # the 2-process launch takes about 20 s
+@pytest.mark.slow  # the 2-process launch and the single run take about 15 s
 def test_full_curve_refusals_say_what_to_do(full_ranks):
     refused = full_ranks[0]["refused"]
     assert "without compile" in refused["compile"]
@@ -539,7 +542,7 @@ def test_full_curve_refusals_say_what_to_do(full_ranks):
     assert "reshard_after_forward=False" in refused["changed before backward"]
 
 
-@pytest.mark.slow  # the 2-process launch takes about 20 s
+@pytest.mark.slow  # the 2-process launch and the single run take about 15 s
 @pytest.mark.parametrize("run", FULL_RUNS)
 def test_resharding_frees_the_gathered_weights_and_changes_no_gradient(full_ranks, run):
     for rank in full_ranks:
@@ -555,7 +558,7 @@ def test_resharding_frees_the_gathered_weights_and_changes_no_gradient(full_rank
             assert torch.equal(a, b)  # the same gather again: bit-identical values
 
 
-@pytest.mark.slow  # the 2-process launch takes about 20 s
+@pytest.mark.slow  # the 2-process launch and the single run take about 15 s
 def test_a_run_that_keeps_the_gathered_weights_trains_the_same(full_ranks):
     for rank in full_ranks:
         assert rank["kept"]["loss"] == rank["plain"]["loss"]
@@ -875,6 +878,111 @@ def test_a_sharded_recipe_needs_a_process_group():
         )
 
 
+# ------------------------------------------------------------------- a Hugging Face Trainer
+#: Each step takes the whole retain set as one global batch: 8 sequences per rank on two
+#: ranks, all 16 in the single process, so both see the same global batch whatever order
+#: the Trainer's (accelerate's) sampler gives. The loss is a per-sample mean over equal
+#: halves, so the ranks' averaged gradient is the single process's.
+TRAINER_STEPS, TRAINER_BATCH = 3, 16
+
+
+class CurveTrainer(transformers.Trainer):  # type: ignore[misc]
+    """The Trainer of docs/language_models.md; it also records each step's loss and ``t``."""
+
+    objective = finetune(task=TASK)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+        loss = self.objective(model, inputs)  # model: the curve (in DDP on several ranks)
+        self.record.append((float(loss.detach()), self.model.last_t))  # self.model: the curve
+        return (loss, None) if return_outputs else loss
+
+
+def run_trainer(out: Path, world: int) -> dict[str, object]:
+    """The docs' recipe (scale_out.md): TrainingArguments, shard_curve, Trainer.train, export.
+
+    On ``world`` ranks under torchrun (``TrainingArguments`` starts the gloo process group),
+    or in this process when ``world == 1`` (not sharded).
+    """
+    args = transformers.TrainingArguments(
+        output_dir=str(out / "trainer"),
+        per_device_train_batch_size=TRAINER_BATCH // world,
+        max_steps=TRAINER_STEPS,
+        optim="sgd",  # plain SGD: a wrongly scaled gradient changes the step (Adam's not)
+        learning_rate=5.0,
+        remove_unused_columns=False,  # the batch is ours, not a datasets'
+        save_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        ddp_backend="gloo" if world > 1 else None,  # one process: no process group
+        disable_tqdm=True,
+        seed=5,
+    )
+    curve = make_curve().to(args.device)  # TrainingArguments started the process group
+    if world > 1:
+        shard_curve(curve)
+    retain, _ = make_data()
+    trainer = CurveTrainer(
+        model=curve,
+        args=args,
+        train_dataset=UnlearnDataset(retain, None),
+        data_collator=PadCollator(0, as_dict=True),
+    )
+    trainer.record = []
+    trainer.train()
+    return {
+        "wrapped": type(trainer.model_wrapped).__name__,
+        "sharded": is_sharded(curve),
+        "record": trainer.record,
+        "bends": {k: v.detach().clone() for k, v in curve.state_dict().items()},
+        "export": curve.export(0.5, merged=True).state_dict(),  # collective when sharded
+    }
+
+
+def _trainer_worker(out: Path) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    try:
+        result = run_trainer(out, world=2)
+        torch.save(result, out / f"rank{dist.get_rank()}.pt")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow  # the 2-process launch and the single run take about 15 s
+def test_a_trainer_trains_a_sharded_lora_curve_as_one_process(tmp_path):
+    """Trainer (DDP on top of shard_curve) on 2 ranks ends where one process's Trainer does."""
+    ranks = launched(tmp_path, "--trainer")
+    single = run_trainer(tmp_path, world=1)
+    first, second = ranks
+    assert first["wrapped"] == second["wrapped"] == "DistributedDataParallel"
+    assert single["wrapped"] == "CurveModel" and not single["sharded"]
+    assert first["sharded"] and second["sharded"]
+    # Each step drew one t, the same on both ranks (the Trainer seeds every rank alike)
+    # and in the single process; the ranks' mean loss is the one of the global batch.
+    ts = [[t for _, t in run["record"]] for run in (first, second, single)]
+    assert len(ts[2]) == TRAINER_STEPS and ts[0] == ts[1] == ts[2]
+    halves = zip(first["record"], second["record"], strict=True)
+    mean_loss = [(a + b) / 2 for (a, _), (b, _) in halves]
+    assert mean_loss == pytest.approx([loss for loss, _ in single["record"]], rel=1e-5)
+    # Both ranks end with the same bends and export, and those of the single process.
+    assert _same(first["bends"], second["bends"]) and _same(first["export"], second["export"])
+    for key, value in single["bends"].items():
+        torch.testing.assert_close(first["bends"][key], value, rtol=0, atol=1e-5)
+    assert first["export"].keys() == single["export"].keys()
+    for key, value in single["export"].items():
+        torch.testing.assert_close(first["export"][key], value, rtol=0, atol=1e-5)
+    # The ends stayed and the control point moved by far more than the tolerance, so a
+    # gradient summed instead of averaged over the ranks (twice the SGD step) would show.
+    start = make_curve()
+    trained = {name for name, _ in start.named_parameters()}
+    for key, value in start.state_dict().items():
+        moved = float((single["bends"][key] - value).abs().max())
+        assert moved > 1e-3 if key in trained else moved == 0.0, key
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", type=Path, required=True)
@@ -883,12 +991,15 @@ if __name__ == "__main__":
     parser.add_argument("--recipe", action="store_true")
     parser.add_argument("--killed", action="store_true")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--trainer", action="store_true")
     arguments = parser.parse_args()
     if arguments.killed:
         _killed_worker(arguments.worker, arguments.resume)
         raise SystemExit
     worker = _worker
-    if arguments.recipe:
+    if arguments.trainer:
+        worker = _trainer_worker
+    elif arguments.recipe:
         worker = _recipe_worker
     elif arguments.path:
         worker = _path_worker
