@@ -118,6 +118,59 @@ def test_trainer_trains_a_curve_with_an_mcu_objective(world) -> None:  # type: i
     assert any(changed)
 
 
+class _MeanLossTrainer(transformers.Trainer):  # type: ignore[misc]
+    """The docs' CurveTrainer: ``compute_loss`` returns the objective's per-batch mean."""
+
+    loss_is_scaled_for_ga = False
+    objective = mcu.losses.finetune(task=TASK)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+        loss = self.objective(model, inputs)
+        return (loss, None) if return_outputs else loss
+
+
+class _UnscaledTrainer(_MeanLossTrainer):
+    loss_is_scaled_for_ga = None  # transformers' own inference from the curve's **kwargs
+
+
+@pytest.mark.parametrize("trainer", [_MeanLossTrainer, _UnscaledTrainer])
+def test_gradient_accumulation_takes_the_step_of_the_whole_batch(world, trainer, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two accumulated batches of 4 make the SGD step of one batch of 8 (same samples, fixed t)."""
+    end = lm.tiny_causal_lm(len(world["tok"]), hidden_size=32, num_layers=1, num_heads=2, seed=9)
+    data = UnlearnDataset(Subset(world["retain"], range(8)), None)
+    middles = []
+    for batch, accumulate in ((8, 1), (4, 2)):
+        curve = mcu.CurveModel(world["model"], start=world["model"], end=end, t_sampler=(0.5, 0.5))
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path),
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulate,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=0.1,
+            max_grad_norm=0.0,
+            report_to=[],
+            save_strategy="no",
+            remove_unused_columns=False,
+            use_cpu=True,
+            disable_tqdm=True,
+        )
+        collator = lm.PadCollator(world["tok"].pad_token_id, as_dict=True)
+        trainer(model=curve, args=args, train_dataset=data, data_collator=collator).train()
+        middles.append(torch.cat([p.detach().flatten() for p in curve.parameters()]))
+    start = torch.cat(
+        [
+            p.detach().flatten()
+            for p in mcu.CurveModel(world["model"], start=world["model"], end=end).parameters()
+        ]
+    )
+    whole, accumulated = middles[0] - start, middles[1] - start
+    if trainer is _MeanLossTrainer:
+        torch.testing.assert_close(accumulated, whole, atol=1e-6, rtol=1e-4)
+    else:  # without the setting the accumulated step is twice as long
+        torch.testing.assert_close(accumulated, 2 * whole, atol=1e-6, rtol=1e-4)
+
+
 def test_unlearn_trains_on_variable_length_examples_through_a_padding_loader(world) -> None:  # type: ignore[no-untyped-def]
     """A DataLoader's PadCollator is kept by mcu.unlearn: no fixed-length padding needed."""
     base = lm.qa_source(world["forget"])[0]
