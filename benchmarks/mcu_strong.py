@@ -41,6 +41,7 @@ Usage:
     python benchmarks/mcu_strong.py --phase tune --world cnn20   # 20k BN-CNN: base lrs
     python benchmarks/mcu_strong.py --phase report --world cnn20 # 20k BN-CNN, random 10 %
     python benchmarks/mcu_strong.py --phase report --world cnn20r1  # random 1 %, its tuning
+    python benchmarks/mcu_strong.py --phase tune --world cnn20c  # class 0: its base lrs
     python benchmarks/mcu_strong.py --phase relearn --world mlpc  # longer relearning attacks
     python benchmarks/mcu_strong.py --quick     # smoke run on digits, writes nothing
 """
@@ -111,6 +112,7 @@ TITLES = {
     "cnn20": "BatchNorm CNN, 20k Fashion-MNIST images, random 10 %; its own base learning "
     "rates, the MLP's curve setting",
     "cnn20r1": "BatchNorm CNN, 20k Fashion-MNIST images, random 1 %; the random-10 % tuning",
+    "cnn20c": "BatchNorm CNN, 20k Fashion-MNIST images, class 0; its own base learning rates",
 }
 # Random 1 % on the tuned world: 180 forget images, the settings tuned on random 10 %.
 MLP1_WORLD = dataclasses.replace(WORLD, scenarios=("random1",))
@@ -130,6 +132,7 @@ TUNED = {
     "mlp": "mcu_strong_tuning.json",
     "mlpc": "mcu_strong_mlpc_tuning.json",
     "cnn20": "mcu_strong_cnn20_tuning.json",
+    "cnn20c": "mcu_strong_cnn20c_tuning.json",
 }
 #: The tuned world whose choices each report-only world runs.
 READS = {"cnn": "mlp", "mlp1": "mlp", "cnn20r1": "cnn20"}
@@ -539,12 +542,13 @@ def main(argv: list[str] | None = None) -> None:
     cli.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     cli.add_argument(
         "--world",
-        choices=("mlp", "cnn", "mlp1", "mlpc", "cnn20", "cnn20r1"),
+        choices=tuple(TITLES),
         default="mlp",
         help="mlp: the tuned study; cnn: the transfer check on mcu_table's CNN; mlp1: random "
         "1 %% forgetting on the MLP (both report only, with the mlp tuning); mlpc: class 0 on "
         "the MLP; cnn20: random 10 %% on a 20k BN-CNN (both tune their base learning rates); "
-        "cnn20r1: random 1 %% on it (report only, with the cnn20 tuning)",
+        "cnn20r1: random 1 %% on it (report only, with the cnn20 tuning); cnn20c: class 0 on it "
+        "(tunes its base learning rates on the class grid)",
     )
     cli.add_argument(
         "--match",
@@ -562,8 +566,9 @@ def main(argv: list[str] | None = None) -> None:
         "mlpc": MLPC_WORLD,
         "cnn20": CNN20_WORLD,
         "cnn20r1": dataclasses.replace(CNN20_WORLD, scenarios=("random1",)),
+        "cnn20c": dataclasses.replace(CNN20_WORLD, scenarios=("class",)),
     }
-    lrs = {"mlpc": CLASS_BASE_LRS, "cnn20": CNN20_BASE_LRS}
+    lrs = {"mlpc": CLASS_BASE_LRS, "cnn20": CNN20_BASE_LRS, "cnn20c": CLASS_BASE_LRS}
     full = Study(world=worlds[args.world], base_lrs=lrs.get(args.world, Study.base_lrs))
     study = configure(args.quick, full, QUICK)
     name = "mcu_strong" if args.world == "mlp" else f"mcu_strong_{args.world}"
