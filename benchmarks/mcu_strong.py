@@ -64,6 +64,7 @@ from _harness import (
     configure,
     environment,
     fmt,
+    loader,
     marked,
     mean_cells,
     mean_ci,
@@ -266,7 +267,7 @@ def run_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]
                 rows[key] = row
                 rows[f"{key}+keep"] = dict(base_row, t=1.0) if keep else row
                 if name == "match":
-                    ensemble = ensemble_of(result)
+                    ensemble = ensemble_of(result, sc)
                     rows[f"{key}+ens"] = dict(scored(study, sc, ensemble, seed), t=result.best.t)
                 logger.info(
                     f"seed {seed} {method} lr {lr:g} {key.split('/')[1]}: gap "
@@ -289,10 +290,11 @@ def run_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]
     }
 
 
-def ensemble_of(result: mcu.RecipeResult) -> mcu.PathEnsemble:
-    """The curve's models at the optimum and :data:`ENSEMBLE_OFFSETS` around it."""
+def ensemble_of(result: mcu.RecipeResult, sc: mcu_table.Scenario) -> mcu.PathEnsemble:
+    """The curve's models at the optimum and :data:`ENSEMBLE_OFFSETS` around it, each with
+    its BatchNorm statistics re-estimated on the retain probe (as the recipe's own export)."""
     ts = sorted({min(max(result.best.t + d, 0.0), 1.0) for d in ENSEMBLE_OFFSETS})
-    return mcu.path_ensemble(result.curve, ts)
+    return mcu.path_ensemble(result.curve, ts, bn_loader=loader(sc.probe))
 
 
 #: The attacks of ``--phase relearn``: steps, and how an ensemble is attacked: ``1``, through
@@ -358,7 +360,7 @@ def relearn_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, 
         models |= {
             method: theta_u,
             f"{method}/match": result.model,
-            f"{method}/match+ens": ensemble_of(result),
+            f"{method}/match+ens": ensemble_of(result, sc),
         }
     rows = {}
     for name, model in models.items():
