@@ -227,10 +227,11 @@ def run_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]
         for lr in plan["base_lr"].get(method, study.base_lrs):
             try:
                 theta_u, base_row = mcu_table.run_base(world, sc, Base(method, 1, float(lr)))
+                # A model whose weights blew up without a NaN loss fails the attack instead.
+                base_row["relearn"] = relearned(study, theta_u, sc.forget, seed)
             except mcu.NonFiniteLossError:
                 logger.info("seed %d %s lr %g: diverged, not a candidate", seed, method, lr)
                 continue
-            base_row["relearn"] = relearned(study, theta_u, sc.forget, seed)
             rows[f"{method}@{lr}"] = base_row
             candidates[lr] = (theta_u, base_row)
         lr = min(candidates, key=lambda c: candidates[c][1]["avg_gap"])
