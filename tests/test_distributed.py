@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
-from torchrun_launch import launch
+from torchrun_launch import finish, launch
 
 N_SAMPLES, N_FEATURES, N_CLASSES = 64, 6, 3
 GLOBAL_BATCH, EPOCHS, LR, SEED = 16, 2, 0.1, 7
@@ -194,3 +194,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", type=Path, required=True)
     _worker(parser.parse_args().worker)
+    finish()

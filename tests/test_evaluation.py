@@ -15,6 +15,7 @@ import torch
 from helpers import assert_unchanged, make_mlp, model_state
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
+from torchrun_launch import finish
 
 import modeconn_unlearn.evaluation as evaluation
 from modeconn_unlearn.batchnorm import update_bn
@@ -567,6 +568,7 @@ def distributed_worker(rank: int, world: int, port: int, out: str) -> None:
         report.save(Path(out) / f"rank{rank}.json")
     finally:
         dist.destroy_process_group()
+    finish()
 
 
 def free_port() -> int:

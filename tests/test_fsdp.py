@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
-from torchrun_launch import launch
+from torchrun_launch import finish, launch
 
 from modeconn_unlearn.curve import CurveModel
 from modeconn_unlearn.data import PadCollator, UnlearnDataset
@@ -995,7 +995,7 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     if arguments.killed:
         _killed_worker(arguments.worker, arguments.resume)
-        raise SystemExit
+        finish()
     worker = _worker
     if arguments.trainer:
         worker = _trainer_worker
@@ -1006,3 +1006,4 @@ if __name__ == "__main__":
     elif arguments.full:
         worker = _full_worker
     worker(arguments.worker)
+    finish()
