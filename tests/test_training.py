@@ -1345,3 +1345,29 @@ def test_an_epoch_ending_in_one_sample_drops_it_only_for_batchnorm(batchnorm):
         progress=False,
     )
     assert sizes == ([4, 4, 4] if batchnorm else [4, 4, 4, 1])
+
+
+def test_the_training_loader_batches_as_unlearn_loader_does():
+    # build_loader's one-process order is documented as unlearn_loader's, bit for bit.
+    from modeconn_unlearn.data import unlearn_loader
+    from modeconn_unlearn.tasks import resolve_task
+    from modeconn_unlearn.training.loaders import build_loader
+
+    data = TensorDataset(torch.arange(26.0).reshape(13, 2), torch.arange(13) % 3)
+    retain, forget = Subset(data, range(9)), Subset(data, range(9, 13))
+    config = TrainConfig(lr=0.1, epochs=2, batch_size=4, retain_ratio=0.8, seed=5)
+    built = build_loader(
+        "unlearn",
+        mcu_objective(1.0),
+        retain,
+        forget,
+        config=config,
+        task=resolve_task(None),
+        model=_net(False, 0),
+        device=torch.device("cpu"),
+    ).loader
+    plain = unlearn_loader(retain, forget, batch_size=4, retain_ratio=0.8, seed=5)
+    for _ in range(2):  # two epochs: the generator carries on alike
+        for ours, theirs in zip(built, plain, strict=True):
+            assert torch.equal(ours.inputs, theirs.inputs)
+            assert torch.equal(ours.is_forget, theirs.is_forget)
