@@ -189,6 +189,29 @@ def variant_config(name: str, match: int, study: Study) -> RecipeConfig:
     return RecipeConfig(keep_base=False, **extra)
 
 
+def mcu_of(
+    world: mcu_table.World,
+    sc: mcu_table.Scenario,
+    theta_u: torch.nn.Module,
+    config: RecipeConfig,
+    seed: int,
+    *,
+    progress: bool = True,
+) -> mcu.RecipeResult:
+    """The recipe on the scenario's original and θ_u, scored on its retain probe."""
+    return mcu.recipe.mcu_unlearn(
+        world.originals[sc.arch],
+        theta_u,
+        sc.retain,
+        sc.forget,
+        targets=sc.targets,
+        config=config,
+        probe=sc.probe,
+        seed=seed,
+        progress=progress,
+    )
+
+
 def relearned(
     study: Study, model: torch.nn.Module, forget: Any, seed: int, steps: int = 0, lr: float = 0.0
 ) -> float:
@@ -242,15 +265,8 @@ def run_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]
                     continue
                 key = f"{method}@{lr}/{name}" + (f"@{match}" if name == "match" else "")
                 result, seconds = timed(
-                    lambda name=name, match=match, theta_u=theta_u: mcu.recipe.mcu_unlearn(
-                        world.originals[cfg.arch],
-                        theta_u,
-                        sc.retain,
-                        sc.forget,
-                        targets=sc.targets,
-                        config=variant_config(name, match, study),
-                        probe=sc.probe,
-                        seed=seed,
+                    lambda name=name, match=match, theta_u=theta_u: mcu_of(
+                        world, sc, theta_u, variant_config(name, match, study), seed
                     )
                 )
                 row = scored(study, sc, result.model, seed)
@@ -347,17 +363,8 @@ def relearn_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, 
     for method in METHODS:
         lr = float(plan["base_lr"][method][0])
         theta_u, _ = mcu_table.run_base(world, sc, Base(method, 1, lr))
-        result = mcu.recipe.mcu_unlearn(
-            original,
-            theta_u,
-            sc.retain,
-            sc.forget,
-            targets=sc.targets,
-            config=variant_config("match", plan["match"][0], study),
-            probe=sc.probe,
-            seed=seed,
-            progress=False,
-        )
+        config = variant_config("match", plan["match"][0], study)
+        result = mcu_of(world, sc, theta_u, config, seed, progress=False)
         models |= {
             method: theta_u,
             f"{method}/match": result.model,
