@@ -6,6 +6,7 @@ import collections
 import inspect
 import itertools
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -148,6 +149,10 @@ def test_targets_are_percentages(retain: float, forget: float) -> None:
         ({"grad_accumulation": 0}, "grad_accumulation"),
         ({"grad_accumulation": 2.0}, "grad_accumulation"),
         ({"merged": "yes"}, "merged"),
+        ({"repair_ratio": 1.5}, "repair_ratio must be in"),
+        ({"repair_ratio": -0.1}, "repair_ratio"),
+        ({"repair_lr": 0.0}, "repair_lr"),
+        ({"repair_ratio": 0.25, "shard": True}, "shard=True is not supported"),
     ],
 )
 def test_recipe_config_refuses_bad_values(kwargs: dict, match: str) -> None:
@@ -587,6 +592,50 @@ def test_match_objective_needs_a_forget_loss_target(setting: dict) -> None:
         mcu_unlearn(*args, targets=targets, config=RecipeConfig(objective="match"))
     auto = mcu_unlearn(*args, targets=targets, config=RecipeConfig(objective="auto"))
     assert auto.history[-1].beta in (0.0, RecipeConfig().beta_low, RecipeConfig().beta_high)
+
+
+def test_repair_is_one_matching_pass_on_the_chosen_point(setting: dict) -> None:
+    targets = user_targets(setting["original"], setting["retain"], setting["holdout"])
+    args = (setting["original"], setting["theta_u"], setting["retain"], setting["forget"])
+    config = RecipeConfig(repair_ratio=0.5, repair_lr=0.02, keep_base=False)
+    result = mcu_unlearn(*args, targets=targets, config=config)
+    assert result.repaired and result.t == result.best.t and "repair" in result.seconds
+    assert targets.forget_loss is not None
+    by_hand = mcu.unlearn(
+        result.curve.export(result.best.t),
+        setting["retain"],
+        setting["forget"],
+        loss=mcu.losses.mcu_objective(config.beta_match, forget_loss=targets.forget_loss),
+        epochs=1,
+        lr=0.02,
+        retain_ratio=0.5,
+        optimizer="sgd",
+        weight_decay=0.0,
+        batch_size=config.batch_size,
+        seed=0,
+        progress=False,
+    )
+    for name, value in result.model.state_dict().items():
+        torch.testing.assert_close(value, by_hand.state_dict()[name])
+    unrepaired = result.curve.export(result.best.t).state_dict()
+    assert any(not torch.equal(v, unrepaired[k]) for k, v in by_hand.state_dict().items())
+    # The keep rule weighs the repaired model: its gap on the probe (the whole retain set
+    # here, smaller than probe_size) and the forget set.
+    retain_acc = _accuracy_by_hand(result.model, setting["retain"])
+    forget_acc = _accuracy_by_hand(result.model, setting["forget"])
+    gap = (abs(retain_acc - targets.retain) + abs(forget_acc - targets.forget)) / 2
+    assert result.gap == pytest.approx(gap, abs=1e-4)
+    assert result.beats_base == (result.base_gap - gap > result.margin)
+    assert any("was repaired" in note for note in result.notes)
+    kept = mcu_unlearn(*args, targets=targets, config=replace(config, keep_base=True))
+    assert kept.kept_base == (not result.beats_base) and kept.repaired == result.beats_base
+
+
+def test_repair_needs_a_forget_loss_target(setting: dict) -> None:
+    targets = user_targets(setting["original"], setting["retain"], scenario="class")
+    args = (setting["original"], setting["theta_u"], setting["retain"], setting["forget"])
+    with pytest.raises(ModeConnError, match="repair_ratio > 0 pulls the forget loss"):
+        mcu_unlearn(*args, targets=targets, config=RecipeConfig(repair_ratio=0.25))
 
 
 def test_two_bends_are_the_straight_line_with_the_same_selection(setting: dict) -> None:

@@ -94,6 +94,15 @@ class RecipeConfig:
             so the curve is pulled to how a model treats data it never saw;
             ``"auto"``: ``"match"`` when the targets carry ``forget_loss``
             (random forgetting), else ``"ascent"`` (a forgotten class).
+        repair_ratio: After the choice of ``t``, one pass of the matching objective
+            ``CE(retain) + beta_match·|CE(forget) - τ|`` over this fraction of the
+            retain set (and the whole forget set) on the chosen point, with
+            ``optimizer``, ``weight_decay`` and ``batch_size`` (``0``: no repair).
+            The curve pulls its point towards the targets within the path between
+            θ_o and θ_u; the repair moves it off that path. It needs
+            :attr:`Targets.forget_loss` (random forgetting); the keep rule then
+            compares the repaired model with θ_u.
+        repair_lr: Learning rate of the repair pass.
         keep_base: Return θ_u (``t = 1``) unless the chosen point's gap to the
             targets is smaller than θ_u's by more than one standard error of
             the difference (sampling error of the measured accuracies and of the
@@ -134,6 +143,8 @@ class RecipeConfig:
     bn_samples: int | None = 256
     forget_samples: int | None = None
     objective: Objective = "ascent"
+    repair_ratio: float = 0.0
+    repair_lr: float = 0.004
     keep_base: bool = True
     optimizer: OptimizerName = "sgd"
     weight_decay: float = 0.0
@@ -174,9 +185,9 @@ class RecipeConfig:
                 f"coarse_points must be >= 2 and max_points >= coarse_points, got "
                 f"coarse_points={self.coarse_points}, max_points={self.max_points}."
             )
-        for name in ("lr", "tol"):
+        for name in ("lr", "tol", "repair_lr"):
             object.__setattr__(self, name, as_float(getattr(self, name), name, positive=True))
-        for name in ("beta_low", "beta_high", "beta_match", "weight_decay"):
+        for name in ("beta_low", "beta_high", "beta_match", "weight_decay", "repair_ratio"):
             value = as_float(getattr(self, name), name, nonnegative=True)
             object.__setattr__(self, name, value)
         if not 0.0 < self.mask_k <= 1.0 or not 0.0 <= self.mask_kr < 1.0:
@@ -186,6 +197,16 @@ class RecipeConfig:
             )
         if not 0.0 < self.retain_ratio <= 1.0:
             raise ModeConnError(f"retain_ratio must be in (0, 1], got {self.retain_ratio}.")
+        if self.repair_ratio > 1.0:
+            raise ModeConnError(
+                f"repair_ratio must be in [0, 1] (a fraction of the retain set), got "
+                f"{self.repair_ratio}."
+            )
+        if self.repair_ratio and self.shard:
+            raise ModeConnError(
+                "repair_ratio > 0 with shard=True is not supported: the repair pass trains the "
+                "exported model on one process; set repair_ratio=0 or run the repair yourself."
+            )
         for name in ("t_range", "train_t_range"):
             value = getattr(self, name)
             if value is None and name == "train_t_range":

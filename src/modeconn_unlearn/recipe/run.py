@@ -21,12 +21,12 @@ from ..batchnorm import update_bn
 from ..curve import CurveModel
 from ..data import as_dataset, as_loader, seeded_subset
 from ..errors import ModeConnError
-from ..evaluation import DataLike, PathReport, evaluate_path
+from ..evaluation import DataLike, PathReport, evaluate, evaluate_path
 from ..losses import AdaptiveBeta, UnlearnLoss, mcu_objective
 from ..masks import layer_mask, saliency_mask
 from ..selection import OptimalT, PathSearch, avg_gap, merge_reports, search_path
 from ..tasks import Task, resolve_task, task_collate
-from ..training import History, fit_curve, shard_curve
+from ..training import History, fit_curve, shard_curve, unlearn
 from .config import RecipeConfig
 from .targets import Targets
 
@@ -50,10 +50,14 @@ class RecipeResult:
         targets: The targets used.
         mask: The mask of trainable entries of the control point.
         history: Curve-training history.
-        seconds: Wall time of each part (``mask``, ``fit``, ``search``,
-            ``export``) and their ``total``.
+        seconds: Wall time of each part (``mask``, ``fit``, ``search``, then
+            ``repair`` with its export, or ``export``) and their ``total``.
+        gap: The measured gap to the targets of the model the keep rule weighed
+            against θ_u: the search's optimum, or its repair.
         base_gap: The measured gap of θ_u (``t = 1``) to the targets.
-        margin: One standard error of the difference between θ_u's gap and the optimum's.
+        margin: One standard error of the difference between θ_u's gap and ``gap``.
+        repaired: ``True`` when ``model`` is the chosen point after the repair
+            pass (``RecipeConfig.repair_ratio``).
     """
 
     model: nn.Module = field(repr=False)
@@ -66,17 +70,19 @@ class RecipeResult:
     mask: dict[str, Tensor] = field(repr=False)
     history: History = field(repr=False)
     seconds: dict[str, float] = field(repr=False)
+    gap: float = math.nan
     base_gap: float = math.nan
     margin: float = math.nan
+    repaired: bool = False
 
     @property
     def beats_base(self) -> bool:
-        """Whether the search's optimum beats θ_u on the targets by more than ``margin``.
+        """Whether the optimum (or its repair) beats θ_u on the targets by more than ``margin``.
 
         The keep rule returns θ_u exactly when this is ``False``; with
         ``keep_base=False`` it says what the rule would have done.
         """
-        return _beats(self.base_gap, self.search.best.avg_gap, self.margin)
+        return _beats(self.base_gap, self.gap, self.margin)
 
     @property
     def best(self) -> OptimalT:
@@ -333,28 +339,84 @@ def mcu_unlearn(
         search = replace(search, report=merge_reports(curve, [search.report, end]))
     seconds["search"] = time.perf_counter() - began
 
-    base_gap, margin = _compare_with_base(search, targets)
-    kept = config.keep_base and not _beats(base_gap, search.best.avg_gap, margin)
-    t = 1.0 if kept else search.best.t
-    began = time.perf_counter()
-    model = curve.export(t, merged=config.merged)
-    update_bn(model, bn_loader, task=task)  # a no-op without BatchNorm
-    seconds["export"] = time.perf_counter() - began
+    best = search.best
+    gap, accuracies, model = best.avg_gap, (best.retain_acc, best.forget_acc), None
+    if config.repair_ratio:
+        began = time.perf_counter()
+        data = (retain, forget)
+        model = _repaired(curve, best.t, data, config, targets, bn_loader, task, seed, device)
+        accuracies = (
+            evaluate(model, probe_loader, task=task, device=device).accuracy,
+            evaluate(model, forget_scored, task=task, device=device).accuracy,
+        )
+        gap = float(
+            avg_gap(*accuracies, retain_target=targets.retain, forget_target=targets.forget)
+        )
+        seconds["repair"] = time.perf_counter() - began
+    base_gap, margin = _compare_with_base(search, targets, accuracies)
+    kept = config.keep_base and not _beats(base_gap, gap, margin)
+    t = 1.0 if kept else best.t
+    if model is None or kept:
+        began = time.perf_counter()
+        model = curve.export(t, merged=config.merged)
+        update_bn(model, bn_loader, task=task)  # a no-op without BatchNorm
+        seconds["export"] = time.perf_counter() - began
     seconds["total"] = sum(seconds.values())
     return RecipeResult(
         model=model,
         t=t,
         kept_base=kept,
-        notes=_notes(search, config, kept=kept, base_gap=base_gap, margin=margin),
+        notes=_notes(search, config, kept=kept, gaps=(gap, base_gap), margin=margin),
         curve=curve,
         search=search,
         targets=targets,
         mask=chosen_mask,
         history=history,
         seconds=seconds,
+        gap=gap,
         base_gap=base_gap,
         margin=margin,
+        repaired=bool(config.repair_ratio) and not kept,
     )
+
+
+def _repaired(
+    curve: CurveModel,
+    t: float,
+    data: tuple[DataLike, DataLike],
+    config: RecipeConfig,
+    targets: Targets,
+    bn_loader: DataLike,
+    task: Task,
+    seed: int,
+    device: torch.device | str | None,
+) -> nn.Module:
+    """The point at ``t`` after one pass of the matching objective (``config.repair_ratio``)."""
+    if targets.forget_loss is None:
+        raise ModeConnError(
+            "repair_ratio > 0 pulls the forget loss to Targets.forget_loss, which these targets "
+            "lack; get them from user_targets(original, retain, holdout) (random forgetting), "
+            "or set repair_ratio=0 (a forgotten class)."
+        )
+    point = curve.export(t, merged=config.merged)
+    update_bn(point, bn_loader, task=task)
+    model = unlearn(
+        point,
+        *data,
+        loss=mcu_objective(config.beta_match, forget_loss=targets.forget_loss, task=task),
+        task=task,
+        epochs=1,
+        lr=config.repair_lr,
+        retain_ratio=config.repair_ratio,
+        optimizer=config.optimizer,
+        weight_decay=config.weight_decay,
+        batch_size=config.batch_size,
+        seed=seed,
+        device=device,
+        progress=False,
+    )
+    update_bn(model, bn_loader, task=task)
+    return model.eval()
 
 
 def _objective(config: RecipeConfig, targets: Targets, task: Task) -> UnlearnLoss:
@@ -389,8 +451,13 @@ def _standard_error(accuracy: float, count: int | None) -> float:
     return 100.0 * math.sqrt(p * (1.0 - p) / count)
 
 
-def _compare_with_base(search: PathSearch, targets: Targets) -> tuple[float, float]:
-    """θ_u's measured gap to the targets, and one standard error of ``gap(θ_u) - gap(optimum)``.
+def _compare_with_base(
+    search: PathSearch, targets: Targets, candidate: tuple[float, float]
+) -> tuple[float, float]:
+    """θ_u's measured gap to the targets, and one standard error of ``gap(θ_u) - gap(candidate)``.
+
+    ``candidate`` holds the retain and forget accuracy of the model the rule weighs
+    against θ_u: the search's optimum, or its repair.
 
     The four accuracies (retain and forget at the optimum and at ``t = 1``) are
     treated as independent binomial estimates, which overstates the error of
@@ -399,7 +466,8 @@ def _compare_with_base(search: PathSearch, targets: Targets) -> tuple[float, flo
     points' accuracies, where it moves the difference twice as fast
     (a first-order, delta-method account).
     """
-    report, best = search.report, search.best
+    report = search.report
+    retain, forget = candidate
     base_retain, base_forget = _end_accuracies(report)
     base_gap = float(
         avg_gap(
@@ -411,15 +479,15 @@ def _compare_with_base(search: PathSearch, targets: Targets) -> tuple[float, flo
     variance = sum(
         _standard_error(acc, n) ** 2
         for acc, n in (
-            (best.retain_acc, n_retain),
+            (retain, n_retain),
             (base_retain, n_retain),
-            (best.forget_acc, n_forget),
+            (forget, n_forget),
             (base_forget, n_forget),
         )
     )
     for target, count, optimum, base in (
-        (targets.retain, targets.counts.get("retain"), best.retain_acc, base_retain),
-        (targets.forget, targets.counts.get("holdout"), best.forget_acc, base_forget),
+        (targets.retain, targets.counts.get("retain"), retain, base_retain),
+        (targets.forget, targets.counts.get("holdout"), forget, base_forget),
     ):
         if min(optimum, base) < target < max(optimum, base):
             variance += (2.0 * _standard_error(target, count)) ** 2
@@ -427,20 +495,33 @@ def _compare_with_base(search: PathSearch, targets: Targets) -> tuple[float, flo
 
 
 def _notes(
-    search: PathSearch, config: RecipeConfig, *, kept: bool, base_gap: float, margin: float
+    search: PathSearch,
+    config: RecipeConfig,
+    *,
+    kept: bool,
+    gaps: tuple[float, float],
+    margin: float,
 ) -> tuple[str, ...]:
-    best = search.best
+    """``gaps``: the candidate's (the optimum or its repair) and θ_u's, to the targets."""
+    best, (gap, base_gap) = search.best, gaps
     notes: list[str] = []
-    if kept and best.t == 1.0:
+    repair = f"one pass of the matching objective over {config.repair_ratio:g} of the retain set"
+    if config.repair_ratio and not kept:
+        notes.append(
+            f"The point at t = {best.t:.3f} was repaired ({repair}): gap {gap:.2f} to the "
+            f"targets, {best.avg_gap:.2f} before the repair."
+        )
+    if kept and best.t == 1.0 and not config.repair_ratio:
         notes.append(
             f"The curve's best point is θ_u itself (gap {base_gap:.2f} to the targets); θ_u is "
             "returned (t = 1)."
         )
     elif kept:
+        what = f"t = {best.t:.3f}" + (f", repaired ({repair})" if config.repair_ratio else "")
         notes.append(
             f"No point of the curve beats θ_u on the targets by more than their sampling error "
-            f"(gap {best.avg_gap:.2f} at t = {best.t:.3f} against θ_u's {base_gap:.2f}, "
-            f"margin {margin:.2f}); θ_u is returned (t = 1)."
+            f"(gap {gap:.2f} at {what} against θ_u's {base_gap:.2f}, margin {margin:.2f}); θ_u "
+            "is returned (t = 1)."
         )
     low = config.t_range[0]
     if not kept and best.t <= low + config.tol:
