@@ -144,7 +144,7 @@ class RecipeConfig:
     forget_samples: int | None = None
     objective: Objective = "ascent"
     repair_ratio: float = 0.0
-    repair_lr: float = 0.004
+    repair_lr: float = 0.002
     keep_base: bool = True
     optimizer: OptimizerName = "sgd"
     weight_decay: float = 0.0
