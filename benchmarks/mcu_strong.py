@@ -725,28 +725,19 @@ def main(argv: list[str] | None = None) -> None:
         plan["match"] = [args.match]
     if args.world == "cnn":
         plan["base_lr"] = {m: [lr] for m, lr in tuned_lrs()["random10"].items()}
-    if args.phase == "relearn":
-        pool, test = mcu_table.load_data(study.world)
-        runs = args.out / f"{name}_relearn_runs"
-        for seed in args.seeds:
-            write_json(runs / f"seed_{seed}.json", relearn_seed(study, seed, pool, test, plan))
-        records = [json.loads(p.read_text()) for p in sorted(runs.glob("seed_*.json"))]
-        command = f"python benchmarks/mcu_strong.py --phase relearn --world {args.world}"
-        text = relearn_markdown(records, command, args.world)
-        write_text(args.out / f"{name}_relearn.md", text)
-        print(text)
-        return
-    if args.phase == "repair":
-        if "class" in study.world.scenarios:
+    phases = {"relearn": (relearn_seed, relearn_markdown), "repair": (repair_seed, repair_markdown)}
+    if args.phase in phases:
+        if args.phase == "repair" and "class" in study.world.scenarios:
             cli.error("the repair pass pulls the forget loss to the held-out loss: random worlds")
+        run_one, write_up = phases[args.phase]
         pool, test = mcu_table.load_data(study.world)
-        runs = args.out / f"{name}_repair_runs"
+        runs = args.out / f"{name}_{args.phase}_runs"
         for seed in args.seeds:
-            write_json(runs / f"seed_{seed}.json", repair_seed(study, seed, pool, test, plan))
+            write_json(runs / f"seed_{seed}.json", run_one(study, seed, pool, test, plan))
         records = [json.loads(p.read_text()) for p in sorted(runs.glob("seed_*.json"))]
-        command = f"python benchmarks/mcu_strong.py --phase repair --world {args.world}"
-        text = repair_markdown(records, command, args.world)
-        write_text(args.out / f"{name}_repair.md", text)
+        command = f"python benchmarks/mcu_strong.py --phase {args.phase} --world {args.world}"
+        text = write_up(records, command, args.world)
+        write_text(args.out / f"{name}_{args.phase}.md", text)
         print(text)
         return
     if args.phase == "report":
