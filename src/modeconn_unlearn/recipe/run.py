@@ -244,6 +244,12 @@ def mcu_unlearn(
             f"{type(targets).__name__}."
         )
     task = resolve_task(task)
+    if config.repair_ratio and targets.forget_loss is None:  # refused before any training
+        raise ModeConnError(
+            "repair_ratio > 0 pulls the forget loss to Targets.forget_loss, which these targets "
+            "lack; get them from user_targets(original, retain, holdout) (random forgetting), "
+            "or set repair_ratio=0 (a forgotten class)."
+        )
     if config.shard and not (dist.is_available() and dist.is_initialized()):
         raise ModeConnError(
             "RecipeConfig(shard=True) shards the curve over the ranks of a torch.distributed "
@@ -392,12 +398,7 @@ def _repaired(
     device: torch.device | str | None,
 ) -> nn.Module:
     """The point at ``t`` after one pass of the matching objective (``config.repair_ratio``)."""
-    if targets.forget_loss is None:
-        raise ModeConnError(
-            "repair_ratio > 0 pulls the forget loss to Targets.forget_loss, which these targets "
-            "lack; get them from user_targets(original, retain, holdout) (random forgetting), "
-            "or set repair_ratio=0 (a forgotten class)."
-        )
+    assert targets.forget_loss is not None  # mcu_unlearn refuses the repair without it
     point = curve.export(t, merged=config.merged)
     update_bn(point, bn_loader, task=task)
     model = unlearn(
@@ -459,7 +460,7 @@ def _compare_with_base(
     ``candidate`` holds the retain and forget accuracy of the model the rule weighs
     against θ_u: the search's optimum, or its repair.
 
-    The four accuracies (retain and forget at the optimum and at ``t = 1``) are
+    The four accuracies (retain and forget of the candidate and at ``t = 1``) are
     treated as independent binomial estimates, which overstates the error of
     a difference measured on the same samples (a conservative margin). A
     target's own error shifts both gaps alike unless it lies between the two
@@ -485,11 +486,11 @@ def _compare_with_base(
             (base_forget, n_forget),
         )
     )
-    for target, count, optimum, base in (
+    for target, count, chosen, base in (
         (targets.retain, targets.counts.get("retain"), retain, base_retain),
         (targets.forget, targets.counts.get("holdout"), forget, base_forget),
     ):
-        if min(optimum, base) < target < max(optimum, base):
+        if min(chosen, base) < target < max(chosen, base):
             variance += (2.0 * _standard_error(target, count)) ** 2
     return base_gap, 0.5 * math.sqrt(variance)
 
