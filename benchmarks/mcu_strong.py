@@ -214,8 +214,10 @@ def mcu_of(
     seed: int,
     *,
     progress: bool = True,
+    own_probe: bool = False,
 ) -> mcu.RecipeResult:
-    """The recipe on the scenario's original and θ_u, scored on its retain probe."""
+    """The recipe on the scenario's original and θ_u, scored on its retain probe (with
+    ``own_probe``, on the one the recipe draws from ``config.probe_size``)."""
     return mcu.recipe.mcu_unlearn(
         world.originals[sc.arch],
         theta_u,
@@ -223,7 +225,7 @@ def mcu_of(
         sc.forget,
         targets=sc.targets,
         config=config,
-        probe=sc.probe,
+        probe=None if own_probe else sc.probe,
         seed=seed,
         progress=progress,
     )
@@ -408,12 +410,48 @@ def relearn_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, 
 #: ``--world cnn20`` (never reported) among 0.002 and 0.004, by the lowest mean Avg. Gap of
 #: the five methods with the keep rule (``mcu_strong_cnn20_repair_tuning.json``).
 REPAIR = {"repair_ratio": 0.25, "repair_lr": 0.002}
-REPAIRED = ("match+keep", "repair", "repair+keep")
+
+#: The cost goal (MCU <= 0.10 of retraining's CPU time) and the lean settings that
+#: ``--phase budget-tune`` tries for it on top of the tuned matching setting: a cheaper path
+#: search (:data:`LEAN_SEARCH`: the recipe draws its own 1000-sample retain probe, scores
+#: 500 forget samples and evaluates at most 4 points) and a smaller curve budget.
+BUDGET_CAP = 0.10
+LEAN_SEARCH = {
+    "probe_size": 1000,
+    "bn_samples": 128,
+    "forget_samples": 500,
+    "coarse_points": 3,
+    "max_points": 4,
+}
+BUDGET_GRID = {
+    "e1r50": {"epochs": 1, "retain_ratio": 0.5},
+    "e1r50lr2": {"epochs": 1, "retain_ratio": 0.5, "lr": 0.02},
+    "e2r25": {"epochs": 2, "retain_ratio": 0.25},
+    "e2r50": {"epochs": 2, "retain_ratio": 0.5},
+    "e3r50": {"epochs": 3, "retain_ratio": 0.5},
+}
+BUDGET_TUNING_SEEDS = (100, 101)
 
 
-def repair_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]) -> dict:
-    """The tuned base methods, MCU(match) and MCU(match) with the repair pass
-    (:data:`REPAIR`), each with and without the keep rule, scored as the report's rows."""
+def lean(name: str) -> dict[str, Any]:
+    """The recipe overrides of the lean setting ``name`` of :data:`BUDGET_GRID`."""
+    return {**LEAN_SEARCH, **BUDGET_GRID[name]}
+
+
+def compare_seed(
+    study: Study,
+    seed: int,
+    pool: Any,
+    test: Any,
+    plan: dict[str, Any],
+    extras: dict[str, dict[str, Any]],
+) -> dict:
+    """The tuned base methods, MCU(match) and MCU(match) with each of ``extras`` (name:
+    recipe overrides), each with and without the keep rule, scored as the report's rows.
+
+    An override with ``probe_size`` lets the recipe draw its own retain probe, as a user
+    who passes none gets; the others use the scenario's probe, as the report does.
+    """
     cfg = study.world
     world = mcu_table.make_world(cfg, seed, pool, test)
     sc = mcu_table.make_scenario(cfg, world, cfg.scenarios[0], cfg.arch)
@@ -422,17 +460,20 @@ def repair_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, A
         lr = float(plan["base_lr"][method][0])
         theta_u, base_row = mcu_table.run_base(world, sc, Base(method, 1, lr))
         rows[method] = base = dict(base_row, relearn=relearned(study, theta_u, sc.forget, seed))
-        for name, extra in (("match", {}), ("repair", REPAIR)):
+        for name, extra in {"match": {}, **extras}.items():
             config = dataclasses.replace(variant_config("match", plan["match"][0], study), **extra)
             result, seconds = timed(
-                lambda config=config, theta_u=theta_u: mcu_of(
-                    world, sc, theta_u, config, seed, progress=False
+                lambda config=config, theta_u=theta_u, own="probe_size" in extra: mcu_of(
+                    world, sc, theta_u, config, seed, progress=False, own_probe=own
                 )
             )
             row = scored(study, sc, result.model, seed)
             keep = not result.beats_base
             row.update(
-                t=result.t, keep=keep, cpu_fraction_of_retrain=seconds.cpu / sc.retrain_time.cpu
+                t=result.t,
+                keep=keep,
+                cpu_fraction_of_retrain=seconds.cpu / sc.retrain_time.cpu,
+                parts=result.seconds,
             )
             rows[f"{method}/{name}"] = row
             rows[f"{method}/{name}+keep"] = dict(base, t=1.0, keep=True) if keep else row
@@ -443,22 +484,24 @@ def repair_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, A
     return {"seed": seed, "rows": rows}
 
 
-def repair_markdown(records: list[dict[str, Any]], command: str, world: str) -> str:
+def comparison_markdown(
+    records: list[dict[str, Any]], command: str, title: str, blurb: str, names: tuple[str, ...]
+) -> str:
+    """Paired deltas against the base of MCU(match)+keep and of each of ``names`` (the
+    ``extras`` of :func:`compare_seed`), with and without the keep rule, and their cost."""
     named = [r["rows"] for r in records]
-    settings = ", ".join(f"{k}={v}" for k, v in REPAIR.items())
     lines = [
-        f"# The repair pass at the chosen point ({TITLES[world]})",
+        f"# {title}",
         "",
         f"Seeds {[r['seed'] for r in records]}; `{command}`. MCU(match) is the report's "
-        f"matching variant; `repair` adds `RecipeConfig({settings})`: one pass of the "
-        "matching objective at the chosen point. Paired "
-        "difference variant - base, mean ± 95 % t-interval; **bold**: a win, _italic_: a loss. "
-        "MIA, TPR@1%FPR and relearned forget accuracy as Δ |score - retrained model's score|.",
+        f"matching variant; {blurb} Paired difference variant - base, mean ± 95 % "
+        "t-interval; **bold**: a win, _italic_: a loss. MIA, TPR@1%FPR and relearned forget "
+        "accuracy as Δ |score - retrained model's score|.",
         "",
     ]
     body = []
     for method in METHODS:
-        for variant in REPAIRED:
+        for variant in ("match+keep", *(v for n in names for v in (n, f"{n}+keep"))):
             key = f"{method}/{variant}"
             deltas = [
                 mean_ci(paired_differences(named, key, method, s, reference="Retrain"))
@@ -480,7 +523,7 @@ def repair_markdown(records: list[dict[str, Any]], command: str, world: str) -> 
     )
     cost = {
         name: mean_ci([n[f"{m}/{name}"]["cpu_fraction_of_retrain"] for n in named for m in METHODS])
-        for name in ("match", "repair")
+        for name in ("match", *names)
     }
     lines += [
         "",
@@ -498,6 +541,66 @@ def repair_markdown(records: list[dict[str, Any]], command: str, world: str) -> 
         ),
     ]
     return "\n".join(lines) + "\n"
+
+
+def repair_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]) -> dict:
+    """:func:`compare_seed` with the repair pass (:data:`REPAIR`)."""
+    return compare_seed(study, seed, pool, test, plan, {"repair": REPAIR})
+
+
+def repair_markdown(records: list[dict[str, Any]], command: str, world: str) -> str:
+    settings = ", ".join(f"{k}={v}" for k, v in REPAIR.items())
+    return comparison_markdown(
+        records,
+        command,
+        f"The repair pass at the chosen point ({TITLES[world]})",
+        f"`repair` adds `RecipeConfig({settings})`: one pass of the matching objective at the "
+        "chosen point.",
+        ("repair",),
+    )
+
+
+def budget_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]) -> dict:
+    """:func:`compare_seed` with the lean setting the budget tuning chose."""
+    record = compare_seed(study, seed, pool, test, plan, {"lean": lean(plan["lean"])})
+    return dict(record, lean=plan["lean"])
+
+
+def budget_markdown(records: list[dict[str, Any]], command: str, world: str) -> str:
+    return comparison_markdown(
+        records,
+        command,
+        f"MCU within {BUDGET_CAP:.0%} of retraining's cost ({TITLES[world]})",
+        f"`lean` is its lean setting `{records[0]['lean']}`, "
+        f"`RecipeConfig({', '.join(f'{k}={v}' for k, v in lean(records[0]['lean']).items())})`, "
+        "chosen on unreported seeds (`--phase budget-tune`).",
+        ("lean",),
+    )
+
+
+def budget_tune(study: Study, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of :data:`BUDGET_GRID`, the setting with the lowest mean Avg. Gap of MCU+keep over
+    methods and ``records`` (tuning seeds) whose mean cost stays within :data:`BUDGET_CAP`."""
+    rows = [r["rows"] for r in records]
+    names = [name for name in BUDGET_GRID if f"{METHODS[0]}/{name}" in rows[0]]
+
+    def mean(name: str, score: str) -> float:
+        return float(np.mean([r[f"{m}/{name}"][score] for r in rows for m in METHODS]))
+
+    cost = {name: mean(name, "cpu_fraction_of_retrain") for name in names}
+    gap = {name: mean(f"{name}+keep", "avg_gap") for name in ("match", *names)}
+    within = [name for name in names if cost[name] <= BUDGET_CAP]
+    return {
+        "rule": f"the lean setting with the lowest mean Avg. Gap of MCU(match)+keep over the "
+        f"five methods and the tuning seeds, among those whose mean CPU time is at most "
+        f"{BUDGET_CAP} of retraining's",
+        "seeds": [r["seed"] for r in records],
+        "lean": min(within, key=gap.__getitem__) if within else None,
+        "settings": {name: lean(name) for name in names},
+        "cost": cost,
+        "gap": gap,
+        "records": records,
+    }
 
 
 def relearn_markdown(records: list[dict[str, Any]], command: str, world: str) -> str:
@@ -663,10 +766,16 @@ def main(argv: list[str] | None = None) -> None:
     cli = parser(__doc__, quick="smoke run on digits, writes nothing")
     cli.add_argument(
         "--phase",
-        choices=("tune", "report", "aggregate", "relearn", "repair"),
+        choices=("tune", "report", "aggregate", "relearn", "repair", "budget-tune", "budget"),
         default="report",
     )
-    cli.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    cli.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"default: 0 1 2 3 4 (budget-tune: {' '.join(map(str, BUDGET_TUNING_SEEDS))})",
+    )
     cli.add_argument(
         "--world",
         choices=tuple(TITLES),
@@ -686,6 +795,8 @@ def main(argv: list[str] | None = None) -> None:
         "_match<N> suffix)",
     )
     args = cli.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = list(BUDGET_TUNING_SEEDS if args.phase == "budget-tune" else range(5))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     worlds = {
         "mlp": WORLD,
@@ -716,6 +827,10 @@ def main(argv: list[str] | None = None) -> None:
         print(relearn_markdown([relearn, relearn], "--quick", "mlp"))
         repair = repair_seed(study, 100, pool, test, plan)
         print(repair_markdown([repair, repair], "--quick", "mlp"))
+        first = dict(compare_seed(study, 100, pool, test, plan, {"e1r50": lean("e1r50")}))
+        plan["lean"] = budget_tune(study, [first])["lean"] or "e1r50"
+        budget = budget_seed(study, 100, pool, test, plan)
+        print(budget_markdown([budget, budget], "--quick", "mlp"))
         return
     if args.phase == "tune":
         if args.world not in TUNED:
@@ -743,7 +858,28 @@ def main(argv: list[str] | None = None) -> None:
         plan["match"] = [args.match]
     if args.world == "cnn":
         plan["base_lr"] = {m: [lr] for m, lr in tuned_lrs()["random10"].items()}
-    phases = {"relearn": (relearn_seed, relearn_markdown), "repair": (repair_seed, repair_markdown)}
+    if args.phase == "budget-tune":
+        pool, test = mcu_table.load_data(study.world)
+        runs = args.out / f"{name}_budget_tuning_runs"
+        grid = {n: lean(n) for n in BUDGET_GRID}
+        for seed in args.seeds:
+            write_json(
+                runs / f"seed_{seed}.json", compare_seed(study, seed, pool, test, plan, grid)
+            )
+        records = [json.loads((runs / f"seed_{seed}.json").read_text()) for seed in args.seeds]
+        choice = dict(budget_tune(study, records), environment=environment(args.out))
+        write_json(args.out / f"{name}_budget_tuning.json", choice)
+        logger.info("budget: %s", {k: choice[k] for k in ("lean", "cost", "gap")})
+        return
+    if args.phase == "budget":
+        plan["lean"] = json.loads((RESULTS / f"{name}_budget_tuning.json").read_text())["lean"]
+        if plan["lean"] is None:
+            cli.error(f"no lean setting stayed within {BUDGET_CAP} of retraining on {name}")
+    phases = {
+        "relearn": (relearn_seed, relearn_markdown),
+        "repair": (repair_seed, repair_markdown),
+        "budget": (budget_seed, budget_markdown),
+    }
     if args.phase in phases:
         if args.phase == "repair" and "class" in study.world.scenarios:
             cli.error("the repair pass pulls the forget loss to the held-out loss: random worlds")
