@@ -12,6 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from modeconn_unlearn.errors import ModeConnError
+from modeconn_unlearn.evaluation.features import member_signal
+from modeconn_unlearn.evaluation.outputs import Outputs
 from modeconn_unlearn.mia import (
     lira,
     lira_scores,
@@ -132,6 +134,43 @@ def test_logit_confidence_is_stable_log_odds() -> None:
     values = logit_confidence(logits, labels)
     assert values[0].item() == pytest.approx(math.log(p / (1 - p)))
     assert values[1].item() == pytest.approx(60.0 - math.log(2.0))  # p_y rounds to 1 here
+
+
+def test_loss_signal_stays_exact_where_the_label_dominates() -> None:
+    # Label margins of 10 to 80: logsumexp(z) - z_y is exactly 0 in float64 from about 37 on.
+    margins = torch.tensor([10.0, 30.0, 40.0, 50.0, 80.0], dtype=torch.float64)
+    logits = torch.stack([margins, torch.zeros(5, dtype=torch.float64)], dim=1)
+    labels = torch.zeros(5, dtype=torch.long)
+    naive = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    assert (naive[2:] == 0).all()  # the ties the stable form avoids
+    out = Outputs(naive, torch.ones(5), {"logits": logits.float(), "labels": labels})
+    score = member_signal(out, "loss")
+    expected = [-math.log1p(math.exp(-m)) for m in margins.tolist()]
+    np.testing.assert_allclose(score, expected, rtol=1e-12)
+    assert np.all(np.diff(score) > 0)  # a larger margin is strictly more member-like
+
+
+def test_threshold_attack_resolves_low_fpr_among_confident_samples() -> None:
+    # Every sample is classified with a margin of 40-70, so the naive loss ties all
+    # non-members at 0; members lead by more and are told apart at 1 % FPR.
+    g = torch.Generator().manual_seed(0)
+    nonmember_margins = 40.0 + 10.0 * torch.rand(500, generator=g)
+    member_margins = 45.0 + 25.0 * torch.rand(200, generator=g)
+
+    class Margin(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([x[:, 0], torch.zeros_like(x[:, 0])], dim=1)
+
+    def data(margins: torch.Tensor) -> TensorDataset:
+        return TensorDataset(margins[:, None], torch.zeros(len(margins), dtype=torch.long))
+
+    result = threshold_attack(
+        Margin(), member=data(member_margins), nonmember=data(nonmember_margins), fprs=(0.01,)
+    )["loss"]
+    expected = roc_metrics(member_margins.numpy(), nonmember_margins.numpy(), fprs=(0.01,))
+    assert result.auc == pytest.approx(expected.auc)
+    assert result.tpr_at_fpr[0.01] == pytest.approx(expected.tpr_at_fpr[0.01])
+    assert result.tpr_at_fpr[0.01] > 0.5
 
 
 # --------------------------------------------------------------------------- ROC metrics

@@ -214,13 +214,29 @@ def member_signal(outputs: Outputs, signal: str) -> NDArray[np.float64]:
     class logits when a classification task collected them, else the task's
     own loss (e.g. the answer NLL of a language model). The other signals need
     class logits.
+
+    The cross-entropy is computed as ``log(1 + exp(-m))`` from the label's
+    log-odds ``m`` (:func:`logit_confidence`), not as ``logsumexp(z) - z_y``:
+    the latter is exactly 0 once the label's logit leads by about 37 (which a
+    memorising model reaches on many training *and* test samples), and those
+    ties leave no threshold at a low false-positive rate. The stable form
+    keeps every sample's loss apart.
+
+    Example:
+        >>> z = torch.tensor([[50.0, 0.0], [40.0, 0.0]])
+        >>> out = Outputs(torch.zeros(2), torch.ones(2),
+        ...               {"logits": z, "labels": torch.tensor([0, 0])})
+        >>> score = member_signal(out, "loss")
+        >>> bool(score[0] > score[1])
+        True
     """
     (signal,) = check_signals((signal,))
     if signal == "loss":
         logits = outputs.signals.get("logits")
         if logits is not None and logits.ndim == 2:
             logits, _, labels = class_probs(outputs, needed_for="the 'loss' signal")
-            return (-F.cross_entropy(logits, labels, reduction="none")).numpy()
+            odds = logit_confidence(logits, labels)
+            return (-torch.logaddexp(torch.zeros_like(odds), -odds)).numpy()
         return (-outputs.loss.double()).numpy()
     _, probs, labels = class_probs(outputs, needed_for=f"the {signal!r} signal")
     if signal == "confidence":
