@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import inspect
 import json
 import os
 import resource
@@ -90,7 +91,11 @@ def build(config: dict, reshard: bool | None, world: int) -> tuple[CurveModel, n
     if reshard is not None:
         return shard_curve(curve, reshard_after_forward=reshard), curve
     if world > 1:
-        return curve, nn.parallel.DistributedDataParallel(curve, broadcast_buffers=False)
+        # The curve's buffers are its fixed ends: no sync in forward (renamed in newer torch).
+        ddp = nn.parallel.DistributedDataParallel
+        renamed = "forward_sync_buffers" in inspect.signature(ddp).parameters
+        key = "forward_sync_buffers" if renamed else "broadcast_buffers"
+        return curve, ddp(curve, **{key: False})
     return curve, curve
 
 

@@ -116,8 +116,10 @@ class CurveModel(nn.Module):
         'Linear'
 
     Note:
-        Under ``DistributedDataParallel`` pass ``broadcast_buffers=False``: the
-        curve's buffers are its fixed anchors, identical on every process.
+        Under ``DistributedDataParallel`` turn off the buffer sync in forward
+        (``forward_sync_buffers=False``; ``broadcast_buffers=False`` before torch
+        renamed it): the curve's buffers are its fixed anchors, identical on every
+        process. :func:`~modeconn_unlearn.unlearn` and ``fit_curve`` do this themselves.
 
         ``torch.compile(curve)`` in training mode compiles once for every ``t``:
         ``t`` is drawn as a 0-d tensor and the weights are computed from it in
