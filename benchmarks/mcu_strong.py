@@ -867,11 +867,10 @@ def main(argv: list[str] | None = None) -> None:
         pool, test = mcu_table.load_data(study.world)
         runs = args.out / f"{name}_budget_tuning_runs"
         grid = {n: lean(n) for n in BUDGET_GRID}
+        records = []
         for seed in args.seeds:
-            write_json(
-                runs / f"seed_{seed}.json", compare_seed(study, seed, pool, test, plan, grid)
-            )
-        records = [json.loads((runs / f"seed_{seed}.json").read_text()) for seed in args.seeds]
+            records.append(compare_seed(study, seed, pool, test, plan, grid))
+            write_json(runs / f"seed_{seed}.json", records[-1])
         choice = dict(budget_tune(records), environment=environment(args.out))
         write_json(args.out / f"{name}_budget_tuning.json", choice)
         logger.info("budget: %s", {k: choice[k] for k in ("lean", "cost", "gap")})
