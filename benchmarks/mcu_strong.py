@@ -32,7 +32,8 @@ repair pass (:data:`REPAIR`) on fresh seeds of a random world.
 retraining's CPU time; ``--phase budget`` runs it beside MCU(match) on fresh seeds.
 ``--phase oracle`` scores the matching curve of each tuned base method on a grid of ``t``
 (:data:`ORACLE_TS`), by the user's signals and by retraining's scores, on seeds 100-101: is
-a point better than the recipe's choice on the curve at all?
+a point better than the recipe's choice on the curve at all? ``--phase knobs`` runs the
+matching curve with each of :data:`KNOBS` beside it on the same seeds.
 ``--phase relearn`` reruns the tuned base methods, MCU(match) and its ensemble on fresh
 seeds and attacks each model harder (:data:`ATTACKS`): a gradient through the ensemble's
 average reaches each of its members with about ``1/members`` of the weight, so a fixed
@@ -56,6 +57,7 @@ Usage:
     python benchmarks/mcu_strong.py --phase budget-tune --world cnn20  # a setting under 0.10
     python benchmarks/mcu_strong.py --phase budget --world cnn20  # ... on seeds 0-4
     python benchmarks/mcu_strong.py --phase oracle --world cnn20  # the curve or the choice?
+    python benchmarks/mcu_strong.py --phase knobs --world mlp  # other curve settings
     python benchmarks/mcu_strong.py --quick     # smoke run on digits, writes nothing
 """
 
@@ -569,6 +571,35 @@ def repair_markdown(records: list[dict[str, Any]], command: str, world: str) -> 
     )
 
 
+#: The curve's other settings that ``--phase knobs`` tries on top of the tuned matching
+#: setting, on unreported seeds: a sparser element-wise mask, a larger learning rate, two
+#: trained control points, ``t`` trained and chosen over the whole path, a smaller β.
+KNOBS = {
+    "saliency30": {"mask": "saliency", "mask_k": 0.3},
+    "saliency10": {"mask": "saliency", "mask_k": 0.1},
+    "lr0.02": {"lr": 0.02},
+    "bends4": {"num_bends": 4},
+    "t0-1": {"t_range": (0.0, 1.0)},
+    "beta0.5": {"beta_match": 0.5},
+}
+
+
+def knobs_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]) -> dict:
+    """:func:`compare_seed` with each of :data:`KNOBS`."""
+    return compare_seed(study, seed, pool, test, plan, KNOBS)
+
+
+def knobs_markdown(records: list[dict[str, Any]], command: str, world: str) -> str:
+    settings = "; ".join(f"`{name}`: {extra}" for name, extra in KNOBS.items())
+    return comparison_markdown(
+        records,
+        command,
+        f"Other settings of the matching curve ({TITLES[world]})",
+        f"each other variant changes one setting of it: {settings}.",
+        tuple(KNOBS),
+    )
+
+
 def budget_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]) -> dict:
     """:func:`compare_seed` with the lean setting the budget tuning chose."""
     record = compare_seed(study, seed, pool, test, plan, {"lean": lean(plan["lean"])})
@@ -900,6 +931,7 @@ def main(argv: list[str] | None = None) -> None:
             "budget-tune",
             "budget",
             "oracle",
+            "knobs",
         ),
         default="report",
     )
@@ -908,7 +940,8 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         nargs="+",
         default=None,
-        help=f"default: 0 1 2 3 4 (budget-tune, oracle: {' '.join(map(str, BUDGET_TUNING_SEEDS))})",
+        help="default: 0 1 2 3 4 (budget-tune, oracle, knobs: "
+        f"{' '.join(map(str, BUDGET_TUNING_SEEDS))})",
     )
     cli.add_argument(
         "--world",
@@ -930,7 +963,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = cli.parse_args(argv)
     if args.seeds is None:
-        tuning = args.phase in ("budget-tune", "oracle")
+        tuning = args.phase in ("budget-tune", "oracle", "knobs")
         args.seeds = list(BUDGET_TUNING_SEEDS if tuning else range(5))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     worlds = {
@@ -968,6 +1001,8 @@ def main(argv: list[str] | None = None) -> None:
         print(budget_markdown([budget, budget], "--quick", "mlp"))
         oracle = oracle_seed(study, 100, pool, test, plan)
         print(oracle_markdown([oracle, oracle], "--quick", "mlp"))
+        knobs = knobs_seed(study, 100, pool, test, plan)
+        print(knobs_markdown([knobs, knobs], "--quick", "mlp"))
         return
     if args.phase == "tune":
         if args.world not in TUNED:
@@ -1016,9 +1051,10 @@ def main(argv: list[str] | None = None) -> None:
         "repair": (repair_seed, repair_markdown),
         "budget": (budget_seed, budget_markdown),
         "oracle": (oracle_seed, oracle_markdown),
+        "knobs": (knobs_seed, knobs_markdown),
     }
     if args.phase in phases:
-        if args.phase in ("repair", "oracle") and "class" in study.world.scenarios:
+        if args.phase in ("repair", "oracle", "knobs") and "class" in study.world.scenarios:
             cli.error(f"--phase {args.phase} reads the held-out loss target: random worlds only")
         run_one, write_up = phases[args.phase]
         pool, test = mcu_table.load_data(study.world)
