@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from modeconn_unlearn.errors import ModeConnError
-from modeconn_unlearn.evaluation.features import member_signal
+from modeconn_unlearn.evaluation.features import feature_arrays, member_signal, sample_loss
 from modeconn_unlearn.evaluation.outputs import Outputs
 from modeconn_unlearn.mia import (
     lira,
@@ -148,6 +148,25 @@ def test_loss_signal_stays_exact_where_the_label_dominates() -> None:
     expected = [-math.log1p(math.exp(-m)) for m in margins.tolist()]
     np.testing.assert_allclose(score, expected, rtol=1e-12)
     assert np.all(np.diff(score) > 0)  # a larger margin is strictly more member-like
+
+
+def test_svc_loss_feature_is_the_exact_loss_of_the_attack_signal() -> None:
+    # The task's float32 loss rounds to 0 (or to float32 noise) at margins of 20-35; the SVC
+    # feature and the threshold signal read one float64 loss recomputed from the logits.
+    margins = torch.tensor([0.5, 5.0, 20.0, 30.0, 35.0], dtype=torch.float64)
+    logits = torch.stack([margins, torch.zeros(5, dtype=torch.float64)], dim=1).float()
+    labels = torch.zeros(5, dtype=torch.long)
+    task_loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    assert (task_loss[2:] == 0).all()
+    out = Outputs(task_loss, torch.ones(5), {"logits": logits, "labels": labels})
+    expected = [math.log1p(math.exp(-m)) for m in margins.tolist()]
+    feature = feature_arrays(out, ("loss",))["loss"]
+    assert feature.shape == (5, 1) and feature.dtype == np.float64
+    np.testing.assert_allclose(feature[:, 0], expected, rtol=1e-6)  # float32 logits
+    np.testing.assert_array_equal(member_signal(out, "loss"), -sample_loss(out))
+    # Without class logits (a language model's answer NLL) it is the task's own loss.
+    plain = Outputs(task_loss, torch.ones(5), {})
+    np.testing.assert_array_equal(feature_arrays(plain, ("loss",))["loss"][:, 0], task_loss)
 
 
 def test_threshold_attack_resolves_low_fpr_among_confident_samples() -> None:

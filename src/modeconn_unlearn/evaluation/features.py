@@ -34,6 +34,7 @@ __all__ = [
     "member_signal",
     "modified_entropy",
     "sample_features",
+    "sample_loss",
 ]
 
 FEATURES = ("correctness", "confidence", "entropy", "m_entropy", "prob")
@@ -190,15 +191,42 @@ def class_probs(outputs: Outputs, *, needed_for: str) -> tuple[Tensor, Tensor, T
     return logits, torch.softmax(logits, dim=1), labels.long()
 
 
+def sample_loss(outputs: Outputs) -> NDArray[np.float64]:
+    """The per-sample loss in float64, exact where a memorising model is sure.
+
+    With class logits (a classification pass collected with signals) the
+    cross-entropy is recomputed as ``log(1 + exp(-m))`` from the label's
+    log-odds ``m`` (:func:`logit_confidence`), not as ``logsumexp(z) - z_y``:
+    in float64 the latter is exactly 0 once the label's logit leads by about
+    37 (in float32 far sooner), which a memorising model reaches on many
+    training *and* test samples, and such ties leave an attack nothing to rank. Without
+    class logits (e.g. a language model's answer NLL) it is the task's own loss.
+
+    Example:
+        >>> z = torch.tensor([[50.0, 0.0], [40.0, 0.0]])
+        >>> out = Outputs(torch.zeros(2), torch.ones(2),
+        ...               {"logits": z, "labels": torch.tensor([0, 0])})
+        >>> loss = sample_loss(out)
+        >>> bool(0.0 < loss[0] < loss[1])
+        True
+    """
+    logits = outputs.signals.get("logits")
+    if logits is not None and logits.ndim == 2:
+        logits, _, labels = class_probs(outputs, needed_for="the per-sample loss")
+        odds = logit_confidence(logits, labels)
+        return torch.logaddexp(torch.zeros_like(odds), -odds).numpy()
+    return outputs.loss.double().numpy()
+
+
 def feature_arrays(outputs: Outputs, features: Sequence[str]) -> dict[str, NDArray[np.float64]]:
     """The chosen SVC features as ``(N, d)`` float64 arrays.
 
-    ``"loss"`` is the task's per-sample loss; the others need class logits.
+    ``"loss"`` is :func:`sample_loss`; the others need class logits.
     """
     chosen = check_features(features)
     result: dict[str, NDArray[np.float64]] = {}
     if "loss" in chosen:
-        result["loss"] = outputs.loss.double().numpy()[:, None]
+        result["loss"] = sample_loss(outputs)[:, None]
     probability = tuple(f for f in chosen if f != "loss")
     if probability:
         _, probs, labels = class_probs(outputs, needed_for=f"MIA features {list(probability)}")
@@ -210,17 +238,9 @@ def feature_arrays(outputs: Outputs, features: Sequence[str]) -> dict[str, NDArr
 def member_signal(outputs: Outputs, signal: str) -> NDArray[np.float64]:
     """A per-sample member score (higher means more member-like) for a threshold attack.
 
-    ``"loss"`` is the negated per-sample loss: recomputed in float64 from the
-    class logits when a classification task collected them, else the task's
-    own loss (e.g. the answer NLL of a language model). The other signals need
-    class logits.
-
-    The cross-entropy is computed as ``log(1 + exp(-m))`` from the label's
-    log-odds ``m`` (:func:`logit_confidence`), not as ``logsumexp(z) - z_y``:
-    the latter is exactly 0 once the label's logit leads by about 37 (which a
-    memorising model reaches on many training *and* test samples), and those
-    ties leave no threshold at a low false-positive rate. The stable form
-    keeps every sample's loss apart.
+    ``"loss"`` is the negated :func:`sample_loss` (exact where a memorising
+    model is sure, so no ties leave a low false-positive rate without a
+    threshold). The other signals need class logits.
 
     Example:
         >>> z = torch.tensor([[50.0, 0.0], [40.0, 0.0]])
@@ -232,12 +252,7 @@ def member_signal(outputs: Outputs, signal: str) -> NDArray[np.float64]:
     """
     (signal,) = check_signals((signal,))
     if signal == "loss":
-        logits = outputs.signals.get("logits")
-        if logits is not None and logits.ndim == 2:
-            logits, _, labels = class_probs(outputs, needed_for="the 'loss' signal")
-            odds = logit_confidence(logits, labels)
-            return (-torch.logaddexp(torch.zeros_like(odds), -odds)).numpy()
-        return (-outputs.loss.double()).numpy()
+        return -sample_loss(outputs)
     _, probs, labels = class_probs(outputs, needed_for=f"the {signal!r} signal")
     if signal == "confidence":
         value = probs.gather(1, labels[:, None]).squeeze(1)
