@@ -58,6 +58,7 @@ Usage:
     python benchmarks/mcu_strong.py --phase budget --world cnn20  # ... on seeds 0-4
     python benchmarks/mcu_strong.py --phase oracle --world cnn20  # the curve or the choice?
     python benchmarks/mcu_strong.py --phase knobs --world mlp  # other curve settings
+    python benchmarks/mcu_strong.py --phase knobs --world cnn20 --knobs epochs6 --methods RL SalUn
     python benchmarks/mcu_strong.py --quick     # smoke run on digits, writes nothing
 """
 
@@ -456,6 +457,7 @@ def compare_seed(
     test: Any,
     plan: dict[str, Any],
     extras: dict[str, dict[str, Any]],
+    methods: tuple[str, ...] = METHODS,
 ) -> dict:
     """The tuned base methods, MCU(match) and MCU(match) with each of ``extras`` (name:
     recipe overrides), each with and without the keep rule, scored as the report's rows.
@@ -467,7 +469,7 @@ def compare_seed(
     world = mcu_table.make_world(cfg, seed, pool, test)
     sc = mcu_table.make_scenario(cfg, world, cfg.scenarios[0], cfg.arch)
     rows: dict[str, dict[str, Any]] = {"Retrain": scored(study, sc, sc.retrained, seed)}
-    for method in METHODS:
+    for method in methods:
         lr = float(plan["base_lr"][method][0])
         theta_u, base_row = mcu_table.run_base(world, sc, Base(method, 1, lr))
         rows[method] = base = dict(base_row, relearn=relearned(study, theta_u, sc.forget, seed))
@@ -510,8 +512,9 @@ def comparison_markdown(
         "accuracy as Δ |score - retrained model's score|.",
         "",
     ]
+    methods = [m for m in METHODS if m in named[0]]
     body = []
-    for method in METHODS:
+    for method in methods:
         for variant in ("match+keep", *(v for n in names for v in (n, f"{n}+keep"))):
             key = f"{method}/{variant}"
             deltas = [
@@ -533,12 +536,12 @@ def comparison_markdown(
         align="llrrrrr",
     )
     cost = {
-        name: mean_ci([n[f"{m}/{name}"]["cpu_fraction_of_retrain"] for n in named for m in METHODS])
+        name: mean_ci([n[f"{m}/{name}"]["cpu_fraction_of_retrain"] for n in named for m in methods])
         for name in ("match", *names)
     }
     lines += [
         "",
-        "MCU's CPU time as a fraction of retraining's (all methods): "
+        f"MCU's CPU time as a fraction of retraining's ({', '.join(methods)}): "
         + ", ".join(f"{k} {fmt(v, 3)}" for k, v in cost.items())
         + ".",
         "",
@@ -573,7 +576,8 @@ def repair_markdown(records: list[dict[str, Any]], command: str, world: str) -> 
 
 #: The curve's other settings that ``--phase knobs`` tries on top of the tuned matching
 #: setting, on unreported seeds: a sparser element-wise mask, a larger learning rate, two
-#: trained control points, ``t`` trained and chosen over the whole path, a smaller β.
+#: trained control points, ``t`` trained and chosen over the whole path, a smaller β, twice
+#: the tuned curve epochs. ``--knobs`` and ``--methods`` run a subset.
 KNOBS = {
     "saliency30": {"mask": "saliency", "mask_k": 0.3},
     "saliency10": {"mask": "saliency", "mask_k": 0.1},
@@ -581,22 +585,25 @@ KNOBS = {
     "bends4": {"num_bends": 4},
     "t0-1": {"t_range": (0.0, 1.0)},
     "beta0.5": {"beta_match": 0.5},
+    "epochs6": {"epochs": 6},
 }
 
 
 def knobs_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]) -> dict:
-    """:func:`compare_seed` with each of :data:`KNOBS`."""
-    return compare_seed(study, seed, pool, test, plan, KNOBS)
+    """:func:`compare_seed` with the chosen :data:`KNOBS` on the chosen methods."""
+    chosen = {name: KNOBS[name] for name in plan["knobs"]}
+    return compare_seed(study, seed, pool, test, plan, chosen, methods=tuple(plan["methods"]))
 
 
 def knobs_markdown(records: list[dict[str, Any]], command: str, world: str) -> str:
-    settings = "; ".join(f"`{name}`: {extra}" for name, extra in KNOBS.items())
+    names = [n for n in KNOBS if any(key.endswith(f"/{n}") for key in records[0]["rows"])]
+    settings = "; ".join(f"`{name}`: {KNOBS[name]}" for name in names)
     return comparison_markdown(
         records,
         command,
         f"Other settings of the matching curve ({TITLES[world]})",
         f"each other variant changes one setting of it: {settings}.",
-        tuple(KNOBS),
+        tuple(names),
     )
 
 
@@ -955,6 +962,12 @@ def main(argv: list[str] | None = None) -> None:
         "the 20k images, random 10 %%, random 1 %%, class 0 (report only, with the MLP's tunings)",
     )
     cli.add_argument(
+        "--knobs", nargs="+", choices=tuple(KNOBS), default=list(KNOBS), help="--phase knobs"
+    )
+    cli.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="--phase knobs"
+    )
+    cli.add_argument(
         "--match",
         type=int,
         default=None,
@@ -1001,6 +1014,7 @@ def main(argv: list[str] | None = None) -> None:
         print(budget_markdown([budget, budget], "--quick", "mlp"))
         oracle = oracle_seed(study, 100, pool, test, plan)
         print(oracle_markdown([oracle, oracle], "--quick", "mlp"))
+        plan.update(knobs=args.knobs, methods=args.methods)
         knobs = knobs_seed(study, 100, pool, test, plan)
         print(knobs_markdown([knobs, knobs], "--quick", "mlp"))
         return
@@ -1042,6 +1056,7 @@ def main(argv: list[str] | None = None) -> None:
         write_json(args.out / f"{name}_budget_tuning.json", choice)
         logger.info("budget: %s", {k: choice[k] for k in ("lean", "cost", "gap")})
         return
+    plan.update(knobs=args.knobs, methods=args.methods)
     if args.phase == "budget":
         plan["lean"] = json.loads((RESULTS / f"{name}_budget_tuning.json").read_text())["lean"]
         if plan["lean"] is None:
