@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import inspect
 import json
 import os
 import resource
@@ -51,6 +50,7 @@ from torch import nn
 
 from modeconn_unlearn.curve import CurveModel
 from modeconn_unlearn.training import shard_curve
+from modeconn_unlearn.training.distributed import no_forward_buffer_sync
 
 WORLDS = (1, 2)
 #: Layout -> ``shard_curve``'s ``reshard_after_forward`` (``None``: not sharded).
@@ -91,11 +91,8 @@ def build(config: dict, reshard: bool | None, world: int) -> tuple[CurveModel, n
     if reshard is not None:
         return shard_curve(curve, reshard_after_forward=reshard), curve
     if world > 1:
-        # The curve's buffers are its fixed ends: no sync in forward (renamed in newer torch).
-        ddp = nn.parallel.DistributedDataParallel
-        renamed = "forward_sync_buffers" in inspect.signature(ddp).parameters
-        key = "forward_sync_buffers" if renamed else "broadcast_buffers"
-        return curve, ddp(curve, **{key: False})
+        ddp = nn.parallel.DistributedDataParallel(curve, **no_forward_buffer_sync())
+        return curve, ddp
     return curve, curve
 
 

@@ -6,11 +6,25 @@ unconditionally. Evaluation uses the same helpers to shard and sum its passes.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["all_reduce_sum", "barrier", "is_distributed", "rank", "world_size"]
+__all__ = [
+    "all_reduce_sum",
+    "barrier",
+    "is_distributed",
+    "no_forward_buffer_sync",
+    "rank",
+    "world_size",
+]
+
+_DDP_HAS_FORWARD_SYNC = (
+    "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+)
 
 
 def is_distributed() -> bool:
@@ -21,6 +35,20 @@ def is_distributed() -> bool:
         False
     """
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def no_forward_buffer_sync() -> dict[str, bool]:
+    """The ``DistributedDataParallel`` keyword that turns off its buffer sync in forward.
+
+    A curve's buffers are its fixed ends and pinned statistics, identical on every
+    rank. Newer torch renamed ``broadcast_buffers`` to ``forward_sync_buffers``;
+    this gives whichever the installed torch takes.
+
+    Example:
+        >>> list(no_forward_buffer_sync().values())
+        [False]
+    """
+    return {"forward_sync_buffers" if _DDP_HAS_FORWARD_SYNC else "broadcast_buffers": False}
 
 
 def rank() -> int:

@@ -11,7 +11,6 @@ BatchNorm running statistics) are put back.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
@@ -33,7 +32,7 @@ from ..errors import ModeConnError, NonFiniteLossError
 from ..losses import UnlearnLoss
 from ..progress import progress_bar
 from .config import TrainConfig
-from .distributed import all_reduce_sum, barrier, is_distributed, rank
+from .distributed import all_reduce_sum, barrier, is_distributed, no_forward_buffer_sync, rank
 from .fsdp import checkpoint_file, grad_norm, has_sharded_bends, is_sharded
 from .history import EpochMeter, History
 from .loaders import RunLoader
@@ -42,10 +41,6 @@ from .state import check_resumable, load_state, rng_state, seeded, set_rng_state
 __all__ = ["Run", "make_scheduler", "step_plan", "train"]
 
 logger = logging.getLogger("modeconn_unlearn.training")
-
-_DDP_HAS_FORWARD_SYNC = (
-    "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-)
 
 
 @dataclass
@@ -142,12 +137,8 @@ def _forward_module(run: Run) -> nn.Module:
     # A sharded curve averages its bends' gradients itself (shard_curve), so no DDP on top.
     if is_distributed() and not is_sharded(run.module):
         device_ids = [run.device] if run.device.type == "cuda" else None
-        options: dict[str, Any] = {}
-        if isinstance(run.module, CurveModel):
-            # A curve's buffers are its fixed ends and pinned statistics: identical on every
-            # rank and never synced in forward (the keyword was renamed in newer torch).
-            key = "forward_sync_buffers" if _DDP_HAS_FORWARD_SYNC else "broadcast_buffers"
-            options[key] = False
+        # A curve's buffers are identical on every rank: never synced in forward.
+        options = no_forward_buffer_sync() if isinstance(run.module, CurveModel) else {}
         module = DistributedDataParallel(module, device_ids=device_ids, **options)
     if run.config.compile and has_sharded_bends(run.module):
         raise ModeConnError(
