@@ -658,34 +658,27 @@ LOSS_POINTS = 0.1
 
 
 def user_gap(point: dict[str, float], targets: dict[str, Any]) -> float:
-    """The recipe's selection criterion at a grid point: the mean distance of the probe's
-    retain accuracy and the forget accuracy to the user's targets."""
+    """The recipe's selection criterion (:func:`~modeconn_unlearn.avg_gap`) at a grid point:
+    the probe's retain accuracy and the forget accuracy against the user's targets."""
     return float(
-        np.mean(
-            [
-                abs(point["retain_acc"] - targets["retain"]),
-                abs(point["forget_acc"] - targets["forget"]),
-            ]
+        mcu.avg_gap(
+            point["retain_acc"],
+            point["forget_acc"],
+            retain_target=targets["retain"],
+            forget_target=targets["forget"],
         )
     )
 
 
 def holdout_gap(point: dict[str, float], targets: dict[str, Any]) -> float:
-    """:func:`user_gap` with two more signals a user holds: the point's accuracy on the
-    held-out split against the original's (the forget target: retraining keeps held-out
-    accuracy), and its mean forget loss against the original's held-out loss
+    """:func:`user_gap`'s two terms and two more signals a user holds, averaged: the point's
+    accuracy on the held-out split against the original's (the forget target: retraining
+    keeps held-out accuracy), and its mean forget loss against the original's held-out loss
     (:data:`LOSS_POINTS`)."""
     tau = targets["forget_loss"]
-    return float(
-        np.mean(
-            [
-                abs(point["retain_acc"] - targets["retain"]),
-                abs(point["forget_acc"] - targets["forget"]),
-                abs(point["holdout_acc"] - targets["forget"]),
-                LOSS_POINTS * 100.0 * abs(point["forget_loss"] - tau) / tau,
-            ]
-        )
-    )
+    holdout = abs(point["holdout_acc"] - targets["forget"])
+    loss = LOSS_POINTS * 100.0 * abs(point["forget_loss"] - tau) / tau
+    return (2.0 * user_gap(point, targets) + holdout + loss) / 4.0
 
 
 def oracle_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]) -> dict:
@@ -1070,7 +1063,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.phase in phases:
         if args.phase in ("repair", "oracle", "knobs") and "class" in study.world.scenarios:
-            cli.error(f"--phase {args.phase} reads the held-out loss target: random worlds only")
+            cli.error(
+                f"--phase {args.phase} studies the matching objective, which needs the held-out "
+                "loss target: random worlds only"
+            )
         run_one, write_up = phases[args.phase]
         pool, test = mcu_table.load_data(study.world)
         runs = args.out / f"{name}_{args.phase}_runs"
