@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -89,6 +89,7 @@ def evaluate_path(
     mia: bool = False,
     mia_features: Sequence[str] = ("confidence",),
     seed: int = 0,
+    each_point: Callable[[float, nn.Module], object] | None = None,
     **options: Unpack[PathOptions],
 ) -> PathReport:
     """Accuracy, loss and (optionally) MIA scores per split at points along a curve.
@@ -110,6 +111,10 @@ def evaluate_path(
         mia_features: Features of :func:`~modeconn_unlearn.mia.svc_mia` to use
             (``"loss"`` for tasks without class logits).
         seed: Seed of the BatchNorm subset (``bn_samples``).
+        each_point: Called as ``each_point(t, model)`` on the model at every point,
+            after the splits are measured (BatchNorm re-estimated, eval mode), for
+            measurements of your own without exporting the point again (its
+            return value is ignored).
         **options: The path options (:class:`~modeconn_unlearn.evaluation.PathOptions`):
             ``ts``, ``bn_loader`` (default: the ``"retain"`` split), ``bn_samples``, ``task``,
             ``device``, ``progress``.
@@ -184,8 +189,10 @@ def evaluate_path(
         progress=settings.progress,
         desc="evaluate_path",
     )
-    for _, model in walk:
+    for t, model in walk:
         point = _measure(model, shards, task=chosen, features=features)
+        if each_point is not None:
+            each_point(t, model)
         for name, (metrics, extra) in point.items():
             for metric, value in {"acc": metrics.accuracy, "loss": metrics.loss, **extra}.items():
                 values[name].setdefault(metric, []).append(value)

@@ -103,10 +103,20 @@ class RecipeConfig:
             :attr:`Targets.forget_loss` (random forgetting); the keep rule then
             compares the repaired model with θ_u.
         repair_lr: Learning rate of the repair pass.
+        privacy_weight: Weight λ of the privacy term in the choice of ``t``: each
+            evaluated point costs ``100·λ·|AUC - 0.5|`` percentage points on top of
+            its gap to the targets, AUC being a membership attack's ROC AUC of the
+            forget set against the user's held-out data (Min-K%++ for a causal LM,
+            the per-sample loss for a classifier;
+            :mod:`~modeconn_unlearn.recipe.privacy`). A retrained model scores
+            about 0.5; a point that still knows the forget set scores above, one
+            that forgot too hard below. It needs ``mcu_unlearn(holdout=...)``;
+            ``0`` (the default) chooses on accuracies alone.
         keep_base: Return θ_u (``t = 1``) unless the chosen point's gap to the
-            targets is smaller than θ_u's by more than one standard error of
-            the difference (sampling error of the measured accuracies and of the
-            targets); the result says so in ``kept_base`` and ``notes``.
+            targets (with the privacy term, when on) is smaller than θ_u's by more
+            than one standard error of the difference (sampling error of the
+            measured accuracies, the AUCs and the targets); the result says so in
+            ``kept_base`` and ``notes``.
         merged: Export a PEFT (LoRA) curve's point with its adapters merged into
             the base weights (the base model's class, ``merge_and_unload``);
             ``False`` returns the PEFT model.
@@ -145,6 +155,7 @@ class RecipeConfig:
     objective: Objective = "ascent"
     repair_ratio: float = 0.0
     repair_lr: float = 0.002
+    privacy_weight: float = 0.0
     keep_base: bool = True
     optimizer: OptimizerName = "sgd"
     weight_decay: float = 0.0
@@ -187,7 +198,14 @@ class RecipeConfig:
             )
         for name in ("lr", "tol", "repair_lr"):
             object.__setattr__(self, name, as_float(getattr(self, name), name, positive=True))
-        for name in ("beta_low", "beta_high", "beta_match", "weight_decay", "repair_ratio"):
+        for name in (
+            "beta_low",
+            "beta_high",
+            "beta_match",
+            "weight_decay",
+            "repair_ratio",
+            "privacy_weight",
+        ):
             value = as_float(getattr(self, name), name, nonnegative=True)
             object.__setattr__(self, name, value)
         if not 0.0 < self.mask_k <= 1.0 or not 0.0 <= self.mask_kr < 1.0:
@@ -201,6 +219,11 @@ class RecipeConfig:
             raise ModeConnError(
                 f"repair_ratio must be in [0, 1] (a fraction of the retain set), got "
                 f"{self.repair_ratio}."
+            )
+        if self.repair_ratio and self.privacy_weight:
+            raise ModeConnError(
+                "repair_ratio > 0 with privacy_weight > 0 is not supported: the repair pass moves "
+                "the chosen point off the curve the privacy term was measured on; set one to 0."
             )
         if self.repair_ratio and self.shard:
             raise ModeConnError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -28,6 +28,7 @@ from ..selection import OptimalT, PathSearch, avg_gap, merge_reports, search_pat
 from ..tasks import Task, resolve_task, task_collate
 from ..training import History, fit_curve, shard_curve, unlearn
 from .config import RecipeConfig
+from .privacy import auc_standard_error, privacy_auc, privacy_penalty
 from .targets import Targets
 
 __all__ = ["RecipeConfig", "RecipeResult", "mcu_unlearn"]
@@ -53,11 +54,16 @@ class RecipeResult:
         seconds: Wall time of each part (``mask``, ``fit``, ``search``, then
             ``repair`` with its export, or ``export``) and their ``total``.
         gap: The measured gap to the targets of the model the keep rule weighed
-            against θ_u: the search's optimum, or its repair.
-        base_gap: The measured gap of θ_u (``t = 1``) to the targets.
+            against θ_u: the search's optimum, or its repair; with the privacy
+            term on (``RecipeConfig.privacy_weight``) the term is included.
+        base_gap: The measured gap of θ_u (``t = 1``) to the targets, with the
+            privacy term when on.
         margin: One standard error of the difference between θ_u's gap and ``gap``.
         repaired: ``True`` when ``model`` is the chosen point after the repair
             pass (``RecipeConfig.repair_ratio``).
+        aucs: With the privacy term on, the attack's AUC (forget against the
+            holdout) at every evaluated ``t`` and at the returned model's ``t``;
+            empty otherwise.
     """
 
     model: nn.Module = field(repr=False)
@@ -74,6 +80,7 @@ class RecipeResult:
     base_gap: float = math.nan
     margin: float = math.nan
     repaired: bool = False
+    aucs: dict[float, float] = field(default_factory=dict, repr=False)
 
     @property
     def beats_base(self) -> bool:
@@ -102,14 +109,19 @@ class RecipeResult:
         """
         best = self.search.best
         rows = [
-            ("targets", math.nan, self.targets.retain, self.targets.forget, 0.0),
+            ("targets", math.nan, self.targets.retain, self.targets.forget, 0.0, 0.5),
             ("θ_u (t = 1)", 1.0, *_end_accuracies(self.search.report), self.base_gap),
-            ("optimum", best.t, best.retain_acc, best.forget_acc, best.avg_gap),
+            ("optimum", best.t, best.retain_acc, best.forget_acc, best.score),
         ]
-        lines = [f"{'':<13} {'t':>6} {'retain':>7} {'forget':>7} {'gap':>6}"]
-        for name, t, retain, forget, gap in rows:
+        auc = " AUC" if self.aucs else ""
+        lines = [f"{'':<13} {'t':>6} {'retain':>7} {'forget':>7} {'gap':>6}{auc:>7}"]
+        for name, t, retain, forget, gap, *target_auc in rows:
             t_text = "" if math.isnan(t) else f"{t:.3f}"
-            lines.append(f"{name:<13} {t_text:>6} {retain:7.2f} {forget:7.2f} {gap:6.2f}")
+            line = f"{name:<13} {t_text:>6} {retain:7.2f} {forget:7.2f} {gap:6.2f}"
+            if self.aucs:
+                value = target_auc[0] if target_auc else self.aucs.get(t, math.nan)
+                line += f" {value:6.3f}"
+            lines.append(line)
         chosen = "θ_u (kept)" if self.kept_base else f"t = {self.t:.3f}"
         lines.append(f"returned: {chosen}; margin {self.margin:.2f} (one standard error)")
         lines.extend(f"note: {note}" for note in self.notes)
@@ -157,6 +169,7 @@ def mcu_unlearn(
     config: RecipeConfig | None = None,
     mask: Mapping[str, Tensor] | None = None,
     probe: DataLike | None = None,
+    holdout: DataLike | None = None,
     seed: int = 0,
     progress: bool = True,
     device: torch.device | str | None = None,
@@ -189,8 +202,9 @@ def mcu_unlearn(
     only (the frozen base is stored once).
 
     Selection reads only the curve's retain and forget accuracies and
-    ``targets`` (see :func:`user_targets`); there is no parameter for a
-    retrained model or a test split.
+    ``targets`` (see :func:`user_targets`), and with ``config.privacy_weight``
+    an attack's AUC of the forget set against ``holdout``; there is no
+    parameter for a retrained model or a test split.
 
     Args:
         original: θ_o.
@@ -202,6 +216,9 @@ def mcu_unlearn(
         mask: A custom ``{name: bool tensor}`` mask instead of ``config.mask``.
         probe: The retain data the path is evaluated on (default: a random
             ``config.probe_size`` subset of ``retain`` drawn from ``seed``).
+        holdout: Held-out data the original never trained on (the split
+            :func:`user_targets` read), the non-members of the privacy term;
+            needed exactly when ``config.privacy_weight > 0``.
         seed: Seed of curve training and of the probe.
         progress: Show a bar for every long step (mask, curve training, path search).
         device: Where to train and evaluate.
@@ -214,8 +231,9 @@ def mcu_unlearn(
 
     Raises:
         ModeConnError: Bad settings, data or models (from the steps),
-            ``config.merged`` for a model that is not a PEFT model, or
-            ``config.shard`` without a ``torch.distributed`` process group.
+            ``config.merged`` for a model that is not a PEFT model,
+            ``config.shard`` without a ``torch.distributed`` process group, or
+            ``holdout`` given without ``config.privacy_weight`` or missing with it.
         TypeError: ``task`` is not a task.
 
     Example:
@@ -249,6 +267,16 @@ def mcu_unlearn(
             "repair_ratio > 0 pulls the forget loss to Targets.forget_loss, which these targets "
             "lack; get them from user_targets(original, retain, holdout) (random forgetting), "
             "or set repair_ratio=0 (a forgotten class)."
+        )
+    if config.privacy_weight and holdout is None:
+        raise ModeConnError(
+            "privacy_weight > 0 scores each point by an attack on the forget set against "
+            "held-out data; pass holdout= (the split user_targets read), or set privacy_weight=0."
+        )
+    if holdout is not None and not config.privacy_weight:
+        raise ModeConnError(
+            "holdout= is read only by the privacy term, which is off (privacy_weight=0); set "
+            "RecipeConfig(privacy_weight=...) (0.5 is for_task('causal_lm')'s) or drop holdout."
         )
     if config.shard and not (dist.is_available() and dist.is_initialized()):
         raise ModeConnError(
@@ -317,6 +345,16 @@ def mcu_unlearn(
 
     began = time.perf_counter()
     scored = {"retain": probe_loader, "forget": forget_scored}
+    aucs: dict[float, float] = {}
+    privacy: Callable[[float, nn.Module], float] | None = None
+    if holdout is not None:
+        forget_loader = as_loader(forget_scored, name="forget", collate_fn=collate)
+        holdout_loader = as_loader(holdout, name="holdout", collate_fn=collate)
+
+        def privacy(t: float, model: nn.Module) -> float:
+            aucs[t] = privacy_auc(model, forget_loader, holdout_loader, task=task, device=device)
+            return privacy_penalty(aucs[t], config.privacy_weight)
+
     search = search_path(
         curve,
         scored,
@@ -331,6 +369,7 @@ def mcu_unlearn(
         task=task,
         device=device,
         progress=progress,
+        penalty=privacy,
     )
     if not np.any(search.report.t == 1.0):
         end = evaluate_path(
@@ -341,12 +380,13 @@ def mcu_unlearn(
             task=task,
             progress=False,
             device=device,
+            each_point=privacy,
         )
         search = replace(search, report=merge_reports(curve, [search.report, end]))
     seconds["search"] = time.perf_counter() - began
 
     best = search.best
-    gap, accuracies, model = best.avg_gap, (best.retain_acc, best.forget_acc), None
+    gap, accuracies, model = best.score, (best.retain_acc, best.forget_acc), None
     if config.repair_ratio:
         began = time.perf_counter()
         data = (retain, forget)
@@ -360,6 +400,10 @@ def mcu_unlearn(
         )
         seconds["repair"] = time.perf_counter() - began
     base_gap, margin = _compare_with_base(search, targets, accuracies)
+    if aucs:
+        counts = (len(forget_scored), len(as_dataset(holdout, "holdout")))
+        base_gap += privacy_penalty(aucs[1.0], config.privacy_weight)
+        margin = _privacy_margin(aucs, best.t, config.privacy_weight, counts, margin)
     kept = config.keep_base and not _beats(base_gap, gap, margin)
     t = 1.0 if kept else best.t
     if model is None or kept:
@@ -367,6 +411,8 @@ def mcu_unlearn(
         model = curve.export(t, merged=config.merged)
         update_bn(model, bn_loader, task=task)  # a no-op without BatchNorm
         seconds["export"] = time.perf_counter() - began
+    if privacy is not None and t not in aucs:  # an interpolated optimum: measure what is returned
+        privacy(t, model)
     seconds["total"] = sum(seconds.values())
     return RecipeResult(
         model=model,
@@ -383,6 +429,7 @@ def mcu_unlearn(
         base_gap=base_gap,
         margin=margin,
         repaired=bool(config.repair_ratio) and not kept,
+        aucs=dict(sorted(aucs.items())),
     )
 
 
@@ -493,6 +540,23 @@ def _compare_with_base(
         if min(chosen, base) < target < max(chosen, base):
             variance += (2.0 * _standard_error(target, count)) ** 2
     return base_gap, 0.5 * math.sqrt(variance)
+
+
+def _privacy_margin(
+    aucs: Mapping[float, float],
+    t: float,
+    weight: float,
+    counts: tuple[int, int],
+    margin: float,
+) -> float:
+    """``margin`` widened by the sampling error of the privacy term at ``t`` and at θ_u.
+
+    The AUC at ``t`` is read at the nearest measured point; the two AUCs are
+    treated as independent (Hanley and McNeil's standard error for each).
+    """
+    nearest = min(aucs, key=lambda measured: abs(measured - t))
+    errors = [auc_standard_error(aucs[at], *counts) for at in (nearest, 1.0)]
+    return math.hypot(margin, 100.0 * weight * math.hypot(*errors))
 
 
 def _notes(

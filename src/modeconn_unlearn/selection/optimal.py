@@ -10,8 +10,10 @@ shades exactly :attr:`OptimalT.region`. The gap to a target model (usually the r
     avg_gap(t) = (|RA(t) - retain_target| + |FA(t) - forget_target|) / 2
 
 with RA/FA the retain/forget accuracies in percent. The optimal ``t``
-minimises it inside a user-chosen range; the *effective region* is where the
-path is closer to the target than its end ``t = 1`` (the pre-unlearned model).
+minimises it, plus an optional measured *penalty* per point (e.g. the recipe's
+privacy term), inside a user-chosen range; the *effective region* is where the
+path's accuracies are closer to the target than its end ``t = 1`` (the
+pre-unlearned model).
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class OptimalT:
         grid_t: The dense grid of ``t`` searched.
         grid_avg_gap: ``avg_gap`` on ``grid_t``.
         notes: Human-readable remarks (fallbacks, missing region).
+        penalty: The (interpolated) penalty at ``t``, in percentage points (0 without one);
+            ``t`` minimises ``avg_gap + penalty``.
     """
 
     t: float
@@ -79,6 +83,12 @@ class OptimalT:
     grid_t: NDArray[np.float64] = field(repr=False)
     grid_avg_gap: NDArray[np.float64] = field(repr=False)
     notes: tuple[str, ...] = ()
+    penalty: float = 0.0
+
+    @property
+    def score(self) -> float:
+        """What the choice minimised at ``t``: ``avg_gap + penalty``."""
+        return self.avg_gap + self.penalty
 
 
 def avg_gap(
@@ -152,14 +162,17 @@ def find_optimal_t(
     t_range: tuple[float, float] = (0.0, 1.0),
     dense: int = 1001,
     kind: Interpolation = DEFAULT_KIND,
+    penalty: ArrayLike | None = None,
 ) -> OptimalT:
     """The ``t`` whose interpolated accuracies are closest to the targets.
 
     The measured accuracies are interpolated (shape-preserving cubic by default) on
     ``dense`` evenly spaced points of ``t_range`` plus the measured ``t`` inside
     it, and the point with the smallest :func:`avg_gap` is returned (the
-    smallest such ``t`` on ties). The effective region is computed over the
-    whole measured path with the same interpolation.
+    smallest such ``t`` on ties). With ``penalty``, a measured cost per point
+    interpolated the same way is added to the gap before the choice. The
+    effective region is computed from the accuracies alone, over the whole
+    measured path with the same interpolation.
 
     Args:
         t: Measured points, strictly increasing, in [0, 1].
@@ -177,13 +190,15 @@ def find_optimal_t(
             in the result. A cubic spline overshoots next to plateaus
             (accuracies stuck at 100 % or 0 %), which can open or close thin
             slivers of the effective region.
+        penalty: A cost (percentage points, finite, >= 0) at each ``t``, added to the gap
+            (``None``: none).
 
     Returns:
         An :class:`OptimalT` with ``.t`` a value in ``t_range``.
 
     Raises:
         ModeConnError: Inputs of different lengths, unsorted or duplicate ``t``,
-            non-finite values, a bad ``t_range`` or ``kind``.
+            non-finite values, a negative penalty, a bad ``t_range`` or ``kind``.
 
     Example:
         >>> ts = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -192,8 +207,13 @@ def find_optimal_t(
         >>> best = find_optimal_t(ts, ra, fa, retain_target=99.0, forget_target=92.0)
         >>> round(best.t, 3), round(best.avg_gap, 3)
         (0.5, 0.0)
+        >>> found = find_optimal_t(ts, ra, fa, retain_target=99.0, forget_target=92.0,
+        ...                        penalty=[0.0, 0.0, 4.0, 0.0, 0.0], kind="linear")
+        >>> round(found.t, 3), round(found.avg_gap, 3), round(found.penalty, 3)
+        (0.75, 1.5, 0.0)
     """
     ts, retain, forget = _check_series(t, retain_acc, forget_acc)
+    costs = None if penalty is None else _check_penalty(penalty, len(ts))
     check_targets(retain_target, forget_target)
     low, high = _check_range(t_range, ts)
     positive_int(dense, "dense", minimum=2)
@@ -206,7 +226,10 @@ def find_optimal_t(
     ra, fa = retain_fn(grid), forget_fn(grid)
     gaps = avg_gap(ra, fa, retain_target=retain_target, forget_target=forget_target)
     gaps = np.asarray(gaps, dtype=np.float64)
-    best = int(np.argmin(gaps))
+    costs_on_grid = np.zeros_like(gaps)
+    if costs is not None:  # a cubic may dip below 0 between measured points
+        costs_on_grid = np.maximum(interpolant(ts, costs, used)(grid), 0.0)
+    best = int(np.argmin(gaps + costs_on_grid))
 
     region: list[tuple[float, float]] | None = None
     if ts[0] <= 1.0 <= ts[-1]:
@@ -224,6 +247,7 @@ def find_optimal_t(
         grid_t=grid,
         grid_avg_gap=gaps,
         notes=tuple(notes),
+        penalty=float(costs_on_grid[best]),
     )
 
 
@@ -401,6 +425,17 @@ def _check_series(
     if ts[0] < 0.0 or ts[-1] > 1.0:
         raise ModeConnError(f"t must lie in [0, 1], got values from {ts[0]} to {ts[-1]}.")
     return ts, arrays["retain_acc"], arrays["forget_acc"]
+
+
+def _check_penalty(penalty: ArrayLike, count: int) -> NDArray[np.float64]:
+    costs = np.asarray(penalty, dtype=np.float64)
+    if costs.shape != (count,):
+        raise ModeConnError(
+            f"penalty must hold one value per measured t ({count}), got shape {costs.shape}."
+        )
+    if not np.all(np.isfinite(costs)) or np.any(costs < 0):
+        raise ModeConnError(f"penalty must be finite and >= 0, got {costs.tolist()}.")
+    return costs
 
 
 def _check_range(

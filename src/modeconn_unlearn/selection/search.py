@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
+from torch import nn
 from typing_extensions import Unpack
 
 from ..checks import as_float, positive_int
@@ -34,8 +35,9 @@ from .optimal import Interpolation, OptimalT, avg_gap, find_optimal_t
 
 __all__ = ["PathSearch", "TSearch", "merge_reports", "refine_optimal_t", "search_path"]
 
-Measure = Callable[[list[float]], tuple[Sequence[float], Sequence[float]]]
-"""``measure(ts) -> (retain_acc, forget_acc)``, accuracies in percent at each new ``t``."""
+Measure = Callable[[list[float]], tuple[Sequence[float], ...]]
+"""``measure(ts) -> (retain_acc, forget_acc)`` in percent at each new ``t``, optionally
+followed by a third sequence: a penalty (percentage points) that the choice adds to the gap."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class TSearch:
         retain_acc: Retain accuracy at each point (percent).
         forget_acc: Forget accuracy at each point (percent).
         rounds: The points measured in each round, in order (the first is the coarse grid).
+        penalty: The penalty at each point, when ``measure`` returned one.
     """
 
     best: OptimalT
@@ -55,6 +58,7 @@ class TSearch:
     retain_acc: NDArray[np.float64] = field(repr=False)
     forget_acc: NDArray[np.float64] = field(repr=False)
     rounds: tuple[tuple[float, ...], ...] = ()
+    penalty: NDArray[np.float64] | None = field(default=None, repr=False)
 
     @property
     def evaluations(self) -> int:
@@ -70,11 +74,13 @@ class PathSearch:
         best: The chosen ``t`` (:class:`~modeconn_unlearn.OptimalT`).
         report: One :class:`~modeconn_unlearn.PathReport` over all measured points.
         rounds: The points evaluated in each round.
+        penalty: With ``search_path(penalty=...)``, its value at each ``report.t``.
     """
 
     best: OptimalT
     report: PathReport
     rounds: tuple[tuple[float, ...], ...]
+    penalty: NDArray[np.float64] | None = field(default=None, repr=False)
 
     @property
     def evaluations(self) -> int:
@@ -132,7 +138,9 @@ def refine_optimal_t(
 
     Args:
         measure: ``measure(ts) -> (retain_acc, forget_acc)`` in percent, called
-            once per round with the new points only.
+            once per round with the new points only; a third returned sequence is a
+            penalty per point (percentage points) added to the gap, in the choice
+            (:func:`~modeconn_unlearn.find_optimal_t`'s ``penalty``) and in the bracket.
         retain_target: Target retain accuracy (percent).
         forget_target: Target forget accuracy (percent).
         t_range: ``(low, high)`` searched, inside [0, 1].
@@ -145,7 +153,8 @@ def refine_optimal_t(
         A :class:`TSearch`.
 
     Raises:
-        ModeConnError: Bad settings, or ``measure`` returned the wrong number of values.
+        ModeConnError: Bad settings, or ``measure`` returned the wrong number of values,
+            or a penalty in some rounds only.
 
     Example:
         >>> def measure(ts):  # forget accuracy falls linearly from 100 to 80
@@ -165,49 +174,61 @@ def refine_optimal_t(
         raise ModeConnError(f"t_range must satisfy 0 <= low < high <= 1, got {t_range!r}.")
     targets = {"retain_target": retain_target, "forget_target": forget_target}
     ts: list[float] = []
-    retain: list[float] = []
-    forget: list[float] = []
+    series: list[list[float]] = []  # retain, forget and (optionally) penalty, per point
     rounds: list[tuple[float, ...]] = []
 
     def take(points: list[float]) -> None:
-        ra, fa = measure(points)
-        ra, fa = list(ra), list(fa)
-        if len(ra) != len(points) or len(fa) != len(points):
+        measured = [list(values) for values in measure(points)]
+        if len(measured) not in (2, 3) or any(len(v) != len(points) for v in measured):
             raise ModeConnError(
-                f"measure returned {len(ra)} retain and {len(fa)} forget accuracies for "
-                f"{len(points)} points; return one of each per t."
+                f"measure returned {[len(v) for v in measured]} values for {len(points)} points; "
+                "return (retain_acc, forget_acc) or (retain_acc, forget_acc, penalty), one of "
+                "each per t."
             )
+        if series and len(measured) != len(series):
+            raise ModeConnError("measure returned a penalty in some rounds only; return it always.")
+        if not series:
+            series.extend([] for _ in measured)
         ts.extend(points)
-        retain.extend(float(v) for v in ra)
-        forget.extend(float(v) for v in fa)
+        for column, values in zip(series, measured, strict=True):
+            column.extend(float(v) for v in values)
         rounds.append(tuple(points))
 
-    def optimum() -> tuple[OptimalT, NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    def optimum() -> tuple[OptimalT, NDArray[np.float64], list[NDArray[np.float64]]]:
         order = np.argsort(ts)
+        columns = [np.asarray(column, dtype=np.float64)[order] for column in series]
         t_arr = np.asarray(ts, dtype=np.float64)[order]
-        ra_arr = np.asarray(retain, dtype=np.float64)[order]
-        fa_arr = np.asarray(forget, dtype=np.float64)[order]
         best = find_optimal_t(
             t_arr,
-            ra_arr,
-            fa_arr,
+            columns[0],
+            columns[1],
             retain_target=retain_target,
             forget_target=forget_target,
             t_range=(low, high),
             kind=kind,
+            penalty=columns[2] if len(columns) == 3 else None,
         )
-        return best, t_arr, ra_arr, fa_arr
+        return best, t_arr, columns
 
     take([float(v) for v in np.linspace(low, high, coarse)])
-    best, t_arr, ra_arr, fa_arr = optimum()
+    best, t_arr, columns = optimum()
     while len(ts) < max_points:
-        gaps = np.asarray(avg_gap(ra_arr, fa_arr, **targets), dtype=np.float64)
-        points = _next_points(best.t, t_arr, gaps, tol)
+        scores = np.asarray(avg_gap(columns[0], columns[1], **targets), dtype=np.float64)
+        if len(columns) == 3:
+            scores = scores + columns[2]
+        points = _next_points(best.t, t_arr, scores, tol)
         if not points:
             break
         take(points)
-        best, t_arr, ra_arr, fa_arr = optimum()
-    return TSearch(best=best, t=t_arr, retain_acc=ra_arr, forget_acc=fa_arr, rounds=tuple(rounds))
+        best, t_arr, columns = optimum()
+    return TSearch(
+        best=best,
+        t=t_arr,
+        retain_acc=columns[0],
+        forget_acc=columns[1],
+        rounds=tuple(rounds),
+        penalty=columns[2] if len(columns) == 3 else None,
+    )
 
 
 def merge_reports(curve: CurveModel, reports: Sequence[PathReport]) -> PathReport:
@@ -272,6 +293,7 @@ def search_path(
     max_points: int = 10,
     tol: float = 0.01,
     kind: Interpolation = "pchip",
+    penalty: Callable[[float, nn.Module], float] | None = None,
     **options: Unpack[PathOptions],
 ) -> PathSearch:
     """:func:`refine_optimal_t` on a curve: evaluate it only where the optimum may be.
@@ -293,6 +315,9 @@ def search_path(
         max_points: Most points evaluated in all.
         tol: Precision in ``t`` at which the search stops.
         kind: Interpolation of :func:`~modeconn_unlearn.find_optimal_t`.
+        penalty: ``penalty(t, model) -> float``, a cost in percentage points (>= 0) of
+            the model at each evaluated ``t``, added to the gap in the choice of ``t``
+            (the recipe's privacy term); ``None``: accuracies only.
         **options: The path options (:class:`~modeconn_unlearn.evaluation.PathOptions`) but
             ``ts``, which the search chooses: ``bn_loader`` (default: the ``"retain"`` split),
             ``bn_samples``, ``task`` (for language models
@@ -327,11 +352,18 @@ def search_path(
             'accuracies: pass {"retain": dr, "forget": df, ...}.'
         )
     reports: list[PathReport] = []
+    costs: dict[float, float] = {}
 
-    def measure(ts: list[float]) -> tuple[Sequence[float], Sequence[float]]:
-        report = evaluate_path(curve, splits, **settings.options(ts=ts))
+    def cost(t: float, model: nn.Module) -> None:
+        assert penalty is not None
+        costs[t] = float(penalty(t, model))
+
+    def measure(ts: list[float]) -> tuple[Sequence[float], ...]:
+        hook = None if penalty is None else cost
+        report = evaluate_path(curve, splits, each_point=hook, **settings.options(ts=ts))
         reports.append(report)
-        return report.acc("retain").tolist(), report.acc("forget").tolist()
+        accuracies = (report.acc("retain").tolist(), report.acc("forget").tolist())
+        return accuracies if penalty is None else (*accuracies, [costs[t] for t in report.t])
 
     found = refine_optimal_t(
         measure,
@@ -343,4 +375,6 @@ def search_path(
         tol=tol,
         kind=kind,
     )
-    return PathSearch(best=found.best, report=merge_reports(curve, reports), rounds=found.rounds)
+    merged = merge_reports(curve, reports)
+    measured = None if penalty is None else np.array([costs[t] for t in merged.t])
+    return PathSearch(best=found.best, report=merged, rounds=found.rounds, penalty=measured)
