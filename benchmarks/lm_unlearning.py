@@ -86,6 +86,7 @@ from torch import nn
 
 import modeconn_unlearn as mcu
 from modeconn_unlearn import lm
+from modeconn_unlearn.recipe.privacy import privacy_penalty
 from modeconn_unlearn.tasks import CausalLMTask
 
 TASK = CausalLMTask()
@@ -484,6 +485,198 @@ def run_seed(cfg: Config, world: World, seed: int, log: Callable[[str], None]) -
     return result
 
 
+# --------------------------------------------------------------------------- privacy tuning
+#: The privacy weights λ compared by ``--tune-privacy`` (0: accuracies alone).
+PRIVACY_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
+#: Its seeds: never reported.
+PRIVACY_TUNING_SEEDS = (98, 99)
+#: Its base methods: one of each kind (ascent, preference), on all parameters and on LoRA.
+PRIVACY_TUNING_METHODS = ("GA", "NPO")
+
+
+def grid_point(model: Any, splits: dict[str, Any]) -> dict[str, float]:
+    """Accuracies and Min-K%++ AUCs (against each holdout half) of one point of a curve."""
+    forget, retain, user, report = (
+        lm.lm_outputs(model, splits[k]) for k in ("forget", "retain", "user_holdout", "holdout")
+    )
+    return {
+        "forget_acc": 100.0 * float(forget.token_accuracy.mean()),
+        "retain_acc": 100.0 * float(retain.token_accuracy.mean()),
+        "auc_user": lm.mia_from_outputs(forget, user, attacks="min_k_pp")["min_k_pp"].auc,
+        "auc_report": lm.mia_from_outputs(forget, report, attacks="min_k_pp")["min_k_pp"].auc,
+    }
+
+
+def tune_privacy_seed(cfg: Config, world: World, seed: int, log: Callable[[str], None]) -> Any:
+    """Every curve of the tuning methods measured on 11 points of t in [0.5, 1]."""
+    torch.manual_seed(seed)
+    original = train_lm(cfg, world, world.train, seed)
+    result: dict[str, Any] = {"seed": seed, "scenarios": {}}
+    ts = np.linspace(0.5, 1.0, 11)
+    for ratio in cfg.forget_ratios:
+        retain_train, forget = lm.group_split(world.train, forget_ratio=ratio, seed=seed)
+        probe = torch.randperm(len(retain_train), generator=torch.Generator().manual_seed(seed))
+        retain = torch.utils.data.Subset(retain_train, probe[: cfg.retain_probe].tolist())
+        splits = {
+            "retain_train": retain_train,
+            "retain": retain,
+            "forget": forget,
+            "user_holdout": world.holdout,
+            "holdout": world.report_holdout,
+        }
+        retrained = train_lm(cfg, world, retain_train, seed)
+        targets = mcu.recipe.user_targets(original, retain, world.holdout, task=TASK)
+        scenario: dict[str, Any] = {
+            "targets": targets.to_dict(),
+            "retrain": grid_point(retrained, splits),
+        }
+        for variant in VARIANTS:
+            start = original if variant == "full" else with_lora(cfg, original, seed)
+            for method in PRIVACY_TUNING_METHODS:
+                name = method if variant == "full" else f"{method}-LoRA"
+                theta_u = run_base(cfg, variant, method, start, retain_train, forget, seed)
+                entry: dict[str, Any] = {"base": grid_point(theta_u, splits)}
+                for kind in ("ascent", "match"):
+                    curve = mcu.recipe.mcu_unlearn(
+                        start,
+                        theta_u,
+                        retain_train,
+                        forget,
+                        targets=targets,
+                        config=mcu_config(cfg, variant, kind),
+                        probe=retain,
+                        seed=seed,
+                        task=TASK,
+                        progress=False,
+                    ).curve
+                    merged = variant == "lora"
+                    entry[kind] = [
+                        {"t": float(t), **grid_point(curve.export(float(t), merged=merged), splits)}
+                        for t in ts
+                    ]
+                scenario[name] = entry
+                log(f"  seed {seed} forget {ratio:.0%} {name}")
+        result["scenarios"][f"{ratio:g}"] = scenario
+    return result
+
+
+def privacy_choice(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per curve and λ: the mean Gap change against the base, and the chosen points' AUCs.
+
+    The choice reads the user's targets and the AUC against the user's holdout half; Gap
+    (to retraining: forget accuracy, retain accuracy, Min-K%++ AUC x 100 against the
+    report's half; no ROUGE, which the grid does not generate) scores it.
+    """
+
+    def gap(point: dict[str, float], ref: dict[str, float]) -> float:
+        return float(
+            np.mean(
+                [
+                    abs(point["forget_acc"] - ref["forget_acc"]),
+                    abs(point["retain_acc"] - ref["retain_acc"]),
+                    100.0 * abs(point["auc_report"] - ref["auc_report"]),
+                ]
+            )
+        )
+
+    found: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for run in runs:
+        for scenario in run["scenarios"].values():
+            ref, targets = scenario["retrain"], scenario["targets"]
+            for name, entry in scenario.items():
+                if name in ("retrain", "targets"):
+                    continue
+                for kind in ("ascent", "match"):
+                    for weight in PRIVACY_WEIGHTS:
+                        scores = [
+                            mcu.avg_gap(
+                                p["retain_acc"],
+                                p["forget_acc"],
+                                retain_target=targets["retain"],
+                                forget_target=targets["forget"],
+                            )
+                            + privacy_penalty(p["auc_user"], weight)
+                            for p in entry[kind]
+                        ]
+                        chosen = entry[kind][int(np.argmin(scores))]
+                        cell = found.setdefault(kind, {}).setdefault(f"{weight:g}", {})
+                        cell.setdefault("delta", []).append(
+                            gap(chosen, ref) - gap(entry["base"], ref)
+                        )
+                        cell.setdefault("auc", []).append(chosen["auc_report"])
+                        cell.setdefault("retrain_auc", []).append(ref["auc_report"])
+    return {
+        kind: {
+            weight: {
+                "delta_gap": float(np.mean(cell["delta"])),
+                "auc": float(np.mean(cell["auc"])),
+                "within_005": float(
+                    np.mean(np.abs(np.subtract(cell["auc"], cell["retrain_auc"])) <= 0.05)
+                ),
+                "cells": len(cell["delta"]),
+            }
+            for weight, cell in by_weight.items()
+        }
+        for kind, by_weight in found.items()
+    }
+
+
+def privacy_markdown(payload: dict[str, Any]) -> str:
+    choice = payload["choice"]
+    ref = [
+        f"{s['retrain']['auc_user']:.2f} / {s['retrain']['auc_report']:.2f}"
+        for run in payload["runs"]
+        for s in run["scenarios"].values()
+    ]
+    lines = [
+        f"Command: `{payload['command']}` ({payload['total_minutes']:.1f} min). Tuning seeds "
+        f"{list(PRIVACY_TUNING_SEEDS)} (never reported), forget {list(payload['ratios'])}, "
+        f"{', '.join(PRIVACY_TUNING_METHODS)} on all parameters and on LoRA; each recipe curve "
+        "(privacy off) measured at t = 0.5, 0.55, ..., 1; t chosen by the gap to the user's "
+        "targets + 100·λ·|AUC - 0.5| (AUC: Min-K%++, forget against the user's held-out half). "
+        "Gap to retraining over forget accuracy, retain accuracy and Min-K%++ AUC x 100 against "
+        "the report's held-out half (no ROUGE). Retraining's AUC, user's / report's half, per "
+        f"seed and forget ratio: {', '.join(ref)}.",
+        "",
+        *table(
+            "curve | λ | mean Δ Gap vs base | mean AUC at the choice | AUC within ±0.05 of "
+            "retraining's",
+            (
+                [
+                    kind,
+                    weight,
+                    f"{cell['delta_gap']:+.2f}",
+                    f"{cell['auc']:.2f}",
+                    f"{cell['within_005']:.0%} of {cell['cells']}",
+                ]
+                for kind, by_weight in choice.items()
+                for weight, cell in by_weight.items()
+            ),
+            align="lrrrr",
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def tune_privacy(cfg: Config, out: Path, line: str, log: Callable[[str], None]) -> None:
+    """``--tune-privacy``: the table the privacy weight of the match+auc curve was chosen from."""
+    started = time.perf_counter()
+    world = make_world(cfg)
+    runs = [tune_privacy_seed(cfg, world, seed, log) for seed in PRIVACY_TUNING_SEEDS]
+    payload = {
+        "command": line,
+        "ratios": list(cfg.forget_ratios),
+        "total_minutes": (time.perf_counter() - started) / 60,
+        "environment": environment(),
+        "runs": runs,
+        "choice": privacy_choice(runs),
+    }
+    write_json(out / "lm_privacy_tuning.json", payload)
+    write_text(out / "lm_privacy_tuning.md", privacy_markdown(payload))
+    log(f"wrote {out / 'lm_privacy_tuning'}.{{json,md}}")
+
+
 # --------------------------------------------------------------------------- aggregation
 def mcu_name(kind: str, base: str) -> str:
     """The row of MCU with curve objective ``kind`` on ``base``: ``MCU-ascent(GA)``."""
@@ -735,7 +928,20 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="write the report again from the saved JSON in --out; runs nothing",
     )
+    cli.add_argument(
+        "--tune-privacy",
+        action="store_true",
+        help=f"the privacy weights {list(PRIVACY_WEIGHTS)} on tuning seeds "
+        f"{list(PRIVACY_TUNING_SEEDS)}: lm_privacy_tuning.{{json,md}}",
+    )
     args = cli.parse_args(argv)
+    if args.tune_privacy:
+        if args.quick or args.seeds or args.aggregate:
+            cli.error("--tune-privacy runs its own seeds at full size; give it alone")
+        cfg = configure(False, Config(), QUICK)
+        line = command(__file__, ["--tune-privacy"])
+        tune_privacy(cfg, args.out, line, partial(print, flush=True))
+        return
     stem = "lm_unlearning_quick" if args.quick else "lm_unlearning"
     if args.aggregate:
         path = args.out / f"{stem}.json"
