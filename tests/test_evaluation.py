@@ -312,6 +312,25 @@ def test_path_is_deterministic_and_measures_mia(
         )
 
 
+def test_each_point_sees_every_scored_model(
+    bn_curve: CurveModel, splits: dict[str, TensorDataset]
+) -> None:
+    calls: list[tuple[float, bool, dict[str, torch.Tensor]]] = []
+
+    def each_point(t: float, model: nn.Module) -> float:
+        calls.append((t, model.training, {k: v.clone() for k, v in model.state_dict().items()}))
+        return 1.0  # ignored
+
+    report = evaluate_path(bn_curve, splits, ts=3, each_point=each_point, progress=False)
+    assert [t for t, _, _ in calls] == report.t.tolist()
+    assert not any(training for _, training, _ in calls)  # eval mode
+    # The model handed over is the one scored: its own accuracy on retain is the report's.
+    for (t, _, state), accuracy in zip(calls, report.acc("retain"), strict=True):
+        model = bn_curve.export(t)
+        model.load_state_dict(state)  # BatchNorm statistics as re-estimated
+        assert evaluate(model, splits["retain"]).accuracy == pytest.approx(accuracy)
+
+
 @pytest.mark.parametrize(
     ("ts", "message"),
     [(1, "at least 2"), ([0.0, 0.6, 0.5], "increasing"), ([0.0, 1.5], r"\[0, 1\]"), ([], "empty")],

@@ -139,6 +139,31 @@ def test_bad_settings_are_refused(kwargs: dict, match: str) -> None:
 def test_measure_with_the_wrong_number_of_values_is_refused() -> None:
     with pytest.raises(ModeConnError, match="one of each per t"):
         refine_optimal_t(lambda ts: ([1.0], [1.0]), retain_target=1.0, forget_target=1.0)
+    rounds = iter([3, 2])  # a penalty in the first round only
+
+    def fickle(ts: list[float]) -> tuple[list[float], ...]:
+        values = [50.0] * len(ts), [100.0 - 20.0 * t for t in ts], [0.0] * len(ts)
+        return values[: next(rounds)]
+
+    with pytest.raises(ModeConnError, match="some rounds only"):
+        refine_optimal_t(fickle, retain_target=50.0, forget_target=90.0, coarse=3, tol=0.001)
+
+
+def test_a_measured_penalty_steers_the_search_and_the_choice() -> None:
+    # By hand: the gap is |100 - 20t - 90| / 2 = 10|t - 0.5|, zero at t = 0.5; a cost of
+    # 40|t - 0.8| falls faster than the gap rises, so their sum is smallest at t = 0.8.
+    def measure(ts: list[float]) -> tuple[list[float], ...]:
+        return [99.0] * len(ts), [100.0 - 20.0 * t for t in ts], [40 * abs(t - 0.8) for t in ts]
+
+    found = refine_optimal_t(measure, retain_target=99.0, forget_target=90.0, kind="linear")
+    assert found.best.t == pytest.approx(0.8, abs=0.02)
+    assert found.penalty is not None and len(found.penalty) == found.evaluations
+    np.testing.assert_allclose(found.penalty, 40 * np.abs(found.t - 0.8))
+    # The same points without the penalty choose the accuracies' optimum.
+    plain = refine_optimal_t(
+        lambda ts: measure(ts)[:2], retain_target=99.0, forget_target=90.0, kind="linear"
+    )
+    assert plain.best.t == pytest.approx(0.5, abs=0.01) and plain.penalty is None
 
 
 # --------------------------------------------------------------------------- real curve
@@ -215,6 +240,27 @@ def test_merge_reports_refuses_overlap_and_mismatch(digits_curve: tuple) -> None
         merge_reports(curve, [a, c])
     with pytest.raises(ModeConnError, match="at least one"):
         merge_reports(curve, [])
+
+
+def test_search_path_penalty_sees_the_model_at_each_t(digits_curve: tuple) -> None:
+    curve, retain, forget, _ = digits_curve
+    seen: dict[float, torch.Tensor] = {}
+
+    def penalty(t: float, model: torch.nn.Module) -> float:
+        seen[t] = torch.cat([p.detach().flatten() for p in model.parameters()])
+        return 100.0 * t  # favours small t
+
+    splits = {"retain": retain, "forget": forget}
+    targets = {"retain_target": 95.0, "forget_target": 80.0, "t_range": (0.5, 1.0)}
+    found = search_path(curve, splits, penalty=penalty, progress=False, **targets)
+    plain = search_path(curve, splits, progress=False, **targets)
+    assert sorted(seen) == found.report.t.tolist()
+    for t, weights in seen.items():
+        exported = torch.cat([p.flatten() for p in curve.export(t).parameters()])
+        torch.testing.assert_close(weights, exported)
+    assert found.penalty is not None and plain.penalty is None
+    np.testing.assert_allclose(found.penalty, 100.0 * found.report.t)
+    assert found.best.t <= plain.best.t and found.best.penalty > 0
 
 
 def test_search_path_needs_retain_and_forget(digits_curve: tuple) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import collections
 import inspect
 import itertools
+import math
 import sys
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from helpers import make_mlp
@@ -23,6 +25,8 @@ from modeconn_unlearn.recipe import (
     mcu_unlearn,
     user_targets,
 )
+from modeconn_unlearn.recipe import run as recipe_run
+from modeconn_unlearn.recipe.privacy import auc_standard_error, privacy_auc
 from modeconn_unlearn.selection import search as path_search
 from modeconn_unlearn.training import api as training_api
 
@@ -153,6 +157,9 @@ def test_targets_are_percentages(retain: float, forget: float) -> None:
         ({"repair_ratio": -0.1}, "repair_ratio"),
         ({"repair_lr": 0.0}, "repair_lr"),
         ({"repair_ratio": 0.25, "shard": True}, "shard=True is not supported"),
+        ({"privacy_weight": -0.5}, "privacy_weight"),
+        ({"privacy_weight": float("inf")}, "privacy_weight"),
+        ({"repair_ratio": 0.25, "privacy_weight": 0.5}, "privacy_weight > 0 is not supported"),
     ],
 )
 def test_recipe_config_refuses_bad_values(kwargs: dict, match: str) -> None:
@@ -551,6 +558,79 @@ def test_keep_base_margin_is_one_standard_error_of_the_gap_difference(setting: d
     gap = (abs(base_retain - targets.retain) + abs(base_forget - targets.forget)) / 2
     assert result.base_gap == pytest.approx(gap, rel=1e-12)
     assert result.margin > 0
+
+
+# --------------------------------------------------------------------------- privacy term
+def test_privacy_term_is_the_attack_auc_added_to_the_gap(setting: dict) -> None:
+    targets = user_targets(setting["original"], setting["retain"], setting["holdout"])
+    config = RecipeConfig(privacy_weight=0.5, keep_base=False)
+    result = mcu_unlearn(
+        setting["original"],
+        setting["theta_u"],
+        setting["retain"],
+        setting["forget"],
+        targets=targets,
+        config=config,
+        holdout=setting["holdout"],
+        progress=False,
+    )
+    report, search = result.report, result.search
+    # Every evaluated point's AUC is the loss attack's, forget against the holdout.
+    assert set(report.t.tolist()) <= set(result.aucs)
+    for t in report.t.tolist():
+        expected = privacy_auc(result.curve.export(t), setting["forget"], setting["holdout"])
+        assert result.aucs[t] == pytest.approx(expected)
+    assert search.penalty is not None
+    np.testing.assert_allclose(
+        search.penalty, [100 * 0.5 * abs(result.aucs[t] - 0.5) for t in report.t.tolist()]
+    )
+    # The choice minimises gap + penalty over the measured points, as find_optimal_t does.
+    again = mcu.find_optimal_t(
+        report.t,
+        report.acc("retain"),
+        report.acc("forget"),
+        retain_target=targets.retain,
+        forget_target=targets.forget,
+        t_range=config.t_range,
+        penalty=search.penalty,
+    )
+    assert result.best.t == pytest.approx(again.t) and result.gap == pytest.approx(again.score)
+    base_retain, base_forget = _measured_at_end(setting, result)
+    base = (abs(base_retain - targets.retain) + abs(base_forget - targets.forget)) / 2
+    assert result.base_gap == pytest.approx(base + 50 * abs(result.aucs[1.0] - 0.5))
+    assert result.t in result.aucs  # the returned model's AUC is reported
+    assert "AUC" in result.summary()
+
+
+def test_privacy_margin_adds_the_aucs_sampling_error(setting: dict) -> None:
+    targets = user_targets(setting["original"], setting["retain"], setting["holdout"])
+    args = (setting["original"], setting["theta_u"], setting["retain"], setting["forget"])
+    plain = mcu_unlearn(*args, targets=targets, config=RecipeConfig(keep_base=False))
+    weighted = mcu_unlearn(
+        *args,
+        targets=targets,
+        config=RecipeConfig(keep_base=False, privacy_weight=1.0),
+        holdout=setting["holdout"],
+    )
+    counts = (len(setting["forget"]), len(setting["holdout"]))
+    nearest = min(weighted.aucs, key=lambda t: abs(t - weighted.best.t))
+    auc_errors = [auc_standard_error(weighted.aucs[t], *counts) for t in (nearest, 1.0)]
+    # The accuracy part of the margin depends on the chosen point; recompute it there.
+    accuracy_margin = recipe_run._compare_with_base(
+        weighted.search, targets, (weighted.best.retain_acc, weighted.best.forget_acc)
+    )[1]
+    expected = math.hypot(accuracy_margin, 100.0 * math.hypot(*auc_errors))
+    assert weighted.margin == pytest.approx(expected)
+    assert weighted.margin > accuracy_margin and plain.aucs == {}
+
+
+def test_privacy_term_and_holdout_come_together(setting: dict) -> None:
+    targets = user_targets(setting["original"], setting["retain"], setting["holdout"])
+    args = (setting["original"], setting["theta_u"], setting["retain"], setting["forget"])
+    with pytest.raises(ModeConnError, match="pass holdout="):
+        mcu_unlearn(*args, targets=targets, config=RecipeConfig(privacy_weight=0.5))
+    with pytest.raises(ModeConnError, match="privacy term, which is off"):
+        mcu_unlearn(*args, targets=targets, holdout=setting["holdout"])
 
 
 def test_t_range_below_one_still_measures_theta_u(setting: dict) -> None:

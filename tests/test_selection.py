@@ -219,3 +219,51 @@ def test_percent_targets_at_the_edges_are_accepted() -> None:
     # 0 % forget accuracy with 99 % retain is a percentage pair, not fractions.
     assert avg_gap(99.0, 1.0, retain_target=99.0, forget_target=0.0) == 0.5
     assert avg_gap(0.5, 0.0, retain_target=0.0, forget_target=0.0) == 0.25  # both 0: allowed
+
+
+# --------------------------------------------------------------------------- penalty
+def test_penalty_moves_the_optimum_to_the_cheapest_score() -> None:
+    # Linear pieces: the gap alone is 0 at t = 0.5; a cost of 4 there and none elsewhere
+    # makes 0.5 cost 4, while t = 0.25 costs its gap of 1.5 only, and 0.75 its 2 (by hand).
+    ts, ra, fa = GOOD_T, [99.0] * 5, [97.0, 95.0, 92.0, 96.0, 99.0]
+    plain = find_optimal_t(ts, ra, fa, retain_target=99.0, forget_target=92.0, kind="linear")
+    found = find_optimal_t(
+        ts,
+        ra,
+        fa,
+        retain_target=99.0,
+        forget_target=92.0,
+        kind="linear",
+        penalty=[0.0, 0.0, 4.0, 0.0, 0.0],
+    )
+    assert plain.t == pytest.approx(0.5) and plain.penalty == 0.0
+    # From 0.25 to 0.5 the score is 1.5 - 6(t - 0.25) + 16(t - 0.25), from 0.5 to 0.75
+    # 4 + 8(t - 0.5) - 16(t - 0.5): smallest at 0.25.
+    assert found.t == pytest.approx(0.25)
+    assert (found.avg_gap, found.penalty, found.score) == pytest.approx((1.5, 0.0, 1.5))
+    # The grid's accuracy gap and the effective region ignore the penalty.
+    np.testing.assert_array_equal(found.grid_avg_gap, plain.grid_avg_gap)
+    assert found.region == plain.region
+
+
+def test_a_zero_penalty_changes_nothing() -> None:
+    plain = find_optimal_t(GOOD_T, GOOD_ACC, GOOD_ACC, retain_target=99.0, forget_target=92.0)
+    zero = find_optimal_t(
+        GOOD_T, GOOD_ACC, GOOD_ACC, retain_target=99.0, forget_target=92.0, penalty=[0.0] * 5
+    )
+    assert (zero.t, zero.avg_gap, zero.score) == (plain.t, plain.avg_gap, plain.avg_gap)
+
+
+@pytest.mark.parametrize(
+    ("penalty", "message"),
+    [
+        ([0.0] * 4, "one value per measured t"),
+        ([0.0, -1.0, 0.0, 0.0, 0.0], ">= 0"),
+        ([0.0, np.nan, 0.0, 0.0, 0.0], "finite"),
+    ],
+)
+def test_bad_penalties_raise(penalty: list[float], message: str) -> None:
+    with pytest.raises(ModeConnError, match=message):
+        find_optimal_t(
+            GOOD_T, GOOD_ACC, GOOD_ACC, retain_target=99.0, forget_target=92.0, penalty=penalty
+        )
