@@ -458,9 +458,12 @@ def compare_seed(
     plan: dict[str, Any],
     extras: dict[str, dict[str, Any]],
     methods: tuple[str, ...] = METHODS,
+    longer: tuple[int, ...] = (),
 ) -> dict:
     """The tuned base methods, MCU(match) and MCU(match) with each of ``extras`` (name:
-    recipe overrides), each with and without the keep rule, scored as the report's rows.
+    recipe overrides), each with and without the keep rule, scored as the report's rows;
+    with ``longer``, each base method also run for that many epochs at its tuned lr
+    (``<method>/epochs<k>``). Every row carries its CPU time as a fraction of retraining's.
 
     An override with ``probe_size`` lets the recipe draw its own retain probe, as a user
     who passes none gets; the others use the scenario's probe, as the report does.
@@ -472,7 +475,18 @@ def compare_seed(
     for method in methods:
         lr = float(plan["base_lr"][method][0])
         theta_u, base_row = mcu_table.run_base(world, sc, Base(method, 1, lr))
-        rows[method] = base = dict(base_row, relearn=relearned(study, theta_u, sc.forget, seed))
+        rows[method] = base = dict(
+            base_row,
+            relearn=relearned(study, theta_u, sc.forget, seed),
+            cpu_fraction_of_retrain=base_row["cpu"] / sc.retrain_time.cpu,
+        )
+        for epochs in longer:
+            model, row = mcu_table.run_base(world, sc, Base(method, epochs, lr))
+            rows[f"{method}/epochs{epochs}"] = dict(
+                row,
+                relearn=relearned(study, model, sc.forget, seed),
+                cpu_fraction_of_retrain=row["cpu"] / sc.retrain_time.cpu,
+            )
         for name, extra in {"match": {}, **extras}.items():
             config = dataclasses.replace(variant_config("match", plan["match"][0], study), **extra)
             result, seconds = timed(
@@ -605,6 +619,80 @@ def knobs_markdown(records: list[dict[str, Any]], command: str, world: str) -> s
         f"each other variant changes one setting of it: {settings}.",
         tuple(names),
     )
+
+
+#: Epochs of the base methods' longer runs in ``--phase longer`` (the tuned runs take one):
+#: about half of and about the same CPU time as the base method followed by MCU(match).
+LONGER = (4, 8)
+
+
+def longer_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]) -> dict:
+    """:func:`compare_seed` with each base method also run for :data:`LONGER` epochs."""
+    return compare_seed(study, seed, pool, test, plan, {}, longer=LONGER)
+
+
+def longer_markdown(records: list[dict[str, Any]], command: str, world: str) -> str:
+    """MCU(match)+keep against the base method given the same extra CPU time instead."""
+    named = [r["rows"] for r in records]
+    methods = [m for m in METHODS if m in named[0]]
+
+    def cost(key: str, plus_base: bool) -> str:
+        values = [
+            n[key]["cpu_fraction_of_retrain"]
+            + (n[key.split("/")[0]]["cpu_fraction_of_retrain"] if plus_base else 0.0)
+            for n in named
+        ]
+        return fmt(mean_ci(values), 3)
+
+    body = []
+    for method in methods:
+        match = f"{method}/match+keep"
+        body.append(
+            [
+                method,
+                "MCU(match)+keep",
+                marked(mean_ci(paired_differences(named, match, method, "avg_gap"))),
+                cost(f"{method}/match", plus_base=True),
+                "",
+            ]
+        )
+        for epochs in LONGER:
+            key = f"{method}/epochs{epochs}"
+            body.append(
+                [
+                    method,
+                    f"{epochs} epochs",
+                    marked(mean_ci(paired_differences(named, key, method, "avg_gap"))),
+                    cost(key, plus_base=False),
+                    marked(mean_ci(paired_differences(named, match, key, "avg_gap"))),
+                ]
+            )
+    lines = [
+        f"# The base method run longer instead of MCU ({TITLES[world]})",
+        "",
+        f"Seeds {[r['seed'] for r in records]}; `{command}`. Each base method at its tuned "
+        f"learning rate for 1 epoch (the report's), followed by MCU(match)+keep, against the "
+        f"same method run for {' and '.join(map(str, LONGER))} epochs at that learning rate. "
+        "Δ Avg. Gap against the 1-epoch base, and MCU(match)+keep against the longer run, "
+        "paired, mean ± 95 % t-interval; **bold**: a win (below 0), _italic_: a loss. CPU time "
+        "as a fraction of retraining's, the base method's included.",
+        "",
+        *table(
+            "base | variant | Δ Avg. Gap vs 1 epoch | CPU / retrain | MCU+keep - this",
+            body,
+            align="llrrr",
+        ),
+        "",
+        "## Scores (mean over seeds)",
+        "",
+        *score_table(
+            "model | " + " | ".join(SCORES),
+            mean_cells(named, SCORES),
+            SCORES,
+            cell=lambda _, cell: f"{cell['mean']:.2f}",
+        ),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def budget_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]) -> dict:
@@ -932,6 +1020,7 @@ def main(argv: list[str] | None = None) -> None:
             "budget",
             "oracle",
             "knobs",
+            "longer",
         ),
         default="report",
     )
@@ -1010,6 +1099,8 @@ def main(argv: list[str] | None = None) -> None:
         plan.update(knobs=args.knobs, methods=args.methods)
         knobs = knobs_seed(study, 100, pool, test, plan)
         print(knobs_markdown([knobs, knobs], "--quick", "mlp"))
+        longer = longer_seed(study, 100, pool, test, plan)
+        print(longer_markdown([longer, longer], "--quick", "mlp"))
         return
     if args.phase == "tune":
         if args.world not in TUNED:
@@ -1060,9 +1151,11 @@ def main(argv: list[str] | None = None) -> None:
         "budget": (budget_seed, budget_markdown),
         "oracle": (oracle_seed, oracle_markdown),
         "knobs": (knobs_seed, knobs_markdown),
+        "longer": (longer_seed, longer_markdown),
     }
     if args.phase in phases:
-        if args.phase in ("repair", "oracle", "knobs") and "class" in study.world.scenarios:
+        matching = ("repair", "oracle", "knobs", "longer")
+        if args.phase in matching and "class" in study.world.scenarios:
             cli.error(
                 f"--phase {args.phase} studies the matching objective, which needs the held-out "
                 "loss target: random worlds only"
