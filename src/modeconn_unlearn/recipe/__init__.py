@@ -8,7 +8,9 @@ data before training (:func:`carve_holdout`; random forgetting) or 0 (a forgotte
 class). :func:`mcu_unlearn` then runs the recipe: layer mask → curve θ_o → θ_u →
 curve training with the MCU objective → adaptive path search
 (:func:`~modeconn_unlearn.selection.search_path`) → the chosen ``t`` → export.
-Selection reads the retain and forget accuracies of points of the curve only;
+Selection reads the retain and forget accuracies of points of the curve and,
+with ``RecipeConfig(privacy_weight=...)``, a membership attack's AUC of the forget
+set against the user's held-out data (:mod:`~modeconn_unlearn.recipe.privacy`);
 no test split and no retrained model take part. Every step is also public on its
 own (``layer_mask``, ``CurveModel``, ``fit_curve``, ``search_path``,
 ``find_optimal_t``, ``CurveModel.export``), and every step takes the task: with

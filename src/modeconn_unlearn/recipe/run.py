@@ -569,6 +569,7 @@ def _notes(
 ) -> tuple[str, ...]:
     """``gaps``: the candidate's (the optimum or its repair) and θ_u's, to the targets."""
     best, (gap, base_gap) = search.best, gaps
+    privacy = " and the privacy term" if config.privacy_weight else ""
     notes: list[str] = []
     repair = f"one pass of the matching objective over {config.repair_ratio:g} of the retain set"
     if config.repair_ratio and not kept:
@@ -584,7 +585,8 @@ def _notes(
     elif kept:
         what = f"t = {best.t:.3f}" + (f", repaired ({repair})" if config.repair_ratio else "")
         notes.append(
-            f"No point of the curve beats θ_u on the targets by more than their sampling error "
+            f"No point of the curve beats θ_u on the targets{privacy} by more than their "
+            "sampling error "
             f"(gap {gap:.2f} at {what} against θ_u's {base_gap:.2f}, margin {margin:.2f}); θ_u "
             "is returned (t = 1)."
         )
