@@ -594,11 +594,17 @@ def test_privacy_term_is_the_attack_auc_added_to_the_gap(setting: dict) -> None:
         t_range=config.t_range,
         penalty=search.penalty,
     )
-    assert result.best.t == pytest.approx(again.t) and result.gap == pytest.approx(again.score)
+    assert result.best.t == pytest.approx(again.t)
+    # The keep rule weighs the optimum's measured AUC (interpolated only in the search).
+    assert result.gap == pytest.approx(again.avg_gap + 50 * abs(result.aucs[again.t] - 0.5))
     base_retain, base_forget = _measured_at_end(setting, result)
     base = (abs(base_retain - targets.retain) + abs(base_forget - targets.forget)) / 2
     assert result.base_gap == pytest.approx(base + 50 * abs(result.aucs[1.0] - 0.5))
-    assert result.t in result.aucs  # the returned model's AUC is reported
+    # The optimum's AUC is measured even where the search interpolated it.
+    assert result.t == result.best.t and result.t in result.aucs
+    assert result.aucs[result.t] == pytest.approx(
+        privacy_auc(result.model, setting["forget"], setting["holdout"])
+    )
     assert "AUC" in result.summary()
 
 
@@ -613,8 +619,7 @@ def test_privacy_margin_adds_the_aucs_sampling_error(setting: dict) -> None:
         holdout=setting["holdout"],
     )
     counts = (len(setting["forget"]), len(setting["holdout"]))
-    nearest = min(weighted.aucs, key=lambda t: abs(t - weighted.best.t))
-    auc_errors = [auc_standard_error(weighted.aucs[t], *counts) for t in (nearest, 1.0)]
+    auc_errors = [auc_standard_error(weighted.aucs[t], *counts) for t in (weighted.best.t, 1.0)]
     # The accuracy part of the margin depends on the chosen point; recompute it there.
     accuracy_margin = recipe_run._compare_with_base(
         weighted.search, targets, (weighted.best.retain_acc, weighted.best.forget_acc)

@@ -62,8 +62,8 @@ class RecipeResult:
         repaired: ``True`` when ``model`` is the chosen point after the repair
             pass (``RecipeConfig.repair_ratio``).
         aucs: With the privacy term on, the attack's AUC (forget against the
-            holdout) at every evaluated ``t`` and at the returned model's ``t``;
-            empty otherwise.
+            holdout) at every evaluated ``t`` and at the optimum (measured there
+            when the search interpolated it); empty otherwise.
     """
 
     model: nn.Module = field(repr=False)
@@ -111,7 +111,13 @@ class RecipeResult:
         rows = [
             ("targets", math.nan, self.targets.retain, self.targets.forget, 0.0, 0.5),
             ("θ_u (t = 1)", 1.0, *_end_accuracies(self.search.report), self.base_gap),
-            ("optimum", best.t, best.retain_acc, best.forget_acc, best.score),
+            (
+                "optimum",
+                best.t,
+                best.retain_acc,
+                best.forget_acc,
+                self.gap if self.aucs else best.avg_gap,
+            ),
         ]
         auc = " AUC" if self.aucs else ""
         lines = [f"{'':<13} {'t':>6} {'retain':>7} {'forget':>7} {'gap':>6}{auc:>7}"]
@@ -400,8 +406,15 @@ def mcu_unlearn(
         )
         seconds["repair"] = time.perf_counter() - began
     base_gap, margin = _compare_with_base(search, targets, accuracies)
-    if aucs:
+    if privacy is not None:
+        if model is None and best.t not in aucs:  # an interpolated optimum: measure it
+            began = time.perf_counter()
+            model = curve.export(best.t, merged=config.merged)
+            update_bn(model, bn_loader, task=task)  # a no-op without BatchNorm
+            privacy(best.t, model)
+            seconds["export"] = time.perf_counter() - began
         counts = (len(forget_scored), len(as_dataset(holdout, "holdout")))
+        gap = best.avg_gap + privacy_penalty(aucs[best.t], config.privacy_weight)  # measured
         base_gap += privacy_penalty(aucs[1.0], config.privacy_weight)
         margin = _privacy_margin(aucs, best.t, config.privacy_weight, counts, margin)
     kept = config.keep_base and not _beats(base_gap, gap, margin)
@@ -410,9 +423,7 @@ def mcu_unlearn(
         began = time.perf_counter()
         model = curve.export(t, merged=config.merged)
         update_bn(model, bn_loader, task=task)  # a no-op without BatchNorm
-        seconds["export"] = time.perf_counter() - began
-    if privacy is not None and t not in aucs:  # an interpolated optimum: measure what is returned
-        privacy(t, model)
+        seconds["export"] = time.perf_counter() - began + seconds.get("export", 0.0)
     seconds["total"] = sum(seconds.values())
     return RecipeResult(
         model=model,
@@ -551,11 +562,9 @@ def _privacy_margin(
 ) -> float:
     """``margin`` widened by the sampling error of the privacy term at ``t`` and at θ_u.
 
-    The AUC at ``t`` is read at the nearest measured point; the two AUCs are
-    treated as independent (Hanley and McNeil's standard error for each).
+    The two AUCs are treated as independent (Hanley and McNeil's standard error for each).
     """
-    nearest = min(aucs, key=lambda measured: abs(measured - t))
-    errors = [auc_standard_error(aucs[at], *counts) for at in (nearest, 1.0)]
+    errors = [auc_standard_error(aucs[at], *counts) for at in (t, 1.0)]
     return math.hypot(margin, 100.0 * weight * math.hypot(*errors))
 
 
