@@ -481,7 +481,11 @@ def compare_seed(
             cpu_fraction_of_retrain=base_row["cpu"] / sc.retrain_time.cpu,
         )
         for epochs in longer:
-            model, row = mcu_table.run_base(world, sc, Base(method, epochs, lr))
+            try:
+                model, row = mcu_table.run_base(world, sc, Base(method, epochs, lr))
+            except mcu.NonFiniteLossError:  # the longer run is no option for this seed
+                rows[f"{method}/epochs{epochs}"] = {"diverged": True}
+                continue
             rows[f"{method}/epochs{epochs}"] = dict(
                 row,
                 relearn=relearned(study, model, sc.forget, seed),
@@ -636,11 +640,11 @@ def longer_markdown(records: list[dict[str, Any]], command: str, world: str) -> 
     named = [r["rows"] for r in records]
     methods = [m for m in METHODS if m in named[0]]
 
-    def cost(key: str, plus_base: bool) -> str:
+    def cost(rows: list[dict[str, Any]], key: str, plus_base: bool) -> str:
         values = [
             n[key]["cpu_fraction_of_retrain"]
             + (n[key.split("/")[0]]["cpu_fraction_of_retrain"] if plus_base else 0.0)
-            for n in named
+            for n in rows
         ]
         return fmt(mean_ci(values), 3)
 
@@ -652,19 +656,28 @@ def longer_markdown(records: list[dict[str, Any]], command: str, world: str) -> 
                 method,
                 "MCU(match)+keep",
                 marked(mean_ci(paired_differences(named, match, method, "avg_gap"))),
-                cost(f"{method}/match", plus_base=True),
+                cost(named, f"{method}/match", plus_base=True),
                 "",
             ]
         )
         for epochs in LONGER:
             key = f"{method}/epochs{epochs}"
+            ran = [n for n in named if not n[key].get("diverged")]
+            label = f"{epochs} epochs" + (
+                f" (diverged on {len(named) - len(ran)} of {len(named)} seeds; the rest)"
+                if len(ran) < len(named)
+                else ""
+            )
+            if not ran:
+                body.append([method, label, "", "", ""])
+                continue
             body.append(
                 [
                     method,
-                    f"{epochs} epochs",
-                    marked(mean_ci(paired_differences(named, key, method, "avg_gap"))),
-                    cost(key, plus_base=False),
-                    marked(mean_ci(paired_differences(named, match, key, "avg_gap"))),
+                    label,
+                    marked(mean_ci(paired_differences(ran, key, method, "avg_gap"))),
+                    cost(ran, key, plus_base=False),
+                    marked(mean_ci(paired_differences(ran, match, key, "avg_gap"))),
                 ]
             )
     lines = [
