@@ -639,6 +639,7 @@ def longer_markdown(records: list[dict[str, Any]], command: str, world: str) -> 
     """MCU(match)+keep against the base method given the same extra CPU time instead."""
     named = [r["rows"] for r in records]
     methods = [m for m in METHODS if m in named[0]]
+    diverged = {key for n in named for key, row in n.items() if row.get("diverged")}
 
     def cost(rows: list[dict[str, Any]], key: str, plus_base: bool) -> str:
         values = [
@@ -696,11 +697,11 @@ def longer_markdown(records: list[dict[str, Any]], command: str, world: str) -> 
             align="llrrr",
         ),
         "",
-        "## Scores (mean over seeds)",
+        "## Scores (mean over seeds; a longer run that diverged on any seed is left out)",
         "",
         *score_table(
             "model | " + " | ".join(SCORES),
-            mean_cells(named, SCORES),
+            mean_cells([{k: v for k, v in n.items() if k not in diverged} for n in named], SCORES),
             SCORES,
             cell=lambda _, cell: f"{cell['mean']:.2f}",
         ),
