@@ -1,30 +1,33 @@
 """LM unlearning: GA, GradDiff, NPO and SimNPO alone and under MCU, on a memorising Llama.
 
 Regime: synthetic question-answer facts about invented people
-(``lm.fictitious_qa``: 200 trained entities x 5 facts, plus held-out entities the
-model never sees), a small Llama built from a config and trained on CPU until it
-memorises (answer token accuracy >= 95 % on the forget set is checked and
-recorded), and a model retrained from scratch on the retain set with the same
-recipe and budget as the reference. Forget sets: 5 % and 10 % of the trained
-entities (every fact of each, TOFU-style).
+(``lm.fictitious_qa``: 200 trained entities x 5 facts, plus 100 held-out entities the
+model never sees, in two halves: the user's, which the targets and the privacy term
+read, and the report's, which the table's Min-K%++ AUC is measured against), a
+small Llama built from a config and trained on CPU until it memorises (answer token
+accuracy >= 95 % on the forget set is checked and recorded), and a model retrained
+from scratch on the retain set with the same recipe and budget as the reference.
+Forget sets: 5 % and 10 % of the trained entities (every fact of each, TOFU-style).
 
 Methods: GA, GradDiff, NPO, SimNPO, each run twice: on all parameters and on
-LoRA adapters (frozen base). Each base method's θ_u then goes through MCU twice,
-both times through the one-call recipe ``mcu.recipe.mcu_unlearn(task=CausalLMTask())``
+LoRA adapters (frozen base). Each base method's θ_u then goes through MCU three times,
+each time through the one-call recipe ``mcu.recipe.mcu_unlearn(task=CausalLMTask())``
 with ``RecipeConfig.for_task("causal_lm", objective=..., keep_base=True)`` (LoRA:
 the documented ``lr=1e-2`` override, adapters curved and merged on export):
 MCU-ascent, ``CE(retain) - β·CE(forget)`` with β from ``AdaptiveBeta``, and
-MCU-match, ``CE(retain) + β·|CE(forget) - τ|``. Targets come from
-``user_targets(original, retain probe, held-out entities, task=...)``: the
-original's answer token accuracy on a retain probe and on the held-out
-entities, and τ = its mean answer NLL on the held-out entities. The retrained
+MCU-match, ``CE(retain) + β·|CE(forget) - τ|``, both choosing ``t`` on accuracies
+alone, and MCU-match+auc, the matching curve with the privacy term in the choice
+(``privacy_weight``, ``mcu_unlearn(holdout=...)``; its λ from ``--tune-privacy`` on
+seeds 98 and 99). Targets come from ``user_targets(original, retain probe, the user's
+held-out entities, task=...)``: the original's answer token accuracy on a retain probe
+and on those entities, and τ = its mean answer NLL on them. The retrained
 model only scores the results. The originals and the retrained models are
 trained by ``mcu.retrain(task=CausalLMTask())``: AdamW, a linear warm-up over
 10 % of the optimizer steps then a cosine decay to 0, stepped per optimizer step
 (``training.warmup_schedule``), and gradients clipped to norm 1.
 
 Measured per model: forget/retain answer NLL and token accuracy, forget ROUGE-L
-recall of greedy answers, Min-K% and Min-K%++ AUC (forget vs held-out entities),
+recall of greedy answers, Min-K% and Min-K%++ AUC (forget vs the report's held-out entities),
 privleak (MUSE, Min-K%++), Gap (mean |metric - retrained| over forget accuracy,
 retain accuracy, forget ROUGE-L x 100 and Min-K%++ AUC x 100, in points), TOFU's
 truth ratio on the forget set and forget quality (KS test against the retrained
@@ -46,6 +49,7 @@ Usage:
     python benchmarks/lm_unlearning.py          # full run: benchmarks/results/lm_unlearning.*
     python benchmarks/lm_unlearning.py --quick  # < 2 min smoke run: *_quick.*
     python benchmarks/lm_unlearning.py --aggregate  # the report again from lm_unlearning.json
+    python benchmarks/lm_unlearning.py --tune-privacy  # lm_privacy_tuning.*: the choice of λ
 """
 
 from __future__ import annotations
@@ -858,7 +862,7 @@ def header(cfg: Config, line: str, minutes: float, torch_version: str) -> str:
         f"shared 2-core CPU; times are noisy). Llama {cfg.layers} layers x {cfg.hidden} wide; "
         f"{cfg.entities} entities x {cfg.facts} facts trained, {cfg.holdout_entities} entities "
         "held out in two halves, the user's (targets and the privacy term) and the report's "
-        "(Min-K%++ AUC); original and retrain: {cfg.train_epochs} epochs AdamW lr {cfg.train_lr}, "
+        f"(Min-K%++ AUC); original and retrain: {cfg.train_epochs} epochs AdamW lr {cfg.train_lr}, "
         f"warm-up {cfg.train_warmup:.0%} then cosine decay per step, gradient norm "
         f"clipped to {cfg.train_max_grad_norm}. Base methods: {cfg.unlearn_epochs} epochs "
         f"Adam, lr {cfg.unlearn_lr}, "
