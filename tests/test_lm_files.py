@@ -66,7 +66,14 @@ def recipe(original: Any, theta_u: Any, data: tuple[Any, Any, Any], **fields: An
         TASK, epochs=1, lr=1e-2, retain_ratio=1.0, batch_size=8, keep_base=False, **fields
     )
     return mcu.mcu_unlearn(
-        original, theta_u, retain, forget, targets=targets, task=TASK, config=config
+        original,
+        theta_u,
+        retain,
+        forget,
+        targets=targets,
+        task=TASK,
+        config=config,
+        holdout=holdout,
     )
 
 

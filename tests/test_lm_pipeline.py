@@ -279,7 +279,14 @@ def _recipe(original, theta_u, retain, forget, holdout, **fields):  # type: igno
         TASK, epochs=3, lr=1e-2, retain_ratio=1.0, batch_size=8, **fields
     )
     result = mcu.mcu_unlearn(
-        original, theta_u, retain, forget, targets=targets, task=TASK, config=config
+        original,
+        theta_u,
+        retain,
+        forget,
+        targets=targets,
+        task=TASK,
+        config=config,
+        holdout=holdout,
     )
     assert len(result.history) == 3
     assert 0.5 <= result.t <= 1.0

@@ -191,6 +191,7 @@ def test_recipe_config_for_task_gives_the_language_model_settings() -> None:
     lm = RecipeConfig.for_task("causal_lm")
     assert (lm.optimizer, lm.weight_decay, lm.lr, lm.mask) == ("adamw", 0.0, 1e-3, "all")
     assert (lm.epochs, lm.retain_ratio, lm.batch_size, lm.probe_size) == (5, 0.1, 32, 200)
+    assert (lm.objective, lm.privacy_weight) == ("auto", 0.5)  # the benchmark's match+auc
     assert RecipeConfig.for_task(mcu.CausalLMTask(), lr=1e-2) == RecipeConfig.for_task(
         "causal_lm", lr=1e-2
     )

@@ -276,8 +276,9 @@ def mcu_unlearn(
         )
     if config.privacy_weight and holdout is None:
         raise ModeConnError(
-            "privacy_weight > 0 scores each point by an attack on the forget set against "
-            "held-out data; pass holdout= (the split user_targets read), or set privacy_weight=0."
+            f"privacy_weight={config.privacy_weight} (RecipeConfig.for_task('causal_lm') turns "
+            "it on) scores each point by an attack on the forget set against held-out data; pass "
+            "holdout= (the split user_targets read), or set privacy_weight=0."
         )
     if holdout is not None and not config.privacy_weight:
         raise ModeConnError(
