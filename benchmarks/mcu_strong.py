@@ -483,13 +483,12 @@ def compare_seed(
         for epochs in longer:
             try:
                 model, row = mcu_table.run_base(world, sc, Base(method, epochs, lr))
-            except mcu.NonFiniteLossError:  # the longer run is no option for this seed
+                row["relearn"] = relearned(study, model, sc.forget, seed)
+            except mcu.NonFiniteLossError:  # it, or the relearning attack on it, blew up
                 rows[f"{method}/epochs{epochs}"] = {"diverged": True}
                 continue
             rows[f"{method}/epochs{epochs}"] = dict(
-                row,
-                relearn=relearned(study, model, sc.forget, seed),
-                cpu_fraction_of_retrain=row["cpu"] / sc.retrain_time.cpu,
+                row, cpu_fraction_of_retrain=row["cpu"] / sc.retrain_time.cpu
             )
         for name, extra in {"match": {}, **extras}.items():
             config = dataclasses.replace(variant_config("match", plan["match"][0], study), **extra)
@@ -663,7 +662,7 @@ def longer_markdown(records: list[dict[str, Any]], command: str, world: str) -> 
         )
         for epochs in LONGER:
             key = f"{method}/epochs{epochs}"
-            ran = [n for n in named if not n[key].get("diverged")]
+            ran = [n for n in named if not n[key].get("diverged")]  # the run or its attack
             label = f"{epochs} epochs" + (
                 f" (diverged on {len(named) - len(ran)} of {len(named)} seeds; the rest)"
                 if len(ran) < len(named)
