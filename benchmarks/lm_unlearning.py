@@ -220,6 +220,19 @@ def make_world(cfg: Config) -> World:
     )
 
 
+def make_splits(cfg: Config, world: World, ratio: float, seed: int) -> dict[str, Any]:
+    """One seed's forget entities, the rest, a retain probe, and the two held-out halves."""
+    retain_train, forget = lm.group_split(world.train, forget_ratio=ratio, seed=seed)
+    probe = torch.randperm(len(retain_train), generator=torch.Generator().manual_seed(seed))
+    return {
+        "retain_train": retain_train,
+        "retain": torch.utils.data.Subset(retain_train, probe[: cfg.retain_probe].tolist()),
+        "forget": forget,
+        "user_holdout": world.holdout,
+        "holdout": world.report_holdout,
+    }
+
+
 def train_lm(cfg: Config, world: World, data: Any, seed: int) -> nn.Module:
     """The original's recipe (also the retrain's): AdamW, warm-up then cosine decay, clipping."""
 
@@ -417,16 +430,8 @@ def run_seed(cfg: Config, world: World, seed: int, log: Callable[[str], None]) -
     log(f"seed {seed}: original trained in {trained.wall:.0f} s")
     result: dict[str, Any] = {"seed": seed, "original_time_s": trained.wall, "scenarios": {}}
     for ratio in cfg.forget_ratios:
-        retain_train, forget = lm.group_split(world.train, forget_ratio=ratio, seed=seed)
-        probe = torch.randperm(len(retain_train), generator=torch.Generator().manual_seed(seed))
-        retain = torch.utils.data.Subset(retain_train, probe[: cfg.retain_probe].tolist())
-        splits = {
-            "retain_train": retain_train,
-            "retain": retain,
-            "forget": forget,
-            "user_holdout": world.holdout,
-            "holdout": world.report_holdout,
-        }
+        splits = make_splits(cfg, world, ratio, seed)
+        retain_train, retain, forget = (splits[k] for k in ("retain_train", "retain", "forget"))
         retrained, took = timed(partial(train_lm, cfg, world, retain_train, seed), peak_memory=True)
         scored_ref = score(retrained, splits, world)
         ref = finish_scores(scored_ref, scored_ref)
@@ -518,16 +523,8 @@ def tune_privacy_seed(cfg: Config, world: World, seed: int, log: Callable[[str],
     result: dict[str, Any] = {"seed": seed, "scenarios": {}}
     ts = np.linspace(0.5, 1.0, 11)
     for ratio in cfg.forget_ratios:
-        retain_train, forget = lm.group_split(world.train, forget_ratio=ratio, seed=seed)
-        probe = torch.randperm(len(retain_train), generator=torch.Generator().manual_seed(seed))
-        retain = torch.utils.data.Subset(retain_train, probe[: cfg.retain_probe].tolist())
-        splits = {
-            "retain_train": retain_train,
-            "retain": retain,
-            "forget": forget,
-            "user_holdout": world.holdout,
-            "holdout": world.report_holdout,
-        }
+        splits = make_splits(cfg, world, ratio, seed)
+        retain_train, retain, forget = (splits[k] for k in ("retain_train", "retain", "forget"))
         retrained = train_lm(cfg, world, retain_train, seed)
         targets = mcu.recipe.user_targets(original, retain, world.holdout, task=TASK)
         scenario: dict[str, Any] = {

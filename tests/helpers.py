@@ -34,6 +34,22 @@ def make_mlp(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
 
 
+class Bigram(nn.Module):
+    """A causal LM whose logits at a position depend only on the token there: ``table[token]``.
+
+    Example:
+        >>> Bigram(torch.eye(3))(torch.tensor([[2, 0]])).tolist()
+        [[[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]]
+    """
+
+    def __init__(self, table: Tensor) -> None:
+        super().__init__()
+        self.table = nn.Parameter(table.clone())
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.table[input_ids]
+
+
 @dataclass(frozen=True)
 class ModelState:
     """Copies of what a function may change in a model.

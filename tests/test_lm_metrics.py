@@ -9,9 +9,9 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from helpers import Bigram
 from scipy.stats import ks_2samp
 from sklearn.metrics import roc_auc_score, roc_curve
-from torch import Tensor, nn
 
 from modeconn_unlearn.errors import ModeConnError
 from modeconn_unlearn.lm import (
@@ -40,17 +40,6 @@ from modeconn_unlearn.tasks import ClassificationTask
 
 pytest.importorskip("transformers")
 pytest.importorskip("rouge_score")
-
-
-class Bigram(nn.Module):
-    """Logits at a position depend only on the token there: ``table[token]``."""
-
-    def __init__(self, table: Tensor) -> None:
-        super().__init__()
-        self.table = nn.Parameter(table.clone())
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        return self.table[input_ids]
 
 
 def log_softmax(row: np.ndarray) -> np.ndarray:

@@ -565,16 +565,8 @@ def test_keep_base_margin_is_one_standard_error_of_the_gap_difference(setting: d
 def test_privacy_term_is_the_attack_auc_added_to_the_gap(setting: dict) -> None:
     targets = user_targets(setting["original"], setting["retain"], setting["holdout"])
     config = RecipeConfig(privacy_weight=0.5, keep_base=False)
-    result = mcu_unlearn(
-        setting["original"],
-        setting["theta_u"],
-        setting["retain"],
-        setting["forget"],
-        targets=targets,
-        config=config,
-        holdout=setting["holdout"],
-        progress=False,
-    )
+    args = (setting["original"], setting["theta_u"], setting["retain"], setting["forget"])
+    result = mcu_unlearn(*args, targets=targets, config=config, holdout=setting["holdout"])
     report, search = result.report, result.search
     # Every evaluated point's AUC is the loss attack's, forget against the holdout.
     assert set(report.t.tolist()) <= set(result.aucs)

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import Bigram
 from sklearn.metrics import roc_auc_score
-from torch import Tensor, nn
+from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
@@ -19,17 +20,6 @@ from modeconn_unlearn.recipe.privacy import (
     privacy_penalty,
 )
 from modeconn_unlearn.tasks import CausalLMTask
-
-
-class Bigram(nn.Module):
-    """Logits at a position depend only on the token there: ``table[token]``."""
-
-    def __init__(self, table: Tensor) -> None:
-        super().__init__()
-        self.table = nn.Parameter(table.clone())
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        return self.table[input_ids]
 
 
 def _min_k_pp_by_hand(table: np.ndarray, ids: list[int], labels: list[int], k: float) -> float:
