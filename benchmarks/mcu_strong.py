@@ -229,7 +229,8 @@ def mcu_of(
     own_probe: bool = False,
 ) -> mcu.RecipeResult:
     """The recipe on the scenario's original and θ_u, scored on its retain probe (with
-    ``own_probe``, on the one the recipe draws from ``config.probe_size``)."""
+    ``own_probe``, on the one the recipe draws from ``config.probe_size``); with the
+    privacy term on, the world's held-out split is its holdout."""
     return mcu.recipe.mcu_unlearn(
         world.originals[sc.arch],
         theta_u,
@@ -238,6 +239,7 @@ def mcu_of(
         targets=sc.targets,
         config=config,
         probe=None if own_probe else sc.probe,
+        holdout=world.holdout if config.privacy_weight else None,
         seed=seed,
         progress=progress,
     )
@@ -594,7 +596,8 @@ def repair_markdown(records: list[dict[str, Any]], command: str, world: str) -> 
 #: The curve's other settings that ``--phase knobs`` tries on top of the tuned matching
 #: setting, on unreported seeds: a sparser element-wise mask, a larger learning rate, two
 #: trained control points, ``t`` trained and chosen over the whole path, a smaller β, twice
-#: the tuned curve epochs. ``--knobs`` and ``--methods`` run a subset.
+#: the tuned curve epochs, the LM recipe's privacy term (the loss attack's AUC of the forget
+#: set against the held-out split). ``--knobs`` and ``--methods`` run a subset.
 KNOBS = {
     "saliency30": {"mask": "saliency", "mask_k": 0.3},
     "saliency10": {"mask": "saliency", "mask_k": 0.1},
@@ -603,6 +606,7 @@ KNOBS = {
     "t0-1": {"t_range": (0.0, 1.0)},
     "beta0.5": {"beta_match": 0.5},
     "epochs6": {"epochs": 6},
+    "privacy0.5": {"privacy_weight": 0.5},
 }
 
 
