@@ -1184,6 +1184,8 @@ def main(argv: list[str] | None = None) -> None:
             write_json(runs / f"seed_{seed}.json", run_one(study, seed, pool, test, plan))
         records = [json.loads(p.read_text()) for p in sorted(runs.glob("seed_*.json"))]
         command = f"python benchmarks/mcu_strong.py --phase {args.phase} --world {args.world}"
+        if args.phase == "knobs" and (args.knobs, args.methods) != (list(KNOBS), list(METHODS)):
+            command += f" --knobs {' '.join(args.knobs)} --methods {' '.join(args.methods)}"
         text = write_up(records, command, args.world)
         write_text(args.out / f"{name}_{args.phase}.md", text)
         print(text)
