@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from ..evaluation import DataLike, collect_outputs
-from ..evaluation.features import sample_loss
+from ..evaluation.features import member_signal
 from ..lm import attack_scores, lm_outputs
 from ..mia import roc_metrics
 from ..tasks import Task, resolve_task
@@ -41,8 +41,9 @@ def member_scores(
     """Per-example member scores (higher: more likely trained on) with the task's attack.
 
     A causal-LM task (``task.name == "causal_lm"``) gets Min-K%++ over the lowest
-    20 % of answer tokens; any other task gets minus the exact per-sample loss
-    (:func:`~modeconn_unlearn.evaluation.features.sample_loss`, the LOSS attack).
+    20 % of answer tokens; any other task gets the threshold attack's ``"loss"``
+    signal (:func:`~modeconn_unlearn.evaluation.features.member_signal`: minus the
+    exact per-sample loss).
 
     Example:
         >>> from torch.utils.data import TensorDataset
@@ -58,7 +59,8 @@ def member_scores(
     if getattr(chosen, "name", None) == "causal_lm":
         outputs = lm_outputs(model, data, task=chosen, device=device)
         return attack_scores(outputs, "min_k_pp", k=MIN_K)
-    return -sample_loss(collect_outputs(model, data, task=chosen, signals=True, device=device))
+    outputs = collect_outputs(model, data, task=chosen, signals=True, device=device)
+    return member_signal(outputs, "loss")
 
 
 def privacy_auc(
