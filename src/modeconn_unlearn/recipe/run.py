@@ -393,7 +393,7 @@ def mcu_unlearn(
     seconds["search"] = time.perf_counter() - began
 
     best = search.best
-    gap, accuracies, model = best.score, (best.retain_acc, best.forget_acc), None
+    gap, accuracies, model = best.avg_gap, (best.retain_acc, best.forget_acc), None
     if config.repair_ratio:
         began = time.perf_counter()
         data = (retain, forget)
@@ -410,8 +410,7 @@ def mcu_unlearn(
     if privacy is not None:
         if model is None and best.t not in aucs:  # an interpolated optimum: measure it
             began = time.perf_counter()
-            model = curve.export(best.t, merged=config.merged)
-            update_bn(model, bn_loader, task=task)  # a no-op without BatchNorm
+            model = _export(curve, best.t, config, bn_loader, task)
             privacy(best.t, model)
             seconds["export"] = time.perf_counter() - began
         counts = (len(forget_scored), len(as_dataset(holdout, "holdout")))
@@ -422,8 +421,7 @@ def mcu_unlearn(
     t = 1.0 if kept else best.t
     if model is None or kept:
         began = time.perf_counter()
-        model = curve.export(t, merged=config.merged)
-        update_bn(model, bn_loader, task=task)  # a no-op without BatchNorm
+        model = _export(curve, t, config, bn_loader, task)
         seconds["export"] = time.perf_counter() - began + seconds.get("export", 0.0)
     seconds["total"] = sum(seconds.values())
     return RecipeResult(
@@ -445,6 +443,15 @@ def mcu_unlearn(
     )
 
 
+def _export(
+    curve: CurveModel, t: float, config: RecipeConfig, bn_loader: DataLike, task: Task
+) -> nn.Module:
+    """The model at ``t`` (adapters merged with ``config.merged``), BatchNorm from ``bn_loader``."""
+    model = curve.export(t, merged=config.merged)
+    update_bn(model, bn_loader, task=task)  # a no-op without BatchNorm
+    return model
+
+
 def _repaired(
     curve: CurveModel,
     t: float,
@@ -458,10 +465,8 @@ def _repaired(
 ) -> nn.Module:
     """The point at ``t`` after one pass of the matching objective (``config.repair_ratio``)."""
     assert targets.forget_loss is not None  # mcu_unlearn refuses the repair without it
-    point = curve.export(t, merged=config.merged)
-    update_bn(point, bn_loader, task=task)
     model = unlearn(
-        point,
+        _export(curve, t, config, bn_loader, task),
         *data,
         loss=mcu_objective(config.beta_match, forget_loss=targets.forget_loss, task=task),
         task=task,
