@@ -566,14 +566,19 @@ def comparison_markdown(
         "",
         "## Scores (mean over seeds)",
         "",
-        *score_table(
-            "model | " + " | ".join(SCORES),
-            mean_cells(named, SCORES),
-            SCORES,
-            cell=lambda _, cell: f"{cell['mean']:.2f}",
-        ),
+        *mean_scores(named),
     ]
     return "\n".join(lines) + "\n"
+
+
+def mean_scores(named: list[dict[str, Any]]) -> list[str]:
+    """Every row's :data:`SCORES`, mean over the seeds, as table lines."""
+    return score_table(
+        "model | " + " | ".join(SCORES),
+        mean_cells(named, SCORES),
+        SCORES,
+        cell=lambda _, cell: f"{cell['mean']:.2f}",
+    )
 
 
 def repair_seed(study: Study, seed: int, pool: Any, test: Any, plan: dict[str, Any]) -> dict:
@@ -702,12 +707,7 @@ def longer_markdown(records: list[dict[str, Any]], command: str, world: str) -> 
         "",
         "## Scores (mean over seeds; a longer run that diverged on any seed is left out)",
         "",
-        *score_table(
-            "model | " + " | ".join(SCORES),
-            mean_cells([{k: v for k, v in n.items() if k not in diverged} for n in named], SCORES),
-            SCORES,
-            cell=lambda _, cell: f"{cell['mean']:.2f}",
-        ),
+        *mean_scores([{k: v for k, v in n.items() if k not in diverged} for n in named]),
     ]
     return "\n".join(lines) + "\n"
 
