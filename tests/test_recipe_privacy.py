@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import Bigram
+from helpers import Bigram, assert_unchanged, model_state
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn import functional as F
@@ -99,3 +99,19 @@ def test_auc_standard_error_matches_the_spread_of_simulated_aucs() -> None:
         roc_auc_score(np.r_[np.ones(50), np.zeros(250)], rng.normal(size=300)) for _ in range(2000)
     ]
     assert auc_standard_error(0.5, 50, 250) == pytest.approx(np.std(aucs), rel=0.1)
+
+
+def test_privacy_auc_leaves_the_models_as_they_were() -> None:
+    torch.manual_seed(3)
+    classifier = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))
+    classifier[0].weight.requires_grad_(False)
+    forget = TensorDataset(torch.randn(12, 5), torch.randint(0, 3, (12,)))
+    holdout = TensorDataset(torch.randn(20, 5), torch.randint(0, 3, (20,)))
+    before = model_state(classifier)  # in train mode: BatchNorm would update, dropout drop
+    privacy_auc(classifier, forget, holdout)
+    assert_unchanged(classifier, before)
+    language_model = Bigram(torch.randn(7, 7))
+    data = [(torch.tensor([0, 1, 2, 3]), torch.tensor([-100, 1, 2, 3]))] * 2
+    before = model_state(language_model)
+    privacy_auc(language_model, data, data, task=CausalLMTask())
+    assert_unchanged(language_model, before)
